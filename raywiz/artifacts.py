@@ -1,0 +1,252 @@
+"""The contracts between stages: run-directory layout, manifests, the instruction-shard schema.
+
+One rule gives resume, hot-load and partial-write safety: a directory is complete only when its
+``manifest.json`` exists and every file it lists is present with the listed size. The manifest is
+written last, through a temporary name and a rename, so a reader never sees a half-written one.
+
+Paths are local paths or ``s3://`` / ``gs://`` URIs; remote ones go through pyarrow filesystems.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+MANIFEST = "manifest.json"
+PACKAGE_SCHEME = "raywiz:"  # "raywiz:quickstart/instructions.jsonl" -> a file shipped in raywiz/assets
+ASSETS_DIR = Path(__file__).parent / "assets"
+
+# ---------------------------------------------------------------- run directory layout
+# {storage}/{run_id}/evolve/                       instruction shards + manifest
+# {storage}/{run_id}/train/checkpoint_{step:08d}/  zero/ (exact-resume state) + hf/ (HF export)
+# {storage}/{run_id}/eval/{checkpoint}/{benchmark}/ samples.jsonl, results.jsonl, summary.json
+
+
+def is_remote(path: str) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+    return os.path.join(base, *parts)
+
+
+def resolve_package_path(path: str) -> str:
+    """Map 'raywiz:relative/path' to the file shipped inside the package."""
+    if path.startswith(PACKAGE_SCHEME):
+        return str(ASSETS_DIR / path[len(PACKAGE_SCHEME) :])
+    return path
+
+
+def evolve_dir(run_dir: str) -> str:
+    return join(run_dir, "evolve")
+
+
+def train_dir(run_dir: str) -> str:
+    return join(run_dir, "train")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint_{step:08d}"
+
+
+def eval_dir(run_dir: str, checkpoint: str, benchmark: str) -> str:
+    return join(run_dir, "eval", checkpoint, benchmark)
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path or a URI."""
+    if is_remote(path):
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+
+
+# ---------------------------------------------------------------- manifests
+
+
+@dataclass
+class ManifestCheck:
+    complete: bool
+    reason: str = ""
+    manifest: dict | None = None
+
+
+def _atomic_write_local(path: str, data: bytes) -> None:
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write a whole file so that readers see either nothing or all of it."""
+    if is_remote(path):
+        fs, p = filesystem(path)
+        # Object stores make a PUT visible only when complete; no rename needed.
+        with fs.open_output_stream(p) as f:
+            f.write(data)
+    else:
+        _atomic_write_local(path, data)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str) -> Any:
+    fs, p = filesystem(path)
+    with fs.open_input_stream(p) as f:
+        return json.loads(f.read().decode())
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def list_files(directory: str) -> dict[str, int]:
+    """Relative path -> size for every file under a directory (manifests and temp files excluded)."""
+    fs, root = filesystem(directory)
+    out: dict[str, int] = {}
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        rel = os.path.relpath(info.path, root) if not is_remote(directory) else info.path[len(root) :].lstrip("/")
+        name = os.path.basename(rel)
+        if name == MANIFEST or name.startswith(".tmp-"):
+            continue
+        out[rel.replace(os.sep, "/")] = info.size
+    return out
+
+
+def write_manifest(directory: str, kind: str, meta: dict | None = None, files: dict[str, int] | None = None,
+                   checksums: bool = False) -> dict:
+    """Seal a directory: list its files and sizes, then write manifest.json last (atomically)."""
+    files = list_files(directory) if files is None else files
+    manifest: dict[str, Any] = {
+        "kind": kind,
+        "created": time.time(),
+        "files": {name: {"size": size} for name, size in sorted(files.items())},
+        "meta": meta or {},
+    }
+    if checksums and not is_remote(directory):
+        for name in manifest["files"]:
+            manifest["files"][name]["sha256"] = sha256_file(os.path.join(directory, name))
+    write_json_atomic(join(directory, MANIFEST), manifest)
+    return manifest
+
+
+def check_manifest(directory: str, kind: str | None = None, verify_checksums: bool = False) -> ManifestCheck:
+    """Is this directory complete? Checks the manifest exists and every listed file has its size."""
+    fs, root = filesystem(directory)
+    mpath = join(directory, MANIFEST)
+    if fs.get_file_info(filesystem(mpath)[1]).type != pafs.FileType.File:
+        return ManifestCheck(False, f"{directory}: no {MANIFEST} (incomplete or still being written)")
+    try:
+        manifest = read_json(mpath)
+    except (OSError, json.JSONDecodeError) as e:
+        return ManifestCheck(False, f"{mpath}: unreadable manifest: {e}")
+    if kind is not None and manifest.get("kind") != kind:
+        return ManifestCheck(False, f"{mpath}: kind is {manifest.get('kind')!r}, expected {kind!r}")
+    present = list_files(directory)
+    for name, entry in manifest.get("files", {}).items():
+        if name not in present:
+            return ManifestCheck(False, f"{directory}: {name} is listed in the manifest but missing")
+        if present[name] != entry["size"]:
+            return ManifestCheck(
+                False, f"{directory}: {name} has {present[name]} bytes, the manifest says {entry['size']}"
+            )
+        if verify_checksums and "sha256" in entry and not is_remote(directory):
+            if sha256_file(os.path.join(directory, name)) != entry["sha256"]:
+                return ManifestCheck(False, f"{directory}: {name} does not match its sha256")
+    return ManifestCheck(True, "", manifest)
+
+
+# ---------------------------------------------------------------- instruction shards
+
+# The columns `raywiz evolve` writes and `raywiz train` reads. `input` is optional for readers.
+SHARD_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("instruction", pa.string()),
+        ("input", pa.string()),
+        ("output", pa.string()),
+        ("evol_round", pa.int32()),
+        ("method", pa.string()),
+        ("parent_id", pa.string()),
+        ("source", pa.string()),
+        ("model", pa.string()),
+    ]
+)
+REQUIRED_COLUMNS = ("instruction", "output")
+
+
+def stable_sample_id(*parts: str) -> str:
+    """A content-derived id: the same text always gets the same id, across runs and machines."""
+    h = hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+    return h[:16]
+
+
+def expand_paths(patterns: Iterable[str]) -> list[str]:
+    """Expand globs and directories (local or remote) into a sorted list of data files."""
+    import fnmatch
+    import glob
+
+    out: list[str] = []
+    for pattern in patterns:
+        pattern = resolve_package_path(pattern)
+        if is_remote(pattern):
+            fs, p = filesystem(pattern)
+            if any(c in p for c in "*?["):
+                base = p.split("*")[0].rsplit("/", 1)[0]
+                infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+                scheme = pattern.split("://", 1)[0]
+                matched = sorted(
+                    f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, p)
+                )
+            else:
+                info = fs.get_file_info(p)
+                if info.type == pafs.FileType.Directory:
+                    scheme = pattern.split("://", 1)[0]
+                    infos = fs.get_file_info(pafs.FileSelector(p, recursive=True))
+                    matched = sorted(f"{scheme}://{i.path}" for i in infos if _is_data_file(i.path))
+                else:
+                    matched = [pattern]
+        else:
+            pattern = os.path.expanduser(pattern)
+            if os.path.isdir(pattern):
+                matched = sorted(
+                    os.path.join(r, f) for r, _, fs_ in os.walk(pattern) for f in fs_ if _is_data_file(f)
+                )
+            else:
+                matched = sorted(glob.glob(pattern, recursive=True)) if any(c in pattern for c in "*?[") else [pattern]
+        if not matched:
+            raise FileNotFoundError(f"{pattern}: no data files match")
+        out.extend(matched)
+    return out
+
+
+def _is_data_file(name: str) -> bool:
+    return name.endswith((".parquet", ".jsonl", ".json", ".jsonl.gz")) and os.path.basename(name) != MANIFEST

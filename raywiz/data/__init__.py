@@ -1,0 +1,1 @@
+"""Data path: template, tokenize, pack; Ray Data wiring."""

@@ -1,0 +1,291 @@
+"""The eval stage, top to bottom: for each checkpoint and benchmark,
+load tasks -> build prompts -> generate -> post-process -> score in the sandbox -> pass@k -> write.
+
+Outputs, per checkpoint and benchmark (``{run}/eval/{checkpoint}/{benchmark}/``, or beside a plain
+model directory: ``{parent}/eval/{model_dir_name}/{benchmark}/``):
+  samples.jsonl   task_id, completion, raw (the model's text), prompt
+  results.jsonl   each sample with passed, result (+ base_passed, base/plus status for "+" benchmarks)
+  summary.json    benchmark, n_tasks, pass@k (+ base_pass@k), per-task pass@k
+  manifest.json   written last: a benchmark directory is complete only with it.
+A rerun skips complete benchmarks and reuses finished samples.jsonl (same settings fingerprint).
+
+`evaluate_checkpoint` is self-contained (plain arguments, returns a dict), so the train stage can
+run it as a Ray task on each exported checkpoint while training continues, and keep the best:
+    ref = evaluate_checkpoint_remote(hf_dir, job.eval, job.model)   # an ObjectRef; training goes on
+    ...; best = best_checkpoint(ray.get(refs))
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+from typing import Any
+
+from raywiz.artifacts import check_manifest, join, read_json, write_manifest
+from raywiz.eval.benchmarks import Task, load_tasks
+from raywiz.eval.config import EvalConfig
+from raywiz.eval.generation import BackendSpec, SamplingParams, make_generator
+from raywiz.eval.postprocess import postprocess
+from raywiz.eval.prompts import build_prompt, default_stop, instruction_for
+from raywiz.eval.report import format_table, plot_pass_at_1, summarize, write_jsonl, write_outputs
+from raywiz.eval.score import read_samples, score_samples
+
+log = logging.getLogger("raywiz.eval")
+RESULTS_KIND = "eval_results"
+
+
+# ----------------------------------------------------------------------------- where things are
+
+
+def checkpoint_identity(hf_dir: str) -> dict:
+    """{"name", "step", "run_dir"} of a model directory (raywiz checkpoint or a plain model)."""
+    path = os.path.abspath(hf_dir) if os.path.exists(hf_dir) else hf_dir
+    meta_file = os.path.join(path, "raywiz.json")
+    meta = read_json(meta_file) if os.path.exists(meta_file) else {}
+    parent = os.path.dirname(path)
+    if os.path.basename(path) == "hf" and os.path.basename(os.path.dirname(parent)) == "train":
+        # {run}/train/checkpoint_{step:08d}/hf
+        return {"name": os.path.basename(parent), "step": meta.get("step"), "run_dir": os.path.dirname(os.path.dirname(parent))}
+    name = os.path.basename(path.rstrip("/")) if os.path.isdir(path) else path.replace("/", "--")
+    return {"name": name, "step": meta.get("step"), "run_dir": None}
+
+
+def output_dir_for(hf_dir: str, cfg: EvalConfig, run_dir: str | None = None) -> str:
+    ident = checkpoint_identity(hf_dir)
+    if cfg.output_dir:
+        return join(cfg.output_dir, ident["name"])
+    if ident["run_dir"]:
+        return join(ident["run_dir"], "eval", ident["name"])
+    if os.path.isdir(hf_dir):
+        return join(os.path.dirname(os.path.abspath(hf_dir)), "eval", ident["name"])
+    if run_dir is None:
+        raise ValueError(f"{hf_dir}: not a local directory; set eval.output_dir")
+    return join(run_dir, "eval", ident["name"])
+
+
+def complete_checkpoints(run_dir: str) -> list[str]:
+    """HF exports of this run's checkpoints whose manifest says they are complete, oldest first."""
+    found = sorted(glob.glob(os.path.join(run_dir, "train", "checkpoint_*", "hf")))
+    return [d for d in found if check_manifest(d, kind="hf_export").complete]
+
+
+def resolve_checkpoints(job, specs: list[str]) -> list[str]:
+    run_dir = job.run_dir
+    if not specs:
+        found = complete_checkpoints(run_dir)
+        return found[-1:] if found else [job.model.name_or_path]
+    out: list[str] = []
+    for spec in specs:
+        if spec in ("latest", "all"):
+            found = complete_checkpoints(run_dir)
+            if not found:
+                raise FileNotFoundError(f"eval.checkpoints: '{spec}' but {run_dir}/train has no complete checkpoint")
+            out += found[-1:] if spec == "latest" else found
+        else:
+            hf = os.path.join(spec, "hf")
+            out.append(hf if os.path.isdir(hf) else spec)  # a checkpoint dir means its hf/ export
+    return list(dict.fromkeys(out))
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def sampling_params(cfg: EvalConfig) -> SamplingParams:
+    g = cfg.generation
+    stop = g.stop if g.stop is not None else default_stop(cfg.prompt.style)
+    return SamplingParams(n=g.n, greedy=g.greedy, temperature=g.temperature, top_p=g.top_p,
+                          max_new_tokens=g.max_new_tokens, stop=list(stop), seed=g.seed)
+
+
+def backend_spec(hf_dir: str, cfg: EvalConfig, model_cfg=None) -> BackendSpec:
+    g = cfg.generation
+    return BackendSpec(
+        backend=g.backend, model=(g.model or os.path.basename(hf_dir.rstrip("/"))) if g.backend == "openai" else hf_dir,
+        tokenizer=getattr(model_cfg, "tokenizer", None), dtype=g.dtype,
+        trust_remote_code=bool(getattr(model_cfg, "trust_remote_code", False)), batch_size=g.batch_size,
+        base_url=g.base_url, api_key_env=g.api_key_env, endpoint=g.endpoint, concurrency=g.concurrency,
+        request_timeout_s=g.request_timeout_s, tensor_parallel_size=g.tensor_parallel_size,
+    )
+
+
+class _LazyGenerator:
+    """Builds the backend on first use (loading a model is the slow part), then reuses it."""
+
+    def __init__(self, spec: BackendSpec, cfg: EvalConfig, in_process: bool):
+        self.spec, self.cfg, self.in_process = spec, cfg, in_process
+        self._generator = None
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
+        g = self.cfg.generation
+        if not self.in_process and g.num_workers > 0 and g.backend != "openai":
+            import ray
+
+            from raywiz.eval.generation.ray_pool import generate_with_ray
+
+            gpus = g.gpus_per_worker
+            if gpus is None:
+                gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+            return generate_with_ray(prompts, self.spec, params, g.num_workers, gpus_per_worker=gpus)
+        if self._generator is None:
+            self._generator = make_generator(self.spec)
+        return self._generator.generate(prompts, params)
+
+
+def prompts_for(tasks: list[Task], cfg: EvalConfig, tokenizer=None) -> list[str]:
+    if cfg.generation.backend == "openai" and cfg.generation.endpoint == "chat":
+        return [instruction_for(t) for t in tasks]  # the server applies its own chat template
+    return [build_prompt(t, cfg.prompt.style, cfg.prompt.template, tokenizer) for t in tasks]
+
+
+def generate_samples(tasks: list[Task], cfg: EvalConfig, generator) -> list[dict]:
+    params = sampling_params(cfg)
+    tokenizer = None
+    if cfg.prompt.style == "chat" and cfg.generation.backend != "openai":
+        from raywiz.modeling import load_tokenizer
+
+        tokenizer = load_tokenizer(generator.spec.model, generator.spec.tokenizer)  # for its chat template
+    prompts = prompts_for(tasks, cfg, tokenizer)
+    outputs = generator.generate(prompts, params)
+    samples = []
+    for task, prompt, texts in zip(tasks, prompts, outputs):
+        for raw in texts:
+            completion = postprocess(raw, task.benchmark, cfg.postprocess, task.entry_point, params.stop)
+            samples.append({"task_id": task.task_id, "completion": completion, "raw": raw, "prompt": prompt})
+    return samples
+
+
+# ----------------------------------------------------------------------------- one checkpoint
+
+
+def _fingerprint(hf_dir: str, benchmark: str, cfg: EvalConfig) -> str:
+    """What decides the samples: the model, the tasks, prompts, decoding and post-processing."""
+    weights = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")) + glob.glob(os.path.join(hf_dir, "*.bin")))
+    model_id = [(os.path.basename(w), os.path.getsize(w), int(os.path.getmtime(w))) for w in weights] or hf_dir
+    g = cfg.generation.model_dump(exclude={"num_workers", "gpus_per_worker", "concurrency", "batch_size",
+                                            "request_timeout_s"})
+    key = json.dumps([model_id, benchmark, cfg.data.get(benchmark), cfg.limit, cfg.prompt.model_dump(), g,
+                      cfg.postprocess], sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def evaluate_checkpoint(hf_dir: str, eval_cfg: EvalConfig, model_cfg: Any = None, out_dir: str | None = None,
+                        benchmarks: list[str] | None = None, *, run_dir: str | None = None,
+                        in_process: bool = False) -> dict:
+    """Generate and score every benchmark for one model; returns
+    {"checkpoint", "step", "model", "out_dir", "benchmarks": {name: summary}, "pass@1": {name: value}}.
+
+    `in_process=True` generates in this process (use it inside a Ray task on a GPU worker).
+    """
+    ident = checkpoint_identity(hf_dir)
+    out_dir = out_dir or output_dir_for(hf_dir, eval_cfg, run_dir)
+    generator = _LazyGenerator(backend_spec(hf_dir, eval_cfg, model_cfg), eval_cfg, in_process)
+    settings = eval_cfg.score_settings()
+    summaries: dict[str, dict] = {}
+    for benchmark in benchmarks or eval_cfg.benchmarks:
+        bench_dir = join(out_dir, benchmark)
+        fingerprint = _fingerprint(hf_dir, benchmark, eval_cfg)
+        done = check_manifest(bench_dir, kind=RESULTS_KIND)
+        if done.complete and done.manifest["meta"].get("fingerprint") == fingerprint:
+            log.info("%s %s: already scored, reusing %s", ident["name"], benchmark, bench_dir)
+            summaries[benchmark] = read_json(join(bench_dir, "summary.json"))
+            continue
+        tasks = load_tasks(benchmark, eval_cfg.data.get(benchmark))[: eval_cfg.limit]
+        samples_path = join(bench_dir, "samples.jsonl")
+        marker = join(bench_dir, "samples.fingerprint")
+        if os.path.exists(samples_path) and os.path.exists(marker) and open(marker).read().strip() == fingerprint:
+            samples = read_samples(samples_path)
+            log.info("%s %s: reusing %d generated samples", ident["name"], benchmark, len(samples))
+        else:
+            log.info("%s %s: generating for %d tasks", ident["name"], benchmark, len(tasks))
+            samples = generate_samples(tasks, eval_cfg, generator)
+            write_jsonl(samples_path, samples)
+            with open(marker, "w") as f:
+                f.write(fingerprint + "\n")
+        log.info("%s %s: scoring %d samples", ident["name"], benchmark, len(samples))
+        verdicts = score_samples(benchmark, tasks, samples, settings, allow_partial=False)
+        summary = summarize(benchmark, samples, verdicts, eval_cfg.k, checkpoint=ident["name"], step=ident["step"],
+                            model=hf_dir)
+        write_outputs(bench_dir, samples, verdicts, summary)
+        write_manifest(bench_dir, RESULTS_KIND, meta={"fingerprint": fingerprint, "benchmark": benchmark})
+        summaries[benchmark] = summary
+    return {
+        "checkpoint": ident["name"], "step": ident["step"], "model": hf_dir, "out_dir": out_dir,
+        "benchmarks": summaries, "pass@1": {b: s.get("pass@1") for b, s in summaries.items()},
+    }
+
+
+def evaluate_checkpoint_remote(hf_dir: str, eval_cfg: EvalConfig, model_cfg: Any = None, *,
+                               num_gpus: float | None = None, num_cpus: float = 1):
+    """Start `evaluate_checkpoint` as a Ray task and return its ObjectRef, so training goes on while
+    a checkpoint is evaluated. One GPU when the cluster has GPUs and the model runs locally."""
+    import ray
+
+    if num_gpus is None:
+        local_model = eval_cfg.generation.backend != "openai"
+        num_gpus = 1 if local_model and ray.cluster_resources().get("GPU", 0) > 0 else 0
+    task = ray.remote(evaluate_checkpoint).options(num_gpus=num_gpus, num_cpus=num_cpus)
+    return task.remote(hf_dir, eval_cfg, model_cfg, in_process=True)
+
+
+def best_checkpoint(results: list[dict], benchmark: str | None = None) -> dict | None:
+    """The result with the highest pass@1 (on `benchmark`, else the mean over its benchmarks)."""
+    def score(r: dict) -> float:
+        values = [v for b, v in r["pass@1"].items() if v is not None and (benchmark is None or b == benchmark)]
+        return sum(values) / len(values) if values else float("-inf")
+
+    return max(results, key=score) if results else None
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def _flat(results: list[dict]) -> list[dict]:
+    """One summary per (checkpoint, benchmark), without the per-task detail (for tables and W&B)."""
+    return [{k: v for k, v in s.items() if k != "per_task"} for r in results for s in r["benchmarks"].values()]
+
+
+def _tracking():
+    try:
+        from raywiz import tracking
+    except ImportError:  # the hook stays a no-op where raywiz.tracking is absent
+        return None
+    return tracking
+
+
+def run_eval(job, checkpoints: list[str] | None = None) -> list[dict]:
+    """`raywiz eval run`: evaluate the job's checkpoints on its benchmarks; print, plot, log."""
+    cfg: EvalConfig = job.require("eval")
+    targets = resolve_checkpoints(job, checkpoints if checkpoints is not None else cfg.checkpoints)
+    if cfg.generation.num_workers > 0 and cfg.generation.backend != "openai":
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=job.cluster.address, num_cpus=job.cluster.num_cpus, num_gpus=job.cluster.num_gpus)
+    tracking = _tracking()
+    run = tracking.start_run(job, "eval", config={"checkpoints": targets}) if tracking else None
+    results = []
+    try:
+        for hf_dir in targets:
+            results.append(evaluate_checkpoint(hf_dir, cfg, job.model, run_dir=job.run_dir))
+        flat = _flat(results)
+        print(format_table(flat, cfg.k))
+        plot_path = None
+        if cfg.plot and len(results) > 1:
+            try:
+                plot_path = plot_pass_at_1(flat, join(os.path.dirname(results[0]["out_dir"]), "pass_at_1.png"))
+                print(f"pass@1 per checkpoint: {plot_path}")
+            except ImportError:
+                print("(no plot: matplotlib is not installed; pip install 'raywiz[eval]')")
+        if tracking and run is not None:
+            eval_root = os.path.dirname(results[0]["out_dir"])
+            raywiz_checkpoints = [r["model"] for r in results if os.path.isdir(r["model"])]
+            tracking.log_eval_results(run, job, eval_root, flat, checkpoints=raywiz_checkpoints)
+            if plot_path:
+                tracking.log_image(run, "eval/pass_at_1_per_checkpoint", plot_path)
+    finally:
+        if tracking:
+            tracking.finish(run)
+    return results

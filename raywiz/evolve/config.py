@@ -1,0 +1,223 @@
+"""The `evolve:` section of a job config: Code Evol-Instruct (seeds -> rounds -> instruction shards).
+
+Defaults follow WizardCoder: the five published methods, 3 rounds, seeds kept in the final dataset,
+every evolved instruction answered by the same LLM. The prompt texts themselves live in
+``raywiz/evolve/prompts.py``; here are only the knobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from raywiz.evolve.prompts import METHODS
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SeedsConfig(_Section):
+    paths: list[str] = Field(
+        default_factory=list,
+        description="Code Alpaca style seed files (JSON array, JSONL, Parquet; globs and directories too); "
+        "'raywiz:quickstart/instructions.jsonl' names the seed set shipped with raywiz.",
+    )
+    hf_dataset: str | None = Field(
+        None, description="a Hugging Face dataset name or local dataset dir (needs `pip install datasets`; online)"
+    )
+    hf_split: str = "train"
+    instruction_field: str = "instruction"
+    input_field: str = "input"
+    output_field: str = "output"
+    limit: int | None = Field(None, ge=1, description="use only the first N seeds (after exact-duplicate removal)")
+
+    @model_validator(mode="after")
+    def _some_source(self):
+        if not self.paths and not self.hf_dataset:
+            raise ValueError("give seed `paths` or an `hf_dataset`")
+        return self
+
+
+class GenerationParams(_Section):
+    """Sampling parameters sent with each request (OpenAI names; mapped for vLLM and transformers)."""
+
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(2048, ge=1)
+    stop: list[str] | None = None
+
+    def as_request_params(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class LLMConfig(_Section):
+    backend: Literal["openai", "vllm", "hf"] = Field(
+        "openai",
+        description="openai: any OpenAI-compatible chat/completions endpoint; vllm: ray.data.llm on the "
+        "cluster's GPUs (needs vllm); hf: a local transformers model, batched generate.",
+    )
+    model: str = Field("gpt-3.5-turbo", description="model name sent to the endpoint, or the model path (vllm, hf)")
+    base_url: str = Field("https://api.openai.com/v1", description="openai backend: the API root (…/v1)")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY",
+        description="openai backend: name of the environment variable holding the API key (read on the Ray "
+        "workers; the key itself is never logged or written). None: send no key (local servers).",
+    )
+    concurrency: int = Field(64, ge=1, description="openai: requests in flight per worker")
+    timeout_s: float = Field(120, gt=0, description="openai: per-request timeout")
+    max_retries: int = Field(6, ge=0, description="openai: retries on 429, 5xx, timeouts, broken responses")
+    backoff_base_s: float = Field(1.0, ge=0, description="first retry waits about this long, doubling each time")
+    backoff_max_s: float = Field(60.0, ge=0)
+    requests_per_minute: float | None = Field(None, gt=0, description="openai: request rate limit (all workers)")
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="openai: token rate limit (all workers); counts prompt estimate + max_tokens"
+    )
+    rate_limit_window_s: float = Field(
+        60.0, gt=0, description="limits are enforced over sliding windows this long (pro-rated)"
+    )
+    price_per_1m_input_tokens: float = Field(0.0, ge=0, description="for the cost estimate (USD)")
+    price_per_1m_output_tokens: float = Field(0.0, ge=0, description="for the cost estimate (USD)")
+    num_workers: int = Field(1, ge=1, description="Ray actors sending requests (openai, hf)")
+    num_cpus_per_worker: float = Field(1, ge=0)
+    num_gpus_per_worker: float = Field(0, ge=0, description="hf: GPUs per model replica")
+    batch_size: int = Field(16, ge=1, description="hf, vllm: prompts per generate call")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vllm: vLLM engine arguments (tensor_parallel_size, max_model_len, …)"
+    )
+    vllm_concurrency: int = Field(1, ge=1, description="vllm: engine replicas")
+    max_failed_fraction: float = Field(
+        0.01, ge=0, le=1,
+        description="fail the run when more than this fraction of a phase's requests fail after all retries "
+        "(a rerun resends only those: answered requests are cached)",
+    )
+
+    def max_pending_per_worker(self) -> int:
+        return self.concurrency if self.backend == "openai" else self.batch_size
+
+
+class EliminationConfig(_Section):
+    info_gain: Literal["heuristic", "judge", "off"] = Field(
+        "heuristic",
+        description="how 'no information gain over the parent' is decided: judge asks the LLM with "
+        "WizardLM's equality prompt; heuristic needs `min_new_words` words the parent lacks",
+    )
+    min_new_words: int = Field(3, ge=0)
+    sorry_max_words: int = Field(80, ge=0, description="a response saying 'sorry' shorter than this is dropped")
+    drop_truncated: bool = Field(
+        True, description="drop evolutions and responses cut by max_tokens (finish_reason 'length')")
+    check_python: bool = Field(
+        True, description="a response that should hold Python must have a block that parses"
+    )
+
+
+class DecontamConfig(_Section):
+    enabled: bool = True
+    benchmarks: list[Literal["humaneval", "humaneval+", "mbpp", "mbpp+", "ds1000"]] = Field(
+        default_factory=lambda: ["humaneval", "mbpp", "ds1000"]
+    )
+    data_paths: dict[str, str] = Field(
+        default_factory=dict, description="benchmark name -> local data file (default: the loader's own)"
+    )
+    on_missing_benchmark: Literal["error", "warn"] = Field(
+        "warn", description="a benchmark whose data can't be loaded: fail, or skip it (recorded in the report)"
+    )
+    ngram: int = Field(10, ge=2, description="word n-gram length")
+    threshold: float = Field(
+        0.5, gt=0, le=1, description="flag a sample holding this fraction of a benchmark text's n-grams"
+    )
+    min_tokens: int = Field(8, ge=1, description="benchmark texts shorter than this many words are ignored")
+    embedding_model: str | None = Field(
+        None, description="optional: a transformers model for embedding similarity (mean-pooled)"
+    )
+    embedding_threshold: float = Field(0.95, gt=0, le=1)
+
+    def resolve_paths(self, fix: Callable[[str], str]) -> None:
+        self.data_paths = {k: fix(v) for k, v in self.data_paths.items()}
+
+
+class DedupConfig(_Section):
+    exact: bool = True
+    near: bool = True
+    threshold: float = Field(
+        0.8, gt=0, le=1, description="MinHash Jaccard above which two instructions are near-duplicates")
+    num_perm: int = Field(128, ge=8, description="MinHash permutations (must be bands x rows)")
+    bands: int = Field(16, ge=1)
+    shingle: int = Field(5, ge=1, description="word shingle length")
+    seed: int = 1
+
+    @model_validator(mode="after")
+    def _bands_divide(self):
+        if self.num_perm % self.bands:
+            raise ValueError(f"num_perm ({self.num_perm}) must be a multiple of bands ({self.bands})")
+        return self
+
+
+# Fields that change how fast a run goes, not what it produces: a run may resume with new values.
+RUNTIME_FIELDS: dict[str, Any] = {
+    "llm": {"concurrency", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s", "requests_per_minute",
+            "tokens_per_minute", "rate_limit_window_s", "price_per_1m_input_tokens",
+            "price_per_1m_output_tokens", "num_workers", "num_cpus_per_worker", "num_gpus_per_worker",
+            "batch_size", "vllm_concurrency", "max_failed_fraction", "api_key_env", "base_url"},
+    "rows_per_shard": True,
+    "cache_dir": True,
+}
+
+
+class EvolveConfig(_Section):
+    seeds: SeedsConfig
+    rounds: int = Field(3, ge=0, description="evolution rounds; WizardCoder kept seeds + 3 rounds")
+    methods: list[str] = Field(
+        default_factory=lambda: list(METHODS),
+        description=f"evolution methods drawn from (one per sample per round): {', '.join(METHODS)}",
+    )
+    seed: int = Field(42, description="seeds the per-sample method draw")
+    keep_seeds: bool = Field(True, description="the output includes the seeds (round 0)")
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    evolve_params: GenerationParams = Field(default_factory=lambda: GenerationParams(temperature=1.0))
+    response_params: GenerationParams = Field(default_factory=lambda: GenerationParams(temperature=0.0))
+    evolve_system_prompt: str | None = Field(None, description="system message for evolution requests")
+    response_system_prompt: str | None = Field(None, description="system message for response requests")
+    eliminate: EliminationConfig = Field(default_factory=EliminationConfig)
+    decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    rows_per_shard: int = Field(5000, ge=1)
+    cache_dir: str | None = Field(
+        None,
+        description="request cache (answers keyed by model, prompt, parameters): a path every Ray worker and "
+        "the driver share. Default: {run_dir}/evolve_cache (local storage) or ~/.cache/raywiz/evolve/{name}.",
+    )
+
+    @model_validator(mode="after")
+    def _known_methods(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; choose from {list(METHODS)}")
+        if not self.methods and self.rounds:
+            raise ValueError("methods: empty, but rounds > 0")
+        return self
+
+    def resolve_paths(self, fix: Callable[[str], str]) -> None:
+        self.seeds.paths = [fix(p) for p in self.seeds.paths]
+        if self.seeds.hf_dataset and self.seeds.hf_dataset.startswith("."):
+            self.seeds.hf_dataset = fix(self.seeds.hf_dataset)
+        if self.cache_dir:
+            self.cache_dir = fix(self.cache_dir)
+        if self.llm.backend in ("hf", "vllm") and self.llm.model.startswith("."):
+            self.llm.model = fix(self.llm.model)
+        self.decontam.resolve_paths(fix)
+
+    def content_hash(self) -> str:
+        """A hash of everything that decides the output (not speed knobs): guards a sealed output."""
+        data = self.model_dump(mode="json")
+        for key, sub in RUNTIME_FIELDS.items():
+            if sub is True:
+                data.pop(key, None)
+            else:
+                for s in sub:
+                    data[key].pop(s, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,61 @@
+"""Every prompt text of Code Evol-Instruct, in one place, exactly as published.
+
+The evolution prompt and the five methods are WizardCoder's (arXiv 2306.08568, Sec. 3.2). The
+equality-judge prompt is WizardLM's (arXiv 2304.12244, Appendix: "Equal Prompt"), used only when
+`eliminate.info_gain: judge`. Nothing else in raywiz holds prompt text for this stage.
+"""
+
+from __future__ import annotations
+
+import random
+
+EVOL_PROMPT = (
+    "Please increase the difficulty of the given programming test question a bit.\n\n"
+    "You can increase the difficulty using, but not limited to, the following methods:\n"
+    "{method}\n\n{question}"
+)
+
+# name -> method text. The names are raywiz's (for configs and the `method` column); texts are the paper's.
+METHODS: dict[str, str] = {
+    "add_constraints": "Add new constraints and requirements to the original problem, adding approximately 10 "
+    "additional words.",
+    "replace_requirement": "Replace a commonly used requirement in the programming task with a less common and "
+    "more specific one.",
+    "more_reasoning": "If the original problem can be solved with only a few logical steps, please add more "
+    "reasoning steps.",
+    "erroneous_code": "Provide a piece of erroneous code as a reference to increase misdirection.",
+    "complexity": "Propose higher time or space complexity requirements, but please refrain from doing so "
+    "frequently.",
+}
+
+# WizardLM's elimination step 1: does the evolved instruction add information over its parent?
+EQUAL_JUDGE_PROMPT = (
+    "Here are two Instructions to ChatGPT AI, do you think they are equal to each other, which meet the "
+    "following requirements:\n1. They have same constraints and requirments.\n2. They have same depth and "
+    "breadth of the inquiry.\nThe First Prompt: {first}\nThe Second Prompt: {second}\n"
+    "Your Judgement (Just answer: Equal or Not Equal. No need to explain the reason.):"
+)
+
+# WizardLM's elimination step 4: words that show the model copied the evolving prompt's scaffolding.
+TEMPLATE_WORDS = ("#given prompt#", "#rewritten prompt#", "given prompt", "rewritten prompt")
+
+
+def draw_method(seed: int, sample_id: str, evol_round: int, methods: list[str]) -> str:
+    """The method for one sample in one round: seeded by (seed, sample, round), so the draw does not
+    depend on which worker handles the sample or in what order (a resumed run draws the same)."""
+    rng = random.Random(f"{seed}:{sample_id}:{evol_round}")  # str seeds hash with SHA-512: stable everywhere
+    return methods[rng.randrange(len(methods))]
+
+
+def evol_prompt(method: str, question: str) -> str:
+    return EVOL_PROMPT.format(method=METHODS[method], question=question)
+
+
+def judge_prompt(parent: str, evolved: str) -> str:
+    return EQUAL_JUDGE_PROMPT.format(first=parent, second=evolved)
+
+
+def judged_equal(answer: str) -> bool:
+    """Read the judge's answer: 'Equal' (not 'Not Equal')."""
+    text = answer.strip().lower()
+    return "equal" in text and "not equal" not in text and "unequal" not in text

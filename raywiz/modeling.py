@@ -1,0 +1,109 @@
+"""Models and tokenizers: Hugging Face names, local directories, or named tiny configs.
+
+The tiny configs are random-initialised, a few hundred kB to a few MB: they let the quickstart and
+the tests train, export, evaluate and serve a real `AutoModelForCausalLM` on a CPU with no hub access.
+They use the small byte-level BPE tokenizer shipped in ``raywiz/assets/tokenizer``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+TINY_TOKENIZER_DIR = os.path.join(os.path.dirname(__file__), "assets", "tokenizer")
+
+# Named tiny configs. Token ids 0/1/2 are the shipped tokenizer's <|endoftext|>/<|pad|>/<|fim|>
+# (StarCoder also uses id 0 for <|endoftext|>; GPTBigCode's default bos/eos 50256 would be outside the vocab).
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny-gpt-bigcode": dict(
+        model_type="gpt_bigcode", n_embd=64, n_layer=2, n_head=4, n_inner=256, n_positions=1024,
+        multi_query=True, vocab_size=2048, bos_token_id=0, eos_token_id=0, pad_token_id=1,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # tiny models memorise; dropout only slows that
+    ),
+    "tiny-llama": dict(
+        model_type="llama", hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, vocab_size=2048, bos_token_id=0, eos_token_id=0,
+        pad_token_id=1, tie_word_embeddings=True,
+    ),
+    "tiny-qwen2": dict(
+        model_type="qwen2", hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, vocab_size=2048, bos_token_id=0, eos_token_id=0,
+        pad_token_id=1, tie_word_embeddings=True,
+    ),
+    # StarCoderBase-1B shape, for GPU benchmarks (random init).
+    "starcoderbase-1b-shape": dict(
+        model_type="gpt_bigcode", n_embd=2048, n_layer=24, n_head=16, n_inner=8192, n_positions=8192,
+        multi_query=True, vocab_size=49152, bos_token_id=0, eos_token_id=0,
+    ),
+    # StarCoder-15B shape (WizardCoder-15B's base), for sizing and sharded-only runs.
+    "starcoder-15b-shape": dict(
+        model_type="gpt_bigcode", n_embd=6144, n_layer=40, n_head=48, n_inner=24576, n_positions=8192,
+        multi_query=True, vocab_size=49152, bos_token_id=0, eos_token_id=0,
+    ),
+}
+
+
+def is_tiny(name_or_path: str) -> bool:
+    return name_or_path in TINY_CONFIGS
+
+
+def model_config(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None):
+    """The transformers config for a tiny name, a hub name or a local directory."""
+    from transformers import AutoConfig
+
+    if is_tiny(name_or_path):
+        spec = dict(TINY_CONFIGS[name_or_path])
+        return AutoConfig.for_model(spec.pop("model_type"), **spec)
+    return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+
+
+def load_tokenizer(name_or_path: str, tokenizer: str | None = None, trust_remote_code: bool = False):
+    """A fast tokenizer with an EOS and a pad token (pad falls back to EOS, as StarCoder's recipe does)."""
+    from transformers import AutoTokenizer
+
+    source = tokenizer or (TINY_TOKENIZER_DIR if is_tiny(name_or_path) else name_or_path)
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if tok.eos_token is None:
+        raise ValueError(f"tokenizer {source!r} has no EOS token; WizardCoder's recipe ends every response with it")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def torch_dtype(dtype: str, on_gpu: bool):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if on_gpu else torch.float32
+    return getattr(torch, dtype)
+
+
+def build_model(name_or_path: str, dtype=None, attn_implementation: str | None = None,
+                trust_remote_code: bool = False, revision: str | None = None, seed: int | None = None):
+    """Load pretrained weights, or random-initialise a tiny/shape config.
+
+    Call it inside DeepSpeed's ``zero.Init`` / ``HfDeepSpeedConfig`` context to build it sharded.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if is_tiny(name_or_path):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(model_config(name_or_path), dtype=dtype, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision, **kwargs
+    )
+
+
+def count_parameters(config) -> int:
+    """Parameter count from a config alone (meta device: no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())

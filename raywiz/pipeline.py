@@ -1,0 +1,277 @@
+"""`raywiz run JOB.yaml`: the whole recipe, evolve -> train -> eval (-> serve), as one run.
+
+Read top to bottom: ``run_pipeline`` calls each stage's entry point in order and passes each
+stage's output to the next. Every stage runs under the job's one run id (``job.name``): its
+outputs live in ``{storage}/{name}/`` and its W&B run in the group ``name``.
+
+- A stage runs when the job has its section (``evolve:``, ``train:``, ``eval:``); ``--skip``
+  leaves stages out; serve runs only with ``--serve`` (it blocks, serving until stopped).
+- A stage can be pointed at an earlier output instead of being run: ``--evolve-output DIR``
+  (instruction shards for train), ``--checkpoint DIR`` (a model for eval and serve).
+- Re-running resumes: when a stage finishes, ``{run_dir}/pipeline.json`` records its output and a
+  fingerprint of what produced it (its config section and its inputs). Next time, a stage whose
+  fingerprint is unchanged and whose output is still complete (manifest check) is not run again;
+  one whose config or input changed runs again (and may itself resume from its checkpoints).
+- W&B lineage: the evolve and train runs get their outputs as artifacts here (dataset -> model);
+  eval logs its results with the model as input itself. See raywiz.tracking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pyarrow.fs as pafs
+
+from raywiz.artifacts import check_manifest, evolve_dir, filesystem, join, read_json, write_json_atomic
+from raywiz.config import ConfigError, JobConfig, load_job
+
+STAGES = ("evolve", "train", "eval", "serve")
+STATE_FILE = "pipeline.json"
+# The agreed stage entry points (raywiz/<stage>/...), imported only when the stage runs.
+ENTRY_POINTS = {
+    "evolve": ("raywiz.evolve.recipe", "run_evolve"),
+    "train": ("raywiz.train.launch", "run_train"),
+    "eval": ("raywiz.eval.recipe", "run_eval"),
+    "serve": ("raywiz.serve.app", "run_serve"),
+}
+
+
+@dataclass
+class PipelineResult:
+    run_dir: str
+    ran: list[str] = field(default_factory=list)  # stages run now
+    resumed: list[str] = field(default_factory=list)  # stages finished earlier, outputs reused
+    skipped: list[str] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)  # evolve/train: a directory; eval: summaries; serve: URL
+
+
+def entry_point(stage: str) -> Callable:
+    module_name, func = ENTRY_POINTS[stage]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            raise ConfigError(f"{stage}: this raywiz has no {module_name} (stage not installed)") from None
+        raise
+    return getattr(module, func)
+
+
+def fingerprint(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def section_dump(job: JobConfig, stage: str) -> Any:
+    section = getattr(job, stage)
+    return section.model_dump(mode="json") if section is not None else None
+
+
+# ---------------------------------------------------------------- state: what finished, with what
+
+
+def load_state(run_dir: str) -> dict:
+    path = join(run_dir, STATE_FILE)
+    if not _exists(path, file=True):
+        return {"stages": {}}
+    try:
+        return read_json(path)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: unreadable pipeline state ({e}); delete it to run every stage again") from None
+
+
+def record(state: dict, run_dir: str, stage: str, output: Any, fp: str) -> str:
+    """Note a finished stage; returns its output's id (new each time the stage produces an output)."""
+    finished = time.time()
+    output_id = fingerprint(fp, finished)
+    state.setdefault("stages", {})[stage] = {"output": output, "fingerprint": fp, "output_id": output_id,
+                                             "finished_at": finished}
+    write_json_atomic(join(run_dir, STATE_FILE), state)
+    return output_id
+
+
+def still_complete(stage: str, output: Any) -> bool:
+    """Is an output recorded earlier still there and whole?"""
+    if stage == "evolve":
+        return check_manifest(output, kind="instruction_shards").complete
+    if stage == "train":  # raywiz's own export is sealed; an unsealed one is partial
+        return check_manifest(output, kind="hf_export").complete
+    if stage == "eval":
+        return isinstance(output, list)
+    return False
+
+
+def is_model_dir(path: str) -> bool:
+    """A sealed HF export, or a plain HF model directory (a user's own model, no manifest)."""
+    if check_manifest(path, kind="hf_export").complete:
+        return True
+    return not _exists(join(path, "manifest.json")) and _exists(join(path, "config.json"), file=True)
+
+
+def given_output(flag: str, path: str, stage: str) -> tuple[str, str]:
+    """Check an output the user points a stage at; returns (path, an id for it)."""
+    sealed = check_manifest(path, kind="hf_export" if stage == "train" else "instruction_shards")
+    if stage == "train":
+        ok = is_model_dir(path)
+    else:  # raywiz evolve output (sealed), or the user's own data files (no manifest)
+        ok = sealed.complete or (_exists(path) and not _exists(join(path, "manifest.json")))
+    if not ok:
+        raise ConfigError(f"{flag} {path}: not a complete {stage} output (missing, or a partial manifest)")
+    return path, fingerprint(path, (sealed.manifest or {}).get("created"))
+
+
+def _exists(path: str, file: bool = False) -> bool:
+    fs, p = filesystem(path)
+    kind = fs.get_file_info(p).type
+    return kind == pafs.FileType.File if file else kind != pafs.FileType.NotFound
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def plan(job: JobConfig, skip: set[str], serve: bool, evolve_output: str | None,
+         checkpoint: str | None) -> list[str]:
+    """The stages that run: those the job configures, minus skipped ones and ones given an output."""
+    unknown = skip - set(STAGES)
+    if unknown:
+        raise ConfigError(f"--skip: unknown stage(s) {', '.join(sorted(unknown))}; stages are {', '.join(STAGES)}")
+    given = {"evolve"} if evolve_output else set()
+    given |= {"train"} if checkpoint else set()
+    stages = [s for s in ("evolve", "train", "eval") if getattr(job, s) is not None]
+    if serve:
+        stages.append("serve")
+    return [s for s in stages if s not in skip | given]
+
+
+def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = frozenset(), serve: bool = False,
+                 evolve_output: str | None = None, checkpoint: str | None = None,
+                 log: Callable[[str], None] = lambda msg: print(f"raywiz run: {msg}", file=sys.stderr)) -> PipelineResult:
+    stages = plan(job, set(skip), serve, evolve_output, checkpoint)
+    result = PipelineResult(job.run_dir, skipped=[s for s in STAGES if s not in stages and s != "serve"])
+    state = load_state(job.run_dir)
+    done = state.get("stages", {})
+
+    # What flows between stages: an output and its id (which changes whenever the output is made
+    # again, so everything downstream of a re-made output runs again). A stage that does not run
+    # now still passes on what it produced earlier: `--skip train` evaluates the model trained before.
+    def earlier(stage: str) -> tuple[str | None, str]:
+        prev = done.get(stage)
+        if prev and still_complete(stage, prev["output"]):
+            return prev["output"], prev["output_id"]
+        return None, ""
+
+    dataset, dataset_id = given_output("--evolve-output", evolve_output, "evolve") if evolve_output else earlier("evolve")
+    model, model_id = given_output("--checkpoint", checkpoint, "train") if checkpoint else earlier("train")
+
+    def run_stage(stage: str, inputs: Any, call: Callable[[], Any]) -> tuple[Any, str]:
+        fp = fingerprint(stage, section_dump(job, stage), job.model.model_dump(mode="json"), inputs)
+        prev = done.get(stage)
+        if stage not in redo and prev and prev["fingerprint"] == fp and still_complete(stage, prev["output"]):
+            log(f"{stage}: finished earlier, using {_short(prev['output'])}")
+            result.resumed.append(stage)
+            result.outputs[stage] = prev["output"]
+            return prev["output"], prev["output_id"]
+        log(f"{stage}: starting")
+        t0 = time.time()
+        output = call()
+        log(f"{stage}: done in {time.time() - t0:.1f}s -> {_short(output)}")
+        output_id = record(state, job.run_dir, stage, output, fp)
+        result.ran.append(stage)
+        result.outputs[stage] = output
+        track(job, stage, output, dataset=dataset, model=model)
+        return output, output_id
+
+    if "evolve" in stages:
+        dataset, dataset_id = run_stage("evolve", None, lambda: entry_point("evolve")(job))
+    if "train" in stages:
+        if not job.train.data.paths:
+            # An empty data list means "this run's evolve output"; say which explicitly.
+            job.train.data.paths = [dataset or evolve_dir(job.run_dir)]
+        model, model_id = run_stage("train", dataset_id, lambda: entry_point("train")(job))
+    if "eval" in stages:
+        checkpoints = [model] if model else None  # None: eval's own config names the models
+        run_stage("eval", [checkpoints, model_id], lambda: entry_point("eval")(job, checkpoints))
+    if "serve" in stages:
+        if job.serve is None:
+            from raywiz.serve.config import ServeConfig
+
+            job.serve = ServeConfig()
+        log(f"serve: starting on {model or 'the configured model'}")
+        result.outputs["serve"] = entry_point("serve")(job, checkpoint=model, blocking=True)
+        result.ran.append("serve")
+    return result
+
+
+def track(job: JobConfig, stage: str, output: Any, dataset: str | None, model: str | None) -> None:
+    """Attach the stage's output to its W&B run as an artifact, with lineage to its inputs.
+
+    Evolve and train outputs are logged here (the train workers never see the final checkpoint's
+    path); eval logs its own results, with the evaluated checkpoints as inputs (raywiz.eval.recipe).
+    """
+    if not job.wandb.enabled or stage not in ("evolve", "train"):
+        return
+    from raywiz import tracking
+
+    run = tracking.start_run(job, stage)
+    if run is None:
+        return
+    try:
+        if stage == "evolve":
+            tracking.log_dataset(run, job, output)
+        else:
+            tracking.log_checkpoint(run, job, output, dataset_dir=dataset)
+    finally:
+        tracking.finish(run)
+
+
+def _short(output: Any) -> str:
+    text = output if isinstance(output, str) else json.dumps(output, default=str)
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _stage_list(text: str) -> set[str]:
+    return {s.strip() for s in text.split(",") if s.strip()}
+
+
+def _run(args) -> int:
+    job = load_job(args.job, args.overrides)
+    skip = set().union(*map(_stage_list, args.skip)) if args.skip else set()
+    redo = set().union(*map(_stage_list, args.redo)) if args.redo else set()
+    if "all" in redo:
+        redo = set(STAGES)
+    result = run_pipeline(job, skip=skip, redo=redo, serve=args.serve,
+                          evolve_output=_abs(args.evolve_output), checkpoint=_abs(args.checkpoint))
+    print(json.dumps({"run_dir": result.run_dir, "ran": result.ran, "resumed": result.resumed,
+                      "skipped": result.skipped, "outputs": result.outputs}, indent=2, default=str))
+    return 0
+
+
+def _abs(path: str | None) -> str | None:
+    return path if path is None or "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def register(subparsers) -> None:
+    from raywiz.cli import add_job_arguments
+
+    p = subparsers.add_parser("run", help="run the whole pipeline: evolve -> train -> eval (-> serve)",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description=__doc__.split("\n\n", 1)[1])
+    add_job_arguments(p)
+    p.add_argument("--skip", action="append", metavar="STAGES",
+                   help="comma-separated stages to leave out, e.g. --skip evolve,eval")
+    p.add_argument("--redo", action="append", metavar="STAGES",
+                   help="run these stages even if they finished earlier ('all' for every stage)")
+    p.add_argument("--evolve-output", metavar="DIR", help="use these instruction shards instead of running evolve")
+    p.add_argument("--checkpoint", metavar="DIR", help="use this model (HF export) instead of running train")
+    p.add_argument("--serve", action="store_true", help="serve the trained model at the end (blocks)")
+    p.set_defaults(handler=_run)

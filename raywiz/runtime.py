@@ -1,0 +1,36 @@
+"""Connecting to Ray: an existing cluster (job.cluster.address / RAY_ADDRESS) or a local one.
+
+A local cluster advertises at least enough logical CPUs for the train workers plus two for Ray
+Data: on a 2-core laptop, 2 workers x 1 CPU would otherwise leave none for the data pipeline and
+the run would wait forever. Logical CPUs are a scheduling budget, not a claim on cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(job, extra_cpus_needed: float = 0) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = job.cluster.address or os.environ.get("RAY_ADDRESS")
+    env_vars = {k: os.environ[k] for k in ("PYTHONPATH", "WANDB_MODE", "HF_HOME", "HF_HUB_OFFLINE") if k in os.environ}
+    runtime_env = {"env_vars": env_vars} if env_vars else None
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    num_cpus = job.cluster.num_cpus or max(os.cpu_count() or 1, int(extra_cpus_needed + 0.999) + 2)
+    ray.init(num_cpus=num_cpus, num_gpus=job.cluster.num_gpus, include_dashboard=False,
+             runtime_env=runtime_env, log_to_driver=True)
+    log.info("started a local Ray cluster with %s logical CPUs", num_cpus)
+
+
+def cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0

@@ -1,0 +1,93 @@
+"""The `serve:` section of a job config.
+
+`raywiz serve JOB.yaml` follows the job's run: it serves the newest complete checkpoint in
+``{storage}/{name}/train`` and swaps in each newer one as training writes it. ``checkpoint`` pins a
+model instead (an HF directory, a checkpoint directory, another run's directory or run name).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServeLimits(_Section):
+    """What one request may ask for; anything beyond gets a 400 that names the field."""
+
+    max_prompt_tokens: int = Field(4096, ge=1, description="prompt tokens after the template is applied")
+    max_tokens: int = Field(1024, ge=1, description="the largest `max_tokens` a request may ask for")
+    default_max_tokens: int = Field(256, ge=1, description="`max_tokens` when a request gives none")
+    max_n: int = Field(4, ge=1, description="completions per request (`n`)")
+    max_stop: int = Field(4, ge=0, description="stop sequences per request (OpenAI allows 4)")
+    max_request_bytes: int = Field(1_000_000, ge=1024, description="request body size (413 beyond)")
+
+
+class ServeConfig(_Section):
+    checkpoint: str | None = Field(
+        None,
+        description="what to serve: an HF model directory (raywiz's hf/ export or any AutoModelForCausalLM "
+        "dir), a checkpoint_* directory, a run directory or a run name under `storage`. "
+        "None: this job's run, following its newest checkpoint.",
+    )
+    watch: bool = Field(True, description="when serving a run: swap in each newer complete checkpoint")
+    watch_interval_s: float = Field(5.0, gt=0, description="how often the run's train/ directory is listed")
+    verify_checksums: bool = Field(
+        False, description="also compare sha256 sums when the manifest has them (reads every byte once)"
+    )
+
+    # Where the HTTP API listens (Ray Serve's proxy; one per cluster, so the first app to start sets it).
+    host: str = Field("127.0.0.1", description="0.0.0.0 to accept connections from other machines")
+    port: int = Field(8000, ge=0, le=65535, description="0: pick a free port")
+    route_prefix: str = "/"
+    app_name: str = Field("raywiz", description="Ray Serve application name")
+    api_key_env: str | None = Field(
+        None,
+        description="name of an environment variable holding a bearer token; when set, every /v1 and /api "
+        "request needs `Authorization: Bearer <token>` (the token itself never goes in the YAML)",
+    )
+
+    # Replicas and what each holds.
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1, gt=0, description="CPUs per replica")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per replica; None: 1 if the cluster has GPUs")
+    max_models: int = Field(3, ge=1, description="checkpoints loaded side by side per replica (LRU)")
+    max_model_memory_gb: float | None = Field(
+        None, gt=0, description="also evict least-recently-used checkpoints until their weights fit"
+    )
+    max_batch_size: int = Field(16, ge=1, description="sequences decoded together by one model")
+    batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests to join")
+    stream_interval_ms: float = Field(
+        50.0, ge=0, description="streamed text goes out at most this often per choice (the first token at once); "
+        "0: every token on its own (costly under load: each event is a hop through Ray Serve)")
+    max_ongoing_requests: int = Field(64, ge=1, description="per replica; more are queued by Ray Serve")
+    cache_dir: str | None = Field(
+        None, description="local copies of s3:// / gs:// checkpoints (default: a temp directory)"
+    )
+
+    # The evaluation page's task picker.
+    benchmarks: dict[str, str | None] = Field(
+        default_factory=lambda: {"humaneval": None, "mbpp": None},
+        description="benchmarks offered on the page: name -> data file (None: raywiz's default location); "
+        "tests run in the eval sandbox with the benchmark's own time limits",
+    )
+
+    limits: ServeLimits = Field(default_factory=ServeLimits)
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _route_prefix(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+    def resolve_paths(self, fix: Callable[[str], str]) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint = fix(self.checkpoint)
+        if self.cache_dir is not None:
+            self.cache_dir = fix(self.cache_dir)
+        self.benchmarks = {k: (fix(v) if v else v) for k, v in self.benchmarks.items()}

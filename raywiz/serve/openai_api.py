@@ -1,0 +1,396 @@
+"""OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions (SSE streaming), /v1/models.
+
+Request and response shapes follow OpenAI's; the `model` field names a checkpoint ("latest" or no
+model: the one currently served). Every bad request gets a 4xx with OpenAI's error body
+``{"error": {"message", "type", "param", "code"}}``; a 500 means a bug or a failing device, never
+bad input. Bodies are read and validated by hand (not by FastAPI's signature parsing) so that the
+size limit, invalid JSON and schema errors all come back the same way, as 400/413.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from contextlib import ExitStack
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from raywiz.serve.config import ServeLimits
+from raywiz.serve.engine import SamplingParams
+from raywiz.serve.pool import CheckpointRefused, LoadedModel, UnknownModel
+from raywiz.serve.prompts import PromptError, chat_prompt, uses_special_tokens
+from raywiz.serve.service import CURRENT_ALIASES, ModelService
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 type: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), kind), exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        message, param = _describe_errors(exc.errors())
+        return JSONResponse(error_body(message, param=param), 400)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"), 500)
+
+
+def _describe_errors(errors: list[dict]) -> tuple[str, str | None]:
+    parts, first = [], None
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+        path = ".".join(loc) or "body"
+        first = first or path
+        parts.append(f"{path}: {e.get('msg')}")
+    return "; ".join(parts), first
+
+
+# ---------------------------------------------------------------- auth and bodies
+
+
+def bearer_auth(api_key: str | None):
+    """A FastAPI dependency that requires `Authorization: Bearer <api_key>` when a key is set."""
+
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise ApiError(401, "missing or invalid bearer token (send `Authorization: Bearer <key>`)",
+                           type="authentication_error", code="invalid_api_key")
+
+    return check
+
+
+async def read_body(request: Request, schema: type[BaseModel], max_bytes: int) -> Any:
+    """Read, size-check, parse and validate a JSON body; ApiError (400/413) otherwise."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, f"request body is {declared} bytes; the limit is {max_bytes}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise ApiError(413, f"request body is larger than the limit of {max_bytes} bytes")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        message, param = _describe_errors(e.errors())
+        raise ApiError(400, message, param=param) from None
+
+
+# ---------------------------------------------------------------- request schemas
+
+
+class _GenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stop: str | list[str] | None = None
+    stream_options: dict | None = None
+    # Accepted for compatibility with OpenAI clients; they do not change the output.
+    user: str | None = None
+    seed: int | None = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_not_empty(cls, v):
+        items = [v] if isinstance(v, str) else (v or [])
+        if any(s == "" for s in items):
+            raise ValueError("stop sequences must not be empty strings")
+        return v
+
+    @property
+    def stop_list(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | list[str]
+    echo: bool = False
+    suffix: str | None = None
+    logprobs: int | None = None
+    best_of: int | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v):
+        if isinstance(v, list):
+            if len(v) != 1:
+                raise ValueError("send one prompt per request (a list must hold exactly one string)")
+            v = v[0]
+        return v
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # name, tool_call_id ... do not matter here
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[dict]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ApiError(400, "only text content parts are supported", param="messages")
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class ChatRequest(_GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+
+
+# ---------------------------------------------------------------- the routes
+
+
+def build_openai_router(service: ModelService, limits: ServeLimits) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": await asyncio.to_thread(service.model_cards)}
+
+    @router.get("/v1/models/{model_id}")
+    async def get_model(model_id: str):
+        for card in await asyncio.to_thread(service.model_cards):
+            if card["id"] == model_id:
+                return card
+        raise ApiError(404, f"model {model_id!r} is not loaded", param="model", type="not_found_error",
+                       code="model_not_found")
+
+    @router.post("/v1/completions")
+    async def completions(request: Request):
+        req = await read_body(request, CompletionRequest, limits.max_request_bytes)
+        for name, bad in (("echo", req.echo), ("suffix", req.suffix is not None),
+                          ("logprobs", bool(req.logprobs)), ("best_of", req.best_of not in (None, 1, req.n))):
+            if bad:
+                raise ApiError(400, f"{name} is not supported by this server", param=name)
+        return await _generate(service, limits, req, chat=False)
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req = await read_body(request, ChatRequest, limits.max_request_bytes)
+        if req.logprobs:
+            raise ApiError(400, "logprobs is not supported by this server", param="logprobs")
+        return await _generate(service, limits, req, chat=True)
+
+    return router
+
+
+async def _generate(service: ModelService, limits: ServeLimits, req, chat: bool):
+    pins = ExitStack()  # holds the model for the request's whole life, streaming included
+    loaded = await _acquire(service, req.model, pins)
+    try:
+        prompt_ids, params = _prepare(loaded, limits, req, chat)
+    except BaseException:
+        pins.close()
+        raise
+    request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    if req.stream:
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        return StreamingResponse(
+            _sse(loaded, prompt_ids, params, request_id, chat, include_usage, pins),
+            media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+            background=BackgroundTask(pins.close),  # in case the stream never started
+        )
+    try:
+        return await _collect(loaded, prompt_ids, params, request_id, chat)
+    finally:
+        pins.close()
+
+
+async def _acquire(service: ModelService, name: str | None, pins: ExitStack) -> LoadedModel:
+    try:
+        try:  # a loaded model: pinned right here
+            return pins.enter_context(service.acquire(name, load=False))
+        except UnknownModel:
+            if name in CURRENT_ALIASES or name is None:
+                raise
+        # Not loaded: loading it reads a checkpoint from disk, off the event loop.
+        return await asyncio.to_thread(pins.enter_context, service.acquire(name))
+    except UnknownModel:
+        if name is None or name in CURRENT_ALIASES:
+            raise ApiError(503, "no model is loaded yet (waiting for a complete checkpoint)",
+                           type="server_error", code="model_not_ready") from None
+        known = [c["id"] for c in service.checkpoints()]
+        raise ApiError(404, f"model {name!r} does not exist; known: {known}", param="model",
+                       type="not_found_error", code="model_not_found") from None
+    except CheckpointRefused as e:
+        raise ApiError(409, str(e), param="model", code="checkpoint_not_loadable") from None
+
+
+def _prepare(loaded: LoadedModel, limits: ServeLimits, req, chat: bool) -> tuple[list[int], SamplingParams]:
+    """Build the prompt and check every limit before any work starts."""
+    max_tokens = (getattr(req, "max_completion_tokens", None) or req.max_tokens) or limits.default_max_tokens
+    if max_tokens > limits.max_tokens:
+        raise ApiError(400, f"max_tokens is {max_tokens}; this server allows at most {limits.max_tokens}",
+                       param="max_tokens")
+    if req.n > limits.max_n:
+        raise ApiError(400, f"n is {req.n}; this server allows at most {limits.max_n}", param="n")
+    if len(req.stop_list) > limits.max_stop:
+        raise ApiError(400, f"stop has {len(req.stop_list)} sequences; at most {limits.max_stop}", param="stop")
+    if chat:
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+        try:
+            prompt = chat_prompt(messages, loaded.template, loaded.tokenizer, loaded.info.get("prompt"))
+        except PromptError as e:
+            raise ApiError(400, str(e), param="messages") from None
+    else:
+        prompt = req.prompt
+    special = uses_special_tokens(loaded.template, chat)
+    prompt_ids = loaded.tokenizer(prompt, add_special_tokens=special)["input_ids"]
+    if not prompt_ids:
+        raise ApiError(400, "the prompt is empty", param="messages" if chat else "prompt")
+    if len(prompt_ids) > limits.max_prompt_tokens:
+        raise ApiError(400, f"the prompt has {len(prompt_ids)} tokens; this server allows at most "
+                       f"{limits.max_prompt_tokens}", param="messages" if chat else "prompt")
+    context = loaded.context_length
+    if context is not None and len(prompt_ids) + max_tokens > context:
+        raise ApiError(400, f"this model's context is {context} tokens; the prompt has {len(prompt_ids)} and "
+                       f"max_tokens is {max_tokens}: lower max_tokens or shorten the prompt",
+                       param="max_tokens", code="context_length_exceeded")
+    params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, n=req.n,
+                            stop=req.stop_list)
+    return prompt_ids, params
+
+
+def _choice(chat: bool, index: int, text: str, finish_reason: str | None, stream: bool, first: bool = False) -> dict:
+    if not chat:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    if stream:
+        delta: dict = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            "finish_reason": finish_reason}
+
+
+def _envelope(request_id: str, chat: bool, model: str, choices: list[dict], stream: bool) -> dict:
+    kind = ("chat.completion.chunk" if stream else "chat.completion") if chat else "text_completion"
+    return {"id": request_id, "object": kind, "created": int(time.time()), "model": model, "choices": choices}
+
+
+async def _collect(loaded: LoadedModel, prompt_ids, params: SamplingParams, request_id: str, chat: bool):
+    texts = [""] * params.n
+    reasons: list[str | None] = [None] * params.n
+    completion_tokens = 0
+    async for events in loaded.engine.stream(prompt_ids, params):
+        for ev in events:
+            if ev.kind == "delta":
+                texts[ev.index] += ev.text
+            elif ev.kind == "finish":
+                reasons[ev.index] = ev.finish_reason
+                completion_tokens += ev.completion_tokens
+            else:
+                raise ApiError(500, ev.text, type="server_error")
+    body = _envelope(request_id, chat, loaded.name,
+                     [_choice(chat, i, texts[i], reasons[i], stream=False) for i in range(params.n)], stream=False)
+    body["usage"] = {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
+                     "total_tokens": len(prompt_ids) + completion_tokens}
+    return body
+
+
+def _sse_line(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _sse(loaded: LoadedModel, prompt_ids, params: SamplingParams, request_id: str, chat: bool,
+               include_usage: bool, pins: ExitStack):
+    completion_tokens = 0
+    try:
+        if chat:  # OpenAI opens each choice with the assistant role
+            for i in range(params.n):
+                yield _sse_line(_envelope(request_id, chat, loaded.name, [_choice(chat, i, "", None, True, True)], True))
+        async for events in loaded.engine.stream(prompt_ids, params):
+            lines = []
+            for ev in events:
+                if ev.kind == "delta":
+                    choice = _choice(chat, ev.index, ev.text, None, stream=True)
+                elif ev.kind == "finish":
+                    completion_tokens += ev.completion_tokens
+                    choice = _choice(chat, ev.index, "", ev.finish_reason, stream=True)
+                else:
+                    lines.append(_sse_line(error_body(ev.text, "server_error")))
+                    break
+                lines.append(_sse_line(_envelope(request_id, chat, loaded.name, [choice], stream=True)))
+            yield "".join(lines)  # several SSE events in one chunk when they piled up
+        if include_usage:
+            usage = _envelope(request_id, chat, loaded.name, [], stream=True)
+            usage["usage"] = {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
+                              "total_tokens": len(prompt_ids) + completion_tokens}
+            yield _sse_line(usage)
+        yield "data: [DONE]\n\n"
+    finally:
+        pins.close()
+
+
+def build_api(service: ModelService, limits: ServeLimits, api_key: str | None = None,
+              extra_routers: list[APIRouter] | None = None, public_routers: list[APIRouter] | None = None) -> FastAPI:
+    """The whole HTTP app: OpenAI routes and any extra (page) routes, behind optional bearer auth."""
+    app = FastAPI(title="raywiz serve", docs_url="/docs", redoc_url=None)
+    install_error_handlers(app)
+    auth = [Depends(bearer_auth(api_key))]
+    app.include_router(build_openai_router(service, limits), dependencies=auth)
+    for router in extra_routers or []:
+        app.include_router(router, dependencies=auth)
+    for router in public_routers or []:
+        app.include_router(router)
+
+    @app.get("/health")
+    async def health():
+        current = service.pool.current
+        return {"status": "ok", "model": current.name if current else None}
+
+    return app

@@ -1,0 +1,231 @@
+"""Loaded models: loading one (and refusing what will not work), and the LRU pool that holds them.
+
+The pool has one "current" model, the one requests without an explicit checkpoint get. Swapping is
+one assignment under a lock: a request takes (and pins) its model when it starts, so requests in
+flight finish on the model they began with while new ones get the new model. A pinned model is
+never freed; one pushed out of the LRU while still in use is freed when its last request ends.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from raywiz.serve.checkpoints import CheckpointRef, fetch_to_local
+from raywiz.serve.engine import BatchEngine
+
+log = logging.getLogger("raywiz.serve")
+
+
+class CheckpointRefused(Exception):
+    """A checkpoint that cannot be served; the message says why."""
+
+
+class UnknownModel(KeyError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    ref: CheckpointRef
+    model: object
+    tokenizer: object
+    engine: BatchEngine
+    info: dict  # raywiz.json + manifest meta: step, template, base_model ...
+    nbytes: int
+    context_length: int | None
+    load_seconds: float
+    loaded_at: float = field(default_factory=time.time)
+    users: int = 0  # requests using it right now
+    evicted: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    @property
+    def step(self) -> int | None:
+        step = self.info.get("step", self.ref.step)
+        return int(step) if isinstance(step, (int, float)) else self.ref.step
+
+    @property
+    def template(self) -> str | None:
+        return self.info.get("template")
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _context_length(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load_model(ref: CheckpointRef, info: dict, *, device: str, dtype, cache_dir: str,
+               trust_remote_code: bool = False, max_batch_size: int = 16, batch_wait_s: float = 0.005,
+               emit_interval_s: float = 0.0) -> LoadedModel:
+    """Load a model and its tokenizer and prove they work; CheckpointRefused says why not."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from raywiz.modeling import load_tokenizer
+
+    started = time.monotonic()
+    path = fetch_to_local(ref, cache_dir)
+    try:
+        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise CheckpointRefused(f"{ref.path}: tokenizer does not load: {type(e).__name__}: {e}") from e
+    try:
+        model, loading = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True
+        )
+    except Exception as e:  # corrupt safetensors, unknown architecture, shape mismatch ...
+        raise CheckpointRefused(f"{ref.path}: model does not load: {type(e).__name__}: {e}") from e
+    missing = loading.get("missing_keys") or []
+    mismatched = loading.get("mismatched_keys") or []
+    if missing or mismatched:
+        # transformers would fill these with random values and carry on: not a model worth serving.
+        bad = sorted(missing)[:5] + [str(m) for m in mismatched][:5]
+        raise CheckpointRefused(f"{ref.path}: weights do not match the config (missing or mismatched: {bad})")
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise CheckpointRefused(f"{ref.path}: tokenizer has {len(tokenizer)} tokens, the model's embedding {vocab}")
+    model.to(device).eval()
+    with torch.inference_mode():  # one forward pass: catches NaN weights and device trouble now, not per request
+        probe = torch.tensor([[tokenizer.eos_token_id or 0]], device=device)
+        logits = model(input_ids=probe).logits
+        if not torch.isfinite(logits).all():
+            raise CheckpointRefused(f"{ref.path}: the model's outputs are not finite (NaN/inf weights)")
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    engine = BatchEngine(model, tokenizer, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s,
+                         emit_interval_s=emit_interval_s, name=ref.name)
+    return LoadedModel(ref, model, tokenizer, engine, info, nbytes, _context_length(model.config),
+                       time.monotonic() - started)
+
+
+class ModelPool:
+    """Models loaded side by side, least recently used evicted past `max_models` / `max_bytes`."""
+
+    def __init__(self, max_models: int = 3, max_bytes: int | None = None):
+        self.max_models = max_models
+        self.max_bytes = max_bytes
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # oldest use first
+        self._current: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> LoadedModel | None:
+        with self._lock:
+            return self._models.get(self._current) if self._current else None
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+    def snapshot(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._models.values())
+
+    def __contains__(self, name: str) -> bool:
+        with self._lock:
+            return name in self._models
+
+    def add(self, loaded: LoadedModel, make_current: bool) -> LoadedModel | None:
+        """Insert a freshly loaded model; with make_current, atomically route new requests to it.
+
+        Returns the model that was current before (still loaded unless the LRU bound pushes it out).
+        """
+        with self._lock:
+            previous = self._models.get(self._current) if self._current else None
+            old = self._models.pop(loaded.name, None)
+            self._models[loaded.name] = loaded
+            if make_current or self._current is None:
+                self._current = loaded.name
+            to_close = self._evict_locked()
+            if old is not None and old is not loaded:
+                old.evicted = True
+                if old.users == 0:
+                    to_close.append(old)
+        self._close(to_close)
+        return previous
+
+    def set_current(self, name: str) -> bool:
+        """Route new requests to an already loaded model; False if it is not loaded."""
+        with self._lock:
+            if name not in self._models:
+                return False
+            self._current = name
+            self._models.move_to_end(name)
+            return True
+
+    @contextmanager
+    def use(self, name: str | None) -> Iterator[LoadedModel]:
+        """Pin a model for one request: None means the current one."""
+        with self._lock:
+            key = self._current if name is None else name
+            loaded = self._models.get(key) if key else None
+            if loaded is None:
+                raise UnknownModel(name)
+            self._models.move_to_end(key)
+            loaded.users += 1
+        try:
+            yield loaded
+        finally:
+            with self._lock:
+                loaded.users -= 1
+                to_close = [loaded] if (loaded.evicted and loaded.users == 0) else []
+                to_close += self._evict_locked()
+            self._close(to_close)
+
+    def _evict_locked(self) -> list[LoadedModel]:
+        """Drop least recently used models (never the current one) until within bounds."""
+        out = []
+
+        def over() -> bool:
+            total = sum(m.nbytes for m in self._models.values())
+            return len(self._models) > self.max_models or (self.max_bytes is not None and total > self.max_bytes)
+
+        for name in list(self._models):
+            if not over():
+                break
+            if name == self._current:
+                continue
+            victim = self._models.pop(name)
+            victim.evicted = True
+            log.info("unloading %s (least recently used)", name)
+            if victim.users == 0:
+                out.append(victim)  # else: freed when its last request ends (see use())
+        return out
+
+    @staticmethod
+    def _close(models: list[LoadedModel]) -> None:
+        if not models:
+            return
+        for m in models:
+            m.close()
+        del models
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # freeing memory is best effort
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            models = list(self._models.values())
+            self._models.clear()
+            self._current = None
+        self._close(models)

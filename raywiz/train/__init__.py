@@ -1,0 +1,1 @@
+"""Train stage: Ray Train TorchTrainer + DeepSpeed ZeRO-3."""

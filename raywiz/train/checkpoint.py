@@ -1,0 +1,131 @@
+"""Checkpoints: save and restore exact training state, and export a Hugging Face model.
+
+Layout of ``{run_dir}/train/checkpoint_{step:08d}/`` (every rank writes its part into a local
+directory; Ray Train merges them into one storage directory):
+
+    zero/            DeepSpeed's sharded model + optimizer state (one file per rank)
+    rng/rank_N.pt    each rank's RNG states (torch, CUDA, numpy, python)
+    train_state.json step, epoch, position inside the epoch, schedule length (rank 0)
+    hf/              consolidated safetensors + config + tokenizer + generation config, own manifest
+    manifest.json    every file above with its size (rank 0, written last)
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import re
+from typing import Any
+
+import numpy as np
+import torch
+
+from raywiz.artifacts import check_manifest, list_files, write_json_atomic, write_manifest
+
+ZERO_TAG = "state"
+CKPT_RE = re.compile(r"checkpoint_(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_training_state(engine, local_dir: str, rank: int, train_state: dict) -> None:
+    """Collective: every rank writes its ZeRO shard and RNG; rank 0 the train_state."""
+    engine.save_checkpoint(os.path.join(local_dir, "zero"), tag=ZERO_TAG)
+    os.makedirs(os.path.join(local_dir, "rng"), exist_ok=True)
+    torch.save(rng_state(), os.path.join(local_dir, "rng", f"rank_{rank}.pt"))
+    if rank == 0:
+        write_json_atomic(os.path.join(local_dir, "train_state.json"), train_state)
+
+
+def load_training_state(engine, ckpt_dir: str, rank: int) -> dict:
+    """Collective: restore ZeRO shards, optimizer, RNG; return the train_state."""
+    check = check_manifest(ckpt_dir, kind="train_checkpoint")
+    if not check.complete:
+        raise RuntimeError(f"refusing to resume from an incomplete checkpoint: {check.reason}")
+    load_path, _ = engine.load_checkpoint(os.path.join(ckpt_dir, "zero"), tag=ZERO_TAG,
+                                          load_optimizer_states=True, load_lr_scheduler_states=False)
+    if load_path is None:
+        raise RuntimeError(f"{ckpt_dir}/zero: DeepSpeed found no state to load")
+    rng_file = os.path.join(ckpt_dir, "rng", f"rank_{rank}.pt")
+    if os.path.exists(rng_file):  # absent when resuming on a different number of workers
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    with open(os.path.join(ckpt_dir, "train_state.json")) as f:
+        return json.load(f)
+
+
+def consolidated_state_dict(engine, stage: int) -> dict[str, torch.Tensor] | None:
+    """Collective: the full weights on rank 0 (None elsewhere), gathered from the ZeRO-3 shards."""
+    if stage == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    if engine.global_rank == 0:
+        return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
+    return None
+
+
+def export_hf(model, state_dict: dict, tokenizer, out_dir: str, meta: dict) -> None:
+    """Rank 0: write a transformers-loadable model directory and seal it with a manifest."""
+    os.makedirs(out_dir, exist_ok=True)
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    gen = model.generation_config
+    gen.eos_token_id = tokenizer.eos_token_id
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.save_pretrained(out_dir)
+    write_json_atomic(os.path.join(out_dir, "raywiz.json"), meta)
+    n_bytes = sum(os.path.getsize(p) for p in glob.glob(os.path.join(out_dir, "*.safetensors")))
+    expected = sum(v.numel() * v.element_size() for v in state_dict.values())
+    # Peers' classic failure: KB-sized ZeRO-3 saves. Catch it here instead of at load time.
+    if n_bytes < 0.5 * expected:
+        raise RuntimeError(f"{out_dir}: safetensors hold {n_bytes} bytes but the weights are {expected}")
+    write_manifest(out_dir, kind="hf_export", meta={"step": meta.get("step"), "run": meta.get("run")})
+
+
+def seal_checkpoint(local_dir: str, rank: int, world_size: int, meta: dict) -> None:
+    """Collective: gather every rank's file list; rank 0 writes the checkpoint manifest last."""
+    import torch.distributed as dist
+
+    mine = list_files(local_dir)
+    everyone: list[dict[str, int]] = [None] * world_size  # type: ignore[list-item]
+    if dist.is_initialized() and world_size > 1:
+        dist.all_gather_object(everyone, mine)
+    else:
+        everyone = [mine]
+    if rank == 0:
+        files: dict[str, int] = {}
+        for part in everyone:
+            files.update(part)
+        write_manifest(local_dir, kind="train_checkpoint", meta=meta, files=files)
+
+
+def list_checkpoints(train_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of checkpoint directories under a run's train dir, oldest first."""
+    out = []
+    for path in glob.glob(os.path.join(train_dir, "checkpoint_*")):
+        m = CKPT_RE.search(path)
+        if m and os.path.isdir(path):
+            out.append((int(m.group(1)), path))
+    return sorted(out)
+
+
+def latest_complete_checkpoint(train_dir: str) -> str | None:
+    """The newest checkpoint whose manifest checks out (partial ones are skipped)."""
+    for _, path in reversed(list_checkpoints(train_dir)):
+        if check_manifest(path, kind="train_checkpoint").complete:
+            return path
+    return None

@@ -1,0 +1,135 @@
+"""The `train:` section of a job config.
+
+Defaults are WizardCoder's recipe (global batch 512, lr 2e-5, 30 warmup steps, cosine, max length
+2048, 3 epochs) on DeepSpeed ZeRO-3. With packing on, a "row" is one packed sequence of
+``max_length`` tokens holding several samples, and batch sizes count rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TemplateConfig(_Section):
+    name: Literal["wizardcoder", "alpaca", "chat", "custom"] = Field(
+        "wizardcoder",
+        description="wizardcoder: WizardCoder's Alpaca prompt (input ignored, as theirs); alpaca: adds the "
+        "'### Input:' variant when a row has input; chat: the tokenizer's chat template; custom: `prompt`.",
+    )
+    prompt: str | None = Field(None, description="custom template with {instruction} and {input} fields")
+
+    @model_validator(mode="after")
+    def _custom_needs_prompt(self):
+        if self.name == "custom" and not self.prompt:
+            raise ValueError("name 'custom' needs a `prompt` with an {instruction} field")
+        if self.prompt is not None and "{instruction}" not in self.prompt:
+            raise ValueError("prompt must contain {instruction}")
+        return self
+
+
+class DataConfig(_Section):
+    paths: list[str] = Field(
+        default_factory=list,
+        description="instruction shards: files, directories or globs; local, s3:// or gs://; "
+        "'raywiz:quickstart/instructions.jsonl' names a file shipped with raywiz. "
+        "Empty: this run's evolve output ({storage}/{name}/evolve).",
+    )
+    format: Literal["auto", "parquet", "jsonl"] = "auto"
+    template: TemplateConfig = Field(default_factory=TemplateConfig)
+    max_length: int = Field(2048, ge=16, description="tokens per sample and per packed row")
+    overlong: Literal["drop", "truncate"] = Field("drop", description="samples longer than max_length")
+    pack: bool = Field(True, description="pack samples into rows of max_length tokens (no cross-sample attention)")
+    pack_window: int = Field(1024, ge=1, description="samples considered together when packing")
+    on_bad_row: Literal["report", "error"] = Field(
+        "report", description="report: count bad rows and skip them; error: fail on the first one"
+    )
+    shuffle: bool = True
+    shuffle_buffer_rows: int = Field(1024, ge=1, description="per-worker buffer for the per-epoch reshuffle")
+    tokenize_batch_size: int = Field(256, ge=1)
+
+    def resolve_paths(self, fix: Callable[[str], str]) -> None:
+        self.paths = [fix(p) for p in self.paths]
+
+
+class OptimConfig(_Section):
+    epochs: int = Field(3, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    global_batch_size: int = Field(512, ge=1, description="rows per optimizer step, over all workers")
+    micro_batch_size: int = Field(4, ge=1, description="rows per worker per forward pass")
+    lr: float = Field(2e-5, gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    warmup_steps: int = Field(30, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = Field(1.0, ge=0, description="max grad norm; 0 turns clipping off")
+    seed: int = 42
+    gradient_checkpointing: bool = False
+
+
+class DeepSpeedSection(_Section):
+    stage: Literal[0, 1, 2, 3] = 3
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    optimizer: Literal["auto", "adamw", "fused_adam", "cpu_adam"] = Field(
+        "auto", description="auto: torch fused AdamW on GPU, DeepSpeedCPUAdam with offload, torch AdamW otherwise"
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="extra DeepSpeed config merged over raywiz's (expert use)"
+    )
+
+
+class ScalingSection(_Section):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool | None = Field(None, description="default: True when the cluster has GPUs")
+    cpus_per_worker: float = Field(1, gt=0)
+    accelerator_type: str | None = Field(None, description="e.g. 'H100': schedule workers on that GPU type")
+    worker_start_timeout_s: float = Field(600, gt=0, description="how long to wait for workers (autoscaling)")
+    nccl_timeout_s: int = Field(1800, ge=1, description="collective timeout")
+
+
+class CheckpointSection(_Section):
+    every_n_steps: int = Field(100, ge=1)
+    num_to_keep: int | None = Field(2, ge=1)
+    export_hf: Literal["every", "last", "never"] = Field(
+        "every", description="write the HF safetensors export into each checkpoint, the last one, or none"
+    )
+
+
+class TrainConfig(_Section):
+    engine: Literal["deepspeed", "fsdp2"] = "deepspeed"
+    data: DataConfig
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    max_failures: int = Field(3, ge=-1, description="worker failures to recover from (-1: forever)")
+    log_every_n_steps: int = Field(1, ge=1)
+    trace_samples: bool = Field(
+        False, description="record the sample_ids of every step (to audit resume: nothing skipped or repeated)"
+    )
+
+    @model_validator(mode="after")
+    def _batch_divides(self):
+        per_step = self.optim.micro_batch_size * self.scaling.num_workers
+        if self.optim.global_batch_size % per_step:
+            raise ValueError(
+                f"optim.global_batch_size ({self.optim.global_batch_size}) must be a multiple of "
+                f"optim.micro_batch_size x scaling.num_workers ({self.optim.micro_batch_size} x "
+                f"{self.scaling.num_workers} = {per_step})"
+            )
+        return self
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.optim.global_batch_size // (self.optim.micro_batch_size * self.scaling.num_workers)
+
+    def resolve_paths(self, fix: Callable[[str], str]) -> None:
+        self.data.resolve_paths(fix)

@@ -1,0 +1,142 @@
+"""DeepSpeed setup: the config dict, a model built already sharded, and the engine.
+
+Order matters for ZeRO-3: the DeepSpeed config must be alive (``HfDeepSpeedConfig``) before the
+model is created, so that transformers builds it inside ``zero.Init`` and no rank ever holds the
+full weights in host memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from raywiz.modeling import build_model, torch_dtype
+
+log = logging.getLogger(__name__)
+
+
+def deepspeed_config(train_cfg, on_gpu: bool, dtype: torch.dtype) -> dict[str, Any]:
+    """raywiz's DeepSpeed config for a TrainConfig; `train.deepspeed.config` is merged over it."""
+    ds = train_cfg.deepspeed
+    zero: dict[str, Any] = {"stage": ds.stage}
+    if ds.stage == 3:
+        zero.update(
+            {
+                "overlap_comm": on_gpu,
+                "contiguous_gradients": True,
+                "stage3_gather_16bit_weights_on_model_save": True,  # lets rank 0 gather the HF export
+                "stage3_prefetch_bucket_size": 5e7,
+                "stage3_param_persistence_threshold": 1e5,
+                "stage3_max_live_parameters": 1e9,
+                "stage3_max_reuse_distance": 1e9,
+                "reduce_bucket_size": 5e7,
+            }
+        )
+    if ds.stage == 3 and train_cfg.scaling.num_workers == 1 and not ds.offload_params:
+        # One worker has nothing to shard: keep every parameter resident so ZeRO-3's per-module
+        # gather/release hooks become no-ops (same memory as stage 0, far less CPU overhead).
+        zero["stage3_param_persistence_threshold"] = 1e12
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if ds.offload_params:
+        if ds.stage != 3:
+            raise ValueError("train.deepspeed.offload_params needs stage 3")
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": train_cfg.optim.micro_batch_size,
+        "gradient_accumulation_steps": train_cfg.grad_accum_steps,
+        "gradient_clipping": train_cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
+        "steps_per_print": 10**9,  # raywiz prints its own progress
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+    return _merge(config, ds.config)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def make_optimizer(params, train_cfg, on_gpu: bool):
+    """The optimizer DeepSpeed wraps. auto: fused AdamW on GPU, DeepSpeedCPUAdam with offload, else torch AdamW."""
+    o, choice = train_cfg.optim, train_cfg.deepspeed.optimizer
+    if choice == "auto":
+        choice = "cpu_adam" if train_cfg.deepspeed.offload_optimizer else ("fused_adam" if on_gpu else "adamw")
+    kwargs = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    if choice == "fused_adam":
+        # torch's own fused AdamW kernel: as fast as DeepSpeed's FusedAdam, with no JIT build
+        # (DeepSpeed's op builder also trips over arch lists such as "9.0a").
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    if choice == "cpu_adam":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def lr_at(step: int, optim_cfg, total_steps: int) -> float:
+    """Linear warmup, then cosine / linear decay / constant. `step` counts optimizer steps from 0."""
+    base, warm = optim_cfg.lr, optim_cfg.warmup_steps
+    if warm and step < warm:
+        return base * (step + 1) / warm
+    if optim_cfg.schedule == "constant":
+        return base
+    progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+    floor = base * optim_cfg.min_lr_ratio
+    if optim_cfg.schedule == "linear":
+        return floor + (base - floor) * (1 - progress)
+    return floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _import_before_zero_init() -> None:
+    """zero.Init patches tensor constructors; modules imported lazily inside it (torch._dynamo's
+    polyfills, via transformers' generation utils) then fail their signature checks. Import them first."""
+    import torch._dynamo  # noqa: F401
+    import transformers.generation  # noqa: F401
+    import transformers.masking_utils  # noqa: F401
+
+
+@dataclass
+class Engine:
+    engine: Any  # deepspeed.DeepSpeedEngine
+    model: Any  # the HF model (engine.module)
+    ds_config: dict
+    hf_ds_config: Any  # keeps transformers' ZeRO-3 awareness alive while the engine lives
+    dtype: torch.dtype
+    device: torch.device
+
+
+def create_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device) -> Engine:
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    dtype = torch_dtype(model_cfg.dtype, on_gpu)
+    ds_config = deepspeed_config(train_cfg, on_gpu, dtype)
+    _import_before_zero_init()
+    # Must exist before the model is created (see module docstring); keep the reference.
+    hf_ds_config = HfDeepSpeedConfig(ds_config) if train_cfg.deepspeed.stage == 3 else None
+    attn = model_cfg.attn_implementation or "sdpa"
+    # With HfDeepSpeedConfig alive, transformers enters zero.Init itself (from_config and from_pretrained).
+    # We don't add our own: DeepSpeed 0.19's zero.Init(dtype=...) turns float32 into bfloat16 on CPU
+    # (an operator-precedence slip in _set_dtype); without dtype it follows the config's bf16 flag.
+    model = build_model(model_cfg.name_or_path, dtype=dtype, attn_implementation=attn,
+                        trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
+                        seed=train_cfg.optim.seed)
+    if train_cfg.optim.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg, on_gpu)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    return Engine(engine, engine.module, ds_config, hf_ds_config, dtype, device)

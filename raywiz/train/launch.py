@@ -1,0 +1,126 @@
+"""`raywiz train`: prepare the data once, then run the recipe on a Ray Train TorchTrainer.
+
+The driver does three things: build the packed dataset (Ray Data, on CPU workers), turn its size
+into a step plan (the cosine schedule needs the total up front), and hand both to Ray Train with
+the scaling, failure and checkpoint settings from the job. Re-running a job with the same name
+resumes: Ray Train V2 restores its checkpoint state from ``{run_dir}/train``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from raywiz.artifacts import (
+    check_manifest,
+    evolve_dir,
+    expand_paths,
+    join,
+    train_dir,
+    write_json_atomic,
+)
+from raywiz.config import ConfigError, JobConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_data_files(job: JobConfig) -> list[str]:
+    """The shard files to train on: the job's paths, else this run's sealed evolve output."""
+    paths = job.train.data.paths
+    if not paths:
+        source = evolve_dir(job.run_dir)
+        check = check_manifest(source, kind="instruction_shards")
+        if not check.complete:
+            raise ConfigError(f"train.data.paths: empty, and this run's evolve output is not usable ({check.reason}); "
+                              "run `raywiz evolve` first or name shard files")
+        paths = [join(source, name) for name in sorted(check.manifest["files"]) if name.endswith(".parquet")]
+    try:
+        return expand_paths(paths)
+    except FileNotFoundError as e:
+        raise ConfigError(f"train.data.paths: {e}") from None
+
+
+def make_plan(job: JobConfig, n_packed_rows: int) -> dict:
+    """Steps per epoch and in total, from the packed row count and the batch geometry."""
+    from raywiz.modeling import count_parameters, model_config
+
+    tc = job.train
+    rows_per_worker = n_packed_rows // tc.scaling.num_workers
+    steps_per_epoch = rows_per_worker // (tc.optim.micro_batch_size * tc.grad_accum_steps)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"train.optim.global_batch_size: the data packs into {n_packed_rows} rows of "
+            f"{tc.data.max_length} tokens, fewer than one global batch ({tc.optim.global_batch_size} rows); "
+            "lower the batch size or add data")
+    total = steps_per_epoch * tc.optim.epochs
+    if tc.optim.max_steps:
+        total = min(total, tc.optim.max_steps)
+    config = model_config(job.model.name_or_path, job.model.trust_remote_code, job.model.revision)
+    return {
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total,
+        "rows_per_step": tc.optim.global_batch_size,
+        "rows_dropped_per_epoch": n_packed_rows - steps_per_epoch * tc.optim.global_batch_size,
+        "n_params": count_parameters(config),
+    }
+
+
+def run_train(job: JobConfig) -> str:
+    """Train; return the exported HF directory of the final checkpoint (or the checkpoint dir)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from raywiz.data.pipeline import prepare_packed_dataset
+    from raywiz.runtime import cluster_has_gpus, init_ray
+    from raywiz.train.checkpoint import latest_complete_checkpoint
+    from raywiz.train.recipe import train_loop_per_worker
+
+    tc = job.require("train")
+    files = resolve_data_files(job)
+    init_ray(job, extra_cpus_needed=tc.scaling.num_workers * tc.scaling.cpus_per_worker)
+    use_gpu = tc.scaling.use_gpu if tc.scaling.use_gpu is not None else cluster_has_gpus()
+    if job.model.dtype == "auto" and not use_gpu:
+        log.info("no GPU: training in float32")
+
+    print(f"[raywiz] preparing data: {len(files)} file(s)", flush=True)
+    num_cpus = int(ray.cluster_resources().get("CPU", 1))
+    packed, report = prepare_packed_dataset(files, tc.data, job.model, tc.optim.seed, num_cpus)
+    plan = make_plan(job, report.n_packed_rows)
+    out_dir = train_dir(job.run_dir)
+    write_json_atomic(join(out_dir, "data_report.json"), {**report.to_dict(), "plan": plan})
+    print(f"[raywiz] data: {report.n_samples} samples ({report.n_bad} bad, {report.n_overlong_dropped} too long, "
+          f"{report.n_truncated} truncated) -> {report.n_packed_rows} rows of {tc.data.max_length} tokens "
+          f"({report.packing_efficiency:.0%} full); {plan['steps_per_epoch']} steps/epoch, "
+          f"{plan['total_steps']} steps", flush=True)
+
+    # Ray Train reads this when it starts (or waits for autoscaled) workers.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(tc.scaling.worker_start_timeout_s))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job.model_dump(mode="json"), "plan": plan},
+        torch_config=TorchConfig(timeout_s=tc.scaling.nccl_timeout_s),
+        scaling_config=ScalingConfig(
+            num_workers=tc.scaling.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": tc.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            accelerator_type=tc.scaling.accelerator_type,
+        ),
+        run_config=RunConfig(
+            name="train",
+            storage_path=job.run_dir,
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.checkpoint.num_to_keep),
+            worker_runtime_env={"env_vars": {
+                "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(tc.scaling.worker_start_timeout_s)}},
+        ),
+        datasets={"train": packed},
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    final = result.checkpoint.path if result.checkpoint else latest_complete_checkpoint(out_dir)
+    if final is None:
+        raise RuntimeError("training finished without a checkpoint")
+    hf = join(final, "hf")
+    return hf if check_manifest(hf, kind="hf_export").complete else final

@@ -1,0 +1,41 @@
+"""Shared fixtures. Ray tests use one real local cluster per test session (2 CPUs, like CI)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+# Ray worker processes import test modules and raywiz: they need the repo on their path.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p)
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster shared by the session's Ray tests (shut down at the end)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"],
+                                           "WANDB_MODE": os.environ["WANDB_MODE"]}})
+    yield ray
+    ray.shutdown()

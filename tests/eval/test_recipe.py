@@ -1,0 +1,110 @@
+"""`raywiz eval run` end to end: a run directory with two checkpoints, an OpenAI-compatible server on
+127.0.0.1 that answers like a perfect instruction model (the references, in a ```python block), and
+WizardCoder's prompts and post-processing in between; plus evaluate_checkpoint inside a Ray task."""
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from raywiz.artifacts import check_manifest, write_manifest
+from raywiz.config import parse_job
+from raywiz.eval.benchmarks import load_tasks
+from raywiz.eval.prompts import build_prompt
+
+pytestmark = pytest.mark.slow
+
+
+def oracle_answers(benchmarks, limit):
+    answers = {}
+    for b in benchmarks:
+        for t in load_tasks(b)[:limit]:
+            code = t.prompt + t.solution if b.startswith("humaneval") else t.solution
+            answers[build_prompt(t)] = (f"Here is the script:\n```python\n{code.replace('    ', chr(9))}\n```\n"
+                                        "if __name__ == \"__main__\":\n    print('demo')")
+    return answers
+
+
+@pytest.fixture
+def oracle_server():
+    answers = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            text = answers.get(body["prompt"], "I don't know.")
+            reply = json.dumps({"choices": [{"index": 0, "text": text}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield answers, f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def make_checkpoint(run_dir, step):
+    hf = os.path.join(run_dir, "train", f"checkpoint_{step:08d}", "hf")
+    os.makedirs(hf)
+    with open(os.path.join(hf, "raywiz.json"), "w") as f:
+        json.dump({"step": step, "run": "r", "base_model": "tiny-gpt-bigcode", "template": "wizardcoder"}, f)
+    write_manifest(hf, "hf_export", meta={"step": step})
+    return hf
+
+
+def test_eval_run_scores_every_checkpoint_and_plots(tmp_path, oracle_server, have_shared_data, capsys, monkeypatch):
+    from raywiz.eval import recipe
+
+    answers, url = oracle_server
+    answers.update(oracle_answers(["humaneval", "mbpp"], 3))
+    job = parse_job({"name": "r", "storage": str(tmp_path), "wandb": {"enabled": True, "mode": "offline"}, "eval": {
+        "benchmarks": ["humaneval", "mbpp"], "checkpoints": ["all"], "limit": 3, "k": [1],
+        "generation": {"backend": "openai", "base_url": url, "model": "wizard"}}})
+    make_checkpoint(job.run_dir, 10)
+    incomplete = make_checkpoint(job.run_dir, 20)
+    os.remove(os.path.join(incomplete, "manifest.json"))  # still being written: must be skipped
+    make_checkpoint(job.run_dir, 30)
+    results = recipe.run_eval(job)
+    assert [r["checkpoint"] for r in results] == ["checkpoint_00000010", "checkpoint_00000030"]
+    for r in results:
+        for b in ("humaneval", "mbpp"):
+            out = os.path.join(job.run_dir, "eval", r["checkpoint"], b)
+            assert check_manifest(out, kind="eval_results").complete
+            summary = json.load(open(os.path.join(out, "summary.json")))
+            assert summary["n_tasks"] == 3 and summary["pass@1"] == pytest.approx(1.0)
+            sample = json.loads(open(os.path.join(out, "samples.jsonl")).readline())
+            assert "```" not in sample["completion"] and "__main__" not in sample["completion"]
+    printed = capsys.readouterr().out
+    assert "checkpoint_00000030" in printed and "100.0" in printed
+    assert os.path.getsize(os.path.join(job.run_dir, "eval", "pass_at_1.png")) > 1000
+    # logged to W&B (offline): the eval run's files sit beside the run's outputs
+    assert any("eval" in name for name in os.listdir(os.path.join(job.run_dir, "wandb")))
+    # A rerun finds the sealed results and neither generates nor scores again.
+    monkeypatch.setattr(recipe, "generate_samples", lambda *a: pytest.fail("regenerated"))
+    monkeypatch.setattr(recipe, "score_samples", lambda *a, **k: pytest.fail("rescored"))
+    assert recipe.run_eval(job)[1]["pass@1"] == {"humaneval": 1.0, "mbpp": 1.0}
+
+
+def test_evaluate_checkpoint_in_a_ray_task(ray_local, tmp_path, have_shared_data):
+    from raywiz.eval.config import EvalConfig
+    from raywiz.eval.recipe import best_checkpoint, evaluate_checkpoint_remote
+    from raywiz.modeling import build_model, load_tokenizer
+
+    model_dir = tmp_path / "my-model"
+    build_model("tiny-gpt-bigcode", seed=0).save_pretrained(model_dir)
+    load_tokenizer("tiny-gpt-bigcode").save_pretrained(model_dir)
+    cfg = EvalConfig(benchmarks=["humaneval"], limit=2, generation={"max_new_tokens": 4})
+    result = ray_local.get(evaluate_checkpoint_remote(str(model_dir), cfg), timeout=600)
+    assert result["checkpoint"] == "my-model" and result["benchmarks"]["humaneval"]["n_tasks"] == 2
+    assert result["pass@1"]["humaneval"] == 0.0  # a random model
+    out = tmp_path / "eval" / "my-model" / "humaneval"  # beside the plain model directory
+    assert (out / "results.jsonl").exists() and check_manifest(str(out), kind="eval_results").complete
+    better = {**result, "checkpoint": "other", "pass@1": {"humaneval": 0.5}}
+    assert best_checkpoint([result, better])["checkpoint"] == "other"

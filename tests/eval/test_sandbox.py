@@ -1,0 +1,205 @@
+"""Hostile samples: each must be contained, get the right verdict, and leave the evaluator alive.
+
+Destructive samples target a fake HOME made here (plus the sandbox's own HOME), never the real one.
+"""
+
+import os
+import socket
+import subprocess
+import tempfile
+import textwrap
+import threading
+import time
+
+import pytest
+
+from raywiz.eval.sandbox import SandboxSettings, probe_isolation, run_program
+
+pytestmark = pytest.mark.slow
+SETTINGS = SandboxSettings(memory_mb=256, max_processes=8)
+
+
+def run(code: str, timeout: float = 2.0, guard: bool = True):
+    return run_program(textwrap.dedent(code), timeout, SETTINGS, guard=guard)
+
+
+def result(r) -> str:
+    rec = r.first("result")
+    return rec["result"] if rec and r.timed_out_stage is None else ("timed out" if r.timed_out_stage is not None else "no result")
+
+
+def sandbox_processes() -> int:
+    uid = SETTINGS.run_as_uid if os.geteuid() == 0 else None
+    if uid is None:
+        return 0
+    count = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == uid:
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def test_isolation_layers_reported():
+    info = probe_isolation(SETTINGS)
+    assert info["works"]
+    if os.geteuid() == 0:
+        assert info["uid"] == SETTINGS.run_as_uid
+    assert info["network"] in ("namespace", "guard")
+
+
+def test_passing_and_failing_programs():
+    assert result(run("assert 1 + 1 == 2")) == "passed"
+    assert result(run("assert 1 + 1 == 3")).startswith("failed")
+
+
+def test_fork_bomb_is_contained():
+    before = sandbox_processes()
+    r = run("""
+        import posix
+        while True:
+            try:
+                posix.fork()
+            except OSError:
+                pass
+    """, guard=False)
+    assert result(r) == "timed out"
+    time.sleep(0.5)
+    assert sandbox_processes() <= before  # nothing it started is left running
+
+
+def test_memory_bomb_fails_cleanly():
+    r = run("x = bytearray(4 * 1024 ** 3)\nassert False")
+    assert result(r).startswith("failed")
+    r = run("s = 'x' * (1 << 34)")
+    assert result(r).startswith("failed")
+
+
+def test_infinite_loops_time_out_even_in_c_code():
+    assert result(run("while True:\n    pass")) == "timed out"
+    # catastrophic regex backtracking never returns to the interpreter: only the outside kill stops it
+    start = time.monotonic()
+    assert result(run("import re\nre.match(r'(a+)+$', 'a' * 64 + 'b')")) == "timed out"
+    assert time.monotonic() - start < 10
+
+
+def test_rm_rf_home_is_contained(tmp_path):
+    fake_home = tmp_path / "home"
+    (fake_home / "project").mkdir(parents=True)
+    canary = fake_home / "project" / "important.txt"
+    canary.write_text("keep me")
+    tmp_mode = os.stat(tempfile.gettempdir()).st_mode
+    # Both its own HOME and the (fake) evaluator home, with the guard bypassed.
+    r = run(f"""
+        import os, posix, shutil
+        shutil.rmtree(os.path.expanduser("~"), ignore_errors=True)
+        for root, dirs, files in os.walk({str(fake_home)!r}, topdown=False):
+            for f in files:
+                posix.unlink(os.path.join(root, f))
+            for d in dirs:
+                posix.rmdir(os.path.join(root, d))
+        assert False, "deleted everything"
+    """, guard=False)
+    assert result(r).startswith("failed")  # PermissionError before reaching the assert
+    # The sample deleted its own working directory; cleaning up must not touch the directory above.
+    assert os.stat(tempfile.gettempdir()).st_mode == tmp_mode
+    if os.geteuid() == 0:  # as root, samples run as an unprivileged uid that cannot touch the home
+        assert canary.read_text() == "keep me"
+
+
+def test_cannot_kill_the_evaluator_or_its_neighbours():
+    neighbour = subprocess.Popen(["sleep", "60"])
+    try:
+        for code in (
+            "import os\nos.kill(os.getppid(), 9)",  # the guard: os.kill is None
+            f"import posix, os\nposix.kill(os.getppid(), 9)\nposix.kill({os.getpid()}, 9)\n"
+            f"posix.kill({neighbour.pid}, 9)\nposix.kill(-1, 9)\nassert False",
+        ):
+            r = run(code, guard=False)
+            assert not result(r).startswith("passed")
+        assert neighbour.poll() is None  # still running
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+
+
+def test_no_network_even_to_localhost():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    accepted = []
+
+    def accept():
+        try:
+            accepted.append(server.accept())
+        except OSError:
+            pass
+
+    t = threading.Thread(target=accept)
+    t.start()
+    r = run(f"""
+        import socket
+        s = socket.socket()
+        s.settimeout(1)
+        s.connect(("127.0.0.1", {port}))
+    """, guard=False)
+    t.join()
+    server.close()
+    assert result(r).startswith("failed") and not accepted
+
+
+def test_environment_secrets_are_not_visible(monkeypatch):
+    monkeypatch.setenv("RAYWIZ_TEST_SECRET", "s3cr3t-value")
+    r = run(f"""
+        import os
+        found = "RAYWIZ_TEST_SECRET" in os.environ
+        try:
+            found = found or b"s3cr3t-value" in open("/proc/{os.getpid()}/environ", "rb").read()
+        except OSError:
+            pass
+        assert found
+    """, guard=False)
+    assert result(r).startswith("failed")
+
+
+def test_stdout_flood_is_bounded():
+    r = run("while True:\n    print('x' * 100000)")
+    assert result(r) == "timed out"
+    # writing straight at every descriptor, the result channel included
+    r = run("""
+        import os
+        while True:
+            for fd in range(1, 8):
+                try:
+                    os.write(fd, b"x" * 65536)
+                except OSError:
+                    pass
+    """, guard=False)
+    assert result(r) != "passed" and len(r.stderr) <= 8192
+
+
+@pytest.mark.parametrize("exit_call", ["exit(0)", "quit()", "import sys; sys.exit(0)", "raise SystemExit(0)",
+                                       "import os; os._exit(0)"])
+def test_exit_before_assertions_is_a_failure(have_shared_data, exit_call):
+    from raywiz.eval.benchmarks import load_tasks
+    from raywiz.eval.score import ScoreSettings, check_completion
+
+    settings = ScoreSettings(sandbox=SETTINGS, workers=1)
+    task = load_tasks("humaneval")[0]
+    wrong = "    return False\n"  # fails the tests, unless exiting early were counted as a pass
+    v = check_completion("humaneval", task, wrong + exit_call + "\n", settings=settings)
+    assert not v.passed
+    he = load_tasks("humaneval+")[0]
+    v = check_completion("humaneval+", he, wrong + exit_call + "\n", settings=settings)
+    assert not v.passed and not v.base_passed
+
+
+def test_a_sandbox_that_cannot_run_code_fails_fast_with_the_reason():
+    from raywiz.eval.sandbox import require_working_sandbox
+
+    with pytest.raises(RuntimeError, match="cannot run code on this machine: .*MemoryError"):
+        require_working_sandbox(SandboxSettings(memory_mb=1))

@@ -1,0 +1,196 @@
+"""raywiz.jobs: runtime env, auth, entrypoints; `raywiz submit|status|logs|stop` on a real 2-node cluster."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raywiz import jobs
+from raywiz.config import ConfigError, parse_job
+
+from .ray_cluster import LocalRayCluster
+
+REPO = Path(__file__).resolve().parents[2]
+JOBS = Path(__file__).parent / "jobs"
+
+
+# ---------------------------------------------------------------- runtime env, entrypoint, auth
+
+
+def write_env(tmp_path, data) -> Path:
+    path = tmp_path / "runtime_env.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_runtime_env_passes_secrets_by_name_only(tmp_path):
+    path = write_env(tmp_path, {"working_dir": "code", "env_vars": {"TOKENIZERS_PARALLELISM": False},
+                                "pass_env": ["WANDB_API_KEY", "HF_TOKEN"]})
+    env, passed = jobs.load_runtime_env(path, environ={"WANDB_API_KEY": "wb-secret", "OTHER": "x"})
+    assert passed == ["WANDB_API_KEY"]  # HF_TOKEN is not set here: skipped
+    assert env["env_vars"] == {"TOKENIZERS_PARALLELISM": "False", "WANDB_API_KEY": "wb-secret"}
+    assert env["working_dir"] == str(tmp_path / "code") and "pass_env" not in env
+    assert "wb-secret" not in path.read_text()
+
+
+def test_runtime_env_refuses_literal_secrets_and_bad_shapes(tmp_path):
+    with pytest.raises(ConfigError, match=r"runtime_env.yaml: env_vars.WANDB_API_KEY: do not write secrets"):
+        jobs.load_runtime_env(write_env(tmp_path, {"env_vars": {"WANDB_API_KEY": "abc"}}), environ={})
+    with pytest.raises(ConfigError, match="pass_env must be a list"):
+        jobs.load_runtime_env(write_env(tmp_path, {"pass_env": "WANDB_API_KEY"}), environ={})
+    with pytest.raises(ConfigError, match="not found"):
+        jobs.load_runtime_env(tmp_path / "missing.yaml")
+
+
+def test_repo_runtime_env_is_valid_and_ships_the_repo():
+    env, _ = jobs.load_runtime_env(REPO / "runtime_env.yaml", environ={})
+    assert env["working_dir"] == str(REPO)
+    from ray.runtime_env import RuntimeEnv
+
+    RuntimeEnv(**env)  # Ray's own validation of the fields
+
+
+def test_entrypoint_names_the_job_file_inside_the_working_dir(tmp_path):
+    env = {"working_dir": str(REPO)}
+    assert jobs.entrypoint_job_path(str(JOBS / "noop.yaml"), env) == "tests/ops/jobs/noop.yaml"
+    with pytest.raises(ConfigError, match="outside working_dir"):
+        jobs.entrypoint_job_path(str(tmp_path / "job.yaml"), env)
+    assert jobs.entrypoint_job_path("/in/image/job.yaml", {}) == "/in/image/job.yaml"
+    cmd = jobs.build_entrypoint("run", "jobs/x.yaml", ["train.optim.lr=1e-5", "name=a b"])
+    assert cmd == "python -m raywiz.cli run jobs/x.yaml --set train.optim.lr=1e-5 --set 'name=a b'"
+
+
+def test_auth_token_lookup_follows_ray(tmp_path):
+    home_token = tmp_path / "home" / ".ray" / "auth_token"
+    home_token.parent.mkdir(parents=True)
+    home_token.write_text("from-home\n")
+    (tmp_path / "tok").write_text("from-path")
+    env = {"HOME": str(tmp_path / "home")}
+    os_home = os.environ.get("HOME")
+    os.environ["HOME"] = env["HOME"]
+    try:
+        assert jobs.ray_auth_token({}) == "from-home"
+        assert jobs.ray_auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "tok")}) == "from-path"
+        assert jobs.ray_auth_token({"RAY_AUTH_TOKEN": "from-env", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "tok")}) == "from-env"
+        assert jobs.ray_auth_token({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "x"}) is None
+        home_token.unlink()
+        assert jobs.ray_auth_token({}) is None
+    finally:
+        os.environ["HOME"] = os_home
+
+
+def test_storage_warning_for_relative_paths(tmp_path):
+    assert "relative path" in jobs.storage_warning(str(JOBS / "noop.yaml"), [])
+    assert jobs.storage_warning(str(JOBS / "noop.yaml"), ["storage=s3://bucket/runs"]) is None
+    assert jobs.storage_warning(str(JOBS / "noop.yaml"), [f"storage={tmp_path}"]) is None
+
+
+def test_train_bundles_match_ray_trains_scaling_config():
+    from ray.train import ScalingConfig
+
+    job = parse_job({"name": "b", "train": {"data": {}, "optim": {"global_batch_size": 8, "micro_batch_size": 1},
+                                            "scaling": {"num_workers": 8, "cpus_per_worker": 4,
+                                                        "accelerator_type": "H100"}}})
+    bundles = jobs.train_bundles(job)
+    ray_view = ScalingConfig(num_workers=8, use_gpu=True, resources_per_worker={"CPU": 4},
+                             accelerator_type="H100")._resources_per_worker_not_none
+    assert bundles == [ray_view] * 8
+    job.train.scaling.use_gpu = False
+    job.train.scaling.accelerator_type = None
+    assert jobs.train_bundles(job) == [{"CPU": 4.0}] * 8
+
+
+# ---------------------------------------------------------------- a real multi-node cluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Head (1 CPU) + one worker node (1 CPU), each with its own custom resource; token auth on."""
+    c = LocalRayCluster(head={"num_cpus": 1, "resources": {"raywiz_head": 1}},
+                        workers=[{"num_cpus": 1, "resources": {"raywiz_worker": 1}}])
+    with c:
+        yield c
+
+
+def client_env(cluster, tmp_path, token: bool = True, **extra) -> dict:
+    """The submitting shell: the cluster's token in ~/.ray/auth_token, RAY_AUTH_MODE unset (Ray's own
+    client would then send no token: the NOTES.md pitfall)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True, exist_ok=True)
+    if token:
+        (home / ".ray" / "auth_token").write_text(cluster.token)
+    env.update({"HOME": str(home), "PYTHONPATH": str(REPO), **extra})
+    return env
+
+
+def raywiz(args, env, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raywiz.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def repo_runtime_env(tmp_path) -> Path:
+    return write_env(tmp_path, {"working_dir": str(REPO), "excludes": [".git", ".venv", ".devpack", "runs", "wandb"],
+                                "env_vars": {"RAYWIZ_TEST": "1"}, "pass_env": ["WANDB_API_KEY"]})
+
+
+
+
+@pytest.mark.slow
+def test_submit_follows_logs_and_succeeds(cluster, tmp_path):
+    env = client_env(cluster, tmp_path, WANDB_API_KEY="wb-not-printed-123")
+    storage = tmp_path / "shared"
+    r = raywiz(["submit", str(JOBS / "noop.yaml"), "--address", cluster.dashboard_url,
+                "--runtime-env", str(repo_runtime_env(tmp_path)), "--set", f"storage={storage}"], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    job_id = r.stdout.splitlines()[0]
+    assert job_id.startswith("ops-noop-")
+    assert '"ran": []' in r.stdout  # the job's own output, streamed back
+    assert "SUCCEEDED" in r.stderr and "passed from this environment: WANDB_API_KEY" in r.stderr
+    assert "wb-not-printed-123" not in r.stdout + r.stderr
+
+    # The secret reached the job's runtime env (by value), the file only named it.
+    from ray.job_submission import JobSubmissionClient
+
+    info = JobSubmissionClient(cluster.dashboard_url, headers=cluster.headers()).get_job_info(job_id)
+    assert info.runtime_env["env_vars"]["WANDB_API_KEY"] == "wb-not-printed-123"
+    assert info.metadata["raywiz_run"] == "ops-noop"
+
+    status = raywiz(["status", job_id, "--address", cluster.dashboard_url], env, timeout=60)
+    assert status.returncode == 0 and "SUCCEEDED" in status.stderr
+    logs = raywiz(["logs", job_id, "--address", cluster.dashboard_url], env, timeout=60)
+    assert '"ran": []' in logs.stdout
+
+
+@pytest.mark.slow
+def test_failing_job_reports_failure_and_nonzero_exit(cluster, tmp_path):
+    env = client_env(cluster, tmp_path)
+    r = raywiz(["submit", str(JOBS / "fails.yaml"), "--address", cluster.dashboard_url,
+                "--runtime-env", str(repo_runtime_env(tmp_path)), "--set", f"storage={tmp_path / 'shared'}"], env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAILED" in r.stderr and "exit code 1" in r.stderr
+    assert "/nonexistent/raywiz-test-seeds.jsonl" in r.stdout  # the job's own error, streamed back
+
+
+@pytest.mark.slow
+def test_no_token_gives_a_clear_error_and_stop_works(cluster, tmp_path):
+    r = raywiz(["status", "nope", "--address", cluster.dashboard_url], client_env(cluster, tmp_path, token=False),
+               timeout=60)
+    assert r.returncode == 2 and "auth token" in r.stderr
+
+    env = client_env(cluster, tmp_path)
+    r = raywiz(["submit", str(JOBS / "noop.yaml"), "--address", cluster.dashboard_url, "--no-follow",
+                "--runtime-env", str(repo_runtime_env(tmp_path)), "--set", f"storage={tmp_path}",
+                "--submission-id", "ops-stop-me"], env, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ops-stop-me"
+    stop = raywiz(["stop", "ops-stop-me", "--address", cluster.dashboard_url], env, timeout=60)
+    assert stop.returncode == 0
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.headers())
+    assert str(client.get_job_status("ops-stop-me")) in ("STOPPED", "SUCCEEDED")  # it may finish first
