@@ -118,6 +118,7 @@ def main() -> None:
         "raywiz_seconds": round(seconds, 3),
         "machine": args.machine,
         "cpu_count": os.cpu_count(),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # other work on the machine slows both clients
         "python": platform.python_version(),
         "notes": "raywiz: 1 Ray actor (async aiohttp client) through the request cache, worker warm-up excluded; "
                  "reference: urllib, one request at a time; server: raywiz.evolve.testing_server in its own process",

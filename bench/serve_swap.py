@@ -164,6 +164,8 @@ def main() -> int:
     out = args.out or os.path.join(REPO, "bench", "results", "serve_swap_tiny.json" if args.tiny else "serve_swap.json")
     device = "cuda" if on_gpu else "cpu"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray workers (the serve replica) import raywiz from this checkout.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [REPO, os.environ.get("PYTHONPATH", "")] if p)
     os.environ.setdefault("WANDB_MODE", "disabled")
 
     from ray import serve

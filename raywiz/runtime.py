@@ -24,6 +24,8 @@ def init_ray(job, extra_cpus_needed: float = 0) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
+    # A busy laptop can take longer than Ray's default to register the local raylet.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     num_cpus = job.cluster.num_cpus or max(os.cpu_count() or 1, int(extra_cpus_needed + 0.999) + 2)
     ray.init(num_cpus=num_cpus, num_gpus=job.cluster.num_gpus, include_dashboard=False,
              runtime_env=runtime_env, log_to_driver=True)

@@ -30,11 +30,14 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray cluster shared by the session's Ray tests (shut down at the end)."""
+    """A real local Ray cluster shared by the session's Ray tests (shut down at the end).
+
+    4 logical CPUs on the 2-core machine, as raywiz.runtime does: Ray Data needs CPUs beside the workers.
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"],
                                            "WANDB_MODE": os.environ["WANDB_MODE"]}})
     yield ray

@@ -51,6 +51,9 @@ class Screen:
     def __init__(self, cfg):
         self.decontaminator = Decontaminator.from_config(cfg.decontam) if cfg.decontam.enabled else None
         self.dedup = Deduplicator.from_config(cfg.dedup)
+        for name, why in (self.decontaminator.skipped if self.decontaminator else {}).items():
+            print(f"raywiz evolve: WARNING: not decontaminating against {name} (no data): {why.splitlines()[0]}",
+                  file=sys.stderr)
 
     def __call__(self, samples: list[Sample]) -> tuple[list[Sample], list[Dropped]]:
         hits = self.decontaminator.check([s.text + "\n" + s.output for s in samples]) if self.decontaminator \

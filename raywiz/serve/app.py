@@ -71,22 +71,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def connect_ray(job) -> None:
-    """Join the job's Ray cluster, or start a local one whose workers can import raywiz."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = job.cluster.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    pythonpath = os.pathsep.join(p for p in [repo_root, os.environ.get("PYTHONPATH", "")] if p)
-    ray.init(num_cpus=job.cluster.num_cpus, num_gpus=job.cluster.num_gpus, include_dashboard=False,
-             log_to_driver=True, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
-
-
 def plan(job, checkpoint: str | None = None) -> tuple[ServiceSettings, dict]:
     """(replica settings, user_config) for a job; fails early, naming the checkpoint, if it cannot be served."""
     from raywiz.config import ConfigError
@@ -129,22 +113,22 @@ def run_serve(job, checkpoint: str | None = None, blocking: bool = True) -> str:
 
     blocking=True waits until Ctrl-C and then removes the application.
     """
-    import ray
     from ray.serve._private.api import serve_start
     from ray.serve.context import _get_global_client
 
     from raywiz.config import ConfigError
+    from raywiz.runtime import cluster_has_gpus, init_ray
 
     settings, user_config = plan(job, checkpoint)
     cfg = settings.serve
     if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
         raise ConfigError(f"serve.api_key_env: environment variable {cfg.api_key_env} is not set")
-    connect_ray(job)
+    init_ray(job)
     # Serve has one HTTP proxy per cluster: the first start decides host and port, later apps share it.
     client = _get_global_client(raise_if_no_controller_running=False) or serve_start(
         http_options={"host": cfg.host, "port": cfg.port or free_port(cfg.host)})
     http = client.http_config
-    num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0)
+    num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1 if cluster_has_gpus() else 0)
     serve.run(build_app(settings, user_config, num_gpus), name=cfg.app_name, route_prefix=cfg.route_prefix)
     host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host
     url = f"http://{host}:{http.port}{cfg.route_prefix.rstrip('/')}"

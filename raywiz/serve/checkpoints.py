@@ -116,9 +116,11 @@ def resolve_target(spec: str | None, default_run_dir: str, storage: str) -> Serv
         )
     if "/" not in spec and is_dir(join(storage, spec)):
         return ServeTarget(None, join(storage, spec))
-    if HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+    if spec.startswith((".", "/", "~")) or is_remote(spec):
+        raise FileNotFoundError(f"{spec}: no such directory")
+    if HUB_ID.match(spec):
         return ServeTarget(CheckpointRef(spec, spec), None)  # loaded by transformers from the hub
-    raise FileNotFoundError(f"{spec}: not a model directory, a run under {storage}, or a hub id (org/name)")
+    raise FileNotFoundError(f"{spec}: not a directory, a run under {storage}, or a hub id (org/name)")
 
 
 def read_info(model_dir: str) -> dict:

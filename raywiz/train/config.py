@@ -104,7 +104,6 @@ class CheckpointSection(_Section):
 
 
 class TrainConfig(_Section):
-    engine: Literal["deepspeed", "fsdp2"] = "deepspeed"
     data: DataConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)

@@ -123,4 +123,17 @@ def run_train(job: JobConfig) -> str:
     if final is None:
         raise RuntimeError("training finished without a checkpoint")
     hf = join(final, "hf")
-    return hf if check_manifest(hf, kind="hf_export").complete else final
+    exported = check_manifest(hf, kind="hf_export").complete
+    if exported:
+        _log_model_artifact(job, hf, dataset_dir=None if tc.data.paths else evolve_dir(job.run_dir))
+    return hf if exported else final
+
+
+def _log_model_artifact(job: JobConfig, hf_dir: str, dataset_dir: str | None) -> None:
+    """W&B lineage: the exported model, made from this run's evolved dataset when it trained on it."""
+    from raywiz import tracking
+
+    run = tracking.start_run(job, "train")  # resumes the run rank 0 logged metrics to
+    if run is not None:
+        tracking.log_checkpoint(run, job, hf_dir, dataset_dir=dataset_dir)
+        tracking.finish(run)

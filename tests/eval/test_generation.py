@@ -68,26 +68,30 @@ class _CompletionsHandler(BaseHTTPRequestHandler):
         pass
 
 
-def test_openai_backend_against_a_local_server(hf_generator, monkeypatch):
+@pytest.fixture(scope="module")
+def completions_server(hf_generator):
     _CompletionsHandler.generator = hf_generator
     server = ThreadingHTTPServer(("127.0.0.1", 0), _CompletionsHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_openai_backend_against_a_local_server(hf_generator, completions_server, monkeypatch):
     monkeypatch.setenv("RAYWIZ_TEST_KEY", "sk-test")
-    try:
-        client = make_generator(BackendSpec(backend="openai", model="tiny", api_key_env="RAYWIZ_TEST_KEY",
-                                            base_url=f"http://127.0.0.1:{server.server_address[1]}/v1"))
-        params = SamplingParams(greedy=True, max_new_tokens=10, n=2)
-        assert client.generate(PROMPTS, params) == hf_generator.generate(PROMPTS, params)
-    finally:
-        server.shutdown()
+    client = make_generator(BackendSpec(backend="openai", model="tiny", api_key_env="RAYWIZ_TEST_KEY",
+                                        base_url=completions_server))
+    params = SamplingParams(greedy=True, max_new_tokens=10, n=2)
+    assert client.generate(PROMPTS, params) == hf_generator.generate(PROMPTS, params)
     path, body, auth = _CompletionsHandler.requests[-1]
     assert path == "/v1/completions" and body["model"] == "tiny" and auth == "Bearer sk-test"
 
 
-def test_ray_actors_generate_in_prompt_order(ray_local, tiny_model_dir, hf_generator):
+def test_ray_actors_generate_in_prompt_order(ray_local, hf_generator, completions_server):
+    """Actors hold any backend; here each one talks to the local server (no model load per actor)."""
     from raywiz.eval.generation.ray_pool import generate_with_ray
 
     params = SamplingParams(greedy=True, max_new_tokens=10)
-    spec = BackendSpec(backend="hf", model=tiny_model_dir, batch_size=2)
-    out = generate_with_ray(PROMPTS, spec, params, num_workers=1, chunk_size=1)
+    spec = BackendSpec(backend="openai", model="tiny", base_url=completions_server, api_key_env=None)
+    out = generate_with_ray(PROMPTS, spec, params, num_workers=2, cpus_per_worker=0.5, chunk_size=1)
     assert out == hf_generator.generate(PROMPTS, params)

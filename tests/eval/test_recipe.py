@@ -92,19 +92,20 @@ def test_eval_run_scores_every_checkpoint_and_plots(tmp_path, oracle_server, hav
     assert recipe.run_eval(job)[1]["pass@1"] == {"humaneval": 1.0, "mbpp": 1.0}
 
 
-def test_evaluate_checkpoint_in_a_ray_task(ray_local, tmp_path, have_shared_data):
+def test_evaluate_checkpoint_in_a_ray_task(ray_local, tmp_path, oracle_server, have_shared_data):
     from raywiz.eval.config import EvalConfig
     from raywiz.eval.recipe import best_checkpoint, evaluate_checkpoint_remote
-    from raywiz.modeling import build_model, load_tokenizer
 
-    model_dir = tmp_path / "my-model"
-    build_model("tiny-gpt-bigcode", seed=0).save_pretrained(model_dir)
-    load_tokenizer("tiny-gpt-bigcode").save_pretrained(model_dir)
-    cfg = EvalConfig(benchmarks=["humaneval"], limit=2, generation={"max_new_tokens": 4})
+    answers, url = oracle_server
+    answers.update(oracle_answers(["humaneval"], 2))
+    model_dir = tmp_path / "my-model"  # a plain model directory (no raywiz manifest)
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    cfg = EvalConfig(benchmarks=["humaneval"], limit=2, generation={"backend": "openai", "base_url": url})
     result = ray_local.get(evaluate_checkpoint_remote(str(model_dir), cfg), timeout=600)
     assert result["checkpoint"] == "my-model" and result["benchmarks"]["humaneval"]["n_tasks"] == 2
-    assert result["pass@1"]["humaneval"] == 0.0  # a random model
+    assert result["pass@1"]["humaneval"] == 1.0
     out = tmp_path / "eval" / "my-model" / "humaneval"  # beside the plain model directory
     assert (out / "results.jsonl").exists() and check_manifest(str(out), kind="eval_results").complete
-    better = {**result, "checkpoint": "other", "pass@1": {"humaneval": 0.5}}
-    assert best_checkpoint([result, better])["checkpoint"] == "other"
+    worse = {**result, "checkpoint": "other", "pass@1": {"humaneval": 0.5}}
+    assert best_checkpoint([worse, result])["checkpoint"] == "my-model"

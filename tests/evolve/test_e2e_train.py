@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -12,8 +10,6 @@ from raywiz.artifacts import check_manifest
 from raywiz.config import load_job
 from raywiz.evolve.recipe import run_evolve
 from raywiz.evolve.testing_server import FakeLLMServer
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.slow
@@ -34,12 +30,9 @@ def test_seeds_evolve_shards_train(tmp_path, ray_local):
     evolved = check_manifest(out, kind="instruction_shards")
     assert evolved.complete and evolved.manifest["meta"]["kept_by_round"]["2"] > 0
 
-    env = dict(os.environ, PYTHONPATH=REPO, WANDB_MODE="offline")
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "raywiz.cli", "train", str(job_file)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    hf_dir = proc.stdout.strip().splitlines()[-1]
+    from raywiz.train.launch import run_train
+
+    hf_dir = run_train(load_job(job_file))  # on the same Ray cluster, as `raywiz run` does
     assert check_manifest(hf_dir, kind="hf_export").complete
     report = json.load(open(os.path.join(tmp_path, "runs", "e2e", "train", "data_report.json")))
     assert report["n_rows"] == evolved.manifest["meta"]["rows"]  # every evolved row reached training

@@ -48,8 +48,8 @@ class LocalRayCluster:
         self.procs: list[subprocess.Popen] = []
         self.token = secrets.token_hex(16) if auth else None
         self.env = dict(os.environ)
-        self.env.update({"RAY_USAGE_STATS_ENABLED": "0", "HOME": self.tmp,  # no ~/.ray/auth_token of the user
-                         "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", "")})
+        # HOME stays: workers reuse the compiled DeepSpeed ops in ~/.cache/torch_extensions.
+        self.env.update({"RAY_USAGE_STATS_ENABLED": "0", "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", "")})
         if auth:
             token_path = Path(self.tmp) / "auth_token"
             token_path.write_text(self.token)

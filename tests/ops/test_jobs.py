@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from raywiz import jobs
+from raywiz.artifacts import check_manifest
 from raywiz.config import ConfigError, parse_job
 
 from .ray_cluster import LocalRayCluster
@@ -110,9 +114,10 @@ def test_train_bundles_match_ray_trains_scaling_config():
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Head (1 CPU) + one worker node (1 CPU), each with its own custom resource; token auth on."""
+    """Head (1 CPU) + one worker node (2 CPUs), each with its own custom resource; token auth on.
+    The quickstart's 2 train workers fit on the worker node; Ray Data's tasks use the head's CPU."""
     c = LocalRayCluster(head={"num_cpus": 1, "resources": {"raywiz_head": 1}},
-                        workers=[{"num_cpus": 1, "resources": {"raywiz_worker": 1}}])
+                        workers=[{"num_cpus": 2, "resources": {"raywiz_worker": 1}}])
     with c:
         yield c
 
@@ -142,29 +147,34 @@ def repo_runtime_env(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_submit_follows_logs_and_succeeds(cluster, tmp_path):
+def test_submit_quickstart_follows_logs_and_succeeds(cluster, tmp_path):
     env = client_env(cluster, tmp_path, WANDB_API_KEY="wb-not-printed-123")
-    storage = tmp_path / "shared"
-    r = raywiz(["submit", str(JOBS / "noop.yaml"), "--address", cluster.dashboard_url,
-                "--runtime-env", str(repo_runtime_env(tmp_path)), "--set", f"storage={storage}"], env)
-    assert r.returncode == 0, r.stdout + r.stderr
+    storage = tmp_path / "shared"  # every node of this one-machine cluster sees it, like a shared volume
+    r = raywiz(["submit", str(REPO / "jobs" / "quickstart.yaml"), "--address", cluster.dashboard_url,
+                "--runtime-env", str(repo_runtime_env(tmp_path)), "--set", f"storage={storage}",
+                "--set", "train.optim.max_steps=2"], env, timeout=600)  # 2 of its 15 steps: the cluster is the point
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
     job_id = r.stdout.splitlines()[0]
-    assert job_id.startswith("ops-noop-")
-    assert '"ran": []' in r.stdout  # the job's own output, streamed back
+    assert job_id.startswith("quickstart-")
+    assert "[raywiz] step 2/2" in r.stdout  # the job's own output, streamed back
     assert "SUCCEEDED" in r.stderr and "passed from this environment: WANDB_API_KEY" in r.stderr
     assert "wb-not-printed-123" not in r.stdout + r.stderr
+    hf = storage / "quickstart" / "train" / "checkpoint_00000002" / "hf"
+    assert check_manifest(str(hf), kind="hf_export").complete
+    state = json.loads((storage / "quickstart" / "pipeline.json").read_text())
+    assert state["stages"]["train"]["output"] == str(hf)
 
-    # The secret reached the job's runtime env (by value), the file only named it.
+    # The secret reached the job's runtime env (by value); the file only named it.
     from ray.job_submission import JobSubmissionClient
 
     info = JobSubmissionClient(cluster.dashboard_url, headers=cluster.headers()).get_job_info(job_id)
     assert info.runtime_env["env_vars"]["WANDB_API_KEY"] == "wb-not-printed-123"
-    assert info.metadata["raywiz_run"] == "ops-noop"
+    assert info.metadata["raywiz_run"] == "quickstart"
 
     status = raywiz(["status", job_id, "--address", cluster.dashboard_url], env, timeout=60)
     assert status.returncode == 0 and "SUCCEEDED" in status.stderr
     logs = raywiz(["logs", job_id, "--address", cluster.dashboard_url], env, timeout=60)
-    assert '"ran": []' in logs.stdout
+    assert "[raywiz] step 2/2" in logs.stdout
 
 
 @pytest.mark.slow
@@ -178,19 +188,38 @@ def test_failing_job_reports_failure_and_nonzero_exit(cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_no_token_gives_a_clear_error_and_stop_works(cluster, tmp_path):
+def test_no_token_gives_a_clear_error(cluster, tmp_path):
     r = raywiz(["status", "nope", "--address", cluster.dashboard_url], client_env(cluster, tmp_path, token=False),
                timeout=60)
     assert r.returncode == 2 and "auth token" in r.stderr
 
-    env = client_env(cluster, tmp_path)
-    r = raywiz(["submit", str(JOBS / "noop.yaml"), "--address", cluster.dashboard_url, "--no-follow",
-                "--runtime-env", str(repo_runtime_env(tmp_path)), "--set", f"storage={tmp_path}",
-                "--submission-id", "ops-stop-me"], env, timeout=60)
-    assert r.returncode == 0 and r.stdout.strip() == "ops-stop-me"
-    stop = raywiz(["stop", "ops-stop-me", "--address", cluster.dashboard_url], env, timeout=60)
-    assert stop.returncode == 0
+
+@pytest.mark.slow
+def test_stop_ends_a_running_job(cluster, tmp_path):
     from ray.job_submission import JobSubmissionClient
 
+    env = client_env(cluster, tmp_path)
     client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.headers())
-    assert str(client.get_job_status("ops-stop-me")) in ("STOPPED", "SUCCEEDED")  # it may finish first
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        r = raywiz(["submit", str(JOBS / "waits.yaml"), "--address", cluster.dashboard_url, "--no-follow",
+                    "--runtime-env", str(repo_runtime_env(tmp_path)), "--set", f"storage={tmp_path}",
+                    "--set", f"evolve.llm.base_url={url}", "--submission-id", "ops-stop-me"], env, timeout=60)
+        assert r.returncode == 0 and r.stdout.strip() == "ops-stop-me"
+        wait_for_status(client, "ops-stop-me", {"RUNNING"}, timeout=180)
+        stop = raywiz(["stop", "ops-stop-me", "--address", cluster.dashboard_url], env, timeout=60)
+        assert stop.returncode == 0 and "stop requested" in stop.stderr
+        assert wait_for_status(client, "ops-stop-me", jobs.TERMINAL, timeout=60) == "STOPPED"
+    status = raywiz(["status", "ops-stop-me", "--address", cluster.dashboard_url], env, timeout=60)
+    assert status.returncode == 1 and "STOPPED" in status.stderr
+
+
+def wait_for_status(client, job_id: str, wanted: set[str], timeout: float) -> str:
+    deadline = time.time() + timeout
+    while (status := str(client.get_job_status(job_id))) not in wanted:
+        assert status not in jobs.TERMINAL - wanted, f"{job_id} ended {status}: {client.get_job_logs(job_id)[-2000:]}"
+        assert time.time() < deadline, f"{job_id} still {status} after {timeout}s"
+        time.sleep(1)
+    return status

@@ -1,0 +1,32 @@
+"""DS-1000 scoring in both official formats, on the fixture: references pass, broken answers fail
+(a wrong value, an exception, and a loop that the problem's string test forbids)."""
+
+import pytest
+
+from raywiz.eval.benchmarks import load_tasks
+from raywiz.eval.score import ScoreSettings, score_samples
+from tests.eval import ds1000_fixture as fx
+
+pytestmark = pytest.mark.slow
+
+
+def _problem(task):
+    return next(p for p in fx.PROBLEMS if task.task_id in (str(p["id"]), fx.hkunlp_task_id(p)))
+
+
+@pytest.mark.parametrize("writer", [fx.write_hkunlp_zip, fx.write_xlang])
+def test_references_pass_and_broken_answers_fail(tmp_path, writer):
+    name = "ds1000_data.zip" if writer is fx.write_hkunlp_zip else "ds1000.jsonl.gz"
+    tasks = load_tasks("ds1000", writer(str(tmp_path / name)))
+    samples, expected = [], []
+    for t in tasks:
+        p = _problem(t)
+        samples.append({"task_id": t.task_id, "completion": t.solution})
+        expected.append(True)
+        samples.append({"task_id": t.task_id, "completion": fx.BROKEN[p["id"]][0]})
+        expected.append(False)
+    verdicts = score_samples("ds1000", tasks, samples, ScoreSettings(workers=2))
+    assert [v.passed for v in verdicts] == expected, [v.result for v in verdicts]
+    # the loop answer computes the right numbers: only the string test rejects it
+    loop = next(v for s, v in zip(samples, verdicts) if "for row in a" in s["completion"])
+    assert "string test" in loop.result or "AssertionError" in loop.result or loop.result == "failed: "
