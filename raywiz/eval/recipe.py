@@ -24,7 +24,7 @@ import logging
 import os
 from typing import Any
 
-from raywiz.artifacts import check_manifest, join, read_json, write_manifest
+from raywiz.artifacts import check_manifest, join, read_json, write_bytes_atomic, write_manifest
 from raywiz.eval.benchmarks import Task, load_tasks
 from raywiz.eval.config import EvalConfig
 from raywiz.eval.generation import BackendSpec, SamplingParams, make_generator
@@ -184,6 +184,7 @@ def evaluate_checkpoint(hf_dir: str, eval_cfg: EvalConfig, model_cfg: Any = None
     generator = _LazyGenerator(backend_spec(hf_dir, eval_cfg, model_cfg), eval_cfg, in_process)
     settings = eval_cfg.score_settings()
     summaries: dict[str, dict] = {}
+    todo: dict[str, dict] = {}  # benchmark -> tasks, output dir, fingerprint, samples (once known)
     for benchmark in benchmarks or eval_cfg.benchmarks:
         bench_dir = join(out_dir, benchmark)
         fingerprint = _fingerprint(hf_dir, benchmark, eval_cfg)
@@ -192,25 +193,37 @@ def evaluate_checkpoint(hf_dir: str, eval_cfg: EvalConfig, model_cfg: Any = None
             log.info("%s %s: already scored, reusing %s", ident["name"], benchmark, bench_dir)
             summaries[benchmark] = read_json(join(bench_dir, "summary.json"))
             continue
-        tasks = load_tasks(benchmark, eval_cfg.data.get(benchmark))[: eval_cfg.limit]
-        samples_path = join(bench_dir, "samples.jsonl")
+        item = {"tasks": load_tasks(benchmark, eval_cfg.data.get(benchmark))[: eval_cfg.limit],
+                "dir": bench_dir, "fingerprint": fingerprint, "samples": None}
         marker = join(bench_dir, "samples.fingerprint")
-        if os.path.exists(samples_path) and os.path.exists(marker) and open(marker).read().strip() == fingerprint:
-            samples = read_samples(samples_path)
-            log.info("%s %s: reusing %d generated samples", ident["name"], benchmark, len(samples))
-        else:
-            log.info("%s %s: generating for %d tasks", ident["name"], benchmark, len(tasks))
-            samples = generate_samples(tasks, eval_cfg, generator)
-            write_jsonl(samples_path, samples)
-            with open(marker, "w") as f:
-                f.write(fingerprint + "\n")
-        log.info("%s %s: scoring %d samples", ident["name"], benchmark, len(samples))
-        verdicts = score_samples(benchmark, tasks, samples, settings, allow_partial=False)
-        summary = summarize(benchmark, samples, verdicts, eval_cfg.k, checkpoint=ident["name"], step=ident["step"],
-                            model=hf_dir)
-        write_outputs(bench_dir, samples, verdicts, summary)
-        write_manifest(bench_dir, RESULTS_KIND, meta={"fingerprint": fingerprint, "benchmark": benchmark})
+        if os.path.exists(marker) and open(marker).read().strip() == fingerprint:
+            item["samples"] = read_samples(join(bench_dir, "samples.jsonl"))
+            log.info("%s %s: reusing %d generated samples", ident["name"], benchmark, len(item["samples"]))
+        todo[benchmark] = item
+
+    # One generation pass over every benchmark that needs samples: the model loads once.
+    missing = [b for b, item in todo.items() if item["samples"] is None]
+    if missing:
+        tasks = [t for b in missing for t in todo[b]["tasks"]]
+        log.info("%s: generating for %d tasks (%s)", ident["name"], len(tasks), ", ".join(missing))
+        samples = generate_samples(tasks, eval_cfg, generator)
+        start = 0
+        for b in missing:
+            count = len(todo[b]["tasks"]) * eval_cfg.generation.n
+            todo[b]["samples"] = samples[start:start + count]
+            start += count
+            write_jsonl(join(todo[b]["dir"], "samples.jsonl"), todo[b]["samples"])
+            write_bytes_atomic(join(todo[b]["dir"], "samples.fingerprint"), (todo[b]["fingerprint"] + "\n").encode())
+
+    for benchmark, item in todo.items():
+        log.info("%s %s: scoring %d samples", ident["name"], benchmark, len(item["samples"]))
+        verdicts = score_samples(benchmark, item["tasks"], item["samples"], settings)
+        summary = summarize(benchmark, item["samples"], verdicts, eval_cfg.k, checkpoint=ident["name"],
+                            step=ident["step"], model=hf_dir)
+        write_outputs(item["dir"], item["samples"], verdicts, summary)
+        write_manifest(item["dir"], RESULTS_KIND, meta={"fingerprint": item["fingerprint"], "benchmark": benchmark})
         summaries[benchmark] = summary
+    summaries = {b: summaries[b] for b in (benchmarks or eval_cfg.benchmarks)}
     return {
         "checkpoint": ident["name"], "step": ident["step"], "model": hf_dir, "out_dir": out_dir,
         "benchmarks": summaries, "pass@1": {b: s.get("pass@1") for b, s in summaries.items()},

@@ -109,3 +109,23 @@ def test_evaluate_checkpoint_in_a_ray_task(ray_local, tmp_path, oracle_server, h
     assert (out / "results.jsonl").exists() and check_manifest(str(out), kind="eval_results").complete
     worse = {**result, "checkpoint": "other", "pass@1": {"humaneval": 0.5}}
     assert best_checkpoint([worse, result])["checkpoint"] == "my-model"
+
+
+def test_cli_eval_run_with_a_plain_model_dir(tmp_path, oracle_server, have_shared_data):
+    import subprocess
+    import sys
+
+    answers, url = oracle_server
+    answers.update(oracle_answers(["humaneval+"], 2))
+    model_dir = tmp_path / "models" / "wizard-7b"
+    model_dir.mkdir(parents=True)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: cli\nstorage: {tmp_path / 'runs'}\neval:\n  benchmarks: [humaneval+]\n  limit: 2\n"
+                   f"  generation: {{backend: openai, base_url: '{url}'}}\n")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-m", "raywiz.cli", "eval", "run", str(job), "--checkpoint", str(model_dir),
+                        "--set", "eval.k=[1]"], capture_output=True, text=True, cwd=repo, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "wizard-7b" in r.stdout and "100.0" in r.stdout  # the table: pass@1 and base pass@1
+    summary = json.load(open(tmp_path / "models" / "eval" / "wizard-7b" / "humaneval+" / "summary.json"))
+    assert summary["pass@1"] == 1.0 and summary["base_pass@1"] == 1.0

@@ -32,7 +32,7 @@ def test_wizardcoder_15b_uses_the_papers_hyperparameters():
     assert (t.optim.global_batch_size, t.optim.lr, t.optim.warmup_steps, t.optim.schedule, t.optim.epochs) == \
         (512, 2e-5, 30, "cosine", 3)
     assert t.data.max_length == 2048 and not t.data.pack  # 512 samples a step, as the paper
-    assert t.engine == "deepspeed" and t.deepspeed.stage == 3 and t.optim.gradient_checkpointing
+    assert t.deepspeed.stage == 3 and t.optim.gradient_checkpointing
     assert t.scaling.num_workers >= 8 and t.scaling.use_gpu
     assert t.data.paths == [] and job.evolve is not None  # trains on this run's evolve output
     assert job.evolve.llm.api_key_env == "OPENAI_API_KEY" and job.wandb.enabled

@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import struct
+import time
 from dataclasses import dataclass, field
 
 BLOCK = 32 * 1024
@@ -106,8 +107,19 @@ def read_run(wandb_file: str) -> OfflineRun:
     return out
 
 
+def read_finished_run(wandb_file: str, timeout: float = 30) -> OfflineRun:
+    """read_run once the file holds the run's exit record: wandb's core process writes the file
+    asynchronously, and can still be flushing it when run.finish() returns on a busy machine."""
+    deadline = time.time() + timeout
+    while True:
+        run = read_run(wandb_file)
+        if run.exit_code is not None or time.time() > deadline:
+            return run
+        time.sleep(0.2)
+
+
 def find_runs(root: str, run_id: str | None = None) -> list[OfflineRun]:
     """Every offline run under root (a W&B dir's parent), oldest first; optionally one run id's."""
     pattern = os.path.join(root, "**", "offline-run-*", "run-*.wandb")
-    runs = [read_run(p) for p in sorted(glob.glob(pattern, recursive=True))]
+    runs = [read_finished_run(p) for p in sorted(glob.glob(pattern, recursive=True))]
     return [r for r in runs if run_id is None or r.run_id == run_id]
