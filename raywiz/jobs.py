@@ -94,11 +94,11 @@ def entrypoint_job_path(job_path: str, runtime_env: dict) -> str:
                           "would not see it; move it under the working dir or change runtime_env.yaml") from None
 
 
-def build_entrypoint(command: str, job_path: str, overrides: list[str]) -> str:
+def build_entrypoint(command: str, job_path: str, overrides: list[str], extra: list[str] = ()) -> str:
     args = ["python", "-m", "raywiz.cli", command, job_path]
     for item in overrides:
         args += ["--set", item]
-    return shlex.join(args)
+    return shlex.join(args + list(extra))
 
 
 def storage_warning(job_path: str, overrides: list[str]) -> str | None:
@@ -158,11 +158,12 @@ def job_client(address: str | None = None) -> JobSubmissionClient:
 
 
 def submit(job_path: str, overrides: list[str], runtime_env_path: str | None = None, address: str | None = None,
-           command: str = "run", submission_id: str | None = None, follow: bool = True) -> int:
+           command: str = "run", submission_id: str | None = None, follow: bool = True,
+           extra: list[str] = ()) -> int:
     job = load_job(job_path, overrides)  # fail here, not minutes later on the cluster
     env_file = runtime_env_path or (RUNTIME_ENV_FILE if os.path.exists(RUNTIME_ENV_FILE) else None)
     runtime_env, passed = load_runtime_env(env_file) if env_file else ({}, [])
-    entrypoint = build_entrypoint(command, entrypoint_job_path(job_path, runtime_env), overrides)
+    entrypoint = build_entrypoint(command, entrypoint_job_path(job_path, runtime_env), overrides, extra)
     if warning := storage_warning(job_path, overrides):
         print(f"raywiz: warning: {warning}", file=sys.stderr)
 
@@ -234,7 +235,7 @@ def _stop(args) -> int:
 
 def _submit(args) -> int:
     return submit(args.job, args.overrides, args.runtime_env, args.address, args.command,
-                  args.submission_id, follow=not args.no_follow)
+                  args.submission_id, follow=not args.no_follow, extra=shlex.split(args.command_args))
 
 
 def register(subparsers) -> None:
@@ -249,6 +250,8 @@ def register(subparsers) -> None:
                    help="what the job runs: the whole pipeline (run, default) or one stage")
     p.add_argument("--submission-id", help="job id to use (default: <job name>-<time>)")
     p.add_argument("--no-follow", action="store_true", help="print the job id and return")
+    p.add_argument("--command-args", default="", metavar="ARGS",
+                   help="more arguments for the command, e.g. --command-args='--skip evolve --serve'")
     p.set_defaults(handler=_submit)
 
     for name, handler, text in (("status", _status, "show a submitted job's status"),

@@ -12,8 +12,8 @@ outputs live in ``{storage}/{name}/`` and its W&B run in the group ``name``.
   fingerprint of what produced it (its config section and its inputs). Next time, a stage whose
   fingerprint is unchanged and whose output is still complete (manifest check) is not run again;
   one whose config or input changed runs again (and may itself resume from its checkpoints).
-- W&B lineage: the evolve and train runs get their outputs as artifacts here (dataset -> model);
-  eval logs its results with the model as input itself. See raywiz.tracking.
+- W&B lineage: evolve's shards are logged here as the dataset artifact; train logs the model made
+  from it and eval the results of the model. See raywiz.tracking.
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
     model, model_id = given_output("--checkpoint", checkpoint, "train") if checkpoint else earlier("train")
 
     def run_stage(stage: str, inputs: Any, call: Callable[[], Any]) -> tuple[Any, str]:
-        fp = fingerprint(stage, section_dump(job, stage), job.model.model_dump(mode="json"), inputs)
+        model_cfg = job.model.model_dump(mode="json") if stage in ("train", "eval") else None  # evolve has its own LLM
+        fp = fingerprint(stage, section_dump(job, stage), model_cfg, inputs)
         prev = done.get(stage)
         if stage not in redo and prev and prev["fingerprint"] == fp and still_complete(stage, prev["output"]):
             log(f"{stage}: finished earlier, using {_short(prev['output'])}")
@@ -185,15 +186,16 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
         output_id = record(state, job.run_dir, stage, output, fp)
         result.ran.append(stage)
         result.outputs[stage] = output
-        track(job, stage, output, dataset=dataset, model=model)
+        track(job, stage, output)
         return output, output_id
 
     if "evolve" in stages:
         dataset, dataset_id = run_stage("evolve", None, lambda: entry_point("evolve")(job))
     if "train" in stages:
-        if not job.train.data.paths:
-            # An empty data list means "this run's evolve output"; say which explicitly.
-            job.train.data.paths = [dataset or evolve_dir(job.run_dir)]
+        if not job.train.data.paths and dataset and dataset != evolve_dir(job.run_dir):
+            # An empty list means this run's evolve output (train reads it, and logs the lineage);
+            # shards from elsewhere (--evolve-output) are named explicitly.
+            job.train.data.paths = [dataset]
         model, model_id = run_stage("train", dataset_id, lambda: entry_point("train")(job))
     if "eval" in stages:
         checkpoints = [model] if model else None  # None: eval's own config names the models
@@ -209,25 +211,17 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
     return result
 
 
-def track(job: JobConfig, stage: str, output: Any, dataset: str | None, model: str | None) -> None:
-    """Attach the stage's output to its W&B run as an artifact, with lineage to its inputs.
-
-    Evolve and train outputs are logged here (the train workers never see the final checkpoint's
-    path); eval logs its own results, with the evaluated checkpoints as inputs (raywiz.eval.recipe).
-    """
-    if not job.wandb.enabled or stage not in ("evolve", "train"):
+def track(job: JobConfig, stage: str, output: Any) -> None:
+    """Attach evolve's shards to the evolve W&B run as the dataset artifact. The other stages log
+    their own outputs with lineage: train the model (made from the dataset), eval the results (of
+    the model); see raywiz.tracking."""
+    if stage != "evolve" or not job.wandb.enabled:
         return
     from raywiz import tracking
 
     run = tracking.start_run(job, stage)
-    if run is None:
-        return
-    try:
-        if stage == "evolve":
-            tracking.log_dataset(run, job, output)
-        else:
-            tracking.log_checkpoint(run, job, output, dataset_dir=dataset)
-    finally:
+    if run is not None:
+        tracking.log_dataset(run, job, output)
         tracking.finish(run)
 
 

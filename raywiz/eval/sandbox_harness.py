@@ -435,8 +435,8 @@ def _check_phase(dataset, entry_point, code, inputs, expected, time_limits, atol
 
 
 def run_evalplus(job: dict) -> None:
-    data = job["data"]  # per phase: inputs, time limits, and the expected outputs (pickled)
-    expected = {phase: pickle.loads(data[phase]["expected_pickle"]) for phase in job["phases"]}
+    data = job["data"]  # per phase: inputs, time limits, expected outputs (unpickled in main())
+    expected = {phase: data[phase]["expected"] for phase in job["phases"]}
     if "numpy" not in sys.modules and (job["atol"] or any(_is_floats(e) for v in expected.values() for e in v)):
         import numpy  # noqa: F401 - float comparisons use np.allclose; import it before the guard
     reliability_guard(disable_open=True)
@@ -562,6 +562,9 @@ def main() -> None:
         # Large data (ground-truth outputs) travels pre-pickled; it is loaded before the limits apply
         # and before the evaluator's clock starts, like evalplus's data that a forked child inherits.
         job["data"] = pickle.loads(job.pop("payload"))
+        for phase in job.get("phases", []):
+            # Expected outputs can be huge (Mbpp/255: ~800 MB pickled): opened before the clock starts.
+            job["data"][phase]["expected"] = pickle.loads(job["data"][phase].pop("expected_pickle"))
     _open_result_channel()
     # The references' harness processes have numpy (and DS-1000's libraries) imported before the
     # guard disables os.putenv & co; a sample importing them after the guard would fail. Match that.

@@ -108,6 +108,23 @@ def build_app(settings: ServiceSettings, user_config: dict, num_gpus: float):
     return deployment.bind(settings.to_dict())
 
 
+def app_builder(args: dict):
+    """Ray Serve config entry point (`import_path: raywiz.serve.app:app_builder`, e.g. in a RayService).
+
+    args: ``job`` (a job YAML path), optional ``overrides`` (``--set`` strings) and ``checkpoint``.
+    """
+    import ray
+
+    from raywiz.config import load_job
+
+    # Serve does not expand variables in a config file's args (the RayService passes $RAYWIZ_STORAGE).
+    job = load_job(os.path.expandvars(args["job"]), [os.path.expandvars(o) for o in args.get("overrides", [])])
+    settings, user_config = plan(job, args.get("checkpoint"))
+    cfg = settings.serve
+    num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1 if ray.cluster_resources().get("GPU", 0) else 0)
+    return build_app(settings, user_config, num_gpus)
+
+
 def run_serve(job, checkpoint: str | None = None, blocking: bool = True) -> str:
     """Start (or update) the serve application for a job; returns its base URL.
 

@@ -125,8 +125,18 @@ def run_train(job: JobConfig) -> str:
     hf = join(final, "hf")
     exported = check_manifest(hf, kind="hf_export").complete
     if exported:
-        _log_model_artifact(job, hf, dataset_dir=None if tc.data.paths else evolve_dir(job.run_dir))
+        _log_model_artifact(job, hf, dataset_dir=_dataset_dir(job))
     return hf if exported else final
+
+
+def _dataset_dir(job: JobConfig) -> str | None:
+    """The sealed instruction-shard directory this run trained on, if it trained on one (for lineage)."""
+    paths = job.train.data.paths
+    if not paths:
+        return evolve_dir(job.run_dir)
+    if len(paths) == 1 and check_manifest(paths[0], kind="instruction_shards").complete:
+        return paths[0]
+    return None
 
 
 def _log_model_artifact(job: JobConfig, hf_dir: str, dataset_dir: str | None) -> None:

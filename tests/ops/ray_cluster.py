@@ -48,8 +48,12 @@ class LocalRayCluster:
         self.procs: list[subprocess.Popen] = []
         self.token = secrets.token_hex(16) if auth else None
         self.env = dict(os.environ)
-        # HOME stays: workers reuse the compiled DeepSpeed ops in ~/.cache/torch_extensions.
-        self.env.update({"RAY_USAGE_STATS_ENABLED": "0", "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", "")})
+        self.env.update({
+            "RAY_USAGE_STATS_ENABLED": "0", "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
+            # DeepSpeed compiles its C++ ops on first use (minutes on a busy 2-core machine). A cache of
+            # our own survives between runs, and no other process rebuilds it with other flags.
+            "TORCH_EXTENSIONS_DIR": os.path.expanduser("~/.cache/torch_extensions_raywiz_test_cluster"),
+        })
         if auth:
             token_path = Path(self.tmp) / "auth_token"
             token_path.write_text(self.token)

@@ -65,8 +65,12 @@ def test_entrypoint_names_the_job_file_inside_the_working_dir(tmp_path):
     with pytest.raises(ConfigError, match="outside working_dir"):
         jobs.entrypoint_job_path(str(tmp_path / "job.yaml"), env)
     assert jobs.entrypoint_job_path("/in/image/job.yaml", {}) == "/in/image/job.yaml"
-    cmd = jobs.build_entrypoint("run", "jobs/x.yaml", ["train.optim.lr=1e-5", "name=a b"])
-    assert cmd == "python -m raywiz.cli run jobs/x.yaml --set train.optim.lr=1e-5 --set 'name=a b'"
+    cmd = jobs.build_entrypoint("run", "jobs/x.yaml", ["train.optim.lr=1e-5", "name=a b"], ["--skip", "evolve"])
+    assert cmd == "python -m raywiz.cli run jobs/x.yaml --set train.optim.lr=1e-5 --set 'name=a b' --skip evolve"
+    from raywiz.cli import build_parser
+
+    args = build_parser().parse_args(["submit", "jobs/x.yaml", "--set", "a=1", "--command-args", "--skip evolve"])
+    assert (args.job, args.overrides, args.command_args) == ("jobs/x.yaml", ["a=1"], "--skip evolve")
 
 
 def test_auth_token_lookup_follows_ray(tmp_path):

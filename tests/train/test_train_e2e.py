@@ -60,11 +60,17 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float = 900) -> str:
     return out
 
 
-def _wait_for_step(train_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 600) -> None:
-    """Poll the sample trace until `step` (0-based) has been trained."""
+def _wait_for_step(train_dir: Path, step: int, proc: subprocess.Popen, registered: int,
+                   timeout: float = 600) -> None:
+    """Poll until `step` (0-based) has been trained and Ray Train has registered checkpoint `registered`.
+
+    Workers report a checkpoint before the controller records it; a fault in between would rightly
+    restart from the previous one, so the test waits for the controller's snapshot to name it.
+    """
     deadline = time.time() + timeout
     target = train_dir / "trace" / f"step_{step:08d}.rank_1.json"
-    while not target.exists():
+    snapshot = train_dir / "checkpoint_manager_snapshot.json"
+    while not (target.exists() and snapshot.exists() and f"checkpoint_{registered:08d}" in snapshot.read_text()):
         assert proc.poll() is None, "the run ended before the fault could be injected"
         assert time.time() < deadline, f"step {step} never came"
         time.sleep(0.05)
@@ -178,7 +184,7 @@ def test_sigkilled_worker_resumes_from_checkpoint_and_matches(reference):
     train_dir = tmp / "runs" / "killed" / "train"
     log = tmp / "killed.log"
     proc = _start(job, log)
-    _wait_for_step(train_dir, CKPT_EVERY + 3, proc)  # a checkpoint exists, and work after it
+    _wait_for_step(train_dir, CKPT_EVERY + 3, proc, registered=CKPT_EVERY)  # a checkpoint, and work after it
     pid = json.loads((train_dir / "workers" / "rank_1.json").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
     text = _finish(proc, log) + log.read_text()
@@ -193,7 +199,7 @@ def test_rerunning_a_killed_job_resumes_instead_of_starting_over(reference):
     train_dir = tmp / "runs" / "rerun" / "train"
     log = tmp / "rerun1.log"
     proc = _start(job, log)
-    _wait_for_step(train_dir, 2 * CKPT_EVERY + 2, proc)
+    _wait_for_step(train_dir, 2 * CKPT_EVERY + 2, proc, registered=2 * CKPT_EVERY)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole job: driver, local cluster, workers
     proc.wait()
     log2 = tmp / "rerun2.log"
