@@ -132,17 +132,18 @@ def seed_recipe(data_file: str, steps: int, out_file: str) -> None:
 
 # ------------------------------------------------------------------ raywiz (subprocess: `raywiz train`)
 def raywiz_run(data_file: str, workdir: str, name: str, steps: int, micro: int, accum: int, attn: str,
-               extra: list[str]) -> dict:
+               extra: list[str], model: str = MODEL, num_workers: int = 1, warmup: int = 3) -> dict:
+    """One `raywiz train` run; throughput over the steps after `warmup`. accum is per worker."""
     job = Path(workdir) / f"{name}.yaml"
     job.write_text(f"""
 name: {name}
 storage: {workdir}/runs
-model: {{name_or_path: {MODEL}, attn_implementation: {attn}}}
+model: {{name_or_path: {model}, attn_implementation: {attn}}}
 train:
   data: {{paths: [{data_file}], max_length: 2048}}
-  optim: {{epochs: 1, max_steps: {steps}, global_batch_size: {micro * accum}, micro_batch_size: {micro},
+  optim: {{epochs: 1, max_steps: {steps}, global_batch_size: {micro * accum * num_workers}, micro_batch_size: {micro},
           lr: 2.0e-5, warmup_steps: 3}}
-  scaling: {{num_workers: 1, use_gpu: true, cpus_per_worker: 4}}
+  scaling: {{num_workers: {num_workers}, use_gpu: true, cpus_per_worker: 4}}
   checkpoint: {{every_n_steps: 100000, export_hf: never}}
   max_failures: 0
 """)
@@ -154,7 +155,7 @@ train:
     if proc.returncode != 0:
         return {"error": (proc.stdout[-2000:] + proc.stderr[-6000:])}
     rows = [json.loads(line) for line in open(Path(workdir) / "runs" / name / "train" / "metrics.jsonl")]
-    steady = [r for r in rows if r["step"] > 3]
+    steady = [r for r in rows if r["step"] > warmup]
     secs = sum(r["step_seconds"] for r in steady)
     tokens = sum(r["useful_tokens_per_s"] * r["step_seconds"] for r in steady)
     return {"useful_tokens_per_s": tokens / secs,
@@ -162,7 +163,8 @@ train:
             "peak_memory_gib": max(r["peak_memory_gib"] for r in rows),
             "data_wait_fraction": sum(r["data_wait_fraction"] * r["step_seconds"] for r in steady) / secs,
             "steps_measured": len(steady), "micro_batch_rows": micro, "grad_accum": accum, "row_tokens": 2048,
-            "attn_implementation": attn, "overrides": extra, "wall_seconds_total": wall}
+            "num_workers": num_workers, "model": model, "attn_implementation": attn, "overrides": extra,
+            "wall_seconds_total": wall}
 
 
 def main() -> None:

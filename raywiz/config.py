@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raywiz.eval.config import EvalConfig
 from raywiz.evolve.config import EvolveConfig
@@ -91,6 +91,12 @@ class JobConfig(StrictModel):
         if not RUN_NAME.match(v):
             raise ValueError("must be 1-128 characters of letters, digits, '_', '.', '-' and start with a letter or digit")
         return v
+
+    @model_validator(mode="after")
+    def _train_evaluation_needs_eval(self):
+        if self.train is not None and self.train.evaluate.enabled and self.eval is None:
+            raise ValueError("train.evaluate.enabled: the job needs an `eval:` section (benchmarks, decoding)")
+        return self
 
     @property
     def run_dir(self) -> str:

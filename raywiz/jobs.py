@@ -269,16 +269,14 @@ def register(subparsers) -> None:
 
 
 def train_bundles(job: JobConfig, use_gpu: bool = True) -> list[dict[str, float]]:
-    """The resources `raywiz train` asks Ray for: one bundle per worker, as Ray Train's
-    ScalingConfig derives them (CPU per worker, 1 GPU, and the accelerator type if pinned).
+    """The resources `raywiz train` asks Ray for: one bundle per worker, read from the same
+    ScalingConfig the train launcher builds (CPU per worker, 1 GPU, the accelerator type if pinned).
 
     This is what the autoscaler sees; KubeRay's GPU group must fit one bundle per node or more.
     """
+    from raywiz.train.launch import scaling_config
+
     scaling = job.require("train").scaling
     use_gpu = scaling.use_gpu if scaling.use_gpu is not None else use_gpu
-    bundle: dict[str, Any] = {"CPU": float(scaling.cpus_per_worker)}
-    if use_gpu:
-        bundle["GPU"] = 1.0
-    if scaling.accelerator_type:
-        bundle[f"accelerator_type:{scaling.accelerator_type}"] = 0.001
-    return [dict(bundle) for _ in range(scaling.num_workers)]
+    bundle = scaling_config(job, use_gpu)._resources_per_worker_not_none  # Ray's own derivation
+    return [{k: float(v) for k, v in bundle.items()} for _ in range(scaling.num_workers)]

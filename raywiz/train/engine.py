@@ -19,7 +19,25 @@ from raywiz.modeling import build_model, torch_dtype
 log = logging.getLogger(__name__)
 
 
-def deepspeed_config(train_cfg, on_gpu: bool, dtype: torch.dtype) -> dict[str, Any]:
+RESIDENT_PARAMS_MAX_FRACTION = 0.10  # of one GPU's memory, for deepspeed.resident_params: auto
+
+
+def params_resident(train_cfg, on_gpu: bool, param_bytes: int | None, gpu_bytes: int | None) -> bool:
+    """Keep every weight whole on each worker (ZeRO-3 still shards gradients and optimizer state)?
+
+    One worker has nothing to shard. Otherwise `auto` keeps them on GPUs when they are small next to
+    the card: then the per-layer all-gathers of pure ZeRO-3 cost throughput and save little memory.
+    """
+    ds = train_cfg.deepspeed
+    if ds.stage != 3 or ds.offload_params or ds.resident_params == "never":
+        return False
+    if train_cfg.scaling.num_workers == 1 or ds.resident_params == "always":
+        return True
+    return bool(on_gpu and param_bytes and gpu_bytes and param_bytes <= RESIDENT_PARAMS_MAX_FRACTION * gpu_bytes)
+
+
+def deepspeed_config(train_cfg, on_gpu: bool, dtype: torch.dtype, param_bytes: int | None = None,
+                     gpu_bytes: int | None = None) -> dict[str, Any]:
     """raywiz's DeepSpeed config for a TrainConfig; `train.deepspeed.config` is merged over it."""
     ds = train_cfg.deepspeed
     zero: dict[str, Any] = {"stage": ds.stage}
@@ -36,9 +54,8 @@ def deepspeed_config(train_cfg, on_gpu: bool, dtype: torch.dtype) -> dict[str, A
                 "reduce_bucket_size": 5e7,
             }
         )
-    if ds.stage == 3 and train_cfg.scaling.num_workers == 1 and not ds.offload_params:
-        # One worker has nothing to shard: keep every parameter resident so ZeRO-3's per-module
-        # gather/release hooks become no-ops (same memory as stage 0, far less CPU overhead).
+    if params_resident(train_cfg, on_gpu, param_bytes, gpu_bytes):
+        # Every parameter is "persistent": ZeRO-3's per-module gather/release hooks become no-ops.
         zero["stage3_param_persistence_threshold"] = 1e12
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
@@ -118,12 +135,14 @@ class Engine:
     device: torch.device
 
 
-def create_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device) -> Engine:
+def create_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_params: int | None = None) -> Engine:
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 
     dtype = torch_dtype(model_cfg.dtype, on_gpu)
-    ds_config = deepspeed_config(train_cfg, on_gpu, dtype)
+    gpu_bytes = torch.cuda.get_device_properties(device).total_memory if on_gpu else None
+    param_bytes = n_params * torch.finfo(dtype).bits // 8 if n_params else None
+    ds_config = deepspeed_config(train_cfg, on_gpu, dtype, param_bytes, gpu_bytes)
     _import_before_zero_init()
     # Must exist before the model is created (see module docstring); keep the reference.
     hf_ds_config = HfDeepSpeedConfig(ds_config) if train_cfg.deepspeed.stage == 3 else None

@@ -32,7 +32,7 @@ def resolve_data_files(job: JobConfig) -> list[str]:
         check = check_manifest(source, kind="instruction_shards")
         if not check.complete:
             raise ConfigError(f"train.data.paths: empty, and this run's evolve output is not usable ({check.reason}); "
-                              "run `raywiz evolve` first or name shard files")
+                              "run `raywiz evolve` first, run the whole pipeline with `raywiz run`, or name shard files")
         paths = [join(source, name) for name in sorted(check.manifest["files"]) if name.endswith(".parquet")]
     try:
         return expand_paths(paths)
@@ -65,16 +65,34 @@ def make_plan(job: JobConfig, n_packed_rows: int) -> dict:
     }
 
 
+def scaling_config(job: JobConfig, use_gpu: bool):
+    """Ray Train's ScalingConfig for the job: one worker per GPU (or per CPU slot), with its CPUs.
+
+    Also what the autoscaler sees (raywiz.jobs.train_bundles reads the per-worker bundle from it).
+    """
+    from ray.train import ScalingConfig
+
+    sc = job.require("train").scaling
+    return ScalingConfig(
+        num_workers=sc.num_workers,
+        use_gpu=use_gpu,
+        resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        accelerator_type=sc.accelerator_type,
+        placement_strategy=sc.placement_strategy,
+    )
+
+
 def run_train(job: JobConfig) -> str:
     """Train; return the exported HF directory of the final checkpoint (or the checkpoint dir)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from raywiz.data.pipeline import prepare_packed_dataset
     from raywiz.runtime import cluster_has_gpus, init_ray
     from raywiz.train.checkpoint import latest_complete_checkpoint
     from raywiz.train.recipe import train_loop_per_worker
+    from raywiz.train.validation import checkpoint_score_kwargs, record_best, validation_config
 
     tc = job.require("train")
     files = resolve_data_files(job)
@@ -100,25 +118,25 @@ def run_train(job: JobConfig) -> str:
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "plan": plan},
         torch_config=TorchConfig(timeout_s=tc.scaling.nccl_timeout_s),
-        scaling_config=ScalingConfig(
-            num_workers=tc.scaling.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": tc.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
-            accelerator_type=tc.scaling.accelerator_type,
-        ),
+        scaling_config=scaling_config(job, use_gpu),
+        validation_config=validation_config(job, use_gpu),
         run_config=RunConfig(
             name="train",
             storage_path=job.run_dir,
             failure_config=FailureConfig(max_failures=tc.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=tc.checkpoint.num_to_keep),
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.checkpoint.num_to_keep, **checkpoint_score_kwargs(job)),
             worker_runtime_env={"env_vars": {
                 "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(tc.scaling.worker_start_timeout_s)}},
         ),
         datasets={"train": packed},
     )
-    result = trainer.fit()
+    result = trainer.fit()  # returns once every checkpoint's evaluation (train.evaluate) has finished too
     if result.error:
         raise result.error
+    best = record_best(result, out_dir)
+    if best:
+        print(f"[raywiz] best checkpoint by pass@1: step {best['step']} ({best['pass@1']:.3f}) -> {best['hf']}",
+              flush=True)
     final = result.checkpoint.path if result.checkpoint else latest_complete_checkpoint(out_dir)
     if final is None:
         raise RuntimeError("training finished without a checkpoint")

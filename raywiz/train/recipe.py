@@ -9,6 +9,8 @@ exactly here: ZeRO shards, optimizer, RNG, and the position inside the epoch.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -29,6 +31,7 @@ from raywiz.modeling import load_tokenizer
 from raywiz.train import checkpoint as ckpt
 from raywiz.train.engine import create_engine, lr_at
 from raywiz.train.metrics import StepTimer, format_eta, model_shape, peak_flops, step_flops
+from raywiz.train.validation import unscored_metrics
 
 
 class PackedRowsCollate(NumpyBatchCollateFn):
@@ -80,7 +83,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # -- model, optimizer, DeepSpeed engine (built sharded under ZeRO-3)
     tokenizer = load_tokenizer(job.model.name_or_path, job.model.tokenizer, job.model.trust_remote_code)
-    eng = create_engine(job.model, tc, on_gpu, device)
+    eng = create_engine(job.model, tc, on_gpu, device, n_params=plan["n_params"])
     engine, model = eng.engine, eng.model
     layers, width = model_shape(model.config)
     peak = peak_flops(device)
@@ -109,7 +112,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     def save(final: bool) -> None:
         step = state["step"]
         export = tc.checkpoint.export_hf == "every" or (final and tc.checkpoint.export_hf == "last")
-        with tempfile.TemporaryDirectory(prefix="raywiz-ckpt-") as local:
+        name = checkpoint_name(step)
+        staging = ckpt.staging_dir(run_train_dir, name, rank)
+        upload = functools.partial(ckpt.move_into_storage, train_dir=run_train_dir) if staging else None
+        with contextlib.nullcontext(staging) if staging else tempfile.TemporaryDirectory(prefix="raywiz-ckpt-") as local:
             ckpt.save_training_state(engine, local, rank,
                                      dict(state, total_steps=plan["total_steps"], loss=last_loss))
             if export:
@@ -121,10 +127,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 del sd
             ckpt.seal_checkpoint(local, rank, world, meta={"step": step, "run": job.name, "final": final})
             metrics = {"step": step, "loss": last_loss, "final": final}
+            if tc.evaluate.enabled:  # scored later by a Ray task (raywiz.train.validation); training goes on
+                metrics.update(unscored_metrics())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local),
-                             checkpoint_dir_name=checkpoint_name(step))
+                             checkpoint_dir_name=name, checkpoint_upload_fn=upload,
+                             validation=tc.evaluate.enabled)
         if rank == 0:
-            print(f"[raywiz] checkpoint {checkpoint_name(step)} saved", flush=True)
+            print(f"[raywiz] checkpoint {name} saved", flush=True)
 
     # -- the loop
     last_loss = float("nan")
@@ -195,7 +204,10 @@ def _write_pid(run_train_dir: str, rank: int) -> None:
     if "://" not in run_train_dir:
         os.makedirs(join(run_train_dir, "workers"), exist_ok=True)
         write_json_atomic(join(run_train_dir, "workers", f"rank_{rank}.json"),
-                          {"pid": os.getpid(), "host": os.uname().nodename, "time": time.time()})
+                          {"pid": os.getpid(), "host": os.uname().nodename, "time": time.time(),
+                           "node_id": ray.get_runtime_context().get_node_id(),
+                           # what the Ray job set for (autoscaled) worker start, seen from the worker
+                           "worker_start_timeout_s": os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")})
 
 
 def _append_metrics(run_train_dir: str, step: int, metrics: dict) -> None:

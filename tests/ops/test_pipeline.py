@@ -72,6 +72,14 @@ class Stages:
         return [summary]
 
 
+@pytest.fixture(autouse=True)
+def ray_starts(monkeypatch):
+    """The stand-in stages need no Ray: record the CPUs the pipeline would start it with instead."""
+    calls = []
+    monkeypatch.setattr(pipeline, "init_ray", lambda job, extra_cpus_needed=0: calls.append(extra_cpus_needed))
+    return calls
+
+
 @pytest.fixture
 def stages(monkeypatch):
     s = Stages()
@@ -83,9 +91,11 @@ def quiet(_msg):
     pass
 
 
-def test_runs_evolve_train_eval_in_order_handing_outputs_on(tmp_path, stages):
-    job = make_job(tmp_path)
+def test_runs_evolve_train_eval_in_order_handing_outputs_on(tmp_path, stages, ray_starts):
+    job = make_job(tmp_path, ["train.scaling.num_workers=4"])
     result = pipeline.run_pipeline(job, log=quiet)
+    # Ray starts in evolve, already sized for train's 4 workers (later stages reuse it as it is).
+    assert ray_starts == [4, 4]
     evolve_out = join(job.run_dir, "evolve")
     hf = join(job.run_dir, "train", "checkpoint_00000002", "hf")
     # train's empty data list means this run's evolve output (where evolve wrote)
@@ -97,11 +107,13 @@ def test_runs_evolve_train_eval_in_order_handing_outputs_on(tmp_path, stages):
     assert set(state["stages"]) == {"evolve", "train", "eval"}
 
 
-def test_rerun_resumes_finished_stages_and_reruns_what_changed(tmp_path, stages):
+def test_rerun_resumes_finished_stages_and_reruns_what_changed(tmp_path, stages, ray_starts):
     pipeline.run_pipeline(make_job(tmp_path), log=quiet)
     stages.calls.clear()
+    ray_starts.clear()
     again = pipeline.run_pipeline(make_job(tmp_path), log=quiet)
     assert stages.calls == [] and again.resumed == ["evolve", "train", "eval"]
+    assert ray_starts == []  # nothing to run: no Ray at all
     assert again.outputs["train"].endswith("hf")
 
     # A changed train config re-runs train and, downstream, eval; evolve is reused.

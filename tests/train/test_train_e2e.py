@@ -27,7 +27,15 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS, CKPT_EVERY = 80, 20
 
 
-def _write_job(tmp: Path, name: str, max_failures: int = 0) -> Path:
+EVALUATE = """
+eval:
+  benchmarks: [humaneval]
+  limit: 2
+  generation: {max_new_tokens: 12}
+"""
+
+
+def _write_job(tmp: Path, name: str, max_failures: int = 0, evaluate: bool = False) -> Path:
     rows = [json.loads(line) for line in (REPO / "raywiz/assets/quickstart/instructions.jsonl").read_text().splitlines()]
     rows = sorted(rows, key=lambda r: len(r["instruction"]) + len(r["output"]))[:4]
     data = tmp / "four.jsonl"
@@ -44,7 +52,8 @@ train:
   checkpoint: {{every_n_steps: {CKPT_EVERY}, num_to_keep: 3}}
   trace_samples: true
   max_failures: {max_failures}
-""")
+  evaluate: {{enabled: {str(evaluate).lower()}}}
+""" + (EVALUATE if evaluate else ""))
     return job
 
 
@@ -98,7 +107,7 @@ def _final_loss(train_dir: Path) -> float:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ref")
-    job = _write_job(tmp, "ref")
+    job = _write_job(tmp, "ref", evaluate=True)  # also scores each checkpoint as it lands (train.evaluate)
     out = _finish(_start(job, tmp / "ref.log"), tmp / "ref.log")
     return {"tmp": tmp, "stdout": out, "train_dir": tmp / "runs" / "ref" / "train"}
 
@@ -207,3 +216,26 @@ def test_rerunning_a_killed_job_resumes_instead_of_starting_over(reference):
     assert "resumed from step 40" in text
     assert "step 1/80 " not in text  # it did not start over
     _assert_matches_reference(train_dir, reference)
+
+
+def test_every_checkpoint_is_scored_while_training_and_the_best_is_recorded(reference):
+    """train.evaluate: Ray Train V2 validation scores each checkpoint's export with the job's eval section."""
+    from raywiz.artifacts import check_manifest
+
+    run_dir = reference["train_dir"].parent
+    scored = {}
+    for step in range(CKPT_EVERY, STEPS + 1, CKPT_EVERY):
+        bench_dir = run_dir / "eval" / f"checkpoint_{step:08d}" / "humaneval"
+        assert check_manifest(str(bench_dir), kind="eval_results").complete, f"checkpoint {step} was not scored"
+        summary = json.loads((bench_dir / "summary.json").read_text())
+        assert summary["n_tasks"] == 2
+        scored[step] = summary["pass@1"]
+    best = json.loads((reference["train_dir"] / "best_checkpoint.json").read_text())
+    assert best["pass@1"] == max(scored.values()) and scored[best["step"]] == best["pass@1"]
+    assert best["hf"] == str(reference["train_dir"] / f"checkpoint_{best['step']:08d}" / "hf")
+    assert check_manifest(best["hf"], kind="hf_export").complete  # kept: the best is never deleted
+    # Ray's own record of the kept checkpoints carries the scores
+    snapshot = json.loads((reference["train_dir"] / "checkpoint_manager_snapshot.json").read_text())
+    assert "pass@1/humaneval" in json.dumps(snapshot)
+    assert f"best checkpoint by pass@1: step {best['step']}" in reference["stdout"] + (reference["tmp"] / "ref.log").read_text()
+    assert not list((reference["train_dir"] / ".staging").iterdir()), "staged checkpoint parts were left behind"

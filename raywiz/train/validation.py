@@ -1,0 +1,86 @@
+"""Evaluate each checkpoint while training goes on, and keep the best ones.
+
+This is Ray Train V2's checkpoint validation: a worker reports a checkpoint with
+``ray.train.report(..., validation=True)``; the controller then runs ``score_checkpoint`` on it as a
+separate Ray task (training does not wait) and merges the returned metrics into the checkpoint's.
+Keeping the best is ``CheckpointConfig(checkpoint_score_attribute="pass@1")``: Ray deletes the
+worst-scoring checkpoints beyond ``num_to_keep`` but never the latest one (needed for resume) nor one
+still being evaluated. Scoring itself is the eval stage's ``evaluate_checkpoint``, so a checkpoint
+scored here is not scored again by ``raywiz eval`` (same output directory and fingerprint).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from raywiz.artifacts import join, write_json_atomic
+
+SCORE = "pass@1"  # mean pass@1 over the job's eval benchmarks
+BEST_FILE = "best_checkpoint.json"
+
+
+def score_checkpoint(checkpoint, job: dict) -> dict[str, Any]:
+    """The validation function: generate and score the checkpoint's HF export with the `eval:` section."""
+    from raywiz.config import JobConfig
+    from raywiz.eval.recipe import evaluate_checkpoint
+
+    job_cfg = JobConfig.model_validate(job)
+    name = os.path.basename(checkpoint.path.rstrip("/"))
+    # Where `raywiz eval` puts this checkpoint's results too (so it finds them and does not score again).
+    out_dir = join(job_cfg.eval.output_dir or join(job_cfg.run_dir, "eval"), name)
+    with checkpoint.as_directory() as local:  # local storage: the checkpoint itself; cloud: a download
+        result = evaluate_checkpoint(join(local, "hf"), job_cfg.eval, job_cfg.model, out_dir=out_dir,
+                                     run_dir=job_cfg.run_dir, in_process=True)
+    per_benchmark = {b: v for b, v in result["pass@1"].items() if v is not None}
+    mean = sum(per_benchmark.values()) / len(per_benchmark) if per_benchmark else float("nan")
+    print(f"[raywiz] checkpoint step {result.get('step')}: pass@1 "
+          + ", ".join(f"{b} {v:.3f}" for b, v in per_benchmark.items()), flush=True)
+    return {SCORE: mean, **{f"{SCORE}/{b}": v for b, v in per_benchmark.items()}, "eval_dir": result["out_dir"]}
+
+
+def validation_config(job, use_gpu: bool):
+    """Ray Train's ValidationConfig for `train.evaluate`, or None when it is off."""
+    ev = job.train.evaluate
+    if not ev.enabled:
+        return None
+    from ray.train.v2.api.validation_config import ValidationConfig, ValidationTaskConfig
+
+    num_gpus = ev.num_gpus
+    if num_gpus is None:
+        num_gpus = 1 if use_gpu and job.eval.generation.backend != "openai" else 0
+    return ValidationConfig(
+        fn=score_checkpoint,
+        task_config=ValidationTaskConfig(fn_kwargs={"job": job.model_dump(mode="json")}, timeout_s=ev.timeout_s),
+        ray_remote_kwargs={"num_gpus": num_gpus, "num_cpus": ev.num_cpus, "max_retries": 1},
+    )
+
+
+def checkpoint_score_kwargs(job) -> dict[str, Any]:
+    """CheckpointConfig arguments: rank by pass@1 when checkpoints are evaluated and the best are kept."""
+    ev = job.train.evaluate
+    if ev.enabled and ev.keep_best:
+        return {"checkpoint_score_attribute": SCORE, "checkpoint_score_order": "max"}
+    return {}
+
+
+def unscored_metrics() -> dict[str, float]:
+    """What a checkpoint reports before it is scored: NaN ranks below every real score in Ray's order."""
+    return {SCORE: float("nan")}
+
+
+def record_best(result, out_dir: str) -> dict | None:
+    """Write {run}/train/best_checkpoint.json from the fit() result: the scored checkpoint with the best pass@1."""
+    scored = [(ckpt, m) for ckpt, m in (result.best_checkpoints or [])
+              if isinstance(m.get(SCORE), (int, float)) and not math.isnan(m[SCORE])]
+    if not scored:
+        return None
+    ckpt, metrics = max(scored, key=lambda cm: (cm[1][SCORE], cm[1].get("step", 0)))
+    path = join(out_dir, os.path.basename(ckpt.path.rstrip("/")))  # Checkpoint.path drops s3:// and gs://
+    best = {"checkpoint": path, "hf": join(path, "hf"), "step": metrics.get("step"),
+            SCORE: metrics[SCORE], "scores": {k: v for k, v in metrics.items() if k.startswith(f"{SCORE}/")},
+            "eval_dir": metrics.get("eval_dir"),
+            "all": sorted(({"step": m.get("step"), SCORE: m[SCORE]} for _, m in scored), key=lambda r: r["step"])}
+    write_json_atomic(join(out_dir, BEST_FILE), best)
+    return best
