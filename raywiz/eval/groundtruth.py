@@ -2,6 +2,9 @@
 
 HumanEval+ and MBPP+ compare a sample's outputs with the reference's (not with assertions), and give
 each input a time limit of max(1 s, 4 x the reference's time on this machine), as evalplus does.
+Times are own time (wall-clock time less waiting for a CPU held by other processes, see
+sandbox_harness.OwnClock), and the limits are enforced in the same time: on a loaded machine neither
+the reference's measured time nor a sample's depends on what else runs.
 Computing them runs every reference on every input once (~30 s for HumanEval+, ~80 s for MBPP+ on
 one core), so they are cached per task under ``{cache}/groundtruth/``, keyed by the task's content.
 The references run in the sandbox too (no guard, larger limits): data files are input, not code we
@@ -24,7 +27,7 @@ from raywiz.eval.sandbox import SandboxSettings, run_in_sandbox
 PHASES = ("base", "plus")
 MBPP_OUTPUT_NOT_NONE_TASKS = ("check_str", "text_match_three", "text_starta_endb")
 GROUNDTRUTH_TIMEOUT_S = 900.0
-VERSION = "1"
+VERSION = "2"  # 2: times are the reference's own time (sandbox_harness.OwnClock), not wall-clock time
 
 
 def dataset_of(task: Task) -> str:

@@ -25,12 +25,12 @@ import os
 from typing import Any
 
 from raywiz.artifacts import check_manifest, join, read_json, write_bytes_atomic, write_manifest
-from raywiz.eval.benchmarks import Task, load_tasks
+from raywiz.eval.benchmarks import Task, load_tasks, read_jsonl
 from raywiz.eval.config import EvalConfig
 from raywiz.eval.generation import BackendSpec, SamplingParams, make_generator
 from raywiz.eval.postprocess import postprocess
 from raywiz.eval.prompts import build_prompt, default_stop, instruction_for
-from raywiz.eval.report import format_table, plot_pass_at_1, summarize, write_jsonl, write_outputs
+from raywiz.eval.report import format_table, plot_pass_at_1, summarize, task_rows, write_jsonl, write_outputs
 from raywiz.eval.score import read_samples, score_samples
 
 log = logging.getLogger("raywiz.eval")
@@ -260,6 +260,19 @@ def _flat(results: list[dict]) -> list[dict]:
     return [{k: v for k, v in s.items() if k != "per_task"} for r in results for s in r["benchmarks"].values()]
 
 
+def _log_task_tables(tracking, run, results: list[dict]) -> None:
+    """W&B: one per-task pass/fail table per benchmark ("eval/{benchmark}/tasks"), a row per
+    (checkpoint, task), read back from each benchmark's results.jsonl (reused results included)."""
+    rows: dict[str, list[dict]] = {}
+    for r in results:
+        for benchmark, summary in r["benchmarks"].items():
+            path = join(r["out_dir"], benchmark, "results.jsonl")
+            results_rows = [row for _, row in read_jsonl(path)] if os.path.exists(path) else []
+            rows.setdefault(benchmark, []).extend(task_rows(results_rows, summary))
+    for benchmark, table in rows.items():
+        tracking.log_eval_table(run, f"eval/{benchmark}/tasks", table)
+
+
 def _tracking():
     try:
         from raywiz import tracking
@@ -296,6 +309,7 @@ def run_eval(job, checkpoints: list[str] | None = None) -> list[dict]:
             eval_root = os.path.dirname(results[0]["out_dir"])
             raywiz_checkpoints = [r["model"] for r in results if os.path.isdir(r["model"])]
             tracking.log_eval_results(run, job, eval_root, flat, checkpoints=raywiz_checkpoints)
+            _log_task_tables(tracking, run, results)
             if plot_path:
                 tracking.log_image(run, "eval/pass_at_1_per_checkpoint", plot_path)
     finally:

@@ -55,6 +55,30 @@ def result_rows(samples: list[dict], verdicts: list[Verdict]) -> list[dict]:
     return rows
 
 
+def task_rows(results: list[dict], summary: dict) -> list[dict]:
+    """One row per task for the W&B table: task_id, passed (every sample passed; the verdict when
+    greedy), n_samples, n_passed, the task's pass@1, and for HumanEval+/MBPP+ the base/plus verdicts
+    (evalplus's statuses; a list when a task has several samples) and base pass@1.
+    `results` are results.jsonl rows; `summary` is the benchmark's summary (its per-task pass@k)."""
+    by_task: dict[str, list[dict]] = {}
+    for r in results:
+        by_task.setdefault(str(r["task_id"]), []).append(r)
+    plus = summary["benchmark"] in PLUS_BENCHMARKS
+    rows = []
+    for task_id, rs in by_task.items():
+        per_task = summary.get("per_task", {}).get(task_id, {})
+        row = {"checkpoint": summary.get("checkpoint"), "step": summary.get("step"),
+               "benchmark": summary["benchmark"], "task_id": task_id,
+               "passed": all(r["passed"] for r in rs), "n_samples": len(rs),
+               "n_passed": sum(bool(r["passed"]) for r in rs), "pass@1": per_task.get("pass@1")}
+        if plus:
+            statuses = lambda key: rs[0].get(key) if len(rs) == 1 else [r.get(key) for r in rs]  # noqa: E731
+            row.update({"base_passed": all(r.get("base_passed") for r in rs), "base_status": statuses("base_status"),
+                        "plus_status": statuses("plus_status"), "base_pass@1": per_task.get("base_pass@1")})
+        rows.append(row)
+    return rows
+
+
 def write_outputs(out_dir: str, samples: list[dict], verdicts: list[Verdict], summary: dict) -> None:
     write_jsonl(os.path.join(out_dir, "results.jsonl"), result_rows(samples, verdicts))
     write_json_atomic(os.path.join(out_dir, "summary.json"), summary)

@@ -176,6 +176,44 @@ def _remove_workdir(path: str) -> None:
         shutil.rmtree(root, onerror=retry_writable)
 
 
+MAX_STARVATION = 20.0  # a stage's deadline stretches for CPU starvation up to this many times its budget
+
+
+def run_queue_wait_s(pid: int) -> float | None:
+    """Seconds process `pid` (its main thread) has spent runnable but waiting for a CPU, from
+    /proc/PID/schedstat; None where the kernel does not say."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class StageDeadline:
+    """A stage's wall-clock budget, counted in the sample's own time like the harness's per-input
+    limits (see sandbox_harness.OwnClock): when it passes, the time the watched process spent
+    waiting for a CPU taken by other processes is added, up to MAX_STARVATION x the budget."""
+
+    def __init__(self, budget_s: float, pid: int | None):
+        now = time.monotonic()
+        self.pid, self.at, self.latest = pid, now + budget_s, now + budget_s * MAX_STARVATION
+        self.credited = run_queue_wait_s(pid) if pid else None
+
+    def passed(self) -> bool:
+        now = time.monotonic()
+        if now < self.at:
+            return False
+        waited = run_queue_wait_s(self.pid) if self.pid and self.credited is not None else None
+        if waited is not None and waited - self.credited > 1e-3 and now < self.latest:
+            self.at = min(self.latest, self.at + waited - self.credited)
+            self.credited = waited
+            return now >= self.at
+        return True
+
+    def seconds_left(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+
 def _kill(proc: subprocess.Popen, init_pidfd: int | None) -> None:
     """Kill the sample's PID namespace (through its init), then the harness's process group."""
     if init_pidfd is not None:
@@ -222,14 +260,15 @@ def run_in_sandbox(
         sel.register(proc.stdout, selectors.EVENT_READ, "results")
         sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
         pending, stderr_buf, result_bytes = b"", bytearray(), 0
-        stage, deadline = -1, started + settings.startup_timeout_s
+        # The sample runs in the harness process, or in the init of its PID namespace once reported.
+        stage, sample_pid = -1, proc.pid
+        deadline = StageDeadline(settings.startup_timeout_s, sample_pid)
         while sel.get_map():
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
+            if deadline.passed():
                 run.timed_out_stage = max(stage, 0)
                 _kill(proc, init_pidfd)
                 break
-            for key, _ in sel.select(timeout=min(timeout, 1.0)):
+            for key, _ in sel.select(timeout=min(max(deadline.seconds_left(), 0.01), 1.0)):
                 chunk = os.read(key.fileobj.fileno(), 1 << 16)
                 if not chunk:
                     sel.unregister(key.fileobj)
@@ -258,15 +297,14 @@ def run_in_sandbox(
                     if event == "init_pid" and init_pidfd is None:
                         try:
                             init_pidfd = os.pidfd_open(int(record["pid"]))
+                            sample_pid = int(record["pid"])
                         except (OSError, ValueError, TypeError):
                             pass
                     elif event == "isolation" or (event == "phase" and stage >= 0):
                         # The next stage starts now, with its own budget.
                         stage += 1
-                        if stage < len(stage_budgets_s):
-                            deadline = time.monotonic() + stage_budgets_s[stage]
-                        else:
-                            deadline = time.monotonic() + 10.0  # reporting and exit
+                        budget = stage_budgets_s[stage] if stage < len(stage_budgets_s) else 10.0  # 10: exit
+                        deadline = StageDeadline(budget, sample_pid)
             if run.flooded:
                 break
         sel.close()

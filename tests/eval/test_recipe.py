@@ -13,6 +13,7 @@ from raywiz.artifacts import check_manifest, write_manifest
 from raywiz.config import parse_job
 from raywiz.eval.benchmarks import load_tasks
 from raywiz.eval.prompts import build_prompt
+from tests.ops.wandb_offline import find_runs
 
 pytestmark = pytest.mark.slow
 
@@ -63,9 +64,10 @@ def test_eval_run_scores_every_checkpoint_and_plots(tmp_path, oracle_server, hav
     from raywiz.eval import recipe
 
     answers, url = oracle_server
-    answers.update(oracle_answers(["humaneval", "mbpp"], 3))
+    answers.update(oracle_answers(["humaneval+", "mbpp"], 3))
+    answers[build_prompt(load_tasks("mbpp")[2])] = "```python\ndef wrong():\n    return 0\n```"  # one failure
     job = parse_job({"name": "r", "storage": str(tmp_path), "wandb": {"enabled": True, "mode": "offline"}, "eval": {
-        "benchmarks": ["humaneval", "mbpp"], "checkpoints": ["all"], "limit": 3, "k": [1],
+        "benchmarks": ["humaneval+", "mbpp"], "checkpoints": ["all"], "limit": 3, "k": [1],
         "generation": {"backend": "openai", "base_url": url, "model": "wizard"}}})
     make_checkpoint(job.run_dir, 10)
     incomplete = make_checkpoint(job.run_dir, 20)
@@ -74,22 +76,41 @@ def test_eval_run_scores_every_checkpoint_and_plots(tmp_path, oracle_server, hav
     results = recipe.run_eval(job)
     assert [r["checkpoint"] for r in results] == ["checkpoint_00000010", "checkpoint_00000030"]
     for r in results:
-        for b in ("humaneval", "mbpp"):
+        for b, expected in (("humaneval+", 1.0), ("mbpp", 2 / 3)):
             out = os.path.join(job.run_dir, "eval", r["checkpoint"], b)
             assert check_manifest(out, kind="eval_results").complete
             summary = json.load(open(os.path.join(out, "summary.json")))
-            assert summary["n_tasks"] == 3 and summary["pass@1"] == pytest.approx(1.0)
+            assert summary["n_tasks"] == 3 and summary["pass@1"] == pytest.approx(expected)
             sample = json.loads(open(os.path.join(out, "samples.jsonl")).readline())
             assert "```" not in sample["completion"] and "__main__" not in sample["completion"]
     printed = capsys.readouterr().out
-    assert "checkpoint_00000030" in printed and "100.0" in printed
+    assert "checkpoint_00000030" in printed and "100.0" in printed and "66.7" in printed
     assert os.path.getsize(os.path.join(job.run_dir, "eval", "pass_at_1.png")) > 1000
-    # logged to W&B (offline): the eval run's files sit beside the run's outputs
-    assert any("eval" in name for name in os.listdir(os.path.join(job.run_dir, "wandb")))
+    # Logged to W&B (offline), read back from the run's files: a per-task table per benchmark
+    # (a row per checkpoint and task) and the pass@1-per-checkpoint plot.
+    [logged] = [r for r in find_runs(job.run_dir) if r.job_type == "eval"]
+    for key, n_rows in (("eval/humaneval+/tasks", 6), ("eval/mbpp/tasks", 6)):
+        ref = next(h[key] for h in logged.history if key in h)
+        assert ref["_type"] == "table-file" and ref["nrows"] == n_rows
+    table_file = next(f for f in logged.files if f.startswith("media/table/eval/humaneval+/tasks"))
+    table = json.load(open(os.path.join(os.path.dirname(logged.path), "files", table_file)))
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert {(r["checkpoint"], r["task_id"]) for r in rows} == {
+        (c, f"HumanEval/{i}") for c in ("checkpoint_00000010", "checkpoint_00000030") for i in range(3)}
+    assert all(r["passed"] and r["n_samples"] == 1 and r["pass@1"] == 1.0 and r["base_status"] == "pass"
+               and r["plus_status"] == "pass" for r in rows)
+    mbpp_file = next(f for f in logged.files if f.startswith("media/table/eval/mbpp/tasks"))
+    mbpp = json.load(open(os.path.join(os.path.dirname(logged.path), "files", mbpp_file)))
+    mbpp_rows = [dict(zip(mbpp["columns"], row)) for row in mbpp["data"]]
+    failed = {r["task_id"] for r in mbpp_rows if not r["passed"]}
+    assert failed == {load_tasks("mbpp")[2].task_id}
+    assert all(r["pass@1"] == (0.0 if r["task_id"] in failed else 1.0) for r in mbpp_rows)
+    plot = next(h["eval/pass_at_1_per_checkpoint"] for h in logged.history if "eval/pass_at_1_per_checkpoint" in h)
+    assert plot["_type"] == "image-file"
     # A rerun finds the sealed results and neither generates nor scores again.
     monkeypatch.setattr(recipe, "generate_samples", lambda *a: pytest.fail("regenerated"))
     monkeypatch.setattr(recipe, "score_samples", lambda *a, **k: pytest.fail("rescored"))
-    assert recipe.run_eval(job)[1]["pass@1"] == {"humaneval": 1.0, "mbpp": 1.0}
+    assert recipe.run_eval(job)[1]["pass@1"] == {"humaneval+": 1.0, "mbpp": pytest.approx(2 / 3)}
 
 
 def test_evaluate_checkpoint_in_a_ray_task(ray_local, tmp_path, oracle_server, have_shared_data):

@@ -5,11 +5,16 @@ every task."""
 
 import gzip
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 
-from raywiz.eval.benchmarks import load_tasks
-from raywiz.eval.score import ScoreSettings, score_samples
+from raywiz.eval.benchmarks import Task, load_tasks
+from raywiz.eval.sandbox import SandboxSettings
+from raywiz.eval.score import ScoreSettings, check_completion, score_samples
 
 pytestmark = pytest.mark.slow
 SETTINGS = ScoreSettings(workers=2)
@@ -134,3 +139,61 @@ def test_evalplus_benchmarks_match_evalplus(have_shared_data, benchmark, dataset
     canonical = ours[:-1:3]
     assert all(v.passed for v in canonical)  # every reference solution passes under raywiz
     assert not any(v.passed for i, v in enumerate(ours) if i % 3 or i == len(ours) - 1)  # broken ones fail
+
+
+# ----------------------------------------------------------------------------- evalplus's limits, robustly
+
+SPIN = "def spin(n):\n    s = 0\n    for i in range(n):\n        s += i\n    return s\n"
+
+
+def _spin_task(task_id: str, n: int, **fields) -> Task:
+    return Task(benchmark="humaneval+", task_id=task_id, prompt="", solution=SPIN, entry_point="spin",
+                base_input=[[n]], plus_input=[[n]], **fields)
+
+
+def _starve_cpu0(hogs: int) -> list[subprocess.Popen]:
+    """Pin this thread (and the sandboxes it starts) to CPU 0 with `hogs` busy processes, each in
+    its own session: the kernel's autogroup shares a CPU between sessions, as on a shared machine."""
+    os.sched_setaffinity(0, {0})
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+            for _ in range(hogs)]
+
+
+def test_per_input_limits_count_own_time_not_waiting_for_a_cpu():
+    """evalplus's per-input limit max(1 s, 4 x reference time) is wall-clock time; on a loaded
+    machine correct solutions time out at random. raywiz counts the time a sample runs or sleeps,
+    not the time it waits for a CPU held by others: the canonical solution passes with its CPU share
+    cut to a sixth, and a solution that sleeps past the limit still times out."""
+    task = _spin_task("Synthetic/spin", 4_000_000)  # ~0.2-0.3 s a call here: limit max(1, 4 x t)
+    settings = ScoreSettings(workers=1)
+    assert check_completion("humaneval+", task, solution=SPIN, settings=settings).passed  # ground truth, idle
+    sleeper = SPIN + "\nimport time\n_spin = spin\ndef spin(n):\n    time.sleep(2.5)\n    return _spin(n)\n"
+    affinity = os.sched_getaffinity(0)
+    hogs = _starve_cpu0(5)
+    try:
+        start = time.monotonic()
+        canonical = check_completion("humaneval+", task, solution=SPIN, settings=settings)
+        starved_s = time.monotonic() - start
+        slept = check_completion("humaneval+", task, solution=sleeper, settings=settings)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+        os.sched_setaffinity(0, affinity)
+    assert canonical.passed, (canonical.result, starved_s)
+    assert not slept.passed and slept.base_status == "fail", slept.result  # per-input timeout in base
+
+
+def test_memory_cap_counts_the_sample_not_the_expected_outputs_it_is_checked_against():
+    """The sandbox's address-space cap applies to what the sample allocates, on top of the expected
+    outputs the harness holds (Mbpp/255's are ~1.3 GB). evalplus caps its whole checker process,
+    which then fails the canonical Mbpp/255, and Mbpp/392 after it in the same pool worker."""
+    big = "def big(n):\n    return 'x' * n\n"
+    n = 120 << 20
+    task = Task(benchmark="humaneval+", task_id="Synthetic/big", prompt="", solution=big, entry_point="big",
+                base_input=[[n]], plus_input=[[1]])
+    settings = ScoreSettings(sandbox=SandboxSettings(memory_mb=160), workers=1)
+    assert check_completion("humaneval+", task, solution=big, settings=settings).passed
+    hungry = big.replace("return 'x' * n", "keep = bytearray(200 << 20)\n    return 'x' * n")
+    verdict = check_completion("humaneval+", task, solution=hungry, settings=settings)
+    assert not verdict.base_passed, verdict.result  # 120 MB + 200 MB > 160 MB: the cap still bites
