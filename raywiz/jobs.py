@@ -15,13 +15,12 @@ sends it when ``RAY_AUTH_MODE=token`` is set. raywiz sends the token whenever it
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import yaml
 
