@@ -1,0 +1,113 @@
+"""One console convention for every stage: a rank-aware ``raywiz`` logger, and quiet dependencies.
+
+    from raywiz.log import get_logger, say
+    log = get_logger(__name__)       # diagnostics: shown with --verbose / RAYWIZ_LOG_LEVEL=debug
+    say("train: 15 steps done")      # what a user reads: one line on stderr, from rank 0 only
+
+Every line goes to standard error as ``raywiz: ...``, so standard output stays for what a command
+returns (a path, a JSON summary). Off rank 0 of a training run ``say`` prints nothing: a line
+appears once, however many workers there are.
+
+``setup_console`` is called once by the CLI. Unless verbose, it hides Ray's, torch's and Python's
+warnings and info lines from the console (Ray still writes them to its own log files under
+``/tmp/ray/session_*/logs``), and ``ray_log_settings`` gives ``ray.init`` the matching arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+ROOT = "raywiz"
+LEVEL_ENV = "RAYWIZ_LOG_LEVEL"
+_NOISY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune", "torch", "torch.distributed",
+                  "deepspeed", "DeepSpeed", "transformers", "accelerate", "urllib3", "filelock", "httpx", "wandb")
+
+
+def get_logger(name: str = ROOT) -> logging.Logger:
+    """A logger under ``raywiz`` (pass ``__name__``; names outside the package are nested under it)."""
+    return logging.getLogger(name if name == ROOT or name.startswith(ROOT + ".") else f"{ROOT}.{name}")
+
+
+def verbose() -> bool:
+    """Is the console in verbose mode (``--verbose`` or ``RAYWIZ_LOG_LEVEL=debug``)?"""
+    return os.environ.get(LEVEL_ENV, "").lower() == "debug"
+
+
+def rank() -> int:
+    """This process's rank in a training run (0 outside one)."""
+    for var in ("RANK", "WORLD_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return 0
+
+
+def say(message: str, *, all_ranks: bool = False) -> None:
+    """A line for the user, on stderr, once (rank 0), through the ``raywiz`` logger."""
+    if all_ranks or rank() == 0:
+        _console_logger().info(message)
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING and record.name != ROOT + ".console":
+            text = f"{record.levelname.lower()}: {text}"
+        return f"raywiz: {text}"
+
+
+def _console_logger() -> logging.Logger:
+    logger = logging.getLogger(ROOT + ".console")
+    _ensure_handler()
+    return logger
+
+
+def _ensure_handler() -> None:
+    root = logging.getLogger(ROOT)
+    if not any(getattr(h, "_raywiz", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler._raywiz = True  # type: ignore[attr-defined]
+        handler.setFormatter(_ConsoleFormatter())
+        root.addHandler(handler)
+        root.propagate = False
+        if root.level == logging.NOTSET:
+            root.setLevel(logging.DEBUG if verbose() else logging.INFO)
+    logging.getLogger(ROOT + ".console").setLevel(logging.INFO)
+
+
+def setup_console(verbose_flag: bool = False) -> None:
+    """Set the console up for a raywiz command; environment variables carry it to Ray's workers."""
+    if verbose_flag:
+        os.environ[LEVEL_ENV] = "debug"
+    _ensure_handler()
+    logging.getLogger(ROOT).setLevel(logging.DEBUG if verbose() else logging.INFO)
+    if verbose():
+        return
+    # Inherited by every process Ray starts on this machine (and forwarded by raywiz.runtime).
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    warnings.simplefilter("ignore")
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def ray_log_settings() -> dict:
+    """``ray.init`` arguments that match the console mode: workers' output only when verbose."""
+    if verbose():
+        return {"log_to_driver": True}
+    return {"log_to_driver": False, "logging_level": logging.ERROR}
+
+
+# Environment variables a Ray worker needs to keep the same console convention.
+WORKER_ENV_VARS = (LEVEL_ENV, "PYTHONWARNINGS", "TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM")
