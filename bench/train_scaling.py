@@ -110,7 +110,7 @@ def start(job: Path, log: Path) -> subprocess.Popen:
 
 
 def kill(work: str) -> dict:
-    from raywiz.train.checkpoint import latest_complete_checkpoint
+    from raywiz.artifacts import RunLayout
     from raywiz.train.recipe import read_trace
 
     tmp = Path(work) / "kill"
@@ -121,7 +121,7 @@ def kill(work: str) -> dict:
     out: dict = {"model": "tiny-gpt-bigcode", "num_gpus": 2 if USE_GPU else 0, "steps": 80, "checkpoint_every": 10}
 
     def final_loss(train_dir: Path) -> float:
-        return json.loads((Path(latest_complete_checkpoint(str(train_dir))) / "train_state.json").read_text())["loss"]
+        return json.loads((Path(RunLayout(str(train_dir.parent)).latest_checkpoint().train_state)).read_text())["loss"]
 
     print("[bench] kill: reference run", flush=True)
     ref = start(kill_job(tmp, "ref", data), tmp / "ref.log")
@@ -153,7 +153,7 @@ def kill(work: str) -> dict:
         seconds_from_kill_to_finish=round(time.time() - killed_at, 1),
         trace_identical=read_trace(str(train_dir)) == read_trace(str(ref_dir)),
         reference_final_loss=ref_loss, final_loss=final_loss(train_dir) if proc.returncode == 0 else None,
-        finished_step=json.loads((Path(latest_complete_checkpoint(str(train_dir))) / "train_state.json").read_text())["step"],
+        finished_step=json.loads((Path(RunLayout(str(train_dir.parent)).latest_checkpoint().train_state)).read_text())["step"],
     )
     if out["final_loss"] is not None:
         out["final_loss_relative_diff"] = abs(out["final_loss"] - ref_loss) / abs(ref_loss)

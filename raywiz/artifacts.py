@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -26,9 +28,6 @@ PACKAGE_SCHEME = "raywiz:"  # "raywiz:quickstart/instructions.jsonl" -> a file s
 ASSETS_DIR = Path(__file__).parent / "assets"
 
 # ---------------------------------------------------------------- run directory layout
-# {storage}/{run_id}/evolve/                       instruction shards + manifest
-# {storage}/{run_id}/train/checkpoint_{step:08d}/  zero/ (exact-resume state) + hf/ (HF export)
-# {storage}/{run_id}/eval/{checkpoint}/{benchmark}/ samples.jsonl, results.jsonl, summary.json
 
 
 def is_remote(path: str) -> bool:
@@ -48,20 +47,171 @@ def resolve_package_path(path: str) -> str:
     return path
 
 
-def evolve_dir(run_dir: str) -> str:
-    return join(run_dir, "evolve")
+class Kind(str, Enum):
+    """What a sealed directory holds: the ``kind`` of its manifest. Readers ask for the kind they expect."""
+
+    INSTRUCTION_SHARDS = "instruction_shards"  # {run}/evolve/
+    TRAIN_CHECKPOINT = "train_checkpoint"  # {run}/train/checkpoint_*/
+    HF_EXPORT = "hf_export"  # {run}/train/checkpoint_*/hf/
+    EVAL_RESULTS = "eval_results"  # {run}/eval/{checkpoint}/{benchmark}/
+
+    def __str__(self) -> str:  # manifests store the plain string
+        return self.value
 
 
-def train_dir(run_dir: str) -> str:
-    return join(run_dir, "train")
+CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
 
 
-def checkpoint_name(step: int) -> str:
-    return f"checkpoint_{step:08d}"
+@dataclass(frozen=True)
+class CheckpointDir:
+    """One training checkpoint: ``{run}/train/checkpoint_{step:08d}/`` (or a copy of one elsewhere)."""
+
+    path: str
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def step(self) -> int | None:
+        m = CHECKPOINT_RE.match(self.name)
+        return int(m.group(1)) if m else None
+
+    @property
+    def hf(self) -> str:
+        """The Hugging Face export (its own manifest, Kind.HF_EXPORT)."""
+        return join(self.path, "hf")
+
+    @property
+    def zero(self) -> str:
+        return join(self.path, "zero")
+
+    @property
+    def rng_dir(self) -> str:
+        return join(self.path, "rng")
+
+    def rng(self, rank: int) -> str:
+        return join(self.rng_dir, f"rank_{rank}.pt")
+
+    @property
+    def train_state(self) -> str:
+        return join(self.path, "train_state.json")
+
+    @property
+    def run(self) -> "RunLayout":
+        return RunLayout(self.path.rstrip("/").rsplit("/", 2)[0])
+
+    def is_complete(self) -> bool:
+        return check_manifest(self.path, kind=Kind.TRAIN_CHECKPOINT).complete
+
+    def hf_is_complete(self) -> bool:
+        return check_manifest(self.hf, kind=Kind.HF_EXPORT).complete
 
 
-def eval_dir(run_dir: str, checkpoint: str, benchmark: str) -> str:
-    return join(run_dir, "eval", checkpoint, benchmark)
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of a run directory ``{storage}/{run}/``. Stages ask it; none builds run paths itself.
+
+        {run}/evolve/                          instruction shards + manifest (Kind.INSTRUCTION_SHARDS)
+        {run}/evolve_report/, evolve_cache/    evolve's drop report and its answered requests
+        {run}/train/checkpoint_{step:08d}/     zero/, rng/, train_state.json, hf/ (Kind.TRAIN_CHECKPOINT)
+        {run}/train/metrics.jsonl, data_report.json, best_checkpoint.json, .staging/, debug/
+        {run}/eval/{checkpoint}/{benchmark}/   samples.jsonl, results.jsonl, summary.json (Kind.EVAL_RESULTS)
+        {run}/pipeline.json                    which stages finished, with what
+    """
+
+    root: str
+
+    @classmethod
+    def of(cls, storage: str, name: str) -> "RunLayout":
+        return cls(join(storage, name))
+
+    # evolve
+    @property
+    def evolve(self) -> str:
+        return join(self.root, "evolve")
+
+    @property
+    def evolve_report(self) -> str:
+        return join(self.root, "evolve_report")
+
+    @property
+    def evolve_cache(self) -> str:
+        return join(self.root, "evolve_cache")
+
+    # train
+    @property
+    def train(self) -> str:
+        return join(self.root, "train")
+
+    @property
+    def train_staging(self) -> str:
+        """Where ranks write checkpoint parts before they are moved into place (local storage)."""
+        return join(self.train, ".staging")
+
+    @property
+    def metrics(self) -> str:
+        return join(self.train, "metrics.jsonl")
+
+    @property
+    def data_report(self) -> str:
+        return join(self.train, "data_report.json")
+
+    @property
+    def best_checkpoint(self) -> str:
+        return join(self.train, "best_checkpoint.json")
+
+    @property
+    def debug(self) -> str:
+        """Opt-in debug output of training (worker pid files, per-step sample traces)."""
+        return join(self.train, "debug")
+
+    def checkpoint(self, step: int) -> CheckpointDir:
+        return CheckpointDir(join(self.train, f"checkpoint_{step:08d}"))
+
+    def checkpoints(self, complete: bool = False) -> list[CheckpointDir]:
+        """This run's checkpoints, oldest first; with ``complete``, only those whose hf/ export is sealed."""
+        found = [CheckpointDir(join(self.train, name)) for name in list_dirs(self.train) if CHECKPOINT_RE.match(name)]
+        found.sort(key=lambda c: c.step)
+        return [c for c in found if c.hf_is_complete()] if complete else found
+
+    def latest_checkpoint(self) -> CheckpointDir | None:
+        """The newest checkpoint whose own manifest checks out (the one to resume from)."""
+        return next((c for c in reversed(self.checkpoints()) if c.is_complete()), None)
+
+    # eval
+    @property
+    def eval(self) -> str:
+        return join(self.root, "eval")
+
+    def eval_dir(self, checkpoint: str, benchmark: str | None = None) -> str:
+        """``{run}/eval/{checkpoint}/`` (or one benchmark's directory inside it)."""
+        return join(self.eval, checkpoint, *([benchmark] if benchmark else []))
+
+    # pipeline
+    @property
+    def pipeline_state(self) -> str:
+        return join(self.root, "pipeline.json")
+
+
+def checkpoint_of(path: str) -> CheckpointDir | None:
+    """The checkpoint a path belongs to (a ``.../train/checkpoint_*`` directory or its ``hf/``), else None."""
+    parts = path.rstrip("/").split("/")
+    if parts and parts[-1] == "hf":
+        parts = parts[:-1]
+    if len(parts) >= 3 and parts[-2] == "train" and CHECKPOINT_RE.match(parts[-1]):
+        return CheckpointDir("/".join(parts))
+    return None
+
+
+def list_dirs(path: str) -> list[str]:
+    """Names of the sub-directories of a local or remote directory (none if it does not exist)."""
+    fs, p = filesystem(path)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(p, recursive=False))
+    except FileNotFoundError:
+        return []
+    return sorted(i.path.rstrip("/").rsplit("/", 1)[-1] for i in infos if i.type == pafs.FileType.Directory)
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
@@ -146,7 +296,7 @@ def write_manifest(directory: str, kind: str, meta: dict | None = None, files: d
     """Seal a directory: list its files and sizes, then write manifest.json last (atomically)."""
     files = list_files(directory) if files is None else files
     manifest: dict[str, Any] = {
-        "kind": kind,
+        "kind": str(kind),
         "created": time.time(),
         "files": {name: {"size": size} for name, size in sorted(files.items())},
         "meta": meta or {},
@@ -168,8 +318,8 @@ def check_manifest(directory: str, kind: str | None = None, verify_checksums: bo
         manifest = read_json(mpath)
     except (OSError, json.JSONDecodeError) as e:
         return ManifestCheck(False, f"{mpath}: unreadable manifest: {e}")
-    if kind is not None and manifest.get("kind") != kind:
-        return ManifestCheck(False, f"{mpath}: kind is {manifest.get('kind')!r}, expected {kind!r}")
+    if kind is not None and manifest.get("kind") != str(kind):
+        return ManifestCheck(False, f"{mpath}: kind is {manifest.get('kind')!r}, expected {str(kind)!r}")
     present = list_files(directory)
     for name, entry in manifest.get("files", {}).items():
         if name not in present:

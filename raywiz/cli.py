@@ -33,37 +33,38 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config field by dotted path, e.g. --set train.optim.lr=1e-5 (repeatable)",
     )
+    # Also accepted after the subcommand; SUPPRESS keeps the top-level flag's value when absent here.
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show Ray's, torch's and the workers' own logs too (or RAYWIZ_LOG_LEVEL=debug)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raywiz", description="WizardCoder's recipe on Ray: evolve -> train -> eval -> serve."
     )
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show Ray's, torch's and the workers' own logs too (or RAYWIZ_LOG_LEVEL=debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # a stage not built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from raywiz.config import ConfigError
+    from raywiz.log import say, setup_console
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_console(args.verbose)
     try:
         return int(args.handler(args) or 0)
     except ConfigError as e:
-        print(f"raywiz: {e}", file=sys.stderr)
+        say(str(e))
         return 2
     except KeyboardInterrupt:
-        print("raywiz: interrupted", file=sys.stderr)
+        say("interrupted")
         return 130
 
 

@@ -100,9 +100,14 @@ class JobConfig(StrictModel):
 
     @property
     def run_dir(self) -> str:
-        from raywiz.artifacts import join
+        return self.layout.root
 
-        return join(self.storage, self.name)
+    @property
+    def layout(self):
+        """This run's directory layout (raywiz.artifacts.RunLayout): every stage asks it for paths."""
+        from raywiz.artifacts import RunLayout
+
+        return RunLayout.of(self.storage, self.name)
 
     def require(self, stage: str) -> Any:
         """The stage's section, or a ConfigError saying it is missing."""

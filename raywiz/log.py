@@ -95,11 +95,21 @@ def setup_console(verbose_flag: bool = False) -> None:
     # Inherited by every process Ray starts on this machine (and forwarded by raywiz.runtime).
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar too
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     warnings.simplefilter("ignore")
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data sets its own loggers up when it is imported: quiet them again (unless verbose).
+
+    Its execution-plan lines still go to Ray Data's log file in the session's logs directory.
+    """
+    if not verbose():
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def ray_log_settings() -> dict:
@@ -110,4 +120,73 @@ def ray_log_settings() -> dict:
 
 
 # Environment variables a Ray worker needs to keep the same console convention.
-WORKER_ENV_VARS = (LEVEL_ENV, "PYTHONWARNINGS", "TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM")
+WORKER_ENV_VARS = (LEVEL_ENV, "PYTHONWARNINGS", "TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM",
+                   "HF_HUB_DISABLE_PROGRESS_BARS")
+
+
+# ---------------------------------------------------------------- progress display
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:  # None or NaN
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Progress:
+    """One progress display for every stage: a tqdm bar on a terminal, plain lines otherwise.
+
+        bar = Progress("train", total=15, unit="step")
+        bar.update(1, "loss 7.62 | 1,204 tok/s")   # a bar's postfix, or one line when not on a terminal
+        bar.close()
+
+    On a terminal (stderr is a TTY) tqdm draws the bar with its rate and ETA. Elsewhere (a pipe, a
+    Ray job's log, CI) each ``update`` prints one line, at most every ``every`` units, so a log
+    shows each step once and a long run does not flood it. Nothing is shown off rank 0.
+    """
+
+    def __init__(self, label: str, total: int, unit: str = "it", every: int = 1, enabled: bool = True,
+                 stream=None):
+        self.label, self.total, self.unit = label, total, unit
+        self.every = max(1, every)
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and total > 0 and rank() == 0
+        self.done = 0
+        self._last_printed = 0
+        self._bar = None
+        if self.enabled and _isatty(self.stream):
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=f"raywiz: {label}", unit=unit, file=self.stream,
+                             dynamic_ncols=True, mininterval=0.5, leave=True)
+
+    def update(self, n: int = 1, detail: str = "", eta_s: float | None = None, done: int | None = None) -> None:
+        """Advance by ``n`` (or to ``done``) and show ``detail`` (e.g. loss, throughput)."""
+        if not self.enabled:
+            return
+        step = (done if done is not None else self.done + n)
+        advanced, self.done = step - self.done, step
+        if self._bar is not None:
+            if detail:
+                self._bar.set_postfix_str(detail, refresh=False)
+            self._bar.update(advanced)
+            return
+        if self.done - self._last_printed >= self.every or self.done >= self.total:
+            self._last_printed = self.done
+            eta = f" | ETA {format_eta(eta_s)}" if eta_s is not None else ""
+            parts = f"{self.label} {self.unit} {self.done}/{self.total}" + (f" | {detail}" if detail else "")
+            print(f"raywiz: {parts}{eta}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -33,12 +33,12 @@ from typing import Any, Callable
 
 import pyarrow.fs as pafs
 
-from raywiz.artifacts import check_manifest, evolve_dir, filesystem, join, read_json, write_json_atomic
+from raywiz.artifacts import Kind, RunLayout, check_manifest, filesystem, join, read_json, write_json_atomic
 from raywiz.config import ConfigError, JobConfig, load_job
+from raywiz.log import say
 from raywiz.runtime import init_ray
 
 STAGES = ("evolve", "train", "eval", "serve")
-STATE_FILE = "pipeline.json"
 # The agreed stage entry points (raywiz/<stage>/...), imported only when the stage runs.
 ENTRY_POINTS = {
     "evolve": ("raywiz.evolve.recipe", "run_evolve"),
@@ -59,13 +59,7 @@ class PipelineResult:
 
 def entry_point(stage: str) -> Callable:
     module_name, func = ENTRY_POINTS[stage]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
-            raise ConfigError(f"{stage}: this raywiz has no {module_name} (stage not installed)") from None
-        raise
-    return getattr(module, func)
+    return getattr(importlib.import_module(module_name), func)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -82,7 +76,7 @@ def section_dump(job: JobConfig, stage: str) -> Any:
 
 
 def load_state(run_dir: str) -> dict:
-    path = join(run_dir, STATE_FILE)
+    path = RunLayout(run_dir).pipeline_state
     if not _exists(path, file=True):
         return {"stages": {}}
     try:
@@ -97,16 +91,16 @@ def record(state: dict, run_dir: str, stage: str, output: Any, fp: str) -> str:
     output_id = fingerprint(fp, finished)
     state.setdefault("stages", {})[stage] = {"output": output, "fingerprint": fp, "output_id": output_id,
                                              "finished_at": finished}
-    write_json_atomic(join(run_dir, STATE_FILE), state)
+    write_json_atomic(RunLayout(run_dir).pipeline_state, state)
     return output_id
 
 
 def still_complete(stage: str, output: Any) -> bool:
     """Is an output recorded earlier still there and whole?"""
     if stage == "evolve":
-        return check_manifest(output, kind="instruction_shards").complete
+        return check_manifest(output, kind=Kind.INSTRUCTION_SHARDS).complete
     if stage == "train":  # raywiz's own export is sealed; an unsealed one is partial
-        return check_manifest(output, kind="hf_export").complete
+        return check_manifest(output, kind=Kind.HF_EXPORT).complete
     if stage == "eval":
         return isinstance(output, list)
     return False
@@ -114,14 +108,14 @@ def still_complete(stage: str, output: Any) -> bool:
 
 def is_model_dir(path: str) -> bool:
     """A sealed HF export, or a plain HF model directory (a user's own model, no manifest)."""
-    if check_manifest(path, kind="hf_export").complete:
+    if check_manifest(path, kind=Kind.HF_EXPORT).complete:
         return True
     return not _exists(join(path, "manifest.json")) and _exists(join(path, "config.json"), file=True)
 
 
 def given_output(flag: str, path: str, stage: str) -> tuple[str, str]:
     """Check an output the user points a stage at; returns (path, an id for it)."""
-    sealed = check_manifest(path, kind="hf_export" if stage == "train" else "instruction_shards")
+    sealed = check_manifest(path, kind=Kind.HF_EXPORT if stage == "train" else Kind.INSTRUCTION_SHARDS)
     if stage == "train":
         ok = is_model_dir(path)
     else:  # raywiz evolve output (sealed), or the user's own data files (no manifest)
@@ -156,7 +150,7 @@ def plan(job: JobConfig, skip: set[str], serve: bool, evolve_output: str | None,
 
 def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = frozenset(), serve: bool = False,
                  evolve_output: str | None = None, checkpoint: str | None = None,
-                 log: Callable[[str], None] = lambda msg: print(f"raywiz run: {msg}", file=sys.stderr)) -> PipelineResult:
+                 log: Callable[[str], None] = say) -> PipelineResult:
     stages = plan(job, set(skip), serve, evolve_output, checkpoint)
     result = PipelineResult(job.run_dir, skipped=[s for s in STAGES if s not in stages and s != "serve"])
     state = load_state(job.run_dir)
@@ -179,7 +173,7 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
         fp = fingerprint(stage, section_dump(job, stage), model_cfg, inputs)
         prev = done.get(stage)
         if stage not in redo and prev and prev["fingerprint"] == fp and still_complete(stage, prev["output"]):
-            log(f"{stage}: finished earlier, using {_short(prev['output'])}")
+            log(f"{stage}: finished earlier, using {_short(brief(stage, prev['output']))}")
             result.resumed.append(stage)
             result.outputs[stage] = prev["output"]
             return prev["output"], prev["output_id"]
@@ -188,7 +182,7 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
             init_ray(job, extra_cpus_needed=cpus_needed(job, stages))
         t0 = time.time()
         output = call()
-        log(f"{stage}: done in {time.time() - t0:.1f}s -> {_short(output)}")
+        log(f"{stage}: done in {time.time() - t0:.1f}s -> {_short(brief(stage, output))}")
         output_id = record(state, job.run_dir, stage, output, fp)
         result.ran.append(stage)
         result.outputs[stage] = output
@@ -198,7 +192,7 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
     if "evolve" in stages:
         dataset, dataset_id = run_stage("evolve", None, lambda: entry_point("evolve")(job))
     if "train" in stages:
-        if not job.train.data.paths and dataset and dataset != evolve_dir(job.run_dir):
+        if not job.train.data.paths and dataset and dataset != job.layout.evolve:
             # An empty list means this run's evolve output (train reads it, and logs the lineage);
             # shards from elsewhere (--evolve-output) are named explicitly.
             job.train.data.paths = [dataset]
@@ -243,6 +237,14 @@ def track(job: JobConfig, stage: str, output: Any) -> None:
         tracking.finish(run)
 
 
+def brief(stage: str, output: Any) -> Any:
+    """What the console shows of a stage's output: a path, or eval's pass@1 per checkpoint."""
+    if stage == "eval" and isinstance(output, list):
+        return [{"checkpoint": r.get("checkpoint"), "out_dir": r.get("out_dir"), "pass@1": r.get("pass@1")}
+                for r in output if isinstance(r, dict)]
+    return output
+
+
 def _short(output: Any) -> str:
     text = output if isinstance(output, str) else json.dumps(output, default=str)
     return text if len(text) < 200 else text[:197] + "..."
@@ -263,8 +265,9 @@ def _run(args) -> int:
         redo = set(STAGES)
     result = run_pipeline(job, skip=skip, redo=redo, serve=args.serve,
                           evolve_output=_abs(args.evolve_output), checkpoint=_abs(args.checkpoint))
+    outputs = {stage: brief(stage, output) for stage, output in result.outputs.items()}
     print(json.dumps({"run_dir": result.run_dir, "ran": result.ran, "resumed": result.resumed,
-                      "skipped": result.skipped, "outputs": result.outputs}, indent=2, default=str))
+                      "skipped": result.skipped, "outputs": outputs}, indent=2, default=str))
     return 0
 
 

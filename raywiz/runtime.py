@@ -7,29 +7,36 @@ the run would wait forever. Logical CPUs are a scheduling budget, not a claim on
 
 from __future__ import annotations
 
-import logging
 import os
 
-log = logging.getLogger(__name__)
+from raywiz.log import WORKER_ENV_VARS, get_logger, ray_log_settings
+
+log = get_logger(__name__)
+FORWARDED_ENV_VARS = ("PYTHONPATH", "WANDB_MODE", "HF_HOME", "HF_HUB_OFFLINE", *WORKER_ENV_VARS)
 
 
 def init_ray(job, extra_cpus_needed: float = 0) -> None:
+    """Connect to the job's Ray cluster, or start a local one; workers keep raywiz's console mode.
+
+    Unless verbose, workers' output stays in Ray's log files (``/tmp/ray/session_latest/logs``):
+    raywiz's own progress comes from the driver.
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = job.cluster.address or os.environ.get("RAY_ADDRESS")
-    env_vars = {k: os.environ[k] for k in ("PYTHONPATH", "WANDB_MODE", "HF_HOME", "HF_HUB_OFFLINE") if k in os.environ}
+    env_vars = {k: os.environ[k] for k in FORWARDED_ENV_VARS if k in os.environ}
     runtime_env = {"env_vars": env_vars} if env_vars else None
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, **ray_log_settings())
         return
     # A busy laptop can take longer than Ray's default to register the local raylet.
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     num_cpus = job.cluster.num_cpus or max(os.cpu_count() or 1, int(extra_cpus_needed + 0.999) + 2)
     ray.init(num_cpus=num_cpus, num_gpus=job.cluster.num_gpus, include_dashboard=False,
-             runtime_env=runtime_env, log_to_driver=True)
-    log.info("started a local Ray cluster with %s logical CPUs", num_cpus)
+             runtime_env=runtime_env, **ray_log_settings())
+    log.debug("started a local Ray cluster with %s logical CPUs", num_cpus)
 
 
 def cluster_has_gpus() -> bool:

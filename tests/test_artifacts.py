@@ -2,8 +2,7 @@ import os
 
 import pytest
 
-from raywiz.artifacts import check_manifest, expand_paths, write_manifest
-from raywiz.train.checkpoint import latest_complete_checkpoint
+from raywiz.artifacts import Kind, RunLayout, check_manifest, checkpoint_of, expand_paths, write_manifest
 
 
 def _ckpt(root, step, files):
@@ -31,12 +30,29 @@ def test_manifest_seals_a_directory_and_detects_damage(tmp_path):
     assert "missing" in check_manifest(str(d)).reason
 
 
-def test_latest_complete_checkpoint_skips_partial_ones(tmp_path):
-    for step in (10, 20):
-        d = _ckpt(tmp_path, step, {"state.bin": b"s" * step})
-        write_manifest(str(d), kind="train_checkpoint")
-    _ckpt(tmp_path, 30, {"state.bin": b"partial"})  # interrupted: no manifest
-    assert latest_complete_checkpoint(str(tmp_path)).endswith("checkpoint_00000020")
+def test_run_layout_lists_checkpoints_and_skips_partial_ones(tmp_path):
+    layout = RunLayout.of(str(tmp_path), "run")
+    train = tmp_path / "run" / "train"
+    for step in (10, 20, 9):
+        d = _ckpt(train, step, {"state.bin": b"s" * step, "hf/model.safetensors": b"w"})
+        write_manifest(str(d / "hf"), kind=Kind.HF_EXPORT)
+        write_manifest(str(d), kind=Kind.TRAIN_CHECKPOINT)
+    _ckpt(train, 30, {"state.bin": b"partial"})  # interrupted: no manifest
+    (train / "checkpoint_manager_snapshot.json").write_text("{}")  # Ray's own file: not a checkpoint
+    (train / "checkpoint_00000040.tmp").mkdir()
+    assert [c.step for c in layout.checkpoints()] == [9, 10, 20, 30]  # by step, not by name
+    assert [c.step for c in layout.checkpoints(complete=True)] == [9, 10, 20]
+    latest = layout.latest_checkpoint()
+    assert latest == layout.checkpoint(20) and latest.path == str(train / "checkpoint_00000020")
+    assert latest.hf == str(train / "checkpoint_00000020" / "hf") and latest.run == layout
+    assert checkpoint_of(latest.hf) == latest and checkpoint_of(latest.path) == latest
+    assert checkpoint_of(str(tmp_path / "models" / "hf")) is None
+    assert layout.eval_dir(latest.name, "humaneval") == str(tmp_path / "run" / "eval" / latest.name / "humaneval")
+    assert RunLayout.of("s3://bucket/runs", "r").checkpoint(3).hf == "s3://bucket/runs/r/train/checkpoint_00000003/hf"
+    assert checkpoint_of("s3://bucket/runs/r/train/checkpoint_00000003/hf").run.root == "s3://bucket/runs/r"
+    # The manifest stores the kind's plain string, and a wrong kind is refused.
+    assert check_manifest(latest.path, kind="train_checkpoint").complete
+    assert not check_manifest(latest.path, kind=Kind.HF_EXPORT).complete
 
 
 def test_expand_paths_globs_dirs_and_package_files(tmp_path):

@@ -10,7 +10,7 @@ deterministic, so a restarted run sees exactly the same rows in the same order.
 
 from __future__ import annotations
 
-import logging
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,8 +18,9 @@ import numpy as np
 from raywiz.data import pack as packing
 from raywiz.data.shards import BadRowError, iter_rows, sample_id_of, validate, where
 from raywiz.data.tokenize import fit_to_length, tokenize_sample
+from raywiz.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 MAX_BAD_ROWS_LISTED = 200
 
 
@@ -64,41 +65,45 @@ def read_shard_batch(batch: dict, fmt: str) -> dict:
     return out
 
 
-class TokenizeBatch:
-    """Ray Data callable class: keeps one tokenizer per worker process."""
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_name: str, tokenizer: str | None, trust_remote_code: bool):
+    """One tokenizer per Ray worker process: Ray reuses the process for the tasks of a map."""
+    from raywiz.modeling import load_tokenizer
 
-    def __init__(self, model_name: str, tokenizer: str | None, template: str, custom: str | None,
-                 max_length: int, overlong: str, trust_remote_code: bool = False):
-        from raywiz.modeling import load_tokenizer
+    return load_tokenizer(model_name, tokenizer, trust_remote_code)
 
-        self.tokenizer = load_tokenizer(model_name, tokenizer, trust_remote_code)
-        self.template, self.custom = template, custom
-        self.max_length, self.overlong = max_length, overlong
 
-    def __call__(self, batch: dict) -> dict:
-        n = len(batch["sample_id"])
-        ids_col, labels_col, status = [], [], []
-        for i in range(n):
-            if batch["bad_reason"][i]:
-                ids_col.append([]), labels_col.append([]), status.append("bad")
-                continue
-            sample = tokenize_sample(self.tokenizer, str(batch["instruction"][i]), str(batch["output"][i]),
-                                     str(batch["input"][i]) or None, self.template, self.custom)
-            fitted = fit_to_length(sample, self.max_length, self.overlong)
-            if fitted is None:
-                ids_col.append([]), labels_col.append([]), status.append("overlong_dropped")
-                continue
-            truncated = len(fitted.input_ids) < len(sample.input_ids)
-            ids_col.append(fitted.input_ids), labels_col.append(fitted.labels)
-            status.append("truncated" if truncated else "ok")
-        return {
-            "sample_id": list(batch["sample_id"]),
-            "input_ids": ids_col,
-            "labels": labels_col,
-            "status": status,
-            "where": list(batch["where"]),
-            "bad_reason": list(batch["bad_reason"]),
-        }
+def tokenize_batch(batch: dict, model_name: str, tokenizer: str | None, template: str, custom: str | None,
+                   max_length: int, overlong: str, trust_remote_code: bool = False) -> dict:
+    """Ray Data map_batches fn: template, tokenize and fit each row (bad rows pass through, marked).
+
+    A task function rather than an actor class: Ray Data's actor pools keep their constructor
+    arguments in the object store, which Ray's core worker reports on the console for every run.
+    """
+    tok = _tokenizer(model_name, tokenizer, trust_remote_code)
+    n = len(batch["sample_id"])
+    ids_col, labels_col, status = [], [], []
+    for i in range(n):
+        if batch["bad_reason"][i]:
+            ids_col.append([]), labels_col.append([]), status.append("bad")
+            continue
+        sample = tokenize_sample(tok, str(batch["instruction"][i]), str(batch["output"][i]),
+                                 str(batch["input"][i]) or None, template, custom)
+        fitted = fit_to_length(sample, max_length, overlong)
+        if fitted is None:
+            ids_col.append([]), labels_col.append([]), status.append("overlong_dropped")
+            continue
+        truncated = len(fitted.input_ids) < len(sample.input_ids)
+        ids_col.append(fitted.input_ids), labels_col.append(fitted.labels)
+        status.append("truncated" if truncated else "ok")
+    return {
+        "sample_id": list(batch["sample_id"]),
+        "input_ids": ids_col,
+        "labels": labels_col,
+        "status": status,
+        "where": list(batch["where"]),
+        "bad_reason": list(batch["bad_reason"]),
+    }
 
 
 def pack_batch(batch: dict, seq_len: int, pad_id: int, do_pack: bool) -> dict:
@@ -118,8 +123,11 @@ def pack_batch(batch: dict, seq_len: int, pad_id: int, do_pack: bool) -> dict:
 
 def prepare_packed_dataset(files: list[str], data_cfg, model_cfg, seed: int, num_cpus: int):
     """Build the materialized packed dataset and its report. Raises BadRowError with on_bad_row=error."""
-    import ray
+    import ray.data
 
+    from raywiz.log import quiet_ray_data
+
+    quiet_ray_data()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # reproducible order => exact resume
     ctx.enable_progress_bars = False
@@ -131,14 +139,14 @@ def prepare_packed_dataset(files: list[str], data_cfg, model_cfg, seed: int, num
 
     tokenizer_name = model_cfg.tokenizer
     tokenized = text.map_batches(
-        TokenizeBatch,
-        fn_constructor_kwargs=dict(
+        tokenize_batch,
+        fn_kwargs=dict(
             model_name=model_cfg.name_or_path, tokenizer=tokenizer_name, template=data_cfg.template.name,
             custom=data_cfg.template.prompt, max_length=data_cfg.max_length, overlong=data_cfg.overlong,
             trust_remote_code=model_cfg.trust_remote_code,
         ),
         batch_size=data_cfg.tokenize_batch_size,
-        concurrency=(1, max(1, num_cpus)),
+        compute=ray.data.TaskPoolStrategy(size=max(1, num_cpus)),
     ).materialize()
 
     report = DataReport(files=files, seq_len=data_cfg.max_length)

@@ -9,10 +9,8 @@ model directory: ``{parent}/eval/{model_dir_name}/{benchmark}/``):
   manifest.json   written last: a benchmark directory is complete only with it.
 A rerun skips complete benchmarks and reuses finished samples.jsonl (same settings fingerprint).
 
-`evaluate_checkpoint` is self-contained (plain arguments, returns a dict), so the train stage can
-run it as a Ray task on each exported checkpoint while training continues, and keep the best:
-    ref = evaluate_checkpoint_remote(hf_dir, job.eval, job.model)   # an ObjectRef; training goes on
-    ...; best = best_checkpoint(ray.get(refs))
+`evaluate_checkpoint` is self-contained (plain arguments, returns a dict), so the train stage's
+checkpoint validation (raywiz.train.validation) runs it as a Ray task on each exported checkpoint.
 """
 
 from __future__ import annotations
@@ -20,11 +18,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import logging
 import os
 from typing import Any
 
-from raywiz.artifacts import check_manifest, join, read_json, write_bytes_atomic, write_manifest
+from raywiz.artifacts import (CheckpointDir, Kind, RunLayout, check_manifest, checkpoint_of, join, read_json,
+                              write_bytes_atomic, write_manifest)
 from raywiz.eval.benchmarks import Task, load_tasks, read_jsonl
 from raywiz.eval.config import EvalConfig
 from raywiz.eval.generation import BackendSpec, SamplingParams, make_generator
@@ -32,9 +30,10 @@ from raywiz.eval.postprocess import postprocess
 from raywiz.eval.prompts import build_prompt, default_stop, instruction_for
 from raywiz.eval.report import format_table, plot_pass_at_1, summarize, task_rows, write_jsonl, write_outputs
 from raywiz.eval.score import read_samples, score_samples
+from raywiz.log import get_logger, say
+from raywiz.runtime import init_ray
 
-log = logging.getLogger("raywiz.eval")
-RESULTS_KIND = "eval_results"
+log = get_logger(__name__)
 
 
 # ----------------------------------------------------------------------------- where things are
@@ -45,47 +44,41 @@ def checkpoint_identity(hf_dir: str) -> dict:
     path = os.path.abspath(hf_dir) if os.path.exists(hf_dir) else hf_dir
     meta_file = os.path.join(path, "raywiz.json")
     meta = read_json(meta_file) if os.path.exists(meta_file) else {}
-    parent = os.path.dirname(path)
-    if os.path.basename(path) == "hf" and os.path.basename(os.path.dirname(parent)) == "train":
-        # {run}/train/checkpoint_{step:08d}/hf
-        return {"name": os.path.basename(parent), "step": meta.get("step"), "run_dir": os.path.dirname(os.path.dirname(parent))}
+    ckpt = checkpoint_of(path)
+    if ckpt is not None and ckpt.hf == path.rstrip("/"):  # a run's own checkpoint export
+        return {"name": ckpt.name, "step": meta.get("step"), "run_dir": ckpt.run.root}
     name = os.path.basename(path.rstrip("/")) if os.path.isdir(path) else path.replace("/", "--")
     return {"name": name, "step": meta.get("step"), "run_dir": None}
 
 
 def output_dir_for(hf_dir: str, cfg: EvalConfig, run_dir: str | None = None) -> str:
+    """Where one model's results go: ``eval.output_dir/{name}``, else its run's eval directory."""
     ident = checkpoint_identity(hf_dir)
     if cfg.output_dir:
         return join(cfg.output_dir, ident["name"])
     if ident["run_dir"]:
-        return join(ident["run_dir"], "eval", ident["name"])
-    if os.path.isdir(hf_dir):
-        return join(os.path.dirname(os.path.abspath(hf_dir)), "eval", ident["name"])
+        return RunLayout(ident["run_dir"]).eval_dir(ident["name"])
+    if os.path.isdir(hf_dir):  # a plain model directory: results beside it
+        return RunLayout(os.path.dirname(os.path.abspath(hf_dir))).eval_dir(ident["name"])
     if run_dir is None:
         raise ValueError(f"{hf_dir}: not a local directory; set eval.output_dir")
-    return join(run_dir, "eval", ident["name"])
-
-
-def complete_checkpoints(run_dir: str) -> list[str]:
-    """HF exports of this run's checkpoints whose manifest says they are complete, oldest first."""
-    found = sorted(glob.glob(os.path.join(run_dir, "train", "checkpoint_*", "hf")))
-    return [d for d in found if check_manifest(d, kind="hf_export").complete]
+    return RunLayout(run_dir).eval_dir(ident["name"])
 
 
 def resolve_checkpoints(job, specs: list[str]) -> list[str]:
-    run_dir = job.run_dir
+    layout = job.layout
     if not specs:
-        found = complete_checkpoints(run_dir)
+        found = [c.hf for c in layout.checkpoints(complete=True)]
         return found[-1:] if found else [job.model.name_or_path]
     out: list[str] = []
     for spec in specs:
         if spec in ("latest", "all"):
-            found = complete_checkpoints(run_dir)
+            found = [c.hf for c in layout.checkpoints(complete=True)]
             if not found:
-                raise FileNotFoundError(f"eval.checkpoints: '{spec}' but {run_dir}/train has no complete checkpoint")
+                raise FileNotFoundError(f"eval.checkpoints: '{spec}' but {layout.train} has no complete checkpoint")
             out += found[-1:] if spec == "latest" else found
         else:
-            hf = os.path.join(spec, "hf")
+            hf = CheckpointDir(spec).hf
             out.append(hf if os.path.isdir(hf) else spec)  # a checkpoint dir means its hf/ export
     return list(dict.fromkeys(out))
 
@@ -188,7 +181,7 @@ def evaluate_checkpoint(hf_dir: str, eval_cfg: EvalConfig, model_cfg: Any = None
     for benchmark in benchmarks or eval_cfg.benchmarks:
         bench_dir = join(out_dir, benchmark)
         fingerprint = _fingerprint(hf_dir, benchmark, eval_cfg)
-        done = check_manifest(bench_dir, kind=RESULTS_KIND)
+        done = check_manifest(bench_dir, kind=Kind.EVAL_RESULTS)
         if done.complete and done.manifest["meta"].get("fingerprint") == fingerprint:
             log.info("%s %s: already scored, reusing %s", ident["name"], benchmark, bench_dir)
             summaries[benchmark] = read_json(join(bench_dir, "summary.json"))
@@ -221,35 +214,13 @@ def evaluate_checkpoint(hf_dir: str, eval_cfg: EvalConfig, model_cfg: Any = None
         summary = summarize(benchmark, item["samples"], verdicts, eval_cfg.k, checkpoint=ident["name"],
                             step=ident["step"], model=hf_dir)
         write_outputs(item["dir"], item["samples"], verdicts, summary)
-        write_manifest(item["dir"], RESULTS_KIND, meta={"fingerprint": item["fingerprint"], "benchmark": benchmark})
+        write_manifest(item["dir"], Kind.EVAL_RESULTS, meta={"fingerprint": item["fingerprint"], "benchmark": benchmark})
         summaries[benchmark] = summary
     summaries = {b: summaries[b] for b in (benchmarks or eval_cfg.benchmarks)}
     return {
         "checkpoint": ident["name"], "step": ident["step"], "model": hf_dir, "out_dir": out_dir,
         "benchmarks": summaries, "pass@1": {b: s.get("pass@1") for b, s in summaries.items()},
     }
-
-
-def evaluate_checkpoint_remote(hf_dir: str, eval_cfg: EvalConfig, model_cfg: Any = None, *,
-                               num_gpus: float | None = None, num_cpus: float = 1):
-    """Start `evaluate_checkpoint` as a Ray task and return its ObjectRef, so training goes on while
-    a checkpoint is evaluated. One GPU when the cluster has GPUs and the model runs locally."""
-    import ray
-
-    if num_gpus is None:
-        local_model = eval_cfg.generation.backend != "openai"
-        num_gpus = 1 if local_model and ray.cluster_resources().get("GPU", 0) > 0 else 0
-    task = ray.remote(evaluate_checkpoint).options(num_gpus=num_gpus, num_cpus=num_cpus)
-    return task.remote(hf_dir, eval_cfg, model_cfg, in_process=True)
-
-
-def best_checkpoint(results: list[dict], benchmark: str | None = None) -> dict | None:
-    """The result with the highest pass@1 (on `benchmark`, else the mean over its benchmarks)."""
-    def score(r: dict) -> float:
-        values = [v for b, v in r["pass@1"].items() if v is not None and (benchmark is None or b == benchmark)]
-        return sum(values) / len(values) if values else float("-inf")
-
-    return max(results, key=score) if results else None
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -273,25 +244,15 @@ def _log_task_tables(tracking, run, results: list[dict]) -> None:
         tracking.log_eval_table(run, f"eval/{benchmark}/tasks", table)
 
 
-def _tracking():
-    try:
-        from raywiz import tracking
-    except ImportError:  # the hook stays a no-op where raywiz.tracking is absent
-        return None
-    return tracking
-
-
 def run_eval(job, checkpoints: list[str] | None = None) -> list[dict]:
     """`raywiz eval run`: evaluate the job's checkpoints on its benchmarks; print, plot, log."""
+    from raywiz import tracking
+
     cfg: EvalConfig = job.require("eval")
     targets = resolve_checkpoints(job, checkpoints if checkpoints is not None else cfg.checkpoints)
     if cfg.generation.num_workers > 0 and cfg.generation.backend != "openai":
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address=job.cluster.address, num_cpus=job.cluster.num_cpus, num_gpus=job.cluster.num_gpus)
-    tracking = _tracking()
-    run = tracking.start_run(job, "eval", config={"checkpoints": targets}) if tracking else None
+        init_ray(job, extra_cpus_needed=cfg.generation.num_workers)
+    run = tracking.start_run(job, "eval", config={"checkpoints": targets})
     results = []
     try:
         for hf_dir in targets:
@@ -302,10 +263,10 @@ def run_eval(job, checkpoints: list[str] | None = None) -> list[dict]:
         if cfg.plot and len(results) > 1:
             try:
                 plot_path = plot_pass_at_1(flat, join(os.path.dirname(results[0]["out_dir"]), "pass_at_1.png"))
-                print(f"pass@1 per checkpoint: {plot_path}")
+                say(f"eval: pass@1 per checkpoint: {plot_path}")
             except ImportError:
-                print("(no plot: matplotlib is not installed; pip install 'raywiz[eval]')")
-        if tracking and run is not None:
+                say("eval: no plot (matplotlib is not installed; pip install 'raywiz[eval]')")
+        if run is not None:
             eval_root = os.path.dirname(results[0]["out_dir"])
             raywiz_checkpoints = [r["model"] for r in results if os.path.isdir(r["model"])]
             tracking.log_eval_results(run, job, eval_root, flat, checkpoints=raywiz_checkpoints)
@@ -313,6 +274,5 @@ def run_eval(job, checkpoints: list[str] | None = None) -> list[dict]:
             if plot_path:
                 tracking.log_image(run, "eval/pass_at_1_per_checkpoint", plot_path)
     finally:
-        if tracking:
-            tracking.finish(run)
+        tracking.finish(run)
     return results

@@ -67,14 +67,10 @@ def load_references(benchmarks: Sequence[str], data_paths: dict[str, str] | None
     """Benchmark texts via raywiz.eval.benchmarks.load_tasks; returns (texts, {skipped benchmark: why})."""
     refs: list[ReferenceText] = []
     skipped: dict[str, str] = {}
-    try:
-        from raywiz.eval.benchmarks import load_tasks
-    except ImportError as e:
-        load_tasks, import_error = None, e
+    from raywiz.eval.benchmarks import load_tasks
+
     for name in benchmarks:
         try:
-            if load_tasks is None:
-                raise RuntimeError(f"raywiz.eval.benchmarks is not available ({import_error})")
             tasks = load_tasks(name, (data_paths or {}).get(name))
         except Exception as e:  # noqa: BLE001 - reported per benchmark, or raised below
             if on_missing == "error":

@@ -12,7 +12,6 @@ that dies is replaced and only its unanswered requests are sent again.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from typing import Iterable, Sequence
 
 from raywiz.evolve.cache import RequestCache
 from raywiz.evolve.llm import LLMRequest, LLMResult, make_backend
+from raywiz.log import Progress as ProgressDisplay
+from raywiz.log import say
 
 MAX_WORKER_RESTARTS = 3
 WORKER_DEATH_GRACE_S = 2.0
@@ -83,17 +84,15 @@ class EngineStats:
 
 
 class Progress:
-    """A tqdm bar (rate and ETA come from tqdm) with tokens and cost in its postfix."""
+    """raywiz's progress display (a bar, or plain lines off a terminal) with tokens and cost."""
 
     def __init__(self, label: str, total: int, cached: int, llm_cfg, enabled: bool = True):
-        from tqdm import tqdm
-
         self.llm_cfg = llm_cfg
         self.prompt_tokens = self.completion_tokens = 0
-        self.bar = tqdm(total=total, desc=label, unit="req", mininterval=1.0, disable=not enabled or total == 0,
-                        file=sys.stderr, dynamic_ncols=True)
-        self.bar.set_postfix_str(f"cached={cached}")
+        # Off a terminal: about ten lines per round, however many requests it sends.
+        self.bar = ProgressDisplay(f"evolve {label}", total, unit="req", every=max(1, total // 10), enabled=enabled)
         self.cached = cached
+        self.started = time.monotonic()
 
     def update(self, results: Iterable[LLMResult]) -> None:
         n = 0
@@ -103,9 +102,10 @@ class Progress:
             self.completion_tokens += r.completion_tokens
         cost = (self.prompt_tokens * self.llm_cfg.price_per_1m_input_tokens
                 + self.completion_tokens * self.llm_cfg.price_per_1m_output_tokens) / 1e6
-        self.bar.set_postfix_str(
-            f"cached={self.cached} tok={self.prompt_tokens}+{self.completion_tokens} cost=${cost:.4f}", refresh=False)
-        self.bar.update(n)
+        done = self.bar.done + n
+        rate = done / max(time.monotonic() - self.started, 1e-9)
+        self.bar.update(n, f"cached {self.cached} | tokens {self.prompt_tokens}+{self.completion_tokens} | "
+                           f"cost ${cost:.4f}", eta_s=(self.bar.total - done) / rate if rate else None)
 
     def close(self) -> None:
         self.bar.close()
@@ -258,8 +258,8 @@ class LLMEngine:
                 outstanding[slot] = {r.key: r for r in left}
                 if recovered:
                     yield recovered
-                print(f"raywiz evolve: LLM worker {slot} died ({type(e).__name__}); resending its "
-                      f"{len(left)} unanswered requests to a new worker", file=sys.stderr)
+                say(f"evolve: LLM worker {slot} died ({type(e).__name__}); resending its "
+                    f"{len(left)} unanswered requests to a new worker")
                 self._workers[slot] = self._new_worker()
                 if left:
                     streams[self._workers[slot].generate.options(num_returns="streaming").remote(left)] = slot

@@ -18,10 +18,9 @@ the same config is returned at once; one made with another config is an error, n
 from __future__ import annotations
 
 import os
-import sys
 import time
 
-from raywiz.artifacts import check_manifest, evolve_dir, is_remote, join, write_manifest
+from raywiz.artifacts import Kind, check_manifest, is_remote, write_manifest
 from raywiz.evolve.decontam import Decontaminator
 from raywiz.evolve.dedup import Deduplicator
 from raywiz.evolve.engine import LLMEngine
@@ -30,19 +29,15 @@ from raywiz.evolve.rounds import Dropped, answer, run_round
 from raywiz.evolve.samples import Sample
 from raywiz.evolve.seeds import load_seeds
 from raywiz.evolve.writer import ShardWriter, clear_unsealed
+from raywiz.log import get_logger, say
 from raywiz.runtime import init_ray
 
-SHARD_KIND = "instruction_shards"
-
-
-def report_dir(run_dir: str) -> str:
-    return join(run_dir, "evolve_report")
-
+log = get_logger(__name__)
 
 def default_cache_dir(job) -> str:
     if is_remote(job.run_dir):  # an object store can't take appends: keep the cache on local disk
         return os.path.join(os.path.expanduser("~/.cache/raywiz/evolve"), job.name)
-    return join(job.run_dir, "evolve_cache")
+    return job.layout.evolve_cache
 
 
 class Screen:
@@ -52,8 +47,7 @@ class Screen:
         self.decontaminator = Decontaminator.from_config(cfg.decontam) if cfg.decontam.enabled else None
         self.dedup = Deduplicator.from_config(cfg.dedup)
         for name, why in (self.decontaminator.skipped if self.decontaminator else {}).items():
-            print(f"raywiz evolve: WARNING: not decontaminating against {name} (no data): {why.splitlines()[0]}",
-                  file=sys.stderr)
+            log.warning("evolve: not decontaminating against %s (no data): %s", name, why.splitlines()[0])
 
     def __call__(self, samples: list[Sample]) -> tuple[list[Sample], list[Dropped]]:
         hits = self.decontaminator.check([s.text + "\n" + s.output for s in samples]) if self.decontaminator \
@@ -77,13 +71,13 @@ class Screen:
 def run_evolve(job) -> str:
     """Run the evolve stage of a JobConfig; returns the sealed output directory ({run_dir}/evolve)."""
     cfg = job.require("evolve")
-    out_dir = evolve_dir(job.run_dir)
+    out_dir = job.layout.evolve
     config_hash = cfg.content_hash()
-    sealed = check_manifest(out_dir, kind=SHARD_KIND)
+    sealed = check_manifest(out_dir, kind=Kind.INSTRUCTION_SHARDS)
     if sealed.complete:
         made_with = sealed.manifest["meta"].get("config_hash")
         if made_with == config_hash:
-            print(f"raywiz evolve: {out_dir} is already complete", file=sys.stderr)
+            say(f"evolve: {out_dir} is already complete")
             return out_dir
         from raywiz.config import ConfigError
 
@@ -125,7 +119,7 @@ def run_evolve(job) -> str:
 
     summary = report.summary()
     decontam = screen.decontaminator
-    report_path = report.write(report_dir(job.run_dir), {
+    report_path = report.write(job.layout.evolve_report, {
         "run": job.name,
         "config_hash": config_hash,
         "model": cfg.llm.model,
@@ -137,15 +131,15 @@ def run_evolve(job) -> str:
         "llm": llm_stats,
         "seconds": round(time.time() - started, 2),
     })
-    write_manifest(out_dir, SHARD_KIND, meta={
+    write_manifest(out_dir, Kind.INSTRUCTION_SHARDS, meta={
         "config_hash": config_hash, "rows": summary["kept"], "rows_by_file": writer.files,
         "rounds": cfg.rounds, "model": cfg.llm.model, "report": report_path, **summary,
     })
     _log_to_wandb(job, summary, llm_stats)
-    print(f"raywiz evolve: kept {summary['kept']} samples ({summary['kept_by_round']} by round), dropped "
-          f"{summary['dropped']} {summary['dropped_by_reason']}; {llm_stats['sent']} requests sent, "
-          f"{llm_stats['cache_hits']} from cache, {llm_stats['prompt_tokens']}+{llm_stats['completion_tokens']} "
-          f"tokens, ~${llm_stats['cost_usd']:.4f}. Shards: {out_dir}; report: {report_path}", file=sys.stderr)
+    say(f"evolve: kept {summary['kept']} samples ({summary['kept_by_round']} by round), dropped "
+        f"{summary['dropped']} {summary['dropped_by_reason']}; {llm_stats['sent']} requests sent, "
+        f"{llm_stats['cache_hits']} from cache, {llm_stats['prompt_tokens']}+{llm_stats['completion_tokens']} "
+        f"tokens, ~${llm_stats['cost_usd']:.4f}. Shards: {out_dir}; report: {report_path}")
     return out_dir
 
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import os
 import socket
 import time
 
 from ray import serve
 
+from raywiz.log import get_logger, say
 from raywiz.serve.checkpoints import resolve_target, verify
 from raywiz.serve.config import ServeConfig
 from raywiz.serve.openai_api import build_api
@@ -31,7 +31,7 @@ from raywiz.serve.page import build_page_routers
 from raywiz.serve.service import ModelService, ServiceSettings
 from raywiz.serve.tasks import TaskCatalog
 
-log = logging.getLogger("raywiz.serve")
+log = get_logger(__name__)
 DEPLOYMENT = "ModelServer"
 
 
@@ -130,7 +130,6 @@ def run_serve(job, checkpoint: str | None = None, blocking: bool = True) -> str:
 
     blocking=True waits until Ctrl-C and then removes the application.
     """
-    from ray.serve._private.api import serve_start
     from ray.serve.context import _get_global_client
 
     from raywiz.config import ConfigError
@@ -141,17 +140,18 @@ def run_serve(job, checkpoint: str | None = None, blocking: bool = True) -> str:
     if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
         raise ConfigError(f"serve.api_key_env: environment variable {cfg.api_key_env} is not set")
     init_ray(job)
-    # Serve has one HTTP proxy per cluster: the first start decides host and port, later apps share it.
-    client = _get_global_client(raise_if_no_controller_running=False) or serve_start(
-        http_options={"host": cfg.host, "port": cfg.port or free_port(cfg.host)})
-    http = client.http_config
+    # Serve has one HTTP proxy per cluster: the first start decides host and port, later apps share it
+    # (serve.start then keeps the running one). Private: no public API says where the proxy listens.
+    running = _get_global_client(raise_if_no_controller_running=False)
+    if running is None:
+        serve.start(http_options={"host": cfg.host, "port": cfg.port or free_port(cfg.host)})
+    http = _get_global_client().http_config
     num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1 if cluster_has_gpus() else 0)
     serve.run(build_app(settings, user_config, num_gpus), name=cfg.app_name, route_prefix=cfg.route_prefix)
     host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host
     url = f"http://{host}:{http.port}{cfg.route_prefix.rstrip('/')}"
-    log.info("raywiz serve: %s (page: %s/, API: %s/v1)", url, url, url)
     if blocking:
-        print(f"raywiz serve: {url}/  (OpenAI API at {url}/v1; Ctrl-C stops)", flush=True)
+        say(f"serve: {url}/  (OpenAI API at {url}/v1; Ctrl-C stops)")
         try:
             while True:
                 time.sleep(3600)

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from raywiz.artifacts import MANIFEST, check_manifest, filesystem, is_remote, join, read_json, train_dir
+from raywiz.artifacts import (MANIFEST, CheckpointDir, Kind, RunLayout, check_manifest, checkpoint_of, filesystem,
+                              is_remote, join, list_dirs, read_json)
 
-HF_EXPORT = "hf_export"
-CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -64,31 +63,21 @@ def is_file(path: str) -> bool:
     return _exists(path, pafs.FileType.File)
 
 
-def _listdir(path: str) -> list[str]:
-    fs, p = filesystem(path)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(p, recursive=False))
-    except FileNotFoundError:
-        return []
-    return [os.path.basename(i.path.rstrip("/")) for i in infos if i.type == pafs.FileType.Directory]
+def _ref(ckpt: CheckpointDir) -> CheckpointRef:
+    return CheckpointRef(ckpt.name, ckpt.hf, ckpt.step, ckpt.run.root)
 
 
 def list_run_checkpoints(run_dir: str) -> list[CheckpointRef]:
-    """Every checkpoint_* directory of a run (complete or not), oldest first."""
-    refs = []
-    for name in _listdir(train_dir(run_dir)):
-        m = CHECKPOINT_DIR.match(name)
-        if m:
-            refs.append(CheckpointRef(name, join(train_dir(run_dir), name, "hf"), int(m.group(1)), run_dir))
-    return sorted(refs, key=lambda r: r.step)
+    """Every checkpoint of a run (complete or not), oldest first."""
+    return [_ref(c) for c in RunLayout(run_dir).checkpoints()]
 
 
 def _ref_for_model_dir(path: str) -> CheckpointRef:
-    """Name a model directory; a run's .../train/checkpoint_N/hf keeps its run for eval scores."""
+    """Name a model directory; a run's checkpoint export keeps its run (for its eval scores)."""
+    ckpt = checkpoint_of(path)
+    if ckpt is not None and ckpt.hf == path.rstrip("/"):
+        return _ref(ckpt)
     parts = path.rstrip("/").split("/")
-    if len(parts) >= 4 and parts[-1] == "hf" and CHECKPOINT_DIR.match(parts[-2]) and parts[-3] == "train":
-        run_dir = "/".join(parts[:-3])
-        return CheckpointRef(parts[-2], path, int(CHECKPOINT_DIR.match(parts[-2]).group(1)), run_dir)
     name = parts[-2] if parts[-1] == "hf" and len(parts) > 1 else parts[-1]
     return CheckpointRef(name, path)
 
@@ -106,16 +95,16 @@ def resolve_target(spec: str | None, default_run_dir: str, storage: str) -> Serv
         if is_file(join(path, "config.json")):
             ref = _ref_for_model_dir(path)
             return ServeTarget(ref, ref.run_dir)
-        if is_dir(join(path, "hf")):
-            ref = _ref_for_model_dir(join(path, "hf"))
+        if is_dir(CheckpointDir(path).hf):
+            ref = _ref_for_model_dir(CheckpointDir(path).hf)
             return ServeTarget(ref, ref.run_dir)
-        if is_dir(join(path, "train")):
+        if is_dir(RunLayout(path).train):
             return ServeTarget(None, path)
         raise FileNotFoundError(
             f"{spec}: not a model directory (no config.json), a checkpoint (no hf/) or a run (no train/)"
         )
-    if "/" not in spec and is_dir(join(storage, spec)):
-        return ServeTarget(None, join(storage, spec))
+    if "/" not in spec and is_dir(RunLayout.of(storage, spec).root):
+        return ServeTarget(None, RunLayout.of(storage, spec).root)
     if spec.startswith((".", "/", "~")) or is_remote(spec):
         raise FileNotFoundError(f"{spec}: no such directory")
     if HUB_ID.match(spec):
@@ -150,7 +139,7 @@ def verify(ref: CheckpointRef, verify_checksums: bool = False) -> Verdict:
     has_manifest = is_file(join(ref.path, MANIFEST))
     info: dict = {}
     if has_manifest:
-        check = check_manifest(ref.path, kind=HF_EXPORT, verify_checksums=verify_checksums)
+        check = check_manifest(ref.path, kind=Kind.HF_EXPORT, verify_checksums=verify_checksums)
         if not check.complete:
             return Verdict(False, check.reason)
         info.update((check.manifest or {}).get("meta", {}))
@@ -178,9 +167,9 @@ def eval_scores(run_dir: str | None, checkpoint: str) -> dict[str, float]:
     if run_dir is None:
         return {}
     scores: dict[str, float] = {}
-    base = join(run_dir, "eval", checkpoint)
-    for benchmark in sorted(_listdir(base)):
-        path = join(base, benchmark, "summary.json")
+    layout = RunLayout(run_dir)
+    for benchmark in list_dirs(layout.eval_dir(checkpoint)):
+        path = join(layout.eval_dir(checkpoint, benchmark), "summary.json")
         if not is_file(path):
             continue
         try:

@@ -1,6 +1,6 @@
 """Checkpoints: save and restore exact training state, and export a Hugging Face model.
 
-Layout of ``{run_dir}/train/checkpoint_{step:08d}/`` (every rank writes its part into a staging
+Layout of a checkpoint (``RunLayout.checkpoint(step)``; every rank writes its part into a staging
 directory, and the parts are merged into one storage directory; see ``staging_dir``):
 
     zero/            DeepSpeed's sharded model + optimizer state (one file per rank)
@@ -16,17 +16,15 @@ import glob
 import json
 import os
 import random
-import re
 import shutil
 from typing import Any
 
 import numpy as np
 import torch
 
-from raywiz.artifacts import check_manifest, list_files, write_json_atomic, write_manifest
+from raywiz.artifacts import Kind, RunLayout, check_manifest, is_remote, join, list_files, write_json_atomic, write_manifest
 
 ZERO_TAG = "state"
-CKPT_RE = re.compile(r"checkpoint_(\d+)$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -55,7 +53,7 @@ def save_training_state(engine, local_dir: str, rank: int, train_state: dict) ->
 
 def load_training_state(engine, ckpt_dir: str, rank: int) -> dict:
     """Collective: restore ZeRO shards, optimizer, RNG; return the train_state."""
-    check = check_manifest(ckpt_dir, kind="train_checkpoint")
+    check = check_manifest(ckpt_dir, kind=Kind.TRAIN_CHECKPOINT)
     if not check.complete:
         raise RuntimeError(f"refusing to resume from an incomplete checkpoint: {check.reason}")
     load_path, _ = engine.load_checkpoint(os.path.join(ckpt_dir, "zero"), tag=ZERO_TAG,
@@ -94,7 +92,7 @@ def export_hf(model, state_dict: dict, tokenizer, out_dir: str, meta: dict) -> N
     # Peers' classic failure: KB-sized ZeRO-3 saves. Catch it here instead of at load time.
     if n_bytes < 0.5 * expected:
         raise RuntimeError(f"{out_dir}: safetensors hold {n_bytes} bytes but the weights are {expected}")
-    write_manifest(out_dir, kind="hf_export", meta={"step": meta.get("step"), "run": meta.get("run")})
+    write_manifest(out_dir, kind=Kind.HF_EXPORT, meta={"step": meta.get("step"), "run": meta.get("run")})
 
 
 def seal_checkpoint(local_dir: str, rank: int, world_size: int, meta: dict) -> None:
@@ -111,13 +109,11 @@ def seal_checkpoint(local_dir: str, rank: int, world_size: int, meta: dict) -> N
         files: dict[str, int] = {}
         for part in everyone:
             files.update(part)
-        write_manifest(local_dir, kind="train_checkpoint", meta=meta, files=files)
+        write_manifest(local_dir, kind=Kind.TRAIN_CHECKPOINT, meta=meta, files=files)
 
 
-STAGING = ".staging"
 
-
-def staging_dir(train_dir: str, dir_name: str, rank: int) -> str | None:
+def staging_dir(layout: RunLayout, step: int, rank: int) -> str | None:
     """Where a rank writes its part of checkpoint `dir_name` before it is persisted.
 
     On a local or mounted filesystem (NFS on a cluster) that is a folder beside the checkpoints, so
@@ -126,15 +122,15 @@ def staging_dir(train_dir: str, dir_name: str, rank: int) -> str | None:
     directory filled a 128 GB disk). None for cloud storage: write to a temporary directory and let
     Ray upload it.
     """
-    if "://" in train_dir:
+    if is_remote(layout.root):
         return None
-    path = os.path.join(train_dir, STAGING, f"{dir_name}.rank_{rank}")
+    path = join(layout.train_staging, f"{layout.checkpoint(step).name}.rank_{rank}")
     shutil.rmtree(path, ignore_errors=True)  # left over from a run killed mid-save
     os.makedirs(path)
     return path
 
 
-def move_into_storage(checkpoint, dir_name: str, train_dir: str):
+def move_into_storage(checkpoint, dir_name: str, layout: RunLayout):
     """Ray Train's checkpoint_upload_fn for staged checkpoints: move this rank's files into place.
 
     Manifests move last (the innermost first), so a checkpoint whose manifest is there is whole;
@@ -142,7 +138,7 @@ def move_into_storage(checkpoint, dir_name: str, train_dir: str):
     """
     import ray.train
 
-    src, dest = checkpoint.path, os.path.join(train_dir, dir_name)
+    src, dest = checkpoint.path, join(layout.train, dir_name)
     if os.path.exists(os.path.join(src, "manifest.json")):
         try:
             os.remove(os.path.join(dest, "manifest.json"))
@@ -160,21 +156,3 @@ def move_into_storage(checkpoint, dir_name: str, train_dir: str):
         os.replace(a, b)
     shutil.rmtree(src, ignore_errors=True)
     return ray.train.Checkpoint.from_directory(dest)
-
-
-def list_checkpoints(train_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of checkpoint directories under a run's train dir, oldest first."""
-    out = []
-    for path in glob.glob(os.path.join(train_dir, "checkpoint_*")):
-        m = CKPT_RE.search(path)
-        if m and os.path.isdir(path):
-            out.append((int(m.group(1)), path))
-    return sorted(out)
-
-
-def latest_complete_checkpoint(train_dir: str) -> str | None:
-    """The newest checkpoint whose manifest checks out (partial ones are skipped)."""
-    for _, path in reversed(list_checkpoints(train_dir)):
-        if check_manifest(path, kind="train_checkpoint").complete:
-            return path
-    return None

@@ -8,28 +8,21 @@ resumes: Ray Train V2 restores its checkpoint state from ``{run_dir}/train``.
 
 from __future__ import annotations
 
-import logging
 import os
 
-from raywiz.artifacts import (
-    check_manifest,
-    evolve_dir,
-    expand_paths,
-    join,
-    train_dir,
-    write_json_atomic,
-)
+from raywiz.artifacts import Kind, check_manifest, checkpoint_of, expand_paths, join, write_json_atomic
 from raywiz.config import ConfigError, JobConfig
+from raywiz.log import get_logger, say
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def resolve_data_files(job: JobConfig) -> list[str]:
     """The shard files to train on: the job's paths, else this run's sealed evolve output."""
     paths = job.train.data.paths
     if not paths:
-        source = evolve_dir(job.run_dir)
-        check = check_manifest(source, kind="instruction_shards")
+        source = job.layout.evolve
+        check = check_manifest(source, kind=Kind.INSTRUCTION_SHARDS)
         if not check.complete:
             raise ConfigError(f"train.data.paths: empty, and this run's evolve output is not usable ({check.reason}); "
                               "run `raywiz evolve` first, run the whole pipeline with `raywiz run`, or name shard files")
@@ -90,7 +83,7 @@ def run_train(job: JobConfig) -> str:
 
     from raywiz.data.pipeline import prepare_packed_dataset
     from raywiz.runtime import cluster_has_gpus, init_ray
-    from raywiz.train.checkpoint import latest_complete_checkpoint
+    from raywiz.train.progress import ProgressBoard, TrainProgress
     from raywiz.train.recipe import train_loop_per_worker
     from raywiz.train.validation import checkpoint_score_kwargs, record_best, validation_config
 
@@ -101,28 +94,29 @@ def run_train(job: JobConfig) -> str:
     if job.model.dtype == "auto" and not use_gpu:
         log.info("no GPU: training in float32")
 
-    print(f"[raywiz] preparing data: {len(files)} file(s)", flush=True)
+    say(f"train: preparing data from {len(files)} file(s)")
     num_cpus = int(ray.cluster_resources().get("CPU", 1))
     packed, report = prepare_packed_dataset(files, tc.data, job.model, tc.optim.seed, num_cpus)
     plan = make_plan(job, report.n_packed_rows)
-    out_dir = train_dir(job.run_dir)
-    write_json_atomic(join(out_dir, "data_report.json"), {**report.to_dict(), "plan": plan})
-    print(f"[raywiz] data: {report.n_samples} samples ({report.n_bad} bad, {report.n_overlong_dropped} too long, "
-          f"{report.n_truncated} truncated) -> {report.n_packed_rows} rows of {tc.data.max_length} tokens "
-          f"({report.packing_efficiency:.0%} full); {plan['steps_per_epoch']} steps/epoch, "
-          f"{plan['total_steps']} steps", flush=True)
+    layout = job.layout
+    write_json_atomic(layout.data_report, {**report.to_dict(), "plan": plan})
+    say(f"train: {report.n_samples} samples ({report.n_bad} bad, {report.n_overlong_dropped} too long, "
+        f"{report.n_truncated} truncated) -> {report.n_packed_rows} rows of {tc.data.max_length} tokens "
+        f"({report.packing_efficiency:.0%} full); {plan['steps_per_epoch']} steps/epoch, {plan['total_steps']} steps "
+        f"on {tc.scaling.num_workers} {'GPU' if use_gpu else 'CPU'} worker(s)")
 
     # Ray Train reads this when it starts (or waits for autoscaled) workers.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(tc.scaling.worker_start_timeout_s))
+    board = ProgressBoard.create()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job.model_dump(mode="json"), "plan": plan},
+        train_loop_config={"job": job.model_dump(mode="json"), "plan": plan, "progress": board},
         torch_config=TorchConfig(timeout_s=tc.scaling.nccl_timeout_s),
         scaling_config=scaling_config(job, use_gpu),
         validation_config=validation_config(job, use_gpu),
         run_config=RunConfig(
             name="train",
-            storage_path=job.run_dir,
+            storage_path=layout.root,
             failure_config=FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=tc.checkpoint.num_to_keep, **checkpoint_score_kwargs(job)),
             worker_runtime_env={"env_vars": {
@@ -130,29 +124,30 @@ def run_train(job: JobConfig) -> str:
         ),
         datasets={"train": packed},
     )
-    result = trainer.fit()  # returns once every checkpoint's evaluation (train.evaluate) has finished too
+    with TrainProgress(board, plan["total_steps"]):
+        result = trainer.fit()  # returns once every checkpoint's evaluation (train.evaluate) has finished too
     if result.error:
         raise result.error
-    best = record_best(result, out_dir)
+    best = record_best(result, layout)
     if best:
-        print(f"[raywiz] best checkpoint by pass@1: step {best['step']} ({best['pass@1']:.3f}) -> {best['hf']}",
-              flush=True)
-    final = result.checkpoint.path if result.checkpoint else latest_complete_checkpoint(out_dir)
+        say(f"train: best checkpoint by pass@1: step {best['step']} ({best['pass@1']:.3f}) -> {best['hf']}")
+    # Checkpoint.path drops s3:// and gs://, so name the checkpoint and ask the layout for its path.
+    final = layout.checkpoint(checkpoint_of(result.checkpoint.path).step) if result.checkpoint \
+        else layout.latest_checkpoint()
     if final is None:
         raise RuntimeError("training finished without a checkpoint")
-    hf = join(final, "hf")
-    exported = check_manifest(hf, kind="hf_export").complete
-    if exported:
-        _log_model_artifact(job, hf, dataset_dir=_dataset_dir(job))
-    return hf if exported else final
+    if not final.hf_is_complete():
+        return final.path
+    _log_model_artifact(job, final.hf, dataset_dir=_dataset_dir(job))
+    return final.hf
 
 
 def _dataset_dir(job: JobConfig) -> str | None:
     """The sealed instruction-shard directory this run trained on, if it trained on one (for lineage)."""
     paths = job.train.data.paths
     if not paths:
-        return evolve_dir(job.run_dir)
-    if len(paths) == 1 and check_manifest(paths[0], kind="instruction_shards").complete:
+        return job.layout.evolve
+    if len(paths) == 1 and check_manifest(paths[0], kind=Kind.INSTRUCTION_SHARDS).complete:
         return paths[0]
     return None
 

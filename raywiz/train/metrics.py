@@ -64,10 +64,3 @@ class StepTimer:
         frac = self.data_wait / elapsed if elapsed > 0 else 0.0
         self.started, self.data_wait = now, 0.0
         return elapsed, frac
-
-
-def format_eta(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

@@ -23,15 +23,18 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from raywiz.artifacts import checkpoint_name, join, train_dir, write_json_atomic
+from raywiz.artifacts import join, write_json_atomic
 from raywiz.config import JobConfig
+from raywiz.log import get_logger
 from raywiz.data.pipeline import epoch_shuffle_args
 from raywiz.data.tokenize import IGNORE_INDEX
 from raywiz.modeling import load_tokenizer
 from raywiz.train import checkpoint as ckpt
 from raywiz.train.engine import create_engine, lr_at
-from raywiz.train.metrics import StepTimer, format_eta, model_shape, peak_flops, step_flops
+from raywiz.train.metrics import StepTimer, model_shape, peak_flops, step_flops
 from raywiz.train.validation import unscored_metrics
+
+log = get_logger(__name__)
 
 
 class PackedRowsCollate(NumpyBatchCollateFn):
@@ -73,12 +76,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     job = JobConfig.model_validate(loop_config["job"])
     tc = job.train
     plan = loop_config["plan"]  # steps_per_epoch, total_steps, n_params: computed once by the driver
+    progress = loop_config.get("progress")  # the driver's console (raywiz.train.progress); rank 0 posts to it
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
     accum, micro = tc.grad_accum_steps, tc.optim.micro_batch_size
-    run_train_dir = train_dir(job.run_dir)
+    layout = job.layout
+    run_train_dir = layout.train
     _write_pid(run_train_dir, rank)
 
     # -- model, optimizer, DeepSpeed engine (built sharded under ZeRO-3)
@@ -94,13 +99,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if restored is not None:
         with restored.as_directory() as d:
             state = ckpt.load_training_state(engine, d, rank)
-        if rank == 0:
-            print(f"[raywiz] resumed from step {state['step']} (epoch {state['epoch']}, "
-                  f"step {state['step_in_epoch']} of {plan['steps_per_epoch']} in it)", flush=True)
+        log.info("resumed from step %s (epoch %s, step %s of %s in it)", state["step"], state["epoch"],
+                 state["step_in_epoch"], plan["steps_per_epoch"])
 
     if restored is not None and state["step"] >= plan["total_steps"]:
-        if rank == 0:
-            print(f"[raywiz] this run already finished {state['step']} steps; nothing to train", flush=True)
+        log.info("this run already finished %s steps; nothing to train", state["step"])
         return
 
     tracker = None
@@ -112,9 +115,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     def save(final: bool) -> None:
         step = state["step"]
         export = tc.checkpoint.export_hf == "every" or (final and tc.checkpoint.export_hf == "last")
-        name = checkpoint_name(step)
-        staging = ckpt.staging_dir(run_train_dir, name, rank)
-        upload = functools.partial(ckpt.move_into_storage, train_dir=run_train_dir) if staging else None
+        name = layout.checkpoint(step).name
+        staging = ckpt.staging_dir(layout, step, rank)
+        upload = functools.partial(ckpt.move_into_storage, layout=layout) if staging else None
         with contextlib.nullcontext(staging) if staging else tempfile.TemporaryDirectory(prefix="raywiz-ckpt-") as local:
             ckpt.save_training_state(engine, local, rank,
                                      dict(state, total_steps=plan["total_steps"], loss=last_loss))
@@ -133,7 +136,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                              checkpoint_dir_name=name, checkpoint_upload_fn=upload,
                              validation=tc.evaluate.enabled)
         if rank == 0:
-            print(f"[raywiz] checkpoint {name} saved", flush=True)
+            log.info("checkpoint %s saved", name)
 
     # -- the loop
     last_loss = float("nan")
@@ -179,10 +182,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 gnorm = engine.get_global_grad_norm()
                 gnorm = float(gnorm) if gnorm is not None else float("nan")
                 eta = (time.perf_counter() - run_started) / steps_this_run * (total - state["step"])
-                print(f"[raywiz] step {state['step']}/{total} | epoch {epoch + 1} | loss {last_loss:.4f} | "
-                      f"lr {lr:.2e} | grad-norm {gnorm:.3f} | {tok_s:,.0f} tok/s"
-                      + (f" | mfu {mfu:.1%}" if mfu is not None else "")
-                      + f" | data-wait {wait_frac:.0%} | eta {format_eta(eta)}", flush=True)
+                log.debug("step %s/%s | epoch %s | loss %.4f | lr %.2e | grad-norm %.3f | %.0f tok/s | data-wait %.0f%%",
+                          state["step"], total, epoch + 1, last_loss, lr, gnorm, tok_s, 100 * wait_frac)
+                if progress is not None:
+                    progress.post({"step": state["step"], "total_steps": total, "loss": last_loss, "lr": lr,
+                                   "tokens_per_s": tok_s, "mfu": mfu, "eta_s": eta})
                 metrics = {"loss": last_loss, "lr": lr, "grad_norm": gnorm, "useful_tokens_per_s": tok_s,
                            "mfu": mfu, "data_wait_fraction": wait_frac, "epoch": epoch, "step_seconds": elapsed,
                            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else None}

@@ -12,31 +12,31 @@ scored here is not scored again by ``raywiz eval`` (same output directory and fi
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
-from raywiz.artifacts import join, write_json_atomic
+from raywiz.artifacts import CheckpointDir, RunLayout, checkpoint_of, write_json_atomic
+from raywiz.log import say
 
 SCORE = "pass@1"  # mean pass@1 over the job's eval benchmarks
-BEST_FILE = "best_checkpoint.json"
 
 
 def score_checkpoint(checkpoint, job: dict) -> dict[str, Any]:
     """The validation function: generate and score the checkpoint's HF export with the `eval:` section."""
     from raywiz.config import JobConfig
-    from raywiz.eval.recipe import evaluate_checkpoint
+    from raywiz.eval.recipe import evaluate_checkpoint, output_dir_for
 
     job_cfg = JobConfig.model_validate(job)
-    name = os.path.basename(checkpoint.path.rstrip("/"))
-    # Where `raywiz eval` puts this checkpoint's results too (so it finds them and does not score again).
-    out_dir = join(job_cfg.eval.output_dir or join(job_cfg.run_dir, "eval"), name)
+    # Checkpoint.path drops s3:// and gs://: name the checkpoint, and let the layout say where it is.
+    stored = job_cfg.layout.checkpoint(checkpoint_of(checkpoint.path).step)
+    # Results go where `raywiz eval` looks for this checkpoint's, so it does not score it again.
+    out_dir = output_dir_for(stored.hf, job_cfg.eval, job_cfg.run_dir)
     with checkpoint.as_directory() as local:  # local storage: the checkpoint itself; cloud: a download
-        result = evaluate_checkpoint(join(local, "hf"), job_cfg.eval, job_cfg.model, out_dir=out_dir,
-                                     run_dir=job_cfg.run_dir, in_process=True)
+        result = evaluate_checkpoint(CheckpointDir(local).hf, job_cfg.eval, job_cfg.model,
+                                     out_dir=out_dir, run_dir=job_cfg.run_dir, in_process=True)
     per_benchmark = {b: v for b, v in result["pass@1"].items() if v is not None}
     mean = sum(per_benchmark.values()) / len(per_benchmark) if per_benchmark else float("nan")
-    print(f"[raywiz] checkpoint step {result.get('step')}: pass@1 "
-          + ", ".join(f"{b} {v:.3f}" for b, v in per_benchmark.items()), flush=True)
+    say(f"checkpoint step {result.get('step')}: pass@1 "
+        + ", ".join(f"{b} {v:.3f}" for b, v in per_benchmark.items()))
     return {SCORE: mean, **{f"{SCORE}/{b}": v for b, v in per_benchmark.items()}, "eval_dir": result["out_dir"]}
 
 
@@ -45,7 +45,7 @@ def validation_config(job, use_gpu: bool):
     ev = job.train.evaluate
     if not ev.enabled:
         return None
-    from ray.train.v2.api.validation_config import ValidationConfig, ValidationTaskConfig
+    from ray.train import ValidationConfig, ValidationTaskConfig
 
     num_gpus = ev.num_gpus
     if num_gpus is None:
@@ -70,17 +70,17 @@ def unscored_metrics() -> dict[str, float]:
     return {SCORE: float("nan")}
 
 
-def record_best(result, out_dir: str) -> dict | None:
+def record_best(result, layout: RunLayout) -> dict | None:
     """Write {run}/train/best_checkpoint.json from the fit() result: the scored checkpoint with the best pass@1."""
     scored = [(ckpt, m) for ckpt, m in (result.best_checkpoints or [])
               if isinstance(m.get(SCORE), (int, float)) and not math.isnan(m[SCORE])]
     if not scored:
         return None
     ckpt, metrics = max(scored, key=lambda cm: (cm[1][SCORE], cm[1].get("step", 0)))
-    path = join(out_dir, os.path.basename(ckpt.path.rstrip("/")))  # Checkpoint.path drops s3:// and gs://
-    best = {"checkpoint": path, "hf": join(path, "hf"), "step": metrics.get("step"),
+    best_dir = layout.checkpoint(checkpoint_of(ckpt.path).step)  # Checkpoint.path drops s3:// and gs://
+    best = {"checkpoint": best_dir.path, "hf": best_dir.hf, "step": metrics.get("step"),
             SCORE: metrics[SCORE], "scores": {k: v for k, v in metrics.items() if k.startswith(f"{SCORE}/")},
             "eval_dir": metrics.get("eval_dir"),
             "all": sorted(({"step": m.get("step"), SCORE: m[SCORE]} for _, m in scored), key=lambda r: r["step"])}
-    write_json_atomic(join(out_dir, BEST_FILE), best)
+    write_json_atomic(layout.best_checkpoint, best)
     return best

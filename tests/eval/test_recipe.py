@@ -113,25 +113,6 @@ def test_eval_run_scores_every_checkpoint_and_plots(tmp_path, oracle_server, hav
     assert recipe.run_eval(job)[1]["pass@1"] == {"humaneval+": 1.0, "mbpp": pytest.approx(2 / 3)}
 
 
-def test_evaluate_checkpoint_in_a_ray_task(ray_local, tmp_path, oracle_server, have_shared_data):
-    from raywiz.eval.config import EvalConfig
-    from raywiz.eval.recipe import best_checkpoint, evaluate_checkpoint_remote
-
-    answers, url = oracle_server
-    answers.update(oracle_answers(["humaneval"], 2))
-    model_dir = tmp_path / "my-model"  # a plain model directory (no raywiz manifest)
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text("{}")
-    cfg = EvalConfig(benchmarks=["humaneval"], limit=2, generation={"backend": "openai", "base_url": url})
-    result = ray_local.get(evaluate_checkpoint_remote(str(model_dir), cfg), timeout=600)
-    assert result["checkpoint"] == "my-model" and result["benchmarks"]["humaneval"]["n_tasks"] == 2
-    assert result["pass@1"]["humaneval"] == 1.0
-    out = tmp_path / "eval" / "my-model" / "humaneval"  # beside the plain model directory
-    assert (out / "results.jsonl").exists() and check_manifest(str(out), kind="eval_results").complete
-    worse = {**result, "checkpoint": "other", "pass@1": {"humaneval": 0.5}}
-    assert best_checkpoint([worse, result])["checkpoint"] == "my-model"
-
-
 def test_cli_eval_run_with_a_plain_model_dir(tmp_path, oracle_server, have_shared_data):
     import subprocess
     import sys

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from raywiz.artifacts import checkpoint_name, write_json_atomic, write_manifest
+from raywiz.artifacts import RunLayout, write_json_atomic, write_manifest
 
 
 def make_checkpoint(run_dir: str | Path, step: int, seed: int | None = None, template: str | None = "wizardcoder",
@@ -22,8 +22,8 @@ def make_checkpoint(run_dir: str | Path, step: int, seed: int | None = None, tem
     """
     from raywiz.modeling import build_model, load_tokenizer
 
-    final = Path(run_dir) / "train" / checkpoint_name(step)
-    ckpt = Path(run_dir) / "staging" / checkpoint_name(step) if truncated else final
+    final = Path(RunLayout(str(run_dir)).checkpoint(step).path)
+    ckpt = Path(run_dir) / "staging" / final.name if truncated else final
     hf = ckpt / "hf"
     hf.mkdir(parents=True, exist_ok=True)
     model = build_model(model_name, seed=step if seed is None else seed)

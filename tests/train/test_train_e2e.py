@@ -98,10 +98,10 @@ def _weights(hf_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _final_loss(train_dir: Path) -> float:
-    from raywiz.train.checkpoint import latest_complete_checkpoint
+    from raywiz.artifacts import RunLayout
 
-    ckpt = latest_complete_checkpoint(str(train_dir))
-    return json.loads((Path(ckpt) / "train_state.json").read_text())["loss"]
+    ckpt = RunLayout(str(train_dir.parent)).latest_checkpoint()
+    return json.loads(Path(ckpt.train_state).read_text())["loss"]
 
 
 @pytest.fixture(scope="module")
