@@ -16,7 +16,7 @@ differing between its runs (wall-clock limits under load). raywiz's own runs are
 (`raywiz_timing_unstable_tasks`, `raywiz_canonical_runs_identical`).
 
 Writes bench/results/eval_throughput.json. Needs evalplus (pip install --no-deps evalplus==0.3.1
-plus its light deps; see pyproject's dev extra) and the data (RAYWIZ_EVAL_DATA or ../shared/data).
+plus its light deps; see pyproject's dev extra) and the data (`raywiz data fetch`).
 
     python bench/eval_throughput.py [--benchmarks humaneval+ mbpp+] [--workers 2]
 """
@@ -168,8 +168,9 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "eval_throughput.json"))
     parser.add_argument("--machine", default="2-core CPU dev machine")
     args = parser.parse_args()
-    if not os.environ.get("RAYWIZ_EVAL_DATA") and (REPO.parent / "shared" / "data").is_dir():
-        os.environ["RAYWIZ_EVAL_DATA"] = str(REPO.parent / "shared" / "data")
+    from raywiz import datasets
+
+    os.environ["RAYWIZ_DATA_DIR"] = datasets.data_dir()  # `raywiz data fetch` fills it; pinned before the cache moves
 
     work = Path(tempfile.mkdtemp(prefix="raywiz-bench-"))
     os.environ["RAYWIZ_CACHE"] = str(work / "raywiz-cache")  # cold ground truth, measured below

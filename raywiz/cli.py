@@ -13,6 +13,7 @@ import sys
 
 # Modules that contribute subcommands, in the order the pipeline runs.
 COMMAND_MODULES = [
+    "raywiz.datasets",
     "raywiz.evolve.cli",
     "raywiz.train.cli",
     "raywiz.eval.cli",

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-SHARED_DATA = SHARED / "data"
 
 # Ray worker processes import test modules and raywiz: they need the repo on their path.
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p)
@@ -20,12 +18,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.datafiles import require_data  # noqa: E402 - pins RAYWIZ_DATA_DIR before any test runs
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} not present")
-    return SHARED_DATA
+    """The data directory with every public file the tests use (historical name: CI copies ../shared)."""
+    return require_data()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Eval tests read the benchmark files from ../shared/data and keep every cache in a temp dir."""
+"""Eval tests read the benchmark files from raywiz's data directory and keep every cache in a temp dir."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from tests.datafiles import require_data
 
 
 @pytest.fixture(scope="session", autouse=True)
 def eval_data_env(tmp_path_factory):
-    """Point raywiz at shared/data (RAYWIZ_EVAL_DATA) and a session cache; never download."""
+    """A session cache (ground-truth outputs and the like); never download."""
     cache = tmp_path_factory.mktemp("raywiz-cache")
-    old = {k: os.environ.get(k) for k in ("RAYWIZ_EVAL_DATA", "RAYWIZ_CACHE", "RAYWIZ_OFFLINE")}
-    os.environ["RAYWIZ_EVAL_DATA"] = str(SHARED_DATA)
+    old = {k: os.environ.get(k) for k in ("RAYWIZ_CACHE", "RAYWIZ_OFFLINE")}
     os.environ["RAYWIZ_CACHE"] = str(cache)
     os.environ["RAYWIZ_OFFLINE"] = "1"
     yield cache
@@ -27,7 +26,6 @@ def eval_data_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def have_shared_data():
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} not present")
-    return SHARED_DATA
+def have_shared_data() -> Path:
+    """The data directory with the benchmark files (skips, naming `raywiz data fetch`, without them)."""
+    return require_data("humaneval", "humaneval+", "mbpp", "mbpp+", "mbpp+prompts")

