@@ -71,11 +71,27 @@ def _console_logger() -> logging.Logger:
     return logger
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (a test's capture, a redirected stream)."""
+
+    _raywiz = True
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _ensure_handler() -> None:
     root = logging.getLogger(ROOT)
     if not any(getattr(h, "_raywiz", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler._raywiz = True  # type: ignore[attr-defined]
+        handler = _StderrHandler()
         handler.setFormatter(_ConsoleFormatter())
         root.addHandler(handler)
         root.propagate = False

@@ -164,7 +164,7 @@ def test_submit_quickstart_follows_logs_and_succeeds(cluster, tmp_path, capsys, 
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
     job_id = r.stdout.splitlines()[0]
     assert job_id.startswith("quickstart-")
-    assert "[raywiz] step 2/2" in r.stdout  # the job's own output, streamed back
+    assert "raywiz: train step 2/2" in r.stdout  # the job's own output, streamed back
     assert "SUCCEEDED" in r.stderr and "passed from this environment: WANDB_API_KEY" in r.stderr
     assert "wb-not-printed-123" not in r.stdout + r.stderr
     run_dir = storage / "quickstart"
@@ -211,7 +211,7 @@ def test_submit_quickstart_follows_logs_and_succeeds(cluster, tmp_path, capsys, 
     status = raywiz(["status", job_id, "--address", cluster.dashboard_url], env, timeout=60)
     assert status.returncode == 0 and "SUCCEEDED" in status.stderr
     logs = raywiz(["logs", job_id, "--address", cluster.dashboard_url], env, timeout=60)
-    assert "[raywiz] step 2/2" in logs.stdout
+    assert "raywiz: train step 2/2" in logs.stdout
 
     # The README's second run (`raywiz run` again, here in this process and off the cluster: no stage
     # runs, so no Ray starts): every stage resumes from its output.
@@ -224,7 +224,7 @@ def test_submit_quickstart_follows_logs_and_succeeds(cluster, tmp_path, capsys, 
     again = capsys.readouterr()
     assert ray_starts == []  # (Ray may already be up in this process from other tests: ask the pipeline)
     for stage in ("evolve", "train", "eval"):
-        assert f"raywiz run: {stage}: finished earlier" in again.err
+        assert f"raywiz: {stage}: finished earlier" in again.err
     assert json.loads(again.out)["resumed"] == ["evolve", "train", "eval"]
 
 
