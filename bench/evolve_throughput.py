@@ -2,7 +2,7 @@
 
 The public Evol-Instruct scripts send one request at a time. raywiz sends them from a Ray actor with
 an async HTTP client (concurrency 64 by default), through the request cache. Both talk to the same
-local OpenAI-compatible server (raywiz.evolve.testing_server, in its own process) that answers
+local OpenAI-compatible server (tests.evolve.fake_llm_server, in its own process) that answers
 every request after 200 ms and counts requests per key, so the run also checks that every request
 was answered exactly once.
 
@@ -34,7 +34,7 @@ PARAMS = {"temperature": 1.0, "max_tokens": 256}
 
 
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "raywiz.evolve.testing_server", "--latency", str(latency)],
+    proc = subprocess.Popen([sys.executable, "-m", "tests.evolve.fake_llm_server", "--latency", str(latency)],
                             cwd=REPO, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=REPO))
     line = proc.stdout.readline().strip()
     if not line.startswith("READY "):
@@ -121,7 +121,7 @@ def main() -> None:
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # other work on the machine slows both clients
         "python": platform.python_version(),
         "notes": "raywiz: 1 Ray actor (async aiohttp client) through the request cache, worker warm-up excluded; "
-                 "reference: urllib, one request at a time; server: raywiz.evolve.testing_server in its own process",
+                 "reference: urllib, one request at a time; server: tests.evolve.fake_llm_server in its own process",
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

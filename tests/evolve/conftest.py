@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raywiz.evolve.testing_server import FakeLLMServer
+from tests.evolve.fake_llm_server import FakeLLMServer
 
 @pytest.fixture
 def fake_llm():

@@ -9,7 +9,7 @@ import yaml
 from raywiz.artifacts import check_manifest
 from raywiz.config import load_job
 from raywiz.evolve.recipe import run_evolve
-from raywiz.evolve.testing_server import FakeLLMServer
+from tests.evolve.fake_llm_server import FakeLLMServer
 
 
 @pytest.mark.slow

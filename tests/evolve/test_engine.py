@@ -8,7 +8,7 @@ import pytest
 from raywiz.evolve.config import LLMConfig
 from raywiz.evolve.engine import LLMEngine
 from raywiz.evolve.llm import LLMRequest
-from raywiz.evolve.testing_server import FakeLLMServer
+from tests.evolve.fake_llm_server import FakeLLMServer
 
 PARAMS = {"temperature": 0.0, "max_tokens": 32}
 

@@ -13,7 +13,7 @@ import yaml
 
 from raywiz.artifacts import check_manifest
 from raywiz.evolve.cache import RequestCache
-from raywiz.evolve.testing_server import FakeLLMServer
+from tests.evolve.fake_llm_server import FakeLLMServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SECRET = "sk-kill-test-secret-7777"

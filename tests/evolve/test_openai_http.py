@@ -5,7 +5,7 @@ import time
 
 from raywiz.evolve.llm import LLMRequest
 from raywiz.evolve.llm.openai_http import OpenAIHTTPBackend, RateLimiter
-from raywiz.evolve.testing_server import FakeLLMServer
+from tests.evolve.fake_llm_server import FakeLLMServer
 
 PARAMS = {"temperature": 0.0, "max_tokens": 64}
 

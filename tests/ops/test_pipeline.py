@@ -201,10 +201,3 @@ def test_pipeline_logs_the_evolved_dataset_to_wandb(tmp_path, stages):
     pipeline.run_pipeline(job, log=quiet)  # resumed stages log nothing again
     assert len(find_runs(job.run_dir)) == 1
 
-
-def test_cli_reports_a_missing_stage_clearly(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(pipeline.ENTRY_POINTS, "evolve", ("raywiz.evolve.not_there", "run_evolve"))
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(f"name: cli\nstorage: {tmp_path}/runs\nevolve:\n  seeds:\n    paths: [raywiz:quickstart/instructions.jsonl]\n")
-    assert main(["run", str(job_file)]) == 2
-    assert "raywiz.evolve.not_there" in capsys.readouterr().err

@@ -14,7 +14,7 @@ It answers like a very predictable LLM and can misbehave on purpose:
 It counts every request by the same key raywiz's cache uses (model, messages, parameters), and which
 of them got a complete answer, so tests can check that nothing is sent twice.
 
-    python -m raywiz.evolve.testing_server --latency 0.2      # prints "READY <base_url>"
+    python -m tests.evolve.fake_llm_server --latency 0.2      # prints "READY <base_url>"
     GET /_stats, POST /_faults {"faults": [...]} control it from another process.
 """
 
