@@ -192,7 +192,7 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
     if "evolve" in stages:
         dataset, dataset_id = run_stage("evolve", None, lambda: entry_point("evolve")(job))
     if "train" in stages:
-        if not job.train.data.paths and dataset and dataset != job.layout.evolve:
+        if not job.train.data.paths and not job.train.data.sources and dataset and dataset != job.layout.evolve:
             # An empty list means this run's evolve output (train reads it, and logs the lineage);
             # shards from elsewhere (--evolve-output) are named explicitly.
             job.train.data.paths = [dataset]

@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from raywiz.data import conversation as conv
+from raywiz.data import mix
 from raywiz.data import pack as packing
-from raywiz.data.shards import BadRowError, iter_rows, sample_id_of, validate, where
+from raywiz.data.shards import BadRowError, Row, iter_rows, sample_id_of, validate, where
 from raywiz.data.tokenize import fit_to_length, tokenize_sample
 from raywiz.log import get_logger
+from raywiz.train.config import DataSourceConfig
 
 log = get_logger(__name__)
 MAX_BAD_ROWS_LISTED = 200
@@ -37,6 +40,7 @@ class DataReport:
     n_tokens: int = 0  # non-padding tokens
     n_label_tokens: int = 0
     seq_len: int = 0
+    sources: list[dict] = field(default_factory=list)  # per source: samples, used in the mix, proportion
 
     @property
     def packing_efficiency(self) -> float:
@@ -48,21 +52,89 @@ class DataReport:
         return d
 
 
-def read_shard_batch(batch: dict, fmt: str) -> dict:
+@dataclass
+class Source:
+    """One data source, resolved: its config (formatting, weight) and its files (none for a HF dataset)."""
+
+    config: DataSourceConfig
+    files: list[str]
+
+
+TEXT_COLUMNS = ("sample_id", "source", "instruction", "input", "output", "conversation", "where", "bad_reason")
+
+
+def _text_row(out: dict, row, formatting: str, source: int) -> None:
+    """Validate one row in its formatting and add it to the batch (bad rows too, with their reason)."""
+    rec = row.record or {}
+    conversation = ""
+    if formatting == "alpaca":
+        validate(row)
+    elif not row.bad_reason:
+        try:
+            conversation = conv.to_json(conv.parse(rec, formatting))
+        except conv.BadConversation as e:
+            row.bad_reason = str(e)
+    ok = not row.bad_reason
+    out["sample_id"].append(sample_id_of(row, conversation) if ok else "")
+    out["source"].append(source)
+    out["instruction"].append(rec.get("instruction") if ok and not conversation else "")
+    out["input"].append((rec.get("input") or "") if ok and not conversation else "")
+    out["output"].append(rec.get("output") if ok and not conversation else "")
+    out["conversation"].append(conversation)
+    out["where"].append(where(row))
+    out["bad_reason"].append(row.bad_reason)
+
+
+def read_shard_batch(batch: dict, fmt: str, formatting: str = "alpaca", source: int = 0) -> dict:
     """Ray Data map_batches fn: one batch of file paths -> validated text rows with their location."""
-    out: dict[str, list] = {k: [] for k in ("sample_id", "instruction", "input", "output", "where", "bad_reason")}
+    out: dict[str, list] = {k: [] for k in TEXT_COLUMNS}
     for path in batch["path"]:
         for row in iter_rows(str(path), fmt):
-            validate(row)
-            rec = row.record or {}
-            ok = not row.bad_reason
-            out["sample_id"].append(sample_id_of(row) if ok else "")
-            out["instruction"].append(rec.get("instruction") if ok else "")
-            out["input"].append((rec.get("input") or "") if ok else "")
-            out["output"].append(rec.get("output") if ok else "")
-            out["where"].append(where(row))
-            out["bad_reason"].append(row.bad_reason)
+            _text_row(out, row, formatting, source)
     return out
+
+
+def read_record_batch(batch: dict, origin: str, formatting: str, source: int) -> dict:
+    """Ray Data map_batches fn: rows of a Hugging Face dataset -> validated text rows (``origin:row N``)."""
+    out: dict[str, list] = {k: [] for k in TEXT_COLUMNS}
+    columns = [c for c in batch if c != ROW_COLUMN]
+    for i, index in enumerate(batch[ROW_COLUMN]):
+        record = {c: _plain(batch[c][i]) for c in columns}
+        _text_row(out, Row(origin, int(index), record), formatting, source)
+    return out
+
+
+ROW_COLUMN = "_raywiz_row"
+
+
+def _plain(value):
+    """numpy values from a Ray Data batch as plain Python (lists of dicts for conversations)."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_hf_dataset(name: str, split: str):
+    """A Hugging Face dataset: a directory written by ``save_to_disk`` (offline), else a hub name."""
+    import os
+
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("train.data.sources[].hf_dataset needs the `datasets` package: "
+                          "pip install 'raywiz[evolve-hub]'") from None
+    if os.path.isdir(os.path.expanduser(name)):
+        ds = datasets.load_from_disk(os.path.expanduser(name))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise ValueError(f"{name}: no split {split!r} (it has {', '.join(ds)})")
+            ds = ds[split]
+        return ds
+    return datasets.load_dataset(name, split=split)
 
 
 @functools.lru_cache(maxsize=4)
@@ -77,18 +149,30 @@ def tokenize_batch(batch: dict, model_name: str, tokenizer: str | None, template
                    max_length: int, overlong: str, trust_remote_code: bool = False) -> dict:
     """Ray Data map_batches fn: template, tokenize and fit each row (bad rows pass through, marked).
 
+    Instruction rows use the template (prompt masked); conversations mask all but assistant turns.
+
     A task function rather than an actor class: Ray Data's actor pools keep their constructor
     arguments in the object store, which Ray's core worker reports on the console for every run.
     """
     tok = _tokenizer(model_name, tokenizer, trust_remote_code)
     n = len(batch["sample_id"])
     ids_col, labels_col, status = [], [], []
+    bad_reason = list(batch["bad_reason"])
     for i in range(n):
-        if batch["bad_reason"][i]:
+        if bad_reason[i]:
             ids_col.append([]), labels_col.append([]), status.append("bad")
             continue
-        sample = tokenize_sample(tok, str(batch["instruction"][i]), str(batch["output"][i]),
-                                 str(batch["input"][i]) or None, template, custom)
+        try:
+            if batch["conversation"][i]:
+                sample = conv.tokenize_conversation(tok, conv.from_json(str(batch["conversation"][i])), template,
+                                                    custom)
+            else:
+                sample = tokenize_sample(tok, str(batch["instruction"][i]), str(batch["output"][i]),
+                                         str(batch["input"][i]) or None, template, custom)
+        except conv.BadConversation as e:
+            bad_reason[i] = str(e)
+            ids_col.append([]), labels_col.append([]), status.append("bad")
+            continue
         fitted = fit_to_length(sample, max_length, overlong)
         if fitted is None:
             ids_col.append([]), labels_col.append([]), status.append("overlong_dropped")
@@ -98,11 +182,12 @@ def tokenize_batch(batch: dict, model_name: str, tokenizer: str | None, template
         status.append("truncated" if truncated else "ok")
     return {
         "sample_id": list(batch["sample_id"]),
+        "source": list(batch["source"]),
         "input_ids": ids_col,
         "labels": labels_col,
         "status": status,
         "where": list(batch["where"]),
-        "bad_reason": list(batch["bad_reason"]),
+        "bad_reason": bad_reason,
     }
 
 
@@ -121,8 +206,52 @@ def pack_batch(batch: dict, seq_len: int, pad_id: int, do_pack: bool) -> dict:
     }
 
 
-def prepare_packed_dataset(files: list[str], data_cfg, model_cfg, seed: int, num_cpus: int):
-    """Build the materialized packed dataset and its report. Raises BadRowError with on_bad_row=error."""
+def read_sources(sources: list[Source], data_cfg, num_cpus: int):
+    """Every source's rows, validated in its formatting, as one dataset (column `source`: its index)."""
+    import ray.data
+
+    parts = []
+    for index, source in enumerate(sources):
+        cfg = source.config
+        if cfg.hf_dataset:
+            ds = load_hf_dataset(cfg.hf_dataset, cfg.split)
+            ds = ds.add_column(ROW_COLUMN, list(range(len(ds))))
+            part = ray.data.from_huggingface(ds).map_batches(
+                read_record_batch, fn_kwargs={"origin": cfg.name, "formatting": cfg.formatting, "source": index},
+                batch_size=1024)
+        else:
+            part = ray.data.from_items([{"path": f} for f in source.files], override_num_blocks=len(source.files))
+            part = part.map_batches(read_shard_batch, batch_size=1, fn_kwargs={
+                "fmt": data_cfg.format, "formatting": cfg.formatting, "source": index})
+        parts.append(part)
+    text = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    n_files = sum(max(1, len(s.files)) for s in sources)
+    # Spread one big shard over the CPUs before tokenizing (deterministic split, no shuffle).
+    return text.repartition(max(n_files, 2 * num_cpus)).materialize()
+
+
+def mix_sources(good, sources: list[Source], seed: int, report: "DataReport"):
+    """Apply the sources' weights (raywiz.data.mix); report what each gave. One source: as it is."""
+    ids = good.select_columns(["source", "sample_id"]).to_pandas()
+    by_source = [ids["sample_id"][ids["source"] == i].astype(str).tolist() for i in range(len(sources))]
+    weights = [s.config.weight for s in sources]
+    copies = mix.choose(by_source, weights, seed) if len(sources) > 1 else None
+    used = [sum(n for (src, _), n in copies.items() if src == i) if copies else len(by_source[i])
+            for i in range(len(sources))]
+    total = max(1, sum(used))
+    report.sources = [{"name": s.config.name, "formatting": s.config.formatting, "weight": s.config.weight,
+                       "samples": len(by_source[i]), "used": used[i], "proportion": round(used[i] / total, 4)}
+                      for i, s in enumerate(sources)]
+    if copies is None:
+        return good
+    return good.map_batches(mix.expand, fn_kwargs={"copies": copies}, batch_size=1024)
+
+
+def prepare_packed_dataset(sources: list[Source] | list[str], data_cfg, model_cfg, seed: int, num_cpus: int):
+    """Build the materialized packed dataset and its report. Raises BadRowError with on_bad_row=error.
+
+    ``sources``: resolved sources, or plain shard files (one alpaca source).
+    """
     import ray.data
 
     from raywiz.log import quiet_ray_data
@@ -132,10 +261,10 @@ def prepare_packed_dataset(files: list[str], data_cfg, model_cfg, seed: int, num
     ctx.execution_options.preserve_order = True  # reproducible order => exact resume
     ctx.enable_progress_bars = False
 
-    text = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
-    text = text.map_batches(read_shard_batch, fn_kwargs={"fmt": data_cfg.format}, batch_size=1)
-    # Spread one big shard over the CPUs before tokenizing (deterministic split, no shuffle).
-    text = text.repartition(max(len(files), 2 * num_cpus)).materialize()
+    if sources and isinstance(sources[0], str):
+        sources = [Source(DataSourceConfig(path=sources[0]), list(sources))]
+    files = [f for s in sources for f in s.files] or [s.config.name for s in sources]
+    text = read_sources(sources, data_cfg, num_cpus)
 
     tokenizer_name = model_cfg.tokenizer
     tokenized = text.map_batches(
@@ -166,11 +295,12 @@ def prepare_packed_dataset(files: list[str], data_cfg, model_cfg, seed: int, num
             log.warning("bad row skipped: %s: %s", r["where"], r["reason"])
 
     good = tokenized.filter(lambda r: r["status"] in ("ok", "truncated")).select_columns(
-        ["sample_id", "input_ids", "labels"])
+        ["sample_id", "source", "input_ids", "labels"])
     report.n_samples = report.n_rows - report.n_bad - report.n_overlong_dropped
     if report.n_samples == 0:
         raise ValueError(f"no trainable samples in {len(files)} file(s): {report.n_bad} bad, "
                          f"{report.n_overlong_dropped} longer than max_length={data_cfg.max_length}")
+    good = mix_sources(good, sources, seed, report).select_columns(["sample_id", "input_ids", "labels"])
     if data_cfg.shuffle:  # mix samples before packing, so windows are not file-ordered
         good = good.random_shuffle(seed=seed)
     from raywiz.modeling import load_tokenizer

@@ -113,12 +113,14 @@ def validate(row: Row) -> Row:
     return row
 
 
-def sample_id_of(row: Row) -> str:
+def sample_id_of(row: Row, conversation: str = "") -> str:
     """The shard's own sample_id, else one derived from the content (stable across runs)."""
     rec = row.record or {}
     sid = rec.get("sample_id")
     if isinstance(sid, str) and sid:
         return sid
+    if conversation:
+        return stable_sample_id(conversation)
     return stable_sample_id(rec.get("instruction", ""), rec.get("input") or "", rec.get("output", ""))
 
 

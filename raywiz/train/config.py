@@ -33,13 +33,40 @@ class TemplateConfig(_Section):
         return self
 
 
+class DataSourceConfig(_Section):
+    """One source of training samples: files, or a Hugging Face dataset, in one format, with a weight."""
+
+    path: str | None = Field(None, description="files, a directory or a glob (local, s3://, gs://), as `paths`")
+    hf_dataset: str | None = Field(
+        None, description="a Hugging Face dataset: a hub name (online) or a directory written by save_to_disk")
+    split: str = "train"
+    formatting: Literal["alpaca", "sharegpt", "messages"] = Field(
+        "alpaca", description="alpaca: instruction/input/output; sharegpt: conversations [{from, value}]; "
+        "messages: OpenAI-style [{role, content}]. The loss falls on assistant turns only.")
+    weight: float = Field(1.0, gt=0, description="relative share of the mix (see raywiz/data/mix.py)")
+
+    @model_validator(mode="after")
+    def _one_origin(self):
+        if (self.path is None) == (self.hf_dataset is None):
+            raise ValueError("give exactly one of `path` or `hf_dataset`")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.path or f"{self.hf_dataset}[{self.split}]"
+
+
 class DataConfig(_Section):
     paths: list[str] = Field(
         default_factory=list,
         description="instruction shards: files, directories or globs; local, s3:// or gs://; "
         "'raywiz:quickstart/instructions.jsonl' names a file shipped with raywiz. "
-        "Empty: this run's evolve output ({storage}/{name}/evolve).",
+        "Empty (and no `sources`): this run's evolve output ({storage}/{name}/evolve).",
     )
+    sources: list[DataSourceConfig] = Field(
+        default_factory=list,
+        description="several sources mixed by weight, each with its own formatting; `paths` is the "
+        "one-source form (alpaca formatting, weight 1)")
     format: Literal["auto", "parquet", "jsonl"] = "auto"
     template: TemplateConfig = Field(default_factory=TemplateConfig)
     max_length: int = Field(2048, ge=16, description="tokens per sample and per packed row")
@@ -53,8 +80,19 @@ class DataConfig(_Section):
     shuffle_buffer_rows: int = Field(1024, ge=1, description="per-worker buffer for the per-epoch reshuffle")
     tokenize_batch_size: int = Field(256, ge=1)
 
+    @model_validator(mode="after")
+    def _paths_or_sources(self):
+        if self.paths and self.sources:
+            raise ValueError("give `paths` or `sources`, not both (a path is a source: {path: ..., weight: 1})")
+        return self
+
     def resolve_paths(self, fix: Callable[[str], str]) -> None:
         self.paths = [fix(p) for p in self.paths]
+        for source in self.sources:
+            if source.path:
+                source.path = fix(source.path)
+            if source.hf_dataset and source.hf_dataset.startswith((".", "~")):  # a local save_to_disk dir
+                source.hf_dataset = fix(source.hf_dataset)
 
 
 class OptimConfig(_Section):

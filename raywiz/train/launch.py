@@ -17,6 +17,24 @@ from raywiz.log import get_logger, say
 log = get_logger(__name__)
 
 
+def resolve_sources(job: JobConfig):
+    """What to train on: `train.data.sources`, else `paths` (or this run's evolve output) as one source."""
+    from raywiz.data.pipeline import Source
+    from raywiz.train.config import DataSourceConfig
+
+    sources = job.train.data.sources
+    if not sources:
+        sources = resolve_sources(job)
+        return [Source(DataSourceConfig(path=files[0]), files)]
+    out = []
+    for i, cfg in enumerate(sources):
+        try:
+            out.append(Source(cfg, expand_paths([cfg.path]) if cfg.path else []))
+        except FileNotFoundError as e:
+            raise ConfigError(f"train.data.sources[{i}].path: {e}") from None
+    return out
+
+
 def resolve_data_files(job: JobConfig) -> list[str]:
     """The shard files to train on: the job's paths, else this run's sealed evolve output."""
     paths = job.train.data.paths
@@ -94,9 +112,10 @@ def run_train(job: JobConfig) -> str:
     if job.model.dtype == "auto" and not use_gpu:
         log.info("no GPU: training in float32")
 
-    say(f"train: preparing data from {len(files)} file(s)")
+    say(f"train: preparing data from {', '.join(s.config.name for s in sources)}"
+        if len(sources) > 1 else f"train: preparing data from {len(sources[0].files) or 1} file(s)")
     num_cpus = int(ray.cluster_resources().get("CPU", 1))
-    packed, report = prepare_packed_dataset(files, tc.data, job.model, tc.optim.seed, num_cpus)
+    packed, report = prepare_packed_dataset(sources, tc.data, job.model, tc.optim.seed, num_cpus)
     plan = make_plan(job, report.n_packed_rows)
     layout = job.layout
     write_json_atomic(layout.data_report, {**report.to_dict(), "plan": plan})
@@ -144,8 +163,8 @@ def run_train(job: JobConfig) -> str:
 
 def _dataset_dir(job: JobConfig) -> str | None:
     """The sealed instruction-shard directory this run trained on, if it trained on one (for lineage)."""
-    paths = job.train.data.paths
-    if not paths:
+    paths = job.train.data.paths or [s.path for s in job.train.data.sources if s.path]
+    if not paths and not job.train.data.sources:
         return job.layout.evolve
     if len(paths) == 1 and check_manifest(paths[0], kind=Kind.INSTRUCTION_SHARDS).complete:
         return paths[0]
