@@ -53,6 +53,7 @@ class Kind(str, Enum):
     INSTRUCTION_SHARDS = "instruction_shards"  # {run}/evolve/
     TRAIN_CHECKPOINT = "train_checkpoint"  # {run}/train/checkpoint_*/
     HF_EXPORT = "hf_export"  # {run}/train/checkpoint_*/hf/
+    ADAPTER_EXPORT = "adapter_export"  # {run}/train/checkpoint_*/adapter/ (peft's format)
     EVAL_RESULTS = "eval_results"  # {run}/eval/{checkpoint}/{benchmark}/
 
     def __str__(self) -> str:  # manifests store the plain string
@@ -81,6 +82,11 @@ class CheckpointDir:
     def hf(self) -> str:
         """The Hugging Face export (its own manifest, Kind.HF_EXPORT)."""
         return join(self.path, "hf")
+
+    @property
+    def adapter(self) -> str:
+        """The peft adapter of a LoRA/DoRA/QLoRA run (its own manifest, Kind.ADAPTER_EXPORT)."""
+        return join(self.path, "adapter")
 
     @property
     def zero(self) -> str:

@@ -95,6 +95,20 @@ class DataConfig(_Section):
                 source.hf_dataset = fix(source.hf_dataset)
 
 
+class PeftConfig(_Section):
+    method: Literal["none", "lora", "dora", "qlora"] = Field(
+        "none", description="none: full fine-tuning; lora / dora (peft); qlora: LoRA on a 4-bit base (GPU, bitsandbytes)")
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Literal["auto"] | list[str] = Field(
+        "auto", description="auto: attention and MLP projections per architecture (raywiz/train/adapters.py)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+
 class OptimConfig(_Section):
     epochs: int = Field(3, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
@@ -147,6 +161,8 @@ class CheckpointSection(_Section):
     export_hf: Literal["every", "last", "never"] = Field(
         "every", description="write the HF safetensors export into each checkpoint, the last one, or none"
     )
+    merge_adapter: bool = Field(
+        True, description="with train.peft: also write the merged full model into hf/ (adapter/ is always written)")
 
 
 class EvaluateSection(_Section):
@@ -172,6 +188,7 @@ class TrainConfig(_Section):
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    peft: PeftConfig = Field(default_factory=PeftConfig)
     max_failures: int = Field(3, ge=-1, description="worker failures to recover from (-1: forever)")
     log_every_n_steps: int = Field(1, ge=1)
     trace_samples: bool = Field(

@@ -1,0 +1,130 @@
+"""Parameter-efficient fine-tuning with peft: LoRA, DoRA, QLoRA; the adapter export and the merge.
+
+    model = apply_adapter(model, job.train.peft)           # before DeepSpeed wraps it
+    export_adapter(model, full_state_dict, ckpt.adapter)    # rank 0, from ZeRO-3's gathered weights
+    export_merged(model, full_state_dict, ckpt.hf, ...)     # a full model transformers loads
+
+``checkpoint_*/adapter/`` is peft's own format: ``PeftModel.from_pretrained(base, dir)`` loads it. It
+is size-checked like the full export: an empty or truncated adapter save (an open bug in peers under
+ZeRO-3, where the adapter weights are partitioned) fails here instead of at load time.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+
+from raywiz.artifacts import Kind, write_json_atomic, write_manifest
+
+# peft's names for each architecture raywiz supports: attention and MLP projections.
+AUTO_TARGETS = {
+    "gpt_bigcode": ["c_attn", "c_proj", "c_fc"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
+def target_modules(peft_cfg, model_type: str) -> list[str]:
+    if peft_cfg.target_modules != "auto":
+        return list(peft_cfg.target_modules)
+    if model_type not in AUTO_TARGETS:
+        raise ValueError(f"train.peft.target_modules: no automatic choice for model type {model_type!r}; "
+                         f"list the module names (known: {', '.join(AUTO_TARGETS)})")
+    return AUTO_TARGETS[model_type]
+
+
+def lora_config(peft_cfg, model_type: str):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=peft_cfg.r, lora_alpha=peft_cfg.alpha,
+                      lora_dropout=peft_cfg.dropout, target_modules=target_modules(peft_cfg, model_type),
+                      use_dora=peft_cfg.method == "dora", bias="none")
+
+
+def quantization_config(peft_cfg):
+    """QLoRA: the base weights load in 4-bit NF4 (bitsandbytes, GPU only); the adapter trains in bf16."""
+    if peft_cfg.method != "qlora":
+        return None
+    if not torch.cuda.is_available():
+        raise ValueError("train.peft.method: qlora needs a GPU (bitsandbytes' 4-bit kernels)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ImportError("train.peft.method: qlora needs bitsandbytes: pip install 'raywiz[qlora]'") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def apply_adapter(model, peft_cfg, gradient_checkpointing: bool = False):
+    """Wrap the model with a fresh adapter; only the adapter's weights train."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if peft_cfg.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    return get_peft_model(model, lora_config(peft_cfg, model.config.model_type))
+
+
+def adapter_state_dict(model, full_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The adapter's weights, as peft saves them, out of the whole model's (gathered) state dict."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, full_state_dict).items()}
+
+
+def export_adapter(model, full_state_dict: dict[str, torch.Tensor], out_dir: str, meta: dict) -> None:
+    """Rank 0: write ``adapter/`` in peft's format, check its size, seal it (Kind.ADAPTER_EXPORT)."""
+    adapter = adapter_state_dict(model, full_state_dict)
+    expected = sum(v.numel() * v.element_size() for v in adapter.values())
+    if not adapter or expected == 0:
+        raise RuntimeError(f"{out_dir}: the adapter has no weights (was the state dict gathered from ZeRO-3?)")
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, state_dict=adapter, safe_serialization=True)
+    write_json_atomic(os.path.join(out_dir, "raywiz.json"), meta)
+    n_bytes = sum(os.path.getsize(p) for p in glob.glob(os.path.join(out_dir, "*.safetensors")))
+    if n_bytes < 0.5 * expected:
+        raise RuntimeError(f"{out_dir}: adapter_model.safetensors holds {n_bytes} bytes but the adapter is {expected}")
+    write_manifest(out_dir, kind=Kind.ADAPTER_EXPORT, meta={"step": meta.get("step"), "run": meta.get("run"),
+                                                             "base_model": meta.get("base_model")})
+
+
+def merged_state_dict(model, full_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The base model's state dict with the adapter folded in (W + scale * B @ A), on CPU.
+
+    The trained weights are loaded into a CPU copy of the wrapped model, which peft then merges and
+    unloads: peft's own arithmetic (LoRA and DoRA), not a hand-written one.
+    """
+    import copy
+
+    cpu_model = copy.deepcopy(model).to("cpu") if not _is_partitioned(model) else _cpu_twin(model)
+    cpu_model.load_state_dict({k: v.detach().cpu() for k, v in full_state_dict.items()}, strict=False)
+    merged = cpu_model.merge_and_unload()
+    return {k: v.detach().cpu().contiguous() for k, v in merged.state_dict().items()}
+
+
+def _is_partitioned(model) -> bool:
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def _cpu_twin(model):
+    """A CPU model of the same shape as a ZeRO-3-partitioned one (whose own tensors are empty shells)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import deepspeed as hf_ds
+
+    base = model.get_base_model()
+    # transformers builds every model inside zero.Init while training's HfDeepSpeedConfig is alive:
+    # step out of it for this plain CPU copy (the module-level reference is the only switch it has).
+    alive = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        with torch.device("cpu"):
+            twin = AutoModelForCausalLM.from_config(base.config, torch_dtype=base.dtype)
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = alive
+    return get_peft_model(twin, model.peft_config["default"])

@@ -1,0 +1,82 @@
+"""LoRA/DoRA with peft on tiny models: what trains, the adapter export (peft loads it), the merge."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from raywiz.artifacts import Kind, check_manifest
+from raywiz.modeling import build_model
+from raywiz.train import adapters
+from raywiz.train.config import PeftConfig
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("tiny-gpt-bigcode", {"c_attn", "c_proj", "c_fc"}),
+    ("tiny-llama", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+    ("tiny-qwen2", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+])
+def test_auto_targets_per_architecture_and_only_the_adapter_trains(name, expected):
+    model = adapters.apply_adapter(build_model(name, seed=0), PeftConfig(method="lora", r=4, alpha=8))
+    wrapped = {n.split(".")[-1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
+    assert wrapped == expected
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert adapters.target_modules(PeftConfig(method="lora", target_modules=["c_attn"]), "gpt_bigcode") == ["c_attn"]
+    with pytest.raises(ValueError, match="no automatic choice for model type 'bert'"):
+        adapters.target_modules(PeftConfig(method="lora"), "bert")
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_adapter_export_loads_with_peft_and_equals_the_merged_model(tmp_path, method):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = adapters.apply_adapter(build_model("tiny-gpt-bigcode", seed=1), PeftConfig(method=method, r=4, alpha=8))
+    with torch.no_grad():  # a "trained" adapter: LoRA's B starts at zero, which would make the test vacuous
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.add_(torch.randn_like(p) * 0.05)
+    full = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out = tmp_path / "adapter"
+    adapters.export_adapter(model, full, str(out), {"step": 3, "run": "r", "base_model": "tiny-gpt-bigcode"})
+    assert check_manifest(str(out), kind=Kind.ADAPTER_EXPORT).complete
+    assert json.loads((out / "adapter_config.json").read_text())["use_dora"] is (method == "dora")
+
+    ids = torch.tensor([[5, 17, 99, 3, 250, 7]])
+    expected = model.eval()(ids).logits
+    base = build_model("tiny-gpt-bigcode", seed=1)
+    loaded = PeftModel.from_pretrained(base, str(out)).eval()
+    torch.testing.assert_close(loaded(ids).logits, expected, rtol=1e-4, atol=1e-5)
+
+    merged_dir = tmp_path / "hf"
+    plain = build_model("tiny-gpt-bigcode", seed=1)
+    plain.load_state_dict(adapters.merged_state_dict(model, full))
+    plain.save_pretrained(merged_dir)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    torch.testing.assert_close(merged(ids).logits, expected, rtol=1e-4, atol=1e-5)
+    assert not any("lora" in k for k in merged.state_dict())
+
+
+def test_an_empty_or_truncated_adapter_save_fails(tmp_path):
+    model = adapters.apply_adapter(build_model("tiny-gpt-bigcode", seed=1), PeftConfig(method="lora", r=4))
+    base_only = {k: v for k, v in model.state_dict().items() if "lora_" not in k}  # what an ungathered save sees
+    with pytest.raises(RuntimeError, match="the adapter has no weights"):
+        adapters.export_adapter(model, base_only, str(tmp_path / "a"), {"step": 1})
+    out = tmp_path / "b"
+    adapters.export_adapter(model, model.state_dict(), str(out), {"step": 1})
+    weights = out / "adapter_model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 3)
+    assert "adapter_model.safetensors has" in check_manifest(str(out), kind=Kind.ADAPTER_EXPORT).reason
+
+
+def test_qlora_is_refused_clearly_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    with pytest.raises(ValueError, match="qlora needs a GPU"):
+        adapters.quantization_config(PeftConfig(method="qlora"))
