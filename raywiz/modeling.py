@@ -84,7 +84,8 @@ def torch_dtype(dtype: str, on_gpu: bool):
 
 
 def build_model(name_or_path: str, dtype=None, attn_implementation: str | None = None,
-                trust_remote_code: bool = False, revision: str | None = None, seed: int | None = None):
+                trust_remote_code: bool = False, revision: str | None = None, seed: int | None = None,
+                quantization_config=None):
     """Load pretrained weights, or random-initialise a tiny/shape config.
 
     Call it inside DeepSpeed's ``zero.Init`` / ``HfDeepSpeedConfig`` context to build it sharded.
@@ -95,6 +96,10 @@ def build_model(name_or_path: str, dtype=None, attn_implementation: str | None =
     kwargs: dict[str, Any] = {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if quantization_config is not None:  # QLoRA's 4-bit base: pretrained weights only
+        if is_tiny(name_or_path):
+            raise ValueError(f"{name_or_path}: a random-initialised config cannot load quantized; use real weights")
+        kwargs["quantization_config"] = quantization_config
     if is_tiny(name_or_path):
         if seed is not None:
             torch.manual_seed(seed)

@@ -99,20 +99,18 @@ def merged_state_dict(model, full_state_dict: dict[str, torch.Tensor]) -> dict[s
     The trained weights are loaded into a CPU copy of the wrapped model, which peft then merges and
     unloads: peft's own arithmetic (LoRA and DoRA), not a hand-written one.
     """
-    import copy
-
-    cpu_model = copy.deepcopy(model).to("cpu") if not _is_partitioned(model) else _cpu_twin(model)
+    cpu_model = _cpu_twin(model)
+    missing = {n for n, _ in cpu_model.named_parameters()} - set(full_state_dict)
+    if missing:
+        raise RuntimeError(f"cannot merge the adapter: the gathered weights lack {sorted(missing)[:3]}...")
     cpu_model.load_state_dict({k: v.detach().cpu() for k, v in full_state_dict.items()}, strict=False)
     merged = cpu_model.merge_and_unload()
     return {k: v.detach().cpu().contiguous() for k, v in merged.state_dict().items()}
 
 
-def _is_partitioned(model) -> bool:
-    return any(hasattr(p, "ds_id") for p in model.parameters())
-
-
 def _cpu_twin(model):
-    """A CPU model of the same shape as a ZeRO-3-partitioned one (whose own tensors are empty shells)."""
+    """A CPU copy of the wrapped model's shape (a ZeRO-3-partitioned model's own tensors are empty shells,
+    and a copy on the GPU would double its memory there)."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
     from transformers.integrations import deepspeed as hf_ds

@@ -150,12 +150,18 @@ def create_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_pa
     # With HfDeepSpeedConfig alive, transformers enters zero.Init itself (from_config and from_pretrained).
     # We don't add our own: DeepSpeed 0.19's zero.Init(dtype=...) turns float32 into bfloat16 on CPU
     # (an operator-precedence slip in _set_dtype); without dtype it follows the config's bf16 flag.
+    from raywiz.train.adapters import quantization_config
+
     model = build_model(model_cfg.name_or_path, dtype=dtype, attn_implementation=attn,
                         trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
-                        seed=train_cfg.optim.seed)
+                        seed=train_cfg.optim.seed, quantization_config=quantization_config(train_cfg.peft))
     if train_cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    if train_cfg.peft.enabled:  # LoRA / DoRA: only the adapter's weights train (and reach the optimizer)
+        from raywiz.train.adapters import apply_adapter
+
+        model = apply_adapter(model, train_cfg.peft, train_cfg.optim.gradient_checkpointing)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg, on_gpu)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return Engine(engine, engine.module, ds_config, hf_ds_config, dtype, device)

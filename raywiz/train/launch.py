@@ -24,7 +24,7 @@ def resolve_sources(job: JobConfig):
 
     sources = job.train.data.sources
     if not sources:
-        sources = resolve_sources(job)
+        files = resolve_data_files(job)
         return [Source(DataSourceConfig(path=files[0]), files)]
     out = []
     for i, cfg in enumerate(sources):
@@ -106,7 +106,7 @@ def run_train(job: JobConfig) -> str:
     from raywiz.train.validation import checkpoint_score_kwargs, record_best, validation_config
 
     tc = job.require("train")
-    files = resolve_data_files(job)
+    sources = resolve_sources(job)
     init_ray(job, extra_cpus_needed=tc.scaling.num_workers * tc.scaling.cpus_per_worker)
     use_gpu = tc.scaling.use_gpu if tc.scaling.use_gpu is not None else cluster_has_gpus()
     if job.model.dtype == "auto" and not use_gpu:

@@ -23,7 +23,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from raywiz.artifacts import join, write_json_atomic
+from raywiz.artifacts import CheckpointDir, join, write_json_atomic
 from raywiz.config import JobConfig
 from raywiz.log import get_logger
 from raywiz.data.pipeline import epoch_shuffle_args
@@ -126,7 +126,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 if rank == 0:
                     meta = {"step": step, "run": job.name, "base_model": job.model.name_or_path,
                             "template": tc.data.template.name, "final": final}
-                    ckpt.export_hf(model, sd, tokenizer, os.path.join(local, "hf"), meta)
+                    here = CheckpointDir(local)
+                    if tc.peft.enabled:  # the adapter always; the merged full model in hf/ when asked
+                        from raywiz.train.adapters import export_adapter, merged_state_dict
+
+                        export_adapter(model, sd, here.adapter, {**meta, "peft": tc.peft.method})
+                        if tc.checkpoint.merge_adapter:
+                            ckpt.export_hf(model.get_base_model(), merged_state_dict(model, sd), tokenizer,
+                                           here.hf, meta)
+                    else:
+                        ckpt.export_hf(model, sd, tokenizer, here.hf, meta)
                 del sd
             ckpt.seal_checkpoint(local, rank, world, meta={"step": step, "run": job.name, "final": final})
             metrics = {"step": step, "loss": last_loss, "final": final}
