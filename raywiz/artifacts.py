@@ -113,6 +113,15 @@ class CheckpointDir:
     def hf_is_complete(self) -> bool:
         return check_manifest(self.hf, kind=Kind.HF_EXPORT).complete
 
+    @property
+    def model_dir(self) -> str | None:
+        """What inference loads: the sealed full export, else a sealed adapter (base + adapter), else None."""
+        if self.hf_is_complete():
+            return self.hf
+        if check_manifest(self.adapter, kind=Kind.ADAPTER_EXPORT).complete:
+            return self.adapter
+        return None
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -176,10 +185,11 @@ class RunLayout:
         return CheckpointDir(join(self.train, f"checkpoint_{step:08d}"))
 
     def checkpoints(self, complete: bool = False) -> list[CheckpointDir]:
-        """This run's checkpoints, oldest first; with ``complete``, only those whose hf/ export is sealed."""
+        """This run's checkpoints, oldest first; with ``complete``, only those with a sealed model to load
+        (``model_dir``: the hf/ export, or the adapter of a run that does not merge it)."""
         found = [CheckpointDir(join(self.train, name)) for name in list_dirs(self.train) if CHECKPOINT_RE.match(name)]
         found.sort(key=lambda c: c.step)
-        return [c for c in found if c.hf_is_complete()] if complete else found
+        return [c for c in found if c.model_dir] if complete else found
 
     def latest_checkpoint(self) -> CheckpointDir | None:
         """The newest checkpoint whose own manifest checks out (the one to resume from)."""
@@ -201,9 +211,9 @@ class RunLayout:
 
 
 def checkpoint_of(path: str) -> CheckpointDir | None:
-    """The checkpoint a path belongs to (a ``.../train/checkpoint_*`` directory or its ``hf/``), else None."""
+    """The checkpoint a path belongs to (a ``.../train/checkpoint_*`` directory, its ``hf/`` or ``adapter/``)."""
     parts = path.rstrip("/").split("/")
-    if parts and parts[-1] == "hf":
+    if parts and parts[-1] in ("hf", "adapter"):
         parts = parts[:-1]
     if len(parts) >= 3 and parts[-2] == "train" and CHECKPOINT_RE.match(parts[-1]):
         return CheckpointDir("/".join(parts))

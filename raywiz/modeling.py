@@ -93,6 +93,8 @@ def build_model(name_or_path: str, dtype=None, attn_implementation: str | None =
     import torch
     from transformers import AutoModelForCausalLM
 
+    if is_adapter_dir(name_or_path):
+        return load_adapter_merged(name_or_path, dtype, attn_implementation, trust_remote_code)
     kwargs: dict[str, Any] = {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -107,6 +109,30 @@ def build_model(name_or_path: str, dtype=None, attn_implementation: str | None =
     return AutoModelForCausalLM.from_pretrained(
         name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision, **kwargs
     )
+
+
+def is_adapter_dir(path: str) -> bool:
+    """A peft adapter directory (a LoRA/DoRA checkpoint's ``adapter/``) rather than a full model."""
+    return os.path.isfile(os.path.join(path, "adapter_config.json")) and not os.path.isfile(
+        os.path.join(path, "config.json"))
+
+
+def load_adapter_merged(path: str, dtype=None, attn_implementation: str | None = None,
+                        trust_remote_code: bool = False):
+    """Base model (named in the adapter's config) + adapter, merged for inference."""
+    import json
+
+    from peft import PeftModel
+
+    base_name = json.load(open(os.path.join(path, "adapter_config.json"))).get("base_model_name_or_path")
+    if not base_name:
+        raise ValueError(f"{path}/adapter_config.json names no base model (base_model_name_or_path)")
+    if is_tiny(base_name):
+        raise ValueError(f"{path}: its base {base_name!r} is random-initialised, so the adapter cannot be "
+                         "loaded on its own; use the checkpoint's merged hf/ (train.checkpoint.merge_adapter)")
+    base = build_model(base_name, dtype=dtype, attn_implementation=attn_implementation,
+                       trust_remote_code=trust_remote_code)
+    return PeftModel.from_pretrained(base, path).merge_and_unload()
 
 
 def count_parameters(config) -> int:

@@ -45,7 +45,7 @@ def checkpoint_identity(hf_dir: str) -> dict:
     meta_file = os.path.join(path, "raywiz.json")
     meta = read_json(meta_file) if os.path.exists(meta_file) else {}
     ckpt = checkpoint_of(path)
-    if ckpt is not None and ckpt.hf == path.rstrip("/"):  # a run's own checkpoint export
+    if ckpt is not None and path.rstrip("/") in (ckpt.hf, ckpt.adapter):  # a run's own checkpoint export
         return {"name": ckpt.name, "step": meta.get("step"), "run_dir": ckpt.run.root}
     name = os.path.basename(path.rstrip("/")) if os.path.isdir(path) else path.replace("/", "--")
     return {"name": name, "step": meta.get("step"), "run_dir": None}
@@ -68,12 +68,12 @@ def output_dir_for(hf_dir: str, cfg: EvalConfig, run_dir: str | None = None) -> 
 def resolve_checkpoints(job, specs: list[str]) -> list[str]:
     layout = job.layout
     if not specs:
-        found = [c.hf for c in layout.checkpoints(complete=True)]
+        found = [c.model_dir for c in layout.checkpoints(complete=True)]
         return found[-1:] if found else [job.model.name_or_path]
     out: list[str] = []
     for spec in specs:
         if spec in ("latest", "all"):
-            found = [c.hf for c in layout.checkpoints(complete=True)]
+            found = [c.model_dir for c in layout.checkpoints(complete=True)]
             if not found:
                 raise FileNotFoundError(f"eval.checkpoints: '{spec}' but {layout.train} has no complete checkpoint")
             out += found[-1:] if spec == "latest" else found

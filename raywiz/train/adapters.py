@@ -84,6 +84,8 @@ def export_adapter(model, full_state_dict: dict[str, torch.Tensor], out_dir: str
     if not adapter or expected == 0:
         raise RuntimeError(f"{out_dir}: the adapter has no weights (was the state dict gathered from ZeRO-3?)")
     os.makedirs(out_dir, exist_ok=True)
+    if meta.get("base_model"):  # what `PeftModel.from_pretrained` and raywiz's loaders put it on
+        model.peft_config["default"].base_model_name_or_path = meta["base_model"]
     model.save_pretrained(out_dir, state_dict=adapter, safe_serialization=True)
     write_json_atomic(os.path.join(out_dir, "raywiz.json"), meta)
     n_bytes = sum(os.path.getsize(p) for p in glob.glob(os.path.join(out_dir, "*.safetensors")))

@@ -80,3 +80,26 @@ def test_qlora_is_refused_clearly_without_a_gpu():
         pytest.skip("has a GPU")
     with pytest.raises(ValueError, match="qlora needs a GPU"):
         adapters.quantization_config(PeftConfig(method="qlora"))
+
+
+def test_an_adapter_directory_loads_for_inference_on_its_base(tmp_path):
+    """What eval and serve do with a checkpoint that keeps only its adapter: base (by name) + adapter, merged."""
+    from raywiz.artifacts import CheckpointDir, RunLayout, write_manifest
+    from raywiz.modeling import is_adapter_dir
+
+    base_dir = tmp_path / "base"  # a real model directory, as a hub name would resolve to
+    build_model("tiny-gpt-bigcode", seed=2).save_pretrained(base_dir)
+    model = adapters.apply_adapter(build_model(str(base_dir)), PeftConfig(method="lora", r=4))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.1)
+    ckpt = RunLayout(str(tmp_path / "run")).checkpoint(7)
+    adapters.export_adapter(model, model.state_dict(), ckpt.adapter, {"step": 7, "base_model": str(base_dir)})
+    write_manifest(ckpt.path, kind=Kind.TRAIN_CHECKPOINT)
+    assert is_adapter_dir(ckpt.adapter) and ckpt.model_dir == ckpt.adapter  # no hf/: the adapter is the model
+    assert [c.step for c in RunLayout(str(tmp_path / "run")).checkpoints(complete=True)] == [7]
+    ids = torch.tensor([[4, 8, 15, 16, 23, 42]])
+    loaded = build_model(ckpt.adapter).eval()
+    torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits, rtol=1e-4, atol=1e-5)
+    assert CheckpointDir(ckpt.path).step == 7
