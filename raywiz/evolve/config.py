@@ -186,6 +186,9 @@ class EvolveConfig(_Section):
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     rows_per_shard: int = Field(5000, ge=1)
+    write_messages: bool = Field(
+        False, description="also write a `messages` column (OpenAI-style turns, as JSON text), so train can read "
+        "the shards with formatting: messages")
     cache_dir: str | None = Field(
         None,
         description="request cache (answers keyed by model, prompt, parameters): a path every Ray worker and "

@@ -90,7 +90,7 @@ def run_evolve(job) -> str:
     seeds, seed_counts = load_seeds(cfg.seeds)
     screen = Screen(cfg)
     report = EvolveReport()
-    writer = ShardWriter(out_dir, cfg.rows_per_shard)
+    writer = ShardWriter(out_dir, cfg.rows_per_shard, cfg.write_messages, cfg.response_system_prompt)
     with LLMEngine(cfg.llm, cfg.cache_dir or default_cache_dir(job)) as engine:
         # Round 0: the seeds, answered where they came without an output.
         report.candidates(0, len(seeds))

@@ -8,6 +8,7 @@ manifest. Names say the round: ``round-01-00000.parquet``.
 from __future__ import annotations
 
 import io
+import json
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -29,10 +30,21 @@ def clear_unsealed(directory: str) -> int:
     return len(infos)
 
 
+def messages_of(row: dict, system: str | None = None) -> str:
+    """A shard row as OpenAI-style turns (JSON text): the question (input folded in) and the answer."""
+    question = f"{row['instruction']}\n{row['input']}" if row.get("input") else row["instruction"]
+    turns = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": question}, {"role": "assistant", "content": row["output"]}]
+    return json.dumps(turns, ensure_ascii=False)
+
+
 class ShardWriter:
-    def __init__(self, directory: str, rows_per_shard: int):
+    def __init__(self, directory: str, rows_per_shard: int, write_messages: bool = False,
+                 system_prompt: str | None = None):
         self.directory = directory
         self.rows_per_shard = rows_per_shard
+        self.schema = SHARD_SCHEMA.append(pa.field("messages", pa.string())) if write_messages else SHARD_SCHEMA
+        self.write_messages, self.system_prompt = write_messages, system_prompt
         self.files: dict[str, int] = {}  # file name -> rows
         fs, root = filesystem(directory)
         fs.create_dir(root, recursive=True)
@@ -41,7 +53,10 @@ class ShardWriter:
         names = []
         for index, start in enumerate(range(0, len(samples), self.rows_per_shard)):
             chunk = samples[start : start + self.rows_per_shard]
-            table = pa.Table.from_pylist([s.row() for s in chunk], schema=SHARD_SCHEMA)
+            rows = [s.row() for s in chunk]
+            if self.write_messages:
+                rows = [dict(r, messages=messages_of(r, self.system_prompt)) for r in rows]
+            table = pa.Table.from_pylist(rows, schema=self.schema)
             buffer = io.BytesIO()
             pq.write_table(table, buffer, compression="zstd")
             name = f"round-{evol_round:02d}-{index:05d}.parquet"

@@ -140,3 +140,18 @@ def test_three_sources_mixed_by_weight_on_ray(ray_local, tmp_path):
     assert [s["proportion"] for s in report.sources] == [0.5, 0.25, 0.25]
     ids = [s for r in packed.take_all() for s in r["sample_ids"].split(",")]
     assert len(ids) == 60 and len(set(ids)) == 60  # copies carry their own ids
+
+
+def test_evolve_shards_with_messages_read_as_conversations(tmp_path, tokenizer):
+    from raywiz.data.pipeline import read_shard_batch
+    from raywiz.evolve.samples import Sample
+    from raywiz.evolve.writer import ShardWriter
+
+    writer = ShardWriter(str(tmp_path), rows_per_shard=10, write_messages=True, system_prompt="Answer in Python.")
+    sample = Sample(sample_id="s1", instruction="Sum a list.", input="[1, 2]", output="sum(xs)", evol_round=0,
+                    method="seed", parent_id="", source="seed", model="m")
+    [name] = writer.write_round(0, [sample])
+    out = read_shard_batch({"path": [str(tmp_path / name)]}, "auto", formatting="messages")
+    assert out["bad_reason"] == [""] and out["sample_id"] == ["s1"]
+    assert conv.from_json(out["conversation"][0]) == [
+        conv.Turn("system", "Answer in Python."), conv.Turn("user", "Sum a list.\n[1, 2]"), conv.Turn("assistant", "sum(xs)")]
