@@ -41,7 +41,7 @@ class VLLMDataBackend(LLMBackend):
 
     @classmethod
     def from_config(cls, cfg) -> "VLLMDataBackend":
-        return cls(cfg.model, cfg.batch_size, cfg.vllm_concurrency, cfg.engine_kwargs)
+        return cls(cfg.model, cfg.batch_size or 64, cfg.vllm_concurrency, cfg.engine_kwargs)
 
     def _processor(self):
         from ray.data import llm as ray_llm
