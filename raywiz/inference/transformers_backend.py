@@ -43,19 +43,26 @@ def eos_ids_of(model, tokenizer) -> list[int]:
 
 class TransformersEngine:
     def __init__(self, model, tokenizer, max_batch_size: int | None = None, compile: bool | None = None,
-                 add_special_tokens: bool = False, stream_options: dict | None = None):
+                 add_special_tokens: bool = False, stream_options: dict | None = None,
+                 emit_interval_s: float = 0.0):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         on_gpu = self.device.type == "cuda"
         self.max_batch_size = max_batch_size or (256 if on_gpu else 16)
         self.compile = on_gpu if compile is None else compile
         self.add_special_tokens = add_special_tokens
+        self.emit_interval_s = emit_interval_s
         self.eos_ids = eos_ids_of(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         config = model.config
         self.context_length = next((v for k in ("max_position_embeddings", "n_positions", "seq_length")
                                     if isinstance(v := getattr(config, k, None), int) and v > 0), None)
         self.stream_options = dict(stream_options or {})  # ContinuousBatchingConfig fields
+        if not on_gpu:
+            # transformers sizes the paged cache from free memory when these are unset; on a CPU that
+            # allocation took over a minute here. 64 pages of 256 tokens are plenty for CPU serving.
+            self.stream_options.setdefault("num_blocks", 64)
+            self.stream_options.setdefault("max_batch_tokens", 1024)
         self._streamer: ContinuousScheduler | None = None
         self._stream_lock = threading.Lock()
         self._score_lock = threading.Lock()
@@ -168,7 +175,7 @@ class TransformersEngine:
                 self._streamer = ContinuousScheduler(self.model, self.tokenizer, self.eos_ids, self.pad_id,
                                                      **self.stream_options)
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        return self._streamer.stream(ids, params)
+        return self._streamer.stream(ids, params, self.emit_interval_s)
 
     @property
     def scheduler(self) -> "ContinuousScheduler | None":
@@ -214,8 +221,12 @@ def _tokens_covering(tokenizer, ids: list[int], chars: int) -> int:
 class _Row:
     """One streamed choice: tokens -> text deltas, stop sequences, max_tokens."""
 
-    def __init__(self, stream: "_Stream", index: int, request_id: str, params: SamplingParams):
+    def __init__(self, stream: "_Stream", index: int, request_id: str, params: SamplingParams,
+                 emit_interval_s: float = 0.0):
         self.stream, self.index, self.request_id = stream, index, request_id
+        # Text goes out at most this often (the first piece at once): under Ray Serve every event is
+        # a hop to the proxy, and one per token crowds out decoding.
+        self.emit_interval_s, self._last_emit = emit_interval_s, 0.0
         self.max_tokens, self.stop = params.max_tokens, params.stop
         self.tokens: list[int] = []
         self.text = ""
@@ -238,7 +249,8 @@ class _Row:
             if len(self.tokens) >= self.max_tokens:
                 self.finish("length", tokenizer)
                 return True
-        self._send(len(self.text) - self._held_back())
+        if time.monotonic() - self._last_emit >= self.emit_interval_s:
+            self._send(len(self.text) - self._held_back())
         return False
 
     def finish(self, reason: str, tokenizer=None) -> None:
@@ -278,6 +290,7 @@ class _Row:
         if upto > self.sent:
             self.stream.put(Delta(self.index, self.text[self.sent:upto]), self)
             self.sent = upto
+            self._last_emit = time.monotonic()
 
 
 class _Stream:
@@ -326,14 +339,15 @@ class ContinuousScheduler:
             return dict(temperature=1.0, top_p=1.0, top_k=1)
         return dict(temperature=float(params.temperature), top_p=float(params.top_p), top_k=int(self.vocab))
 
-    async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[list[Delta]]:
+    async def stream(self, prompt_ids: list[int], params: SamplingParams,
+                     emit_interval_s: float = 0.0) -> AsyncIterator[list[Delta]]:
         """Deltas for one request until each of its n choices finished; whatever piled up since the
         last read comes as one list (a slow reader gets fewer, larger pieces)."""
         if not prompt_ids:
             raise ValueError("empty prompt")
         stream = _Stream(asyncio.get_running_loop())
         base = f"raywiz-{uuid.uuid4().hex[:12]}"
-        rows = [_Row(stream, i, f"{base}-{i}", params) for i in range(params.n)]
+        rows = [_Row(stream, i, f"{base}-{i}", params, emit_interval_s) for i in range(params.n)]
         with self._lock:
             for row in rows:
                 self._rows[row.request_id] = row
