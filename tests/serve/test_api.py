@@ -257,7 +257,8 @@ def test_task_routes_prompt_and_check_in_the_sandbox(tmp_path, shared_data):
                                                             "model": "checkpoint_00000001"}).json()
             # The served model was trained with the WizardCoder template: the prompt is an instruction.
             assert task["template"] == "wizardcoder" and "### Instruction:\nCreate a Python script" in task["model_prompt"]
-            assert task["prompt"] in task["model_prompt"] and task["stop"] == []
+            # eval's WizardCoder prompting: 4-space indents become tabs (raywiz.eval.prompts)
+            assert task["prompt"].replace("    ", "\t") in task["model_prompt"] and task["stop"] == []
 
             from raywiz.eval.benchmarks import load_tasks
 
