@@ -11,14 +11,7 @@ from __future__ import annotations
 from typing import Callable, Iterator, Sequence
 
 from raywiz.evolve.llm import LLMBackend, LLMRequest, LLMResult
-
-
-def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from raywiz.inference.vllm_backend import vllm_available
 
 
 def _sampling_params(params: dict) -> dict:
