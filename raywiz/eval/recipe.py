@@ -32,7 +32,7 @@ from raywiz.eval.postprocess import postprocess
 from raywiz.eval.prompts import build_prompt, default_stop, instruction_for
 from raywiz.eval.report import format_table, plot_pass_at_1, summarize, task_rows, write_jsonl, write_outputs
 from raywiz.eval.score import read_samples, score_samples
-from raywiz.inference import EngineSpec, SamplingParams, make_engine
+from raywiz.inference import EngineSpec, SamplingParams, checkpoint_info, make_engine
 
 log = logging.getLogger("raywiz.eval")
 RESULTS_KIND = "eval_results"
@@ -136,20 +136,22 @@ class _LazyGenerator:
         return generate_texts(self._generator, prompts, params)
 
 
-def prompts_for(tasks: list[Task], cfg: EvalConfig, tokenizer=None) -> list[str]:
+def prompts_for(tasks: list[Task], cfg: EvalConfig, tokenizer=None, trained: dict | None = None) -> list[str]:
     if cfg.generation.backend == "openai" and cfg.generation.endpoint == "chat":
         return [instruction_for(t) for t in tasks]  # the server applies its own chat template
-    return [build_prompt(t, cfg.prompt.style, cfg.prompt.template, tokenizer) for t in tasks]
+    return [build_prompt(t, cfg.prompt.style, cfg.prompt.template, tokenizer, trained) for t in tasks]
 
 
 def generate_samples(tasks: list[Task], cfg: EvalConfig, generator) -> list[dict]:
     params = sampling_params(cfg)
     tokenizer = None
-    if cfg.prompt.style == "chat" and cfg.generation.backend != "openai":
+    # The template the checkpoint was trained with (its raywiz.json), for local models.
+    trained = checkpoint_info(generator.spec.model) if cfg.generation.backend != "openai" else {}
+    if (cfg.prompt.style == "chat" or trained.get("template") == "chat") and cfg.generation.backend != "openai":
         from raywiz.modeling import load_tokenizer
 
         tokenizer = load_tokenizer(generator.spec.model, generator.spec.tokenizer)  # for its chat template
-    prompts = prompts_for(tasks, cfg, tokenizer)
+    prompts = prompts_for(tasks, cfg, tokenizer, trained)
     outputs = generator.generate(prompts, params)
     samples = []
     for task, prompt, texts in zip(tasks, prompts, outputs):

@@ -71,7 +71,7 @@ def _context_length(config) -> int | None:
 
 
 def load_model(ref: CheckpointRef, info: dict, *, device: str, dtype, cache_dir: str,
-               trust_remote_code: bool = False, max_batch_size: int = 16,
+               trust_remote_code: bool = False, max_batch_size: int = 64,
                emit_interval_s: float = 0.0) -> LoadedModel:
     """Load a model and its tokenizer and prove they work; CheckpointRefused says why not."""
     import torch
