@@ -181,6 +181,12 @@ class TransformersEngine:
     def scheduler(self) -> "ContinuousScheduler | None":
         return self._streamer
 
+    def status(self) -> dict:
+        """Counters for serve's /status and benches: offline buckets and rows, streams and their outputs."""
+        streamer = self._streamer
+        return {**self.stats, "streams": streamer.streams if streamer else 0,
+                "stream_outputs": streamer.steps_seen if streamer else 0}
+
     def close(self) -> None:
         with self._stream_lock:
             if self._streamer is not None:
@@ -329,7 +335,8 @@ class ContinuousScheduler:
         self._rows: dict[str, _Row] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count()
-        self.steps_seen = 0
+        self.steps_seen = 0  # outputs routed (one per request per decoding step)
+        self.streams = 0
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._dispatch, name="raywiz-cb-dispatch", daemon=True)
         self._thread.start()
@@ -349,6 +356,7 @@ class ContinuousScheduler:
         base = f"raywiz-{uuid.uuid4().hex[:12]}"
         rows = [_Row(stream, i, f"{base}-{i}", params, emit_interval_s) for i in range(params.n)]
         with self._lock:
+            self.streams += 1
             for row in rows:
                 self._rows[row.request_id] = row
         for row in rows:

@@ -245,7 +245,7 @@ class ModelService:
             "pinned": self.pinned.path if self.pinned else None,
             "current": current.name if current else None,
             "loaded": [{"id": m.name, "step": m.step, "users": m.users, "bytes": m.nbytes,
-                        "load_seconds": round(m.load_seconds, 3), **m.engine.stats}
+                        "load_seconds": round(m.load_seconds, 3), **m.engine.status()}
                        for m in self.pool.snapshot()],
             "refused": [dict(v, path=k) for k, v in self.refused.items()],
             "events": list(self.events),
