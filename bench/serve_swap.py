@@ -251,13 +251,13 @@ def main() -> int:
         "ttft_p95_s": round(percentile(ttfts, 95), 4) if ttfts else None,
         "ttft_p50_during_swap_s": round(percentile([r["ttft"] for r in during if r["ttft"]], 50) or 0, 4),
         "tokens_per_s": round(tokens / span, 1) if span else None,
-        "decode_step_ms": {m["id"]: round(1000 * m["busy_s"] / m["steps"], 2) for m in status["loaded"] if m["steps"]},
         "clients": args.clients,
         "max_tokens": max_tokens,
         "watch_interval_s": args.watch_interval_s,
         "serve_start_s": round(start_s, 2),
-        "largest_batch": max((m["largest_batch"] for m in status["loaded"]), default=None),
-        "batches": sum(m["batches"] for m in status["loaded"]),
+        # Continuous batching: streams served and per-step outputs routed, per model.
+        "streams": sum(m.get("streams", 0) for m in status["loaded"]),
+        "stream_outputs": sum(m.get("stream_outputs", 0) for m in status["loaded"]),
         "python": platform.python_version(),
         "torch": torch.__version__,
     }

@@ -62,9 +62,19 @@ def completion_prompt(task: Task) -> str:
     return task.prompt
 
 
-def build_prompt(task: Task, style: str = "wizardcoder", template: str | None = None, tokenizer=None) -> str:
+def build_prompt(task: Task, style: str = "wizardcoder", template: str | None = None, tokenizer=None,
+                 trained: dict | None = None) -> str:
+    """`trained` is the checkpoint's raywiz.json: in the `wizardcoder` style the instruction goes into
+    the template the model was trained with ("chat": the tokenizer's; "custom": its saved string;
+    WizardCoder's otherwise, which is also what "alpaca" gives without an input)."""
     if style == "wizardcoder":
-        return format_prompt(instruction_for(task).replace("    ", "\t"), template="wizardcoder")
+        instruction = instruction_for(task).replace("    ", "\t")
+        name, custom = (trained or {}).get("template"), (trained or {}).get("prompt")
+        if name == "chat" and tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            return format_prompt(instruction, template="chat", tokenizer=tokenizer)
+        if name == "custom" and custom:
+            return format_prompt(instruction, template="custom", custom=custom)
+        return format_prompt(instruction, template="wizardcoder")
     if style == "completion":
         return completion_prompt(task)
     if style == "custom":

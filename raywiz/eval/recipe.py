@@ -25,11 +25,12 @@ from raywiz.artifacts import (CheckpointDir, Kind, RunLayout, check_manifest, ch
                               write_bytes_atomic, write_manifest)
 from raywiz.eval.benchmarks import Task, load_tasks, read_jsonl
 from raywiz.eval.config import EvalConfig
-from raywiz.eval.generation import BackendSpec, SamplingParams, make_generator
+from raywiz.eval.generation import generate_texts
 from raywiz.eval.postprocess import postprocess
 from raywiz.eval.prompts import build_prompt, default_stop, instruction_for
 from raywiz.eval.report import format_table, plot_pass_at_1, summarize, task_rows, write_jsonl, write_outputs
 from raywiz.eval.score import read_samples, score_samples
+from raywiz.inference import EngineSpec, SamplingParams, checkpoint_info, make_engine
 from raywiz.log import get_logger, say
 from raywiz.runtime import init_ray
 
@@ -89,25 +90,26 @@ def resolve_checkpoints(job, specs: list[str]) -> list[str]:
 def sampling_params(cfg: EvalConfig) -> SamplingParams:
     g = cfg.generation
     stop = g.stop if g.stop is not None else default_stop(cfg.prompt.style)
-    return SamplingParams(n=g.n, greedy=g.greedy, temperature=g.temperature, top_p=g.top_p,
-                          max_new_tokens=g.max_new_tokens, stop=list(stop), seed=g.seed)
+    return SamplingParams(n=g.n, temperature=0.0 if g.greedy else g.temperature, top_p=g.top_p,
+                          max_tokens=g.max_new_tokens, stop=tuple(stop), seed=g.seed)
 
 
-def backend_spec(hf_dir: str, cfg: EvalConfig, model_cfg=None) -> BackendSpec:
+def backend_spec(hf_dir: str, cfg: EvalConfig, model_cfg=None) -> EngineSpec:
     g = cfg.generation
-    return BackendSpec(
-        backend=g.backend, model=(g.model or os.path.basename(hf_dir.rstrip("/"))) if g.backend == "openai" else hf_dir,
+    return EngineSpec(
+        backend="transformers" if g.backend == "hf" else g.backend,
+        model=(g.model or os.path.basename(hf_dir.rstrip("/"))) if g.backend == "openai" else hf_dir,
         tokenizer=getattr(model_cfg, "tokenizer", None), dtype=g.dtype,
-        trust_remote_code=bool(getattr(model_cfg, "trust_remote_code", False)), batch_size=g.batch_size,
+        trust_remote_code=bool(getattr(model_cfg, "trust_remote_code", False)), max_batch_size=g.batch_size,
         base_url=g.base_url, api_key_env=g.api_key_env, endpoint=g.endpoint, concurrency=g.concurrency,
-        request_timeout_s=g.request_timeout_s, tensor_parallel_size=g.tensor_parallel_size,
+        timeout_s=g.request_timeout_s, tensor_parallel_size=g.tensor_parallel_size,
     )
 
 
 class _LazyGenerator:
     """Builds the backend on first use (loading a model is the slow part), then reuses it."""
 
-    def __init__(self, spec: BackendSpec, cfg: EvalConfig, in_process: bool):
+    def __init__(self, spec: EngineSpec, cfg: EvalConfig, in_process: bool):
         self.spec, self.cfg, self.in_process = spec, cfg, in_process
         self._generator = None
 
@@ -123,24 +125,26 @@ class _LazyGenerator:
                 gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
             return generate_with_ray(prompts, self.spec, params, g.num_workers, gpus_per_worker=gpus)
         if self._generator is None:
-            self._generator = make_generator(self.spec)
-        return self._generator.generate(prompts, params)
+            self._generator = make_engine(self.spec)
+        return generate_texts(self._generator, prompts, params)
 
 
-def prompts_for(tasks: list[Task], cfg: EvalConfig, tokenizer=None) -> list[str]:
+def prompts_for(tasks: list[Task], cfg: EvalConfig, tokenizer=None, trained: dict | None = None) -> list[str]:
     if cfg.generation.backend == "openai" and cfg.generation.endpoint == "chat":
         return [instruction_for(t) for t in tasks]  # the server applies its own chat template
-    return [build_prompt(t, cfg.prompt.style, cfg.prompt.template, tokenizer) for t in tasks]
+    return [build_prompt(t, cfg.prompt.style, cfg.prompt.template, tokenizer, trained) for t in tasks]
 
 
 def generate_samples(tasks: list[Task], cfg: EvalConfig, generator) -> list[dict]:
     params = sampling_params(cfg)
     tokenizer = None
-    if cfg.prompt.style == "chat" and cfg.generation.backend != "openai":
+    # The template the checkpoint was trained with (its raywiz.json), for local models.
+    trained = checkpoint_info(generator.spec.model) if cfg.generation.backend != "openai" else {}
+    if (cfg.prompt.style == "chat" or trained.get("template") == "chat") and cfg.generation.backend != "openai":
         from raywiz.modeling import load_tokenizer
 
         tokenizer = load_tokenizer(generator.spec.model, generator.spec.tokenizer)  # for its chat template
-    prompts = prompts_for(tasks, cfg, tokenizer)
+    prompts = prompts_for(tasks, cfg, tokenizer, trained)
     outputs = generator.generate(prompts, params)
     samples = []
     for task, prompt, texts in zip(tasks, prompts, outputs):

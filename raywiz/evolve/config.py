@@ -84,7 +84,8 @@ class LLMConfig(_Section):
     num_workers: int = Field(1, ge=1, description="Ray actors sending requests (openai, hf)")
     num_cpus_per_worker: float = Field(1, ge=0)
     num_gpus_per_worker: float = Field(0, ge=0, description="hf: GPUs per model replica")
-    batch_size: int = Field(16, ge=1, description="hf, vllm: prompts per generate call")
+    batch_size: int | None = Field(None, ge=1, description="hf: rows per static-cache bucket (default: 256 on "
+                                   "GPU, 16 on CPU); vllm: prompts per Ray Data batch (default 64)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="vllm: vLLM engine arguments (tensor_parallel_size, max_model_len, …)"
@@ -97,7 +98,7 @@ class LLMConfig(_Section):
     )
 
     def max_pending_per_worker(self) -> int:
-        return self.concurrency if self.backend == "openai" else self.batch_size
+        return self.concurrency if self.backend == "openai" else (self.batch_size or 256)
 
 
 class EliminationConfig(_Section):

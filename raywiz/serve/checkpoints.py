@@ -64,7 +64,8 @@ def is_file(path: str) -> bool:
 
 
 def _ref(ckpt: CheckpointDir) -> CheckpointRef:
-    return CheckpointRef(ckpt.name, ckpt.hf, ckpt.step, ckpt.run.root)
+    # A LoRA run that does not merge its adapter serves base + adapter (raywiz.modeling loads it).
+    return CheckpointRef(ckpt.name, ckpt.model_dir or ckpt.hf, ckpt.step, ckpt.run.root)
 
 
 def list_run_checkpoints(run_dir: str) -> list[CheckpointRef]:
@@ -138,6 +139,10 @@ def verify(ref: CheckpointRef, verify_checksums: bool = False) -> Verdict:
         return Verdict(False, f"{ref.path}: not a directory")
     has_manifest = is_file(join(ref.path, MANIFEST))
     info: dict = {}
+    if is_file(join(ref.path, "adapter_config.json")) and not is_file(join(ref.path, "config.json")):
+        check = check_manifest(ref.path, kind=Kind.ADAPTER_EXPORT, verify_checksums=verify_checksums)
+        return Verdict(check.complete, check.reason, pending=not has_manifest and ref.run_dir is not None,
+                       info={**(check.manifest or {}).get("meta", {}), **read_info(ref.path)})
     if has_manifest:
         check = check_manifest(ref.path, kind=Kind.HF_EXPORT, verify_checksums=verify_checksums)
         if not check.complete:

@@ -59,8 +59,8 @@ class ServeConfig(_Section):
     max_model_memory_gb: float | None = Field(
         None, gt=0, description="also evict least-recently-used checkpoints until their weights fit"
     )
-    max_batch_size: int = Field(16, ge=1, description="sequences decoded together by one model")
-    batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests to join")
+    max_batch_size: int = Field(64, ge=1, description="requests decoded together by one model (continuous "
+                                "batching: a new request joins the running batch at the next step)")
     stream_interval_ms: float = Field(
         50.0, ge=0, description="streamed text goes out at most this often per choice (the first token at once); "
         "0: every token on its own (costly under load: each event is a hop through Ray Serve)")

@@ -25,7 +25,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raywiz.serve.config import ServeLimits
-from raywiz.serve.engine import SamplingParams
+from raywiz.inference import Delta, SamplingParams
 from raywiz.serve.pool import CheckpointRefused, LoadedModel, UnknownModel
 from raywiz.serve.prompts import PromptError, chat_prompt, uses_special_tokens
 from raywiz.serve.service import CURRENT_ALIASES, ModelService
@@ -153,20 +153,30 @@ class _GenerationRequest(BaseModel):
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: str | list[str]
+    # A string, a list of strings, a list of token ids, or a list of token-id lists (lm-evaluation-harness
+    # sends batches of either kind).
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)  # 0 only with echo: score the prompt, generate nothing
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
     best_of: int | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v):
-        if isinstance(v, list):
-            if len(v) != 1:
-                raise ValueError("send one prompt per request (a list must hold exactly one string)")
-            v = v[0]
+    def _not_empty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("prompt: the list is empty")
         return v
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]
+        return list(p)
 
 
 class ChatMessage(BaseModel):
@@ -213,10 +223,16 @@ def build_openai_router(service: ModelService, limits: ServeLimits) -> APIRouter
     @router.post("/v1/completions")
     async def completions(request: Request):
         req = await read_body(request, CompletionRequest, limits.max_request_bytes)
-        for name, bad in (("echo", req.echo), ("suffix", req.suffix is not None),
-                          ("logprobs", bool(req.logprobs)), ("best_of", req.best_of not in (None, 1, req.n))):
+        for name, bad in (("suffix", req.suffix is not None), ("best_of", req.best_of not in (None, 1, req.n))):
             if bad:
                 raise ApiError(400, f"{name} is not supported by this server", param=name)
+        if req.max_tokens == 0 and not req.echo:
+            raise ApiError(400, "max_tokens 0 needs echo (scoring the prompt alone)", param="max_tokens")
+        if req.stream and (len(req.prompts) > 1 or req.logprobs is not None or req.echo):
+            raise ApiError(400, "streaming takes one prompt, without logprobs or echo", param="stream")
+        if len(req.prompts) > limits.max_n:
+            raise ApiError(400, f"prompt has {len(req.prompts)} prompts; this server allows at most {limits.max_n} "
+                           "a request", param="prompt")
         return await _generate(service, limits, req, chat=False)
 
     @router.post("/v1/chat/completions")
@@ -233,7 +249,7 @@ async def _generate(service: ModelService, limits: ServeLimits, req, chat: bool)
     pins = ExitStack()  # holds the model for the request's whole life, streaming included
     loaded = await _acquire(service, req.model, pins)
     try:
-        prompt_ids, params = _prepare(loaded, limits, req, chat)
+        prompts, params, generate = _prepare(loaded, limits, req, chat)
     except BaseException:
         pins.close()
         raise
@@ -241,12 +257,12 @@ async def _generate(service: ModelService, limits: ServeLimits, req, chat: bool)
     if req.stream:
         include_usage = bool((req.stream_options or {}).get("include_usage"))
         return StreamingResponse(
-            _sse(loaded, prompt_ids, params, request_id, chat, include_usage, pins),
+            _sse(loaded, prompts[0][1], params, request_id, chat, include_usage, pins),
             media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
             background=BackgroundTask(pins.close),  # in case the stream never started
         )
     try:
-        return await _collect(loaded, prompt_ids, params, request_id, chat)
+        return await _collect(loaded, prompts, params, request_id, chat, req, generate)
     finally:
         pins.close()
 
@@ -271,9 +287,12 @@ async def _acquire(service: ModelService, name: str | None, pins: ExitStack) -> 
         raise ApiError(409, str(e), param="model", code="checkpoint_not_loadable") from None
 
 
-def _prepare(loaded: LoadedModel, limits: ServeLimits, req, chat: bool) -> tuple[list[int], SamplingParams]:
-    """Build the prompt and check every limit before any work starts."""
-    max_tokens = (getattr(req, "max_completion_tokens", None) or req.max_tokens) or limits.default_max_tokens
+def _prepare(loaded: LoadedModel, limits: ServeLimits, req, chat: bool):
+    """Build the prompts and check every limit before any work starts: ([(text, ids)], params, generate).
+    generate is False for max_tokens 0 with echo (score the prompt, generate nothing)."""
+    asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    generate = asked != 0
+    max_tokens = asked or limits.default_max_tokens
     if max_tokens > limits.max_tokens:
         raise ApiError(400, f"max_tokens is {max_tokens}; this server allows at most {limits.max_tokens}",
                        param="max_tokens")
@@ -281,30 +300,41 @@ def _prepare(loaded: LoadedModel, limits: ServeLimits, req, chat: bool) -> tuple
         raise ApiError(400, f"n is {req.n}; this server allows at most {limits.max_n}", param="n")
     if len(req.stop_list) > limits.max_stop:
         raise ApiError(400, f"stop has {len(req.stop_list)} sequences; at most {limits.max_stop}", param="stop")
+    param = "messages" if chat else "prompt"
     if chat:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
         try:
-            prompt = chat_prompt(messages, loaded.template, loaded.tokenizer, loaded.info.get("prompt"))
+            texts: list = [chat_prompt(messages, loaded.template, loaded.tokenizer, loaded.info.get("prompt"))]
         except PromptError as e:
             raise ApiError(400, str(e), param="messages") from None
     else:
-        prompt = req.prompt
+        texts = req.prompts
     special = uses_special_tokens(loaded.template, chat)
-    prompt_ids = loaded.tokenizer(prompt, add_special_tokens=special)["input_ids"]
-    if not prompt_ids:
-        raise ApiError(400, "the prompt is empty", param="messages" if chat else "prompt")
-    if len(prompt_ids) > limits.max_prompt_tokens:
-        raise ApiError(400, f"the prompt has {len(prompt_ids)} tokens; this server allows at most "
-                       f"{limits.max_prompt_tokens}", param="messages" if chat else "prompt")
-    context = loaded.context_length
-    if context is not None and len(prompt_ids) + max_tokens > context:
-        raise ApiError(400, f"this model's context is {context} tokens; the prompt has {len(prompt_ids)} and "
-                       f"max_tokens is {max_tokens}: lower max_tokens or shorten the prompt",
-                       param="max_tokens", code="context_length_exceeded")
+    vocab = len(loaded.tokenizer)
+    prompts = []
+    for k, text in enumerate(texts):
+        if isinstance(text, str):
+            ids = loaded.tokenizer(text, add_special_tokens=special)["input_ids"]
+        else:  # token ids, as lm-evaluation-harness sends them
+            if any(not 0 <= t < vocab for t in text):
+                raise ApiError(400, f"prompt {k}: token ids must be in [0, {vocab})", param=param)
+            ids, text = list(text), loaded.tokenizer.decode(text)
+        where = f"prompt {k}" if len(texts) > 1 else "the prompt"
+        if not ids:
+            raise ApiError(400, f"{where} is empty", param=param)
+        if len(ids) > limits.max_prompt_tokens:
+            raise ApiError(400, f"{where} has {len(ids)} tokens; this server allows at most "
+                           f"{limits.max_prompt_tokens}", param=param)
+        context = loaded.context_length
+        if context is not None and len(ids) + (max_tokens if generate else 0) > context:
+            raise ApiError(400, f"this model's context is {context} tokens; {where} has {len(ids)} and "
+                           f"max_tokens is {max_tokens}: lower max_tokens or shorten the prompt",
+                           param="max_tokens", code="context_length_exceeded")
+        prompts.append((text, ids))
     params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, n=req.n,
-                            stop=req.stop_list)
-    return prompt_ids, params
+                            stop=req.stop_list, seed=req.seed)
+    return prompts, params, generate
 
 
 def _choice(chat: bool, index: int, text: str, finish_reason: str | None, stream: bool, first: bool = False) -> dict:
@@ -322,23 +352,62 @@ def _envelope(request_id: str, chat: bool, model: str, choices: list[dict], stre
     return {"id": request_id, "object": kind, "created": int(time.time()), "model": model, "choices": choices}
 
 
-async def _collect(loaded: LoadedModel, prompt_ids, params: SamplingParams, request_id: str, chat: bool):
-    texts = [""] * params.n
-    reasons: list[str | None] = [None] * params.n
-    completion_tokens = 0
-    async for events in loaded.engine.stream(prompt_ids, params):
-        for ev in events:
-            if ev.kind == "delta":
-                texts[ev.index] += ev.text
-            elif ev.kind == "finish":
-                reasons[ev.index] = ev.finish_reason
-                completion_tokens += ev.completion_tokens
-            else:
-                raise ApiError(500, ev.text, type="server_error")
-    body = _envelope(request_id, chat, loaded.name,
-                     [_choice(chat, i, texts[i], reasons[i], stream=False) for i in range(params.n)], stream=False)
-    body["usage"] = {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
-                     "total_tokens": len(prompt_ids) + completion_tokens}
+async def _one_prompt(loaded: LoadedModel, prompt_ids: list[int], params: SamplingParams) -> list[Delta]:
+    """The n finished choices of one prompt (text, finish_reason, token ids)."""
+    done = [Delta(i, "") for i in range(params.n)]
+    try:
+        async for deltas in loaded.engine.stream(prompt_ids, params):
+            for d in deltas:
+                done[d.index].text += d.text
+                if d.finish_reason:
+                    done[d.index].finish_reason = d.finish_reason
+                    done[d.index].completion_tokens = d.completion_tokens
+                    done[d.index].token_ids = d.token_ids or []
+    except RuntimeError as e:  # the engine failed this request (raised from its stream)
+        raise ApiError(500, str(e), type="server_error") from None
+    return done
+
+
+def _logprobs(tokenizer, prompt_ids: list[int], gen_ids: list[int], scored, echo: bool, top: int) -> dict:
+    """OpenAI's completions `logprobs` object for the returned text (the prompt's tokens too with echo;
+    the first token of a prompt has no context, so its logprob is null)."""
+    ids = prompt_ids + gen_ids
+    out: dict = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    offset = 0
+    for k in range(0 if echo else len(prompt_ids), len(ids)):
+        piece = tokenizer.decode([ids[k]])
+        logprob, alternatives = scored[k]
+        out["tokens"].append(piece)
+        out["token_logprobs"].append(logprob)
+        out["top_logprobs"].append(None if logprob is None or not top else
+                                   {tokenizer.decode([a]): v for a, v in alternatives.items()})
+        out["text_offset"].append(offset)
+        offset += len(piece)
+    return out
+
+
+async def _collect(loaded: LoadedModel, prompts, params: SamplingParams, request_id: str, chat: bool, req,
+                   generate: bool = True):
+    if generate:
+        results = await asyncio.gather(*(_one_prompt(loaded, ids, params) for _, ids in prompts))
+    else:  # echo with max_tokens 0: nothing to generate
+        results = [[Delta(i, "", "length", 0, []) for i in range(params.n)] for _ in prompts]
+    echo = bool(getattr(req, "echo", False))
+    top = getattr(req, "logprobs", None) if not chat else None
+    choices, completion_tokens = [], 0
+    for p, ((text, ids), done) in enumerate(zip(prompts, results)):
+        for d in done:
+            completion_tokens += d.completion_tokens
+            choice = _choice(chat, p * params.n + d.index, (text if echo else "") + d.text, d.finish_reason,
+                             stream=False)
+            if top is not None:
+                scored = await asyncio.to_thread(loaded.engine.score, ids + (d.token_ids or []), top)
+                choice["logprobs"] = _logprobs(loaded.tokenizer, ids, d.token_ids or [], scored, echo, top)
+            choices.append(choice)
+    body = _envelope(request_id, chat, loaded.name, choices, stream=False)
+    prompt_tokens = sum(len(ids) for _, ids in prompts)
+    body["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                     "total_tokens": prompt_tokens + completion_tokens}
     return body
 
 
@@ -353,19 +422,21 @@ async def _sse(loaded: LoadedModel, prompt_ids, params: SamplingParams, request_
         if chat:  # OpenAI opens each choice with the assistant role
             for i in range(params.n):
                 yield _sse_line(_envelope(request_id, chat, loaded.name, [_choice(chat, i, "", None, True, True)], True))
-        async for events in loaded.engine.stream(prompt_ids, params):
-            lines = []
-            for ev in events:
-                if ev.kind == "delta":
-                    choice = _choice(chat, ev.index, ev.text, None, stream=True)
-                elif ev.kind == "finish":
-                    completion_tokens += ev.completion_tokens
-                    choice = _choice(chat, ev.index, "", ev.finish_reason, stream=True)
-                else:
-                    lines.append(_sse_line(error_body(ev.text, "server_error")))
-                    break
-                lines.append(_sse_line(_envelope(request_id, chat, loaded.name, [choice], stream=True)))
-            yield "".join(lines)  # several SSE events in one chunk when they piled up
+        try:
+            async for deltas in loaded.engine.stream(prompt_ids, params):
+                lines = []
+                for d in deltas:
+                    if d.text:
+                        choice = _choice(chat, d.index, d.text, None, stream=True)
+                        lines.append(_sse_line(_envelope(request_id, chat, loaded.name, [choice], stream=True)))
+                    if d.finish_reason:
+                        completion_tokens += d.completion_tokens
+                        choice = _choice(chat, d.index, "", d.finish_reason, stream=True)
+                        lines.append(_sse_line(_envelope(request_id, chat, loaded.name, [choice], stream=True)))
+                yield "".join(lines)  # several SSE events in one chunk when they piled up
+        except RuntimeError as e:  # the engine failed this request: say so in the stream
+            yield _sse_line(error_body(str(e), "server_error"))
+            return
         if include_usage:
             usage = _envelope(request_id, chat, loaded.name, [], stream=True)
             usage["usage"] = {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,

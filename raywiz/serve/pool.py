@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from raywiz.serve.checkpoints import CheckpointRef, fetch_to_local
-from raywiz.serve.engine import BatchEngine
+from raywiz.inference.transformers_backend import TransformersEngine
 
 log = logging.getLogger("raywiz.serve")
 
@@ -36,7 +36,7 @@ class LoadedModel:
     ref: CheckpointRef
     model: object
     tokenizer: object
-    engine: BatchEngine
+    engine: TransformersEngine
     info: dict  # raywiz.json + manifest meta: step, template, base_model ...
     nbytes: int
     context_length: int | None
@@ -71,13 +71,13 @@ def _context_length(config) -> int | None:
 
 
 def load_model(ref: CheckpointRef, info: dict, *, device: str, dtype, cache_dir: str,
-               trust_remote_code: bool = False, max_batch_size: int = 16, batch_wait_s: float = 0.005,
+               trust_remote_code: bool = False, max_batch_size: int = 64,
                emit_interval_s: float = 0.0) -> LoadedModel:
     """Load a model and its tokenizer and prove they work; CheckpointRefused says why not."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from raywiz.modeling import load_tokenizer
+    from raywiz.modeling import is_adapter_dir, load_adapter_merged, load_tokenizer
 
     started = time.monotonic()
     path = fetch_to_local(ref, cache_dir)
@@ -86,9 +86,12 @@ def load_model(ref: CheckpointRef, info: dict, *, device: str, dtype, cache_dir:
     except Exception as e:
         raise CheckpointRefused(f"{ref.path}: tokenizer does not load: {type(e).__name__}: {e}") from e
     try:
-        model, loading = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True
-        )
+        if is_adapter_dir(path):  # a LoRA/DoRA checkpoint kept as an adapter: its base + the adapter, merged
+            model, loading = load_adapter_merged(path, dtype, trust_remote_code=trust_remote_code), {}
+        else:
+            model, loading = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True
+            )
     except Exception as e:  # corrupt safetensors, unknown architecture, shape mismatch ...
         raise CheckpointRefused(f"{ref.path}: model does not load: {type(e).__name__}: {e}") from e
     missing = loading.get("missing_keys") or []
@@ -107,8 +110,10 @@ def load_model(ref: CheckpointRef, info: dict, *, device: str, dtype, cache_dir:
         if not torch.isfinite(logits).all():
             raise CheckpointRefused(f"{ref.path}: the model's outputs are not finite (NaN/inf weights)")
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    engine = BatchEngine(model, tokenizer, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s,
-                         emit_interval_s=emit_interval_s, name=ref.name)
+    # Streams decode on transformers' continuous batching, on its own thread; `max_batch_size` bounds
+    # the requests decoded together.
+    engine = TransformersEngine(model, tokenizer, stream_options={"max_requests_per_batch": max_batch_size},
+                                emit_interval_s=emit_interval_s)
     return LoadedModel(ref, model, tokenizer, engine, info, nbytes, _context_length(model.config),
                        time.monotonic() - started)
 

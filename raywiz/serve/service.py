@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterator
 
 from raywiz.artifacts import MANIFEST, filesystem, join
@@ -165,7 +165,6 @@ class ModelService:
                 loaded = load_model(ref, verdict.info, device=self.device, dtype=self.dtype, cache_dir=self.cache_dir,
                                     trust_remote_code=self.settings.trust_remote_code,
                                     max_batch_size=self.cfg.max_batch_size,
-                                    batch_wait_s=self.cfg.batch_wait_ms / 1000,
                                     emit_interval_s=self.cfg.stream_interval_ms / 1000)
             except CheckpointRefused as e:
                 self._refuse(ref, str(e))
@@ -246,7 +245,7 @@ class ModelService:
             "pinned": self.pinned.path if self.pinned else None,
             "current": current.name if current else None,
             "loaded": [{"id": m.name, "step": m.step, "users": m.users, "bytes": m.nbytes,
-                        "load_seconds": round(m.load_seconds, 3), **asdict(m.engine.stats)}
+                        "load_seconds": round(m.load_seconds, 3), **m.engine.status()}
                        for m in self.pool.snapshot()],
             "refused": [dict(v, path=k) for k, v in self.refused.items()],
             "events": list(self.events),

@@ -77,8 +77,10 @@ def adapter_state_dict(model, full_state_dict: dict[str, torch.Tensor]) -> dict[
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, full_state_dict).items()}
 
 
-def export_adapter(model, full_state_dict: dict[str, torch.Tensor], out_dir: str, meta: dict) -> None:
-    """Rank 0: write ``adapter/`` in peft's format, check its size, seal it (Kind.ADAPTER_EXPORT)."""
+def export_adapter(model, full_state_dict: dict[str, torch.Tensor], out_dir: str, meta: dict,
+                   tokenizer=None) -> None:
+    """Rank 0: write ``adapter/`` in peft's format (+ the tokenizer, so it serves on its own), check its
+    size, seal it (Kind.ADAPTER_EXPORT)."""
     adapter = adapter_state_dict(model, full_state_dict)
     expected = sum(v.numel() * v.element_size() for v in adapter.values())
     if not adapter or expected == 0:
@@ -87,6 +89,8 @@ def export_adapter(model, full_state_dict: dict[str, torch.Tensor], out_dir: str
     if meta.get("base_model"):  # what `PeftModel.from_pretrained` and raywiz's loaders put it on
         model.peft_config["default"].base_model_name_or_path = meta["base_model"]
     model.save_pretrained(out_dir, state_dict=adapter, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
     write_json_atomic(os.path.join(out_dir, "raywiz.json"), meta)
     n_bytes = sum(os.path.getsize(p) for p in glob.glob(os.path.join(out_dir, "*.safetensors")))
     if n_bytes < 0.5 * expected:

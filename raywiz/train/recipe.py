@@ -130,7 +130,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     if tc.peft.enabled:  # the adapter always; the merged full model in hf/ when asked
                         from raywiz.train.adapters import export_adapter, merged_state_dict
 
-                        export_adapter(model, sd, here.adapter, {**meta, "peft": tc.peft.method})
+                        export_adapter(model, sd, here.adapter, {**meta, "peft": tc.peft.method}, tokenizer)
                         if tc.checkpoint.merge_adapter:
                             ckpt.export_hf(model.get_base_model(), merged_state_dict(model, sd), tokenizer,
                                            here.hf, meta)

@@ -36,6 +36,14 @@ def test_completion_and_custom_styles():
         build_prompt(t, "custom")
 
 
+def test_wizardcoder_style_uses_the_checkpoints_trained_template():
+    t = Task(benchmark="humaneval", task_id="x", prompt="def f():\n    pass\n", solution="")
+    default = build_prompt(t)
+    assert build_prompt(t, trained={"template": "alpaca"}) == default  # alpaca without input is WizardCoder's
+    custom = build_prompt(t, trained={"template": "custom", "prompt": "Q: {instruction}\nA:"})
+    assert custom == "Q: Create a Python script for this problem:\ndef f():\n\tpass\n\nA:"
+
+
 RAW = ("Here is the code:\n```python\ndef add(a, b):\n\treturn a + b\n\nif __name__ == \"__main__\":\n"
        "    print(add(1, 2))\n```\nHope it helps.")
 

@@ -102,7 +102,6 @@ serve:
   watch_interval_s: 0.5
   num_cpus: 0.1
   max_models: 3
-  batch_wait_ms: 20
   benchmarks: {{humaneval: {humaneval}}}
 """
 

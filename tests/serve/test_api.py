@@ -105,10 +105,14 @@ def test_chat_applies_the_wizardcoder_template(served):
     ({"prompt": "x", "stop": [""]}, 400, "stop"),
     ({"prompt": ""}, 400, "prompt"),
     ({"prompt": 42}, 400, "prompt"),
-    ({"prompt": ["a", "b"]}, 400, "prompt"),
+    ({"prompt": []}, 400, "prompt"),
+    ({"prompt": [[5, 99999]]}, 400, "prompt"),  # a token id outside the vocabulary
+    ({"prompt": ["a", "b"], "stream": True}, 400, "stream"),
+    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),  # 0 only with echo
+    ({"prompt": "x", "logprobs": 6}, 400, "logprobs"),
     ({"max_tokens": 3}, 400, "prompt"),
     ({"prompt": "x", "unknown_field": 1}, 400, "unknown_field"),
-    ({"prompt": "x", "echo": True}, 400, "echo"),
+    ({"prompt": "x", "suffix": "y"}, 400, "suffix"),
     ({"prompt": "x", "model": "checkpoint_99999999"}, 404, "model"),
     ({"prompt": "word " * 5000}, 400, "prompt"),
     ({"prompt": "def f(x): return x", "max_tokens": 1024}, 400, "max_tokens"),  # 1024-token context
@@ -253,7 +257,8 @@ def test_task_routes_prompt_and_check_in_the_sandbox(tmp_path, shared_data):
                                                             "model": "checkpoint_00000001"}).json()
             # The served model was trained with the WizardCoder template: the prompt is an instruction.
             assert task["template"] == "wizardcoder" and "### Instruction:\nCreate a Python script" in task["model_prompt"]
-            assert task["prompt"] in task["model_prompt"] and task["stop"] == []
+            # eval's WizardCoder prompting: 4-space indents become tabs (raywiz.eval.prompts)
+            assert task["prompt"].replace("    ", "\t") in task["model_prompt"] and task["stop"] == []
 
             from raywiz.eval.benchmarks import load_tasks
 

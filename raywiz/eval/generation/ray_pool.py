@@ -1,10 +1,10 @@
-"""Spread generation over Ray actors: each actor loads the model once (one GPU each when there are
-GPUs) and takes chunks of prompts from a shared queue (ray.util.ActorPool), so fast and slow
-workers stay busy; results come back in prompt order."""
+"""Spread generation over Ray actors: each actor builds one raywiz.inference engine (one GPU each when
+there are GPUs) and takes chunks of prompts from a shared queue (ray.util.ActorPool), so fast and
+slow workers stay busy; results come back in prompt order."""
 
 from __future__ import annotations
 
-from raywiz.eval.generation import BackendSpec, SamplingParams
+from raywiz.inference import EngineSpec, SamplingParams
 
 
 def _actor_class():
@@ -12,18 +12,20 @@ def _actor_class():
 
     @ray.remote
     class GenerationWorker:
-        def __init__(self, spec: BackendSpec):
-            from raywiz.eval.generation import make_generator
+        def __init__(self, spec: EngineSpec):
+            from raywiz.inference import make_engine
 
-            self.generator = make_generator(spec)
+            self.engine = make_engine(spec)
 
         def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
-            return self.generator.generate(prompts, params)
+            from raywiz.eval.generation import generate_texts
+
+            return generate_texts(self.engine, prompts, params)
 
     return GenerationWorker
 
 
-def generate_with_ray(prompts: list[str], spec: BackendSpec, params: SamplingParams, num_workers: int,
+def generate_with_ray(prompts: list[str], spec: EngineSpec, params: SamplingParams, num_workers: int,
                       gpus_per_worker: float = 0, cpus_per_worker: float = 1, chunk_size: int | None = None,
                       ) -> list[list[str]]:
     import ray
@@ -34,8 +36,9 @@ def generate_with_ray(prompts: list[str], spec: BackendSpec, params: SamplingPar
     worker_cls = _actor_class().options(num_gpus=gpus_per_worker, num_cpus=cpus_per_worker)
     actors = [worker_cls.remote(spec) for _ in range(max(1, num_workers))]
     try:
-        # Several chunks per actor, each a few batches long: balance without tiny requests.
-        chunk = chunk_size or max(spec.batch_size, len(prompts) // (4 * len(actors)) or 1)
+        # One chunk per actor: on GPU each new (rows, width) shape of a static-cache bucket costs a
+        # compile (about 30 s for a 1B model on an H200), so fewer, larger chunks beat finer balance.
+        chunk = chunk_size or max(1, -(-len(prompts) // len(actors)))
         chunks = [prompts[i:i + chunk] for i in range(0, len(prompts), chunk)]
         pool = ActorPool(actors)
         results = list(pool.map(lambda actor, c: actor.generate.remote(c, params), chunks))

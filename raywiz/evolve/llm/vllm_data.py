@@ -11,14 +11,7 @@ from __future__ import annotations
 from typing import Callable, Iterator, Sequence
 
 from raywiz.evolve.llm import LLMBackend, LLMRequest, LLMResult
-
-
-def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from raywiz.inference.vllm_backend import vllm_available
 
 
 def _sampling_params(params: dict) -> dict:
@@ -41,7 +34,7 @@ class VLLMDataBackend(LLMBackend):
 
     @classmethod
     def from_config(cls, cfg) -> "VLLMDataBackend":
-        return cls(cfg.model, cfg.batch_size, cfg.vllm_concurrency, cfg.engine_kwargs)
+        return cls(cfg.model, cfg.batch_size or 64, cfg.vllm_concurrency, cfg.engine_kwargs)
 
     def _processor(self):
         from ray.data import llm as ray_llm

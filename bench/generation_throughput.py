@@ -1,0 +1,270 @@
+"""Generation throughput: raywiz's engine against two references kept here (no Ray needed).
+
+    python bench/generation_throughput.py                    # one GPU: 164 HumanEval prompts, 512 tokens
+    python bench/generation_throughput.py --tiny             # CPU smoke run: tiny model, few prompts/tokens
+
+Compared, greedy, same model (random init, StarCoderBase-1B shape by default) and prompts:
+  raywiz                        raywiz.inference's transformers engine (static cache, compiled on GPU,
+                                length-sorted buckets). `tokens_per_s` counts the first run, compile
+                                and warm-up included (what one `raywiz eval run` pays); `warm` is a
+                                second run of the same shapes.
+  naive_hf_generate             eval's old path: HF generate, batch 8, prompts sorted by length, dynamic
+                                cache (on `--naive-prompts` evenly spaced prompts when that is set).
+  transformers_generate_batch   model.generate_batch (continuous batching, paged cache) with defaults.
+Generated tokens are counted from token ids (up to the first EOS). Greedy outputs of the first
+`--check` prompts are compared with the naive path's ids. `--serve-probe` adds 32 concurrent
+streams against the continuous-batching engine (TTFT p50/p95, aggregate tok/s). JSON goes to --out
+after every phase, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DEFAULT_DATA = "/work/shared/data/humaneval/HumanEval.jsonl.gz"
+
+
+def load_prompts(path: str, limit: int | None) -> list[str]:
+    from raywiz.data.template import format_prompt
+
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        tasks = [json.loads(line) for line in f if line.strip()]
+    # eval's default (wizardcoder) prompting: the instruction inside the training template.
+    prompts = [format_prompt("Create a Python script for this problem:\n" + t["prompt"].replace("    ", "\t"))
+               for t in tasks]
+    return prompts[:limit] if limit else prompts
+
+
+def count_generated(rows, eos_ids) -> tuple[int, list[list[int]]]:
+    out = []
+    for row in rows:
+        cut = next((k for k, t in enumerate(row) if t in eos_ids), len(row))
+        out.append(list(row[:cut]))
+    return sum(len(r) for r in out), out
+
+
+def card() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return "cpu"
+
+
+def sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_raywiz(model, tok, ids, max_new, args):
+    from raywiz.inference import SamplingParams
+    from raywiz.inference.transformers_backend import TransformersEngine
+
+    engine = TransformersEngine(model, tok, max_batch_size=args.max_batch_size, compile=getattr(args, "compile", None))
+    params = SamplingParams(max_tokens=max_new, temperature=0.0)
+    result = {}
+    for phase in ("cold", "warm"):
+        sync()
+        t = time.perf_counter()
+        out = engine.generate_ids(ids, params)
+        sync()
+        seconds = time.perf_counter() - t
+        n = sum(len(c[0].token_ids) for c in out)
+        result[phase] = dict(seconds=round(seconds, 3), generated_tokens=n, tokens_per_s=round(n / seconds, 1))
+        if phase == "cold":
+            first = [c[0].token_ids for c in out]
+            result["first_bucket_s_cold"] = round(engine.stats["compile_and_first_bucket_s"], 3)
+    result["buckets_per_run"] = engine.stats["buckets"] // 2
+    result["compile"] = engine.compile
+    result["max_batch_size"] = engine.max_batch_size
+    return dict(tokens_per_s=result["cold"]["tokens_per_s"], seconds=result["cold"]["seconds"],
+                generated_tokens=result["cold"]["generated_tokens"],
+                compile_and_warmup_s=round(result["cold"]["seconds"] - result["warm"]["seconds"], 3),
+                warm=result["warm"], details=result), first, engine
+
+
+def run_naive(model, tok, ids, max_new, eos_ids, pad_id, batch=8):
+    import torch
+
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    outputs: dict[int, list[int]] = {}
+    sync()
+    t = time.perf_counter()
+    for start in range(0, len(order), batch):
+        chunk = order[start:start + batch]
+        width = max(len(ids[i]) for i in chunk)
+        x = torch.tensor([[pad_id] * (width - len(ids[i])) + ids[i] for i in chunk], device=model.device)
+        m = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in chunk], device=model.device)
+        with torch.inference_mode():
+            g = model.generate(input_ids=x, attention_mask=m, max_new_tokens=max_new, do_sample=False,
+                               pad_token_id=pad_id, eos_token_id=eos_ids)
+        for i, row in zip(chunk, g[:, width:].tolist()):
+            outputs[i] = row
+    sync()
+    seconds = time.perf_counter() - t
+    n, rows = count_generated([outputs[i] for i in range(len(ids))], set(eos_ids))
+    return dict(tokens_per_s=round(n / seconds, 1), seconds=round(seconds, 3), generated_tokens=n,
+                prompts=len(ids), batch_size=batch), rows
+
+
+def run_generate_batch(model, ids, max_new, eos_ids, pad_id):
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=eos_ids, pad_token_id=pad_id)
+    sync()
+    t = time.perf_counter()
+    out = model.generate_batch(inputs=ids, generation_config=config, progress_bar=False)
+    sync()
+    seconds = time.perf_counter() - t
+    rows = [list(o.generated_tokens) for o in out.values()]
+    n, _ = count_generated(rows, set(eos_ids))
+    return dict(tokens_per_s=round(n / seconds, 1), seconds=round(seconds, 3), generated_tokens=n)
+
+
+async def serve_probe(engine, prompts, streams: int, max_tokens: int):
+    from raywiz.inference import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    t0 = time.perf_counter()
+    async for _ in engine.stream(prompts[0], params.with_(max_tokens=4)):  # starts the manager
+        pass
+    startup = time.perf_counter() - t0
+    ttft, tokens = [], []
+
+    async def one(p):
+        start = time.perf_counter()
+        first = None
+        n = 0
+        async for deltas in engine.stream(p, params):
+            if first is None:  # the first piece of the stream (text or finish), not the first visible text
+                first = time.perf_counter() - start
+            for d in deltas:
+                if d.finish_reason:
+                    n += d.completion_tokens
+        ttft.append(first if first is not None else time.perf_counter() - start)
+        tokens.append(n)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(one(prompts[i % len(prompts)]) for i in range(streams)))
+    seconds = time.perf_counter() - t
+    q = statistics.quantiles(ttft, n=20) if len(ttft) > 1 else ttft * 19
+    return dict(streams=streams, max_tokens=max_tokens, startup_s=round(startup, 3), seconds=round(seconds, 3),
+                generated_tokens=sum(tokens), tokens_per_s=round(sum(tokens) / seconds, 1),
+                ttft_p50_s=round(statistics.median(ttft), 3), ttft_p95_s=round(q[18], 3))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=DEFAULT_DATA, help="HumanEval.jsonl(.gz)")
+    ap.add_argument("--model", default="starcoderbase-1b-shape")
+    ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny-gpt-bigcode, 12 prompts, 16 tokens")
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--limit", type=int, default=None, help="first N prompts only")
+    ap.add_argument("--max-batch-size", type=int, default=None)
+    ap.add_argument("--naive-prompts", type=int, default=None, help="run the naive path on N evenly spaced prompts")
+    ap.add_argument("--check", type=int, default=8, help="greedy equality on the first N prompts")
+    ap.add_argument("--skip", default="", help="comma list: naive,generate_batch,serve")
+    ap.add_argument("--serve-streams", type=int, default=32)
+    ap.add_argument("--serve-max-tokens", type=int, default=128)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                  "generation_throughput.json"))
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.model, args.max_new_tokens = "tiny-gpt-bigcode", min(args.max_new_tokens, 16)
+        args.limit = args.limit or 12
+        args.serve_streams, args.serve_max_tokens = min(args.serve_streams, 4), 8
+    skip = set(filter(None, args.skip.split(",")))
+
+    import torch
+
+    from raywiz.modeling import build_model, load_tokenizer
+    from raywiz.inference.transformers_backend import eos_ids_of
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    tok = load_tokenizer(args.model)
+    t = time.perf_counter()
+    with torch.device(device):  # random init straight on the GPU (a 1B model on CPU takes long)
+        model = build_model(args.model, dtype=dtype, seed=0)
+    model.eval()
+    load_s = time.perf_counter() - t
+    prompts = load_prompts(args.data, args.limit)
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    eos_ids = eos_ids_of(model, tok)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
+    report = dict(card=card(), model=args.model, dtype=str(dtype).replace("torch.", ""), prompts=len(ids),
+                  max_new_tokens=args.max_new_tokens, greedy=True, torch=torch.__version__,
+                  transformers=__import__("transformers").__version__, model_init_s=round(load_s, 2),
+                  prompt_tokens_mean=round(statistics.mean(len(i) for i in ids), 1))
+
+    def save():
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"[{time.strftime('%H:%M:%S')}] saved: {sorted(report)}", file=sys.stderr, flush=True)
+
+    try:
+        raywiz, first_rows, engine = run_raywiz(model, tok, ids, args.max_new_tokens, args)
+    except Exception as e:  # e.g. a compile failure: say so, measure the uncompiled engine instead
+        report["raywiz_compiled_error"] = f"{type(e).__name__}: {e}"[:2000]
+        args.compile = False
+        raywiz, first_rows, engine = run_raywiz(model, tok, ids, args.max_new_tokens, args)
+    report["raywiz"] = raywiz
+    save()
+    if "naive" not in skip:
+        if args.naive_prompts and args.naive_prompts < len(ids):
+            step = len(ids) / args.naive_prompts
+            subset = sorted({int(k * step) for k in range(args.naive_prompts)} | set(range(args.check)))
+        else:
+            subset = list(range(len(ids)))
+        try:
+            naive, naive_rows = run_naive(model, tok, [ids[i] for i in subset], args.max_new_tokens, eos_ids, pad_id)
+            report["naive_hf_generate"] = naive
+            report["speedup_vs_naive"] = round(raywiz["tokens_per_s"] / naive["tokens_per_s"], 2)
+            report["speedup_vs_naive_warm"] = round(raywiz["warm"]["tokens_per_s"] / naive["tokens_per_s"], 2)
+            checks = []
+            for k, i in enumerate(subset):
+                if i >= args.check:
+                    continue
+                a, b = first_rows[i], naive_rows[k]
+                same = next((p for p, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                checks.append(dict(prompt=i, equal=a == b, common_prefix_tokens=same, tokens=len(b)))
+            report["greedy_equal_first_prompts"] = dict(all_equal=all(c["equal"] for c in checks), prompts=checks)
+        except Exception as e:  # keep the other phases' numbers
+            report["naive_hf_generate"] = dict(error=f"{type(e).__name__}: {e}")
+        save()
+    if "generate_batch" not in skip:
+        try:
+            report["transformers_generate_batch"] = run_generate_batch(model, ids, args.max_new_tokens, eos_ids, pad_id)
+            report["speedup_vs_generate_batch"] = round(
+                raywiz["tokens_per_s"] / report["transformers_generate_batch"]["tokens_per_s"], 2)
+        except Exception as e:
+            report["transformers_generate_batch"] = dict(error=f"{type(e).__name__}: {e}")
+        save()
+    if "serve" not in skip:
+        try:
+            report["serve_engine_probe"] = asyncio.run(serve_probe(engine, prompts, args.serve_streams,
+                                                                   args.serve_max_tokens))
+        except Exception as e:
+            report["serve_engine_probe"] = dict(error=f"{type(e).__name__}: {e}")
+        finally:
+            engine.close()
+        save()
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

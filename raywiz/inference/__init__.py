@@ -1,0 +1,168 @@
+"""One inference interface for evolve, eval and serve.
+
+    engine = make_engine(EngineSpec(backend="transformers", model=hf_dir))
+    completions = engine.generate(prompts, SamplingParams(n=1, max_tokens=512))  # one list per prompt
+    async for delta in engine.stream(prompt, params): ...                            # text as it comes
+
+Backends (heavy imports only for the one chosen):
+  transformers  the default, CPU and GPU. Offline batches: static-cache ``generate`` (compiled by
+                transformers on GPU) over length-sorted buckets. Streaming: transformers'
+                ContinuousBatchingManager (paged KV cache, iteration-level batching) on its own thread.
+  openai        any OpenAI-compatible endpoint through the official SDK: retries, Retry-After,
+                RPM/TPM limits, token and cost accounting.
+  vllm          vLLM's offline engine when vLLM is installed (a thin adapter).
+
+The prompt template is the checkpoint's (``hf/raywiz.json`` "template"), unless the caller names one:
+``prompt_template(model_dir, override)`` says which applies, ``apply_template`` renders it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from typing import AsyncIterator, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What to generate. temperature 0 is greedy (then n copies of one decode)."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    seed: int | None = 0
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"SamplingParams.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"SamplingParams.max_tokens must be >= 1, got {self.max_tokens}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop or ()))
+        if any(s == "" for s in self.stop):
+            raise ValueError("SamplingParams.stop: stop sequences must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def with_(self, **changes) -> "SamplingParams":
+        return replace(self, **changes)
+
+
+@dataclass
+class Completion:
+    """One generated text: the new tokens only (never the prompt), cut before a stop sequence."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "length"  # "stop" (EOS or a stop sequence) | "length"
+    prompt_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Delta:
+    """A piece of one streamed choice: text since the last delta; the last one has finish_reason."""
+
+    index: int
+    text: str = ""
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    token_ids: list[int] | None = None  # the choice's tokens, on its last delta
+
+
+class Engine(Protocol):
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]: ...
+
+    def stream(self, prompt: str | list[int], params: SamplingParams) -> AsyncIterator[list[Delta]]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything needed to build an engine anywhere (a Ray actor rebuilds it from this)."""
+
+    backend: str = "transformers"  # transformers | openai | vllm
+    model: str = ""  # model dir / hub id / tiny name, or the served model's name (openai)
+    tokenizer: str | None = None
+    dtype: str = "auto"
+    device: str | None = None
+    trust_remote_code: bool = False
+    max_batch_size: int | None = None  # offline rows per bucket (None: 256 on GPU, 16 on CPU)
+    compile: bool | None = None  # static-cache compile (None: on GPU only)
+    # openai
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    endpoint: str = "completions"  # completions | chat
+    concurrency: int = 8
+    timeout_s: float = 300.0
+    max_retries: int = 6
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    price_per_1m_input_tokens: float = 0.0
+    price_per_1m_output_tokens: float = 0.0
+    # vllm
+    tensor_parallel_size: int = 1
+
+
+def make_engine(spec: EngineSpec):
+    if spec.backend in ("transformers", "hf"):
+        from raywiz.inference.transformers_backend import TransformersEngine
+
+        return TransformersEngine.from_spec(spec)
+    if spec.backend == "openai":
+        from raywiz.inference.openai_backend import OpenAIEngine
+
+        return OpenAIEngine.from_spec(spec)
+    if spec.backend == "vllm":
+        from raywiz.inference.vllm_backend import VLLMEngine
+
+        return VLLMEngine.from_spec(spec)
+    raise ValueError(f"unknown inference backend {spec.backend!r}; expected transformers, openai or vllm")
+
+
+# ---------------------------------------------------------------- prompt templates
+
+
+def checkpoint_info(model_dir: str) -> dict:
+    """hf/raywiz.json of a raywiz checkpoint ({} for other models or unreadable files)."""
+    path = os.path.join(model_dir, "raywiz.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def prompt_template(model_dir: str, override: str | None = None) -> str | None:
+    """The template prompts are rendered with: the caller's, else the one the checkpoint trained with."""
+    return override or checkpoint_info(model_dir).get("template")
+
+
+def apply_template(instruction: str, template: str | None, tokenizer=None, custom: str | None = None) -> str:
+    """An instruction as the model was trained to see it; None leaves the text as it is."""
+    if template is None:
+        return instruction
+    from raywiz.data.template import format_prompt
+
+    return format_prompt(instruction, template=template, custom=custom, tokenizer=tokenizer)
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """(text cut before the earliest stop sequence, whether one was found)."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
