@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,12 +24,14 @@ from typing import TYPE_CHECKING
 import yaml
 
 from raywiz.config import ConfigError, apply_overrides, load_job
+from raywiz.log import get_logger, say
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
     from raywiz.config import JobConfig
 
+log = get_logger(__name__)
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 RUNTIME_ENV_FILE = "runtime_env.yaml"
 PASS_ENV_KEY = "pass_env"  # raywiz's addition to Ray's runtime_env format
@@ -164,7 +165,7 @@ def submit(job_path: str, overrides: list[str], runtime_env_path: str | None = N
     runtime_env, passed = load_runtime_env(env_file) if env_file else ({}, [])
     entrypoint = build_entrypoint(command, entrypoint_job_path(job_path, runtime_env), overrides, extra)
     if warning := storage_warning(job_path, overrides):
-        print(f"raywiz: warning: {warning}", file=sys.stderr)
+        log.warning(warning)
 
     client = job_client(address)
     submission_id = submission_id or f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -175,9 +176,9 @@ def submit(job_path: str, overrides: list[str], runtime_env_path: str | None = N
         metadata={"raywiz_run": job.name, "raywiz_command": command},
     )
     # Names only: the values of passed variables are secrets.
-    print(f"raywiz: submitted {job_id} to {resolve_address(address)}: {entrypoint}", file=sys.stderr)
+    say(f"submitted {job_id} to {resolve_address(address)}: {entrypoint}")
     if passed:
-        print(f"raywiz: passed from this environment: {', '.join(passed)}", file=sys.stderr)
+        say(f"passed from this environment: {', '.join(passed)}")
     print(job_id, flush=True)
     if not follow:
         return 0
@@ -199,7 +200,7 @@ def follow_job(client: JobSubmissionClient, job_id: str, poll_s: float = 1.0) ->
             time.sleep(poll_s)
             status = str(client.get_job_status(job_id))
     except KeyboardInterrupt:
-        print(f"\nraywiz: stopped following; the job keeps running (raywiz stop {job_id})", file=sys.stderr)
+        say(f"stopped following; the job keeps running (raywiz stop {job_id})")
         return 130
     return report_status(client, job_id)
 
@@ -209,7 +210,7 @@ def report_status(client: JobSubmissionClient, job_id: str) -> int:
     status = str(info.status)
     # The message's first line; on failure Ray appends the log tail, which was streamed already.
     message = (info.message or "").strip().splitlines()[:1]
-    print(f"raywiz: job {job_id} {status}" + (f": {message[0]}" if message else ""), file=sys.stderr)
+    say(f"job {job_id} {status}" + (f": {message[0]}" if message else ""))
     return 0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else 1
 
 
@@ -228,7 +229,7 @@ def _logs(args) -> int:
 def _stop(args) -> int:
     client = job_client(args.address)
     stopped = client.stop_job(args.job_id)
-    print(f"raywiz: {'stop requested for' if stopped else 'nothing to stop:'} {args.job_id}", file=sys.stderr)
+    say(f"{'stop requested for' if stopped else 'nothing to stop:'} {args.job_id}")
     return 0
 
 

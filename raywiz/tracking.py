@@ -28,11 +28,14 @@ import sys
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from raywiz.artifacts import check_manifest, is_remote, list_files, read_json
+from raywiz.log import get_logger
 
 if TYPE_CHECKING:  # wandb is imported lazily: `raywiz --help` stays instant
     import wandb
 
     from raywiz.config import JobConfig
+
+log = get_logger(__name__)
 
 REDACTED = "<redacted>"
 # A config key is secret when one of its words is one of these (api_key, hf_token, OPENAI_API_KEY,
@@ -180,7 +183,7 @@ def directory_artifact(name: str, type: str, path: str, metadata: dict | None = 
         # the uploaded manifest already fingerprints the content.
         art.add_reference(uri, name="files", checksum=False)
     except wandb.Error as e:  # e.g. s3:// without boto3 installed: the URI stays in the metadata
-        print(f"raywiz.tracking: {name}: reference to {uri} not recorded ({e})", file=sys.stderr)
+        log.warning("tracking: %s: reference to %s not recorded (%s)", name, uri, e)
     return art
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+
+from raywiz.log import get_logger, say
+
+log = get_logger(__name__)
 
 USAGE = """raywiz evolve JOB.yaml [--set KEY=VALUE ...]
        raywiz evolve decontam DATASET [DATASET ...] [--benchmarks humaneval,mbpp,ds1000]
@@ -43,7 +46,7 @@ def _handle(args) -> int:
     if args.job == "decontam" and not os.path.isfile(args.job):
         return _decontam(args)
     if args.datasets:
-        print(f"raywiz evolve: unexpected arguments {args.datasets}\nusage: {USAGE}", file=sys.stderr)
+        say(f"evolve: unexpected arguments {args.datasets}\nusage: {USAGE}")
         return 2
     from raywiz.config import load_job
     from raywiz.evolve.recipe import run_evolve
@@ -85,5 +88,5 @@ def _decontam(args) -> int:
     summary = {k: v for k, v in report.items() if k != "flagged"}
     print(json.dumps(summary, indent=2))
     for name, why in report["benchmarks_skipped"].items():
-        print(f"raywiz evolve decontam: skipped {name}: {why}", file=sys.stderr)
+        log.warning("evolve decontam: skipped %s: %s", name, why)
     return 1 if report["contaminated_rows"] else 0
