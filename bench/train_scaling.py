@@ -97,7 +97,7 @@ train:
   optim: {{epochs: 40, global_batch_size: 4, micro_batch_size: 2, lr: 1.0e-2, warmup_steps: 5}}
   scaling: {{num_workers: 2, use_gpu: {str(USE_GPU).lower()}, cpus_per_worker: 2}}
   checkpoint: {{every_n_steps: 10, num_to_keep: 3}}
-  trace_samples: true
+  debug: {{pid_files: true, trace_samples: true}}
   max_failures: 2
 """)
     return job
