@@ -97,7 +97,7 @@ train:
   optim: {{epochs: 40, global_batch_size: 4, micro_batch_size: 2, lr: 1.0e-2, warmup_steps: 5}}
   scaling: {{num_workers: 2, use_gpu: {str(USE_GPU).lower()}, cpus_per_worker: 2}}
   checkpoint: {{every_n_steps: 10, num_to_keep: 3}}
-  trace_samples: true
+  debug: {{pid_files: true, trace_samples: true}}
   max_failures: 2
 """)
     return job
@@ -111,7 +111,7 @@ def start(job: Path, log: Path) -> subprocess.Popen:
 
 def kill(work: str) -> dict:
     from raywiz.artifacts import RunLayout
-    from raywiz.train.recipe import read_trace
+    from tests.train.traces import read_trace
 
     tmp = Path(work) / "kill"
     tmp.mkdir(exist_ok=True)

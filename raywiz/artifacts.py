@@ -130,7 +130,8 @@ class RunLayout:
         {run}/evolve/                          instruction shards + manifest (Kind.INSTRUCTION_SHARDS)
         {run}/evolve_report/, evolve_cache/    evolve's drop report and its answered requests
         {run}/train/checkpoint_{step:08d}/     zero/, rng/, train_state.json, hf/ (Kind.TRAIN_CHECKPOINT)
-        {run}/train/metrics.jsonl, data_report.json, best_checkpoint.json, .staging/, debug/
+        {run}/train/metrics.jsonl, data_report.json, best_checkpoint.json, .staging/
+        {run}/train/workers/, trace/, profile_step_N.json   train.debug's opt-in output
         {run}/eval/{checkpoint}/{benchmark}/   samples.jsonl, results.jsonl, summary.json (Kind.EVAL_RESULTS)
         {run}/pipeline.json                    which stages finished, with what
     """
@@ -176,10 +177,16 @@ class RunLayout:
     def best_checkpoint(self) -> str:
         return join(self.train, "best_checkpoint.json")
 
-    @property
-    def debug(self) -> str:
-        """Opt-in debug output of training (worker pid files, per-step sample traces)."""
-        return join(self.train, "debug")
+    # opt-in debug output of training (train.debug)
+    def worker_pid_file(self, rank: int) -> str:
+        return join(self.train, "workers", f"rank_{rank}.json")
+
+    def trace_file(self, step: int, rank: int) -> str:
+        """The sample ids one rank trained on at one step."""
+        return join(self.train, "trace", f"step_{step:08d}.rank_{rank}.json")
+
+    def profile_file(self, step: int) -> str:
+        return join(self.train, f"profile_step_{step}.json")
 
     def checkpoint(self, step: int) -> CheckpointDir:
         return CheckpointDir(join(self.train, f"checkpoint_{step:08d}"))

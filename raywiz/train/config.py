@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -132,7 +132,8 @@ class DeepSpeedSection(_Section):
     offload_params: bool = False
     resident_params: Literal["auto", "always", "never"] = Field(
         "auto", description="stage 3: keep the (bf16) weights whole on every GPU while gradients and optimizer "
-        "state stay sharded. auto: on GPUs, when the weights take at most 10% of a GPU's memory (about 4B "
+        "state stay sharded (ZeRO-2's layout, so DeepSpeed runs it as stage 2: no per-module hooks). auto: one "
+        "worker, or on GPUs when the weights take at most 10% of a GPU's memory (about 4B "
         "parameters on 80 GB), where ZeRO-3's per-layer weight all-gathers cost more than they save "
         "(weak scaling 87% -> 93% on 2 H100s, 1B model); never: shard everything (pure ZeRO-3)")
     optimizer: Literal["auto", "adamw", "fused_adam", "cpu_adam"] = Field(
@@ -181,6 +182,18 @@ class EvaluateSection(_Section):
     timeout_s: float | None = Field(None, gt=0, description="give up on one checkpoint's evaluation after this")
 
 
+class DebugSection(_Section):
+    """Opt-in diagnostics (off by default: none of them is needed to train)."""
+
+    pid_files: bool = Field(
+        False, description="write each worker's pid to train/workers/rank_N.json (for operators and fault injection)")
+    trace_samples: bool = Field(
+        False, description="record the sample_ids of every step (to audit resume: nothing skipped or repeated)")
+    profile_step: int | None = Field(
+        None, ge=1, description="profile this optimizer step (1-based) with torch.profiler; rank 0 writes the top "
+        "host and device ops to train/profile_step_N.json")
+
+
 class TrainConfig(_Section):
     data: DataConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -191,9 +204,16 @@ class TrainConfig(_Section):
     peft: PeftConfig = Field(default_factory=PeftConfig)
     max_failures: int = Field(3, ge=-1, description="worker failures to recover from (-1: forever)")
     log_every_n_steps: int = Field(1, ge=1)
-    trace_samples: bool = Field(
-        False, description="record the sample_ids of every step (to audit resume: nothing skipped or repeated)"
-    )
+    fused_loss: Literal["auto", "liger", "chunked", "off"] = Field(
+        "auto", description="loss straight from the hidden states, never holding full-vocabulary fp32 logits. auto: "
+        "liger-kernel on GPU when installed (raywiz[gpu]), else chunked torch; off for models other than "
+        "GPT-BigCode, Llama, Qwen2. off: logits then cross-entropy")
+    debug: DebugSection = Field(default_factory=DebugSection)
+
+    @field_validator("fused_loss", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        return "off" if v is False else v  # YAML reads a bare `off` as false
 
     @model_validator(mode="after")
     def _batch_divides(self):

@@ -53,27 +53,20 @@ def resolve_data_files(job: JobConfig) -> list[str]:
 
 def make_plan(job: JobConfig, n_packed_rows: int) -> dict:
     """Steps per epoch and in total, from the packed row count and the batch geometry."""
+    from dataclasses import asdict
+
     from raywiz.modeling import count_parameters, model_config
+    from raywiz.train.recipe import step_plan
 
     tc = job.train
-    rows_per_worker = n_packed_rows // tc.scaling.num_workers
-    steps_per_epoch = rows_per_worker // (tc.optim.micro_batch_size * tc.grad_accum_steps)
-    if steps_per_epoch == 0:
+    config = model_config(job.model.name_or_path, job.model.trust_remote_code, job.model.revision)
+    plan = step_plan(n_packed_rows, tc, count_parameters(config))
+    if plan.steps_per_epoch == 0:
         raise ConfigError(
             f"train.optim.global_batch_size: the data packs into {n_packed_rows} rows of "
             f"{tc.data.max_length} tokens, fewer than one global batch ({tc.optim.global_batch_size} rows); "
             "lower the batch size or add data")
-    total = steps_per_epoch * tc.optim.epochs
-    if tc.optim.max_steps:
-        total = min(total, tc.optim.max_steps)
-    config = model_config(job.model.name_or_path, job.model.trust_remote_code, job.model.revision)
-    return {
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total,
-        "rows_per_step": tc.optim.global_batch_size,
-        "rows_dropped_per_epoch": n_packed_rows - steps_per_epoch * tc.optim.global_batch_size,
-        "n_params": count_parameters(config),
-    }
+    return asdict(plan)
 
 
 def scaling_config(job: JobConfig, use_gpu: bool):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from raywiz.log import Progress, format_eta
+from raywiz.log import Progress
 
 POLL_S = 0.5
 
@@ -114,5 +114,3 @@ class TrainProgress:
                 continue
             self.display.update(done=record["step"], detail=describe(record), eta_s=record.get("eta_s"))
 
-
-__all__ = ["ProgressBoard", "TrainProgress", "describe", "format_eta"]

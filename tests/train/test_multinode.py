@@ -37,6 +37,7 @@ train:
   optim: {{epochs: 1, max_steps: 4, global_batch_size: 4, micro_batch_size: 1, warmup_steps: 1}}
   scaling: {{num_workers: 2, placement_strategy: STRICT_SPREAD, worker_start_timeout_s: 300, nccl_timeout_s: 600}}
   checkpoint: {{every_n_steps: 2}}
+  debug: {{pid_files: true}}
 """)
     cluster = LocalRayCluster(head={"num_cpus": 2}, workers=[{"num_cpus": 2}], auth=False)
     with cluster:

@@ -50,7 +50,7 @@ train:
   optim: {{epochs: 40, global_batch_size: 2, micro_batch_size: 1, lr: 1.0e-2, warmup_steps: 5}}
   scaling: {{num_workers: 2}}
   checkpoint: {{every_n_steps: {CKPT_EVERY}, num_to_keep: 3}}
-  trace_samples: true
+  debug: {{pid_files: true, trace_samples: true}}
   max_failures: {max_failures}
   evaluate: {{enabled: {str(evaluate).lower()}}}
 """ + (EVALUATE if evaluate else ""))
@@ -86,7 +86,7 @@ def _wait_for_step(train_dir: Path, step: int, proc: subprocess.Popen, registere
 
 
 def _read_trace(train_dir: Path) -> dict[int, list[str]]:
-    from raywiz.train.recipe import read_trace
+    from tests.train.traces import read_trace
 
     return read_trace(str(train_dir))
 
