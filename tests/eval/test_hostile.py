@@ -434,3 +434,63 @@ def _running(name: str) -> int:
         comm, _, rest = stat.partition(b") ")
         count += comm.split(b"(", 1)[-1] == name.encode() and not rest.startswith(b"Z")
     return count
+
+
+# ----------------------------------------------------------------------------- bad input files
+
+
+def score_cli(*args) -> int:
+    from raywiz.cli import main
+
+    return main(["eval", "score", "--benchmark", "humaneval", "--partial", *map(str, args)])
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"task_id": "HumanEval/0", "completion": "x"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", ":2: JSON nested too deep"),
+    (b'{"task_id": "HumanEval/0", "completion": "x"}\n\x89PNG\r\n\x1a\n\x00\x00\xff\xfe\n', ":2: not UTF-8"),
+    (b'{"task_id": "HumanEval/0", "completion": "    return \\ud800\\n"}\n', ":1: a string holds a lone surrogate"),
+    (b"", "no samples"),
+], ids=["deep", "binary", "surrogate", "empty"])
+def test_bad_samples_files_exit_2_naming_the_line(tmp_path, capsys, have_shared_data, content, message):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_bytes(content)
+    assert score_cli(samples) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(samples) in err and "Traceback" not in err
+
+
+def test_unwritable_out_is_found_before_scoring_and_a_rerun_resumes(tmp_path, capsys, have_shared_data):
+    samples = tmp_path / "samples.jsonl"
+    rows = [{"task_id": "HumanEval/0", "completion": "    return True\n"},
+            {"task_id": "HumanEval/0", "completion": "    return False\n"}]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert score_cli(samples, "--out", blocked / "out") == 2
+    assert "not writable" in capsys.readouterr().err
+    # An interrupted run left sample 0's verdict: the rerun keeps it and scores only sample 1.
+    from raywiz.eval.cli import _sample_key
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.partial.jsonl").write_text(json.dumps(
+        {"_index": 0, "_key": _sample_key({**rows[0], "task_id": "HumanEval/0"}), "task_id": "HumanEval/0",
+         "passed": False, "result": "failed: kept from the earlier run"}) + "\n" + '{"_index": 1, "_ke')
+    assert score_cli(samples, "--out", out, "--json") == 0
+    results = [json.loads(line) for line in open(out / "results.jsonl")]
+    assert results[0]["result"] == "failed: kept from the earlier run"
+    assert results[1]["result"].startswith("failed") and results[1]["result"] != results[0]["result"]
+    assert not (out / "results.partial.jsonl").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"name: demo\nstorage: /tmp/x\nname: other\n", "job.yaml:3: not valid YAML: duplicate key 'name'"),
+    (b"name: demo\n# caf\xe9\n", "job.yaml:2: not UTF-8 text"),
+], ids=["duplicate-key", "latin-1"])
+def test_bad_job_yaml_is_an_error_naming_the_line(tmp_path, content, message):
+    from raywiz.config import ConfigError, load_job
+
+    path = tmp_path / "job.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_job(path)
