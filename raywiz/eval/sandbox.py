@@ -667,14 +667,14 @@ class CandidateSession:
             record = json.loads(first)
             if not isinstance(record, dict) or record.get("event") != "isolation":
                 raise ValueError(record)
-        except CandidateTimeout:
-            self._die("the sandbox did not start in time")
-            raise CandidateDied(self.dead) from None
-        except (ValueError, RecursionError):
-            self._die("the sandbox did not start")
-            raise CandidateDied(self.dead) from None
-        self.isolation = record
-        self._proc.read_control()
+            self.isolation = record
+            self._proc.read_control()
+        except BaseException as e:
+            reason = "the sandbox did not start in time" if isinstance(e, CandidateTimeout) else (
+                str(e) if isinstance(e, CandidateDied) else "the sandbox did not start")
+            self._die(reason)
+            self.close()
+            raise CandidateDied(reason) from None
 
     # -- plumbing
 
@@ -759,19 +759,22 @@ class CandidateSession:
 
     # -- the API
 
-    def exec(self, code: str, timeout_s: float) -> dict[str, bool]:
-        """Run the candidate's program in fresh globals; its names (True: callable)."""
+    def exec(self, code: str, timeout_s: float) -> dict[str, str]:
+        """Run the candidate's program in fresh globals; its names: "f" (callable), "v" (other value),
+        "m:NAME" (a module)."""
         reply = self._request({"op": "exec", "code": code}, timeout_s)
         if reply[0] == "exc" and len(reply) == 3:
             raise _exception(reply[1], reply[2] if isinstance(reply[2], str) else "")
         if reply[0] != "ok" or len(reply) != 2 or not isinstance(reply[1], dict):
             raise CandidateDied("the sample broke the reply protocol")
-        return {k: bool(v) for k, v in reply[1].items() if isinstance(k, str)}
+        return {k: v for k, v in reply[1].items() if isinstance(k, str) and isinstance(v, str)}
 
-    def call(self, name: str, args: list, timeout_s: float):
-        """The candidate's `name(*args)`: its plain result; mutations of `args` are copied back."""
-        encoded = self._codec.encode(list(args))
-        reply = self._request({"op": "call", "name": name, "args": encoded}, timeout_s)
+    def call(self, name: str, args: list, timeout_s: float, kwargs: dict | None = None):
+        """The candidate's `name(*args, **kwargs)`: its plain result; mutations of `args` are copied back."""
+        request = {"op": "call", "name": name, "args": self._codec.encode(list(args))}
+        if kwargs:
+            request["kwargs"] = self._codec.encode(dict(kwargs))
+        reply = self._request(request, timeout_s)
         if reply[0] == "exc" and len(reply) == 3:
             raise _exception(reply[1], reply[2] if isinstance(reply[2], str) else "")
         if reply[0] == "bad":

@@ -724,6 +724,16 @@ def _safe_str(e: BaseException) -> str:
         return ""
 
 
+def _kind(value) -> str:
+    """How the evaluator may stand in for a global: "m:NAME" a module (it imports its own copy),
+    "f" a callable (called here), "v" anything else (passed by reference)."""
+    import types
+
+    if isinstance(value, types.ModuleType):
+        return f"m:{getattr(value, '__name__', '')}"
+    return "f" if callable(value) else "v"
+
+
 def run_serve(job: dict) -> None:
     """The candidate as a server: requests and replies are msgpack frames (see CandidateSession).
 
@@ -748,13 +758,13 @@ def run_serve(job: dict) -> None:
                 env = {}
                 with swallow_io():
                     exec(compile(req["code"], "<sample>", "exec"), env)
-                names = {k: bool(callable(v)) for k, v in list(env.items())
-                         if type(k) is str and not k.startswith("__")}
+                names = {k: _kind(v) for k, v in list(env.items()) if type(k) is str and not k.startswith("__")}
                 reply = ["ok", names]
             else:
                 args = decode(req["args"], refs=env)
+                kwargs = decode(req["kwargs"], refs=env) if req.get("kwargs") else {}
                 with swallow_io():
-                    out = env[req["name"]](*args)
+                    out = env[req["name"]](*args, **kwargs)
                 after = []
                 for a in args:  # arguments the call may have mutated; None: not plain, not copied back
                     try:
