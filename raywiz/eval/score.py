@@ -269,6 +269,11 @@ def _check_evalplus(task: Task, code: str, settings: ScoreSettings, payloads: _E
     session: CandidateSession | None = None
     try:
         for phase in ("base", "plus"):
+            if status.get("base") == TIMEOUT:
+                # The same program hung in base (often at import): plus would only hang again, as
+                # it did when one process ran both phases; evalplus reports it as timed out too.
+                status[phase] = TIMEOUT
+                continue
             if session is None or session.dead is not None:
                 if session is not None:
                     session.close()
