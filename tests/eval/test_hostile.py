@@ -18,6 +18,7 @@ from raywiz.eval.sandbox import (CandidateSession, SandboxSettings, descendants_
                                  run_program, sandbox_root)
 from raywiz.eval.score import ScoreSettings, _check_program, check_completion, score_samples
 
+pytestmark = pytest.mark.slow  # about a minute: ~60 sandboxed processes, a few subprocess evaluators
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SANDBOX = SandboxSettings(memory_mb=512, max_processes=8)
 SETTINGS = ScoreSettings(sandbox=SANDBOX, workers=1, humaneval_timeout_s=1.0)
