@@ -167,17 +167,42 @@ def parse_job(data: Any, source: str = "<job>", overrides: list[str] | None = No
         raise ConfigError(_format_errors(e, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (not the last one wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+            except TypeError:
+                pass  # an unhashable key: the base class reports it
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> JobConfig:
     """Read a YAML job file, apply overrides, validate. Raises ConfigError naming file and field."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: job file not found")
+    raw = p.read_bytes()
     try:
-        data = yaml.safe_load(p.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark else str(p)
         raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: not valid YAML: nested too deep") from None
     job = parse_job(data, str(p), overrides)
     # Relative local paths in a job file are relative to the file, so jobs run from any directory.
     job_dir = p.resolve().parent

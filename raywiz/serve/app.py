@@ -27,7 +27,7 @@ from raywiz.log import get_logger, say
 from raywiz.serve.checkpoints import resolve_target, verify
 from raywiz.serve.config import ServeConfig
 from raywiz.serve.openai_api import build_api
-from raywiz.serve.page import build_page_routers
+from raywiz.serve.page import CheckPolicy, build_page_routers
 from raywiz.serve.service import ModelService, ServiceSettings
 from raywiz.serve.tasks import TaskCatalog
 
@@ -49,7 +49,8 @@ class ModelServer:
     def __serve_build_asgi_app__(self):
         cfg = self.settings.serve
         catalog = TaskCatalog(cfg.benchmarks)
-        api_routes, page = build_page_routers(self.service, catalog, cfg.limits.max_request_bytes)
+        api_routes, page = build_page_routers(self.service, catalog, cfg.limits.max_request_bytes,
+                                              CheckPolicy.from_config(cfg, self.api_key))
         return build_api(self.service, cfg.limits, self.api_key, extra_routers=[api_routes], public_routers=[page])
 
     async def reconfigure(self, user_config: dict) -> None:

@@ -51,6 +51,17 @@ class ServeConfig(_Section):
         "request needs `Authorization: Bearer <token>` (the token itself never goes in the YAML)",
     )
 
+    # Who may run code through the page's /api/check (see raywiz.serve.page.CheckPolicy).
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host header names accepted besides loopback and `host` (DNS rebinding "
+        "guard): list the names clients use when `host` is 0.0.0.0")
+    check_allowed_origins: list[str] = Field(
+        default_factory=list, description="web origins besides the page's own that may post checks, e.g. "
+        "https://lab.example:8443")
+    checks_per_client: int = Field(2, ge=1, description="checks one client may have running at once (429 beyond)")
+    check_workers: int = Field(2, ge=1, description="checks run at once; they have their own threads, so slow "
+                               "ones never hold up /v1 or /api/status")
+
     # Replicas and what each holds.
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(1, gt=0, description="CPUs per replica")

@@ -3,12 +3,23 @@
 The page itself (web/index.html) is static and talks to the same OpenAI routes any client uses,
 so what it shows is what the API serves. The /api routes add what OpenAI's API has no words for:
 the run's checkpoints and their state, benchmark tasks, and running a task's tests.
+
+/api/check runs code, so it is not for any web page that can reach the port (CheckPolicy): JSON
+bodies only (no CORS-free form or text/plain posts), the Host must be this server (no DNS
+rebinding), a browser's Origin must be this page's or allowed, a bearer token is required once
+serve listens beyond loopback, each client has at most a few checks running, and checks run in a
+pool of their own so that slow ones never hold up /v1 or the other /api routes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
@@ -31,11 +42,103 @@ class CheckRequest(BaseModel):
     model: str | None = None  # whose prompt produced the completion (decides how it is read)
 
 
-def build_page_routers(service: ModelService, catalog: TaskCatalog, max_request_bytes: int
-                       ) -> tuple[APIRouter, APIRouter]:
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class CheckPolicy:
+    """Who may run code through /api/check, and how much at once (from ServeConfig)."""
+
+    bind_host: str = "127.0.0.1"
+    has_token: bool = False
+    allowed_origins: list[str] = field(default_factory=list)  # e.g. "https://lab.example:8443"
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names besides loopback and bind_host
+    per_client: int = 2
+    workers: int = 2
+    queue: int = 8  # checks waiting for a worker, all clients together
+
+    @classmethod
+    def from_config(cls, cfg, api_key: str | None) -> "CheckPolicy":
+        return cls(bind_host=cfg.host, has_token=bool(api_key), allowed_origins=list(cfg.check_allowed_origins),
+                   allowed_hosts=list(cfg.allowed_hosts), per_client=cfg.checks_per_client,
+                   workers=cfg.check_workers)
+
+    def hosts(self) -> set[str]:
+        names = {*LOOPBACK_NAMES, *(h.lower() for h in self.allowed_hosts)}
+        if self.bind_host not in ("0.0.0.0", "::", ""):
+            names.add(self.bind_host.lower())
+        return names
+
+
+class CheckGate:
+    """Enforces a CheckPolicy on each /api/check request and runs the checks in its own pool."""
+
+    def __init__(self, policy: CheckPolicy):
+        self.policy = policy
+        self.pool = ThreadPoolExecutor(max_workers=max(1, policy.workers), thread_name_prefix="raywiz-check")
+        self._lock = threading.Lock()
+        self._per_client: dict[str, int] = {}
+        self._in_flight = 0
+
+    def admit(self, request: Request) -> None:
+        p = self.policy
+        host_header = request.headers.get("host", "")
+        host = (urlsplit(f"//{host_header}").hostname or "").lower()
+        if host not in p.hosts():
+            raise ApiError(403, f"Host {host_header!r} is not this server (add it to serve.allowed_hosts)",
+                           type="permission_error", code="host_not_allowed")
+        origin = request.headers.get("origin")
+        if origin is not None:
+            parts = urlsplit(origin)
+            same = parts.scheme in ("http", "https") and parts.netloc.lower() == host_header.lower()
+            if not same and origin.rstrip("/") not in [o.rstrip("/") for o in p.allowed_origins]:
+                raise ApiError(403, f"Origin {origin!r} may not run checks (add it to serve.check_allowed_origins)",
+                               type="permission_error", code="origin_not_allowed")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise ApiError(415, "send the check as JSON (Content-Type: application/json)",
+                           type="invalid_request_error", code="unsupported_media_type")
+        if not is_loopback(p.bind_host) and not p.has_token:
+            raise ApiError(403, "serve listens beyond loopback without a bearer token: checks run code, so set "
+                           "serve.api_key_env to enable them", type="permission_error", code="token_required")
+
+    def acquire(self, client: str) -> None:
+        p = self.policy
+        with self._lock:
+            if self._per_client.get(client, 0) >= p.per_client:
+                raise ApiError(429, f"at most {p.per_client} checks at once per client", type="rate_limit_error",
+                               code="too_many_checks")
+            if self._in_flight >= p.workers + p.queue:
+                raise ApiError(429, "the server is busy with other checks; retry shortly", type="rate_limit_error",
+                               code="checks_busy")
+            self._per_client[client] = self._per_client.get(client, 0) + 1
+            self._in_flight += 1
+
+    def release(self, client: str) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            left = self._per_client.get(client, 1) - 1
+            if left:
+                self._per_client[client] = left
+            else:
+                self._per_client.pop(client, None)
+
+
+def build_page_routers(service: ModelService, catalog: TaskCatalog, max_request_bytes: int,
+                       check_policy: CheckPolicy | None = None) -> tuple[APIRouter, APIRouter]:
     """(protected /api routes, the public page)."""
     api = APIRouter(prefix="/api")
     public = APIRouter()
+    gate = CheckGate(check_policy or CheckPolicy())
 
     @public.get("/", response_class=HTMLResponse)
     async def page():
@@ -71,17 +174,25 @@ def build_page_routers(service: ModelService, catalog: TaskCatalog, max_request_
 
     @api.post("/check")
     async def check(request: Request):
+        gate.admit(request)
         req = await read_body(request, CheckRequest, max_request_bytes)
         item = await _run(catalog.get, req.benchmark, req.task_id, what="task")
         code = catalog.completion_for(req.completion, await _template_of(req.model))
-        verdict = await _run(catalog.check, req.benchmark, item, code, what="check")
+        client = request.client.host if request.client else "?"
+        gate.acquire(client)
+        try:
+            verdict = await _run(catalog.check, req.benchmark, item, code, what="check", pool=gate.pool)
+        finally:
+            gate.release(client)
         return {**verdict, "code": code}
 
     async def _template_of(model: str | None) -> str | None:
         return await asyncio.to_thread(service.template_of, model)
 
-    async def _run(fn, *args, what: str):
+    async def _run(fn, *args, what: str, pool: ThreadPoolExecutor | None = None):
         try:
+            if pool is not None:
+                return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
             return await asyncio.to_thread(fn, *args)
         except TasksUnavailable as e:
             raise ApiError(501, str(e), type="not_implemented", code="eval_unavailable") from None

@@ -185,15 +185,16 @@ def test_per_input_limits_count_own_time_not_waiting_for_a_cpu():
 
 
 def test_memory_cap_counts_the_sample_not_the_expected_outputs_it_is_checked_against():
-    """The sandbox's address-space cap applies to what the sample allocates, on top of the expected
-    outputs the harness holds (Mbpp/255's are ~1.3 GB). evalplus caps its whole checker process,
-    which then fails the canonical Mbpp/255, and Mbpp/392 after it in the same pool worker."""
+    """The sandbox's address-space cap applies to what the sample allocates (its output and that
+    output's encoding for the trip back), never to the expected outputs, which stay in the evaluator
+    (Mbpp/255's are ~1.3 GB). evalplus caps its whole checker process, which then fails the canonical
+    Mbpp/255, and Mbpp/392 after it in the same pool worker."""
     big = "def big(n):\n    return 'x' * n\n"
-    n = 120 << 20
+    n = 16 << 20  # the output, its encoding (msgpack buffers grow by doubling), the interpreter: under 160 MB
     task = Task(benchmark="humaneval+", task_id="Synthetic/big", prompt="", solution=big, entry_point="big",
                 base_input=[[n]], plus_input=[[1]])
     settings = ScoreSettings(sandbox=SandboxSettings(memory_mb=160), workers=1)
     assert check_completion("humaneval+", task, solution=big, settings=settings).passed
     hungry = big.replace("return 'x' * n", "keep = bytearray(200 << 20)\n    return 'x' * n")
     verdict = check_completion("humaneval+", task, solution=hungry, settings=settings)
-    assert not verdict.base_passed, verdict.result  # 120 MB + 200 MB > 160 MB: the cap still bites
+    assert not verdict.base_passed, verdict.result  # 16 MB + 200 MB > 160 MB: the cap still bites

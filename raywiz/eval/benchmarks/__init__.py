@@ -63,16 +63,24 @@ def canonical_name(name: str) -> str:
 
 
 def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-    """(line number, record) for each non-blank line of a .jsonl or .jsonl.gz file."""
+    """(line number, record) for each non-blank line of a .jsonl or .jsonl.gz file. Bad input (not
+    UTF-8, not JSON, nested too deep, not an object) is a ValueError naming file:line."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1}); is this a JSONL file?") from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
+            except RecursionError:
+                raise ValueError(f"{path}:{lineno}: JSON nested too deep") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             yield lineno, record
