@@ -6,10 +6,9 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import tempfile
 
-from raywiz.log import say
+from raywiz.log import Progress, say
 
 
 def register(subparsers) -> None:
@@ -90,9 +89,11 @@ def _score(args: argparse.Namespace) -> int:
                                  ensure_ascii=False) + "\n")
         partial.flush()
 
+    display = Progress(f"eval {benchmark}", len(samples), unit="sample", every=max(1, len(samples) // 10),
+                       enabled=not args.json)
+
     def progress(done: int, total: int) -> None:
-        if not args.json and (done == total or done % 50 == 0):
-            print(f"\rscored {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+        display.update(done=done)
 
     try:
         verdicts = score_samples(benchmark, tasks, samples, settings, progress=progress, allow_partial=args.partial,
@@ -101,6 +102,7 @@ def _score(args: argparse.Namespace) -> int:
         raise ConfigError(str(e)) from None
     finally:
         partial.close()
+        display.close()
     summary = summarize(benchmark, samples, verdicts, ks, samples_file=os.path.abspath(args.samples))
     write_jsonl(os.path.join(out_dir, f"{prefix}results.jsonl"), result_rows(samples, verdicts))
     write_json_atomic(os.path.join(out_dir, f"{prefix}summary.json"), summary)
