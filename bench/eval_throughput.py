@@ -36,9 +36,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from raywiz.eval.benchmarks import load_tasks  # noqa: E402
-from raywiz.eval.benchmarks.sources import locate  # noqa: E402
-from raywiz.eval.score import ScoreSettings, score_samples  # noqa: E402
+from raywiz.benchmarks import load_tasks  # noqa: E402
+from raywiz.benchmarks.sources import locate  # noqa: E402
+from raywiz.benchmarks.score import ScoreSettings, score_samples  # noqa: E402
 
 EVALPLUS_NAME = {"humaneval+": "humaneval", "mbpp+": "mbpp"}
 OVERRIDE_ENV = {"humaneval+": "HUMANEVAL_OVERRIDE_PATH", "mbpp+": "MBPP_OVERRIDE_PATH"}

@@ -9,7 +9,7 @@ The data directory is ``$RAYWIZ_DATA_DIR``, else ``data/`` in raywiz's cache (``
 ``FILES`` (``humaneval/HumanEval.jsonl.gz``, ``k8s/crds/ray.io_rayjobs.yaml.gz``, ...), the layout of
 the shared/ folder the project's CI gets, so ``--from`` takes such a folder as it is.
 
-Eval finds its benchmark files here (raywiz.eval.benchmarks.sources), and so do the tests: a test
+Eval finds its benchmark files here (raywiz.benchmarks.sources), and so do the tests: a test
 that needs a file skips, naming ``raywiz data fetch``, when it is missing.
 """
 

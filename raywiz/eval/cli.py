@@ -51,12 +51,12 @@ def _parse_k(text: str) -> list[int]:
 
 def _score(args: argparse.Namespace) -> int:
     from raywiz.config import ConfigError
-    from raywiz.eval.benchmarks import canonical_name, load_tasks
-    from raywiz.eval.benchmarks.sources import DataNotFound
+    from raywiz.benchmarks import canonical_name, load_tasks
+    from raywiz.benchmarks.sources import DataNotFound
     from raywiz.eval.config import EvalConfig
     from raywiz.eval.report import format_table, summarize, write_jsonl, result_rows
     from raywiz.artifacts import write_json_atomic
-    from raywiz.eval.score import read_samples, score_samples
+    from raywiz.benchmarks.score import read_samples, score_samples
 
     try:
         benchmark = canonical_name(args.benchmark)
@@ -134,7 +134,7 @@ def _sample_key(sample: dict) -> str:
 
 def _read_partial(path: str, samples: list[dict]) -> dict:
     """Verdicts an interrupted run saved, for the samples that are still the same (index and content)."""
-    from raywiz.eval.score import Verdict
+    from raywiz.benchmarks.score import Verdict
 
     done: dict = {}
     if not os.path.exists(path):

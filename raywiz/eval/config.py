@@ -118,7 +118,7 @@ class EvalConfig(_Section):
     @field_validator("benchmarks")
     @classmethod
     def _known_benchmarks(cls, v: list[str]) -> list[str]:
-        from raywiz.eval.benchmarks import canonical_name
+        from raywiz.benchmarks import canonical_name
 
         out = []
         for name in v:
@@ -133,7 +133,7 @@ class EvalConfig(_Section):
     @field_validator("data")
     @classmethod
     def _data_keys(cls, v: dict[str, str]) -> dict[str, str]:
-        from raywiz.eval.benchmarks import canonical_name
+        from raywiz.benchmarks import canonical_name
 
         return {canonical_name(k): p for k, p in v.items()}
 
@@ -151,9 +151,9 @@ class EvalConfig(_Section):
             self.output_dir = fix(self.output_dir)
 
     def score_settings(self):
-        """The scorer's settings (raywiz.eval.score.ScoreSettings) from this section."""
-        from raywiz.eval.sandbox import SandboxSettings
-        from raywiz.eval.score import ScoreSettings
+        """The scorer's settings (raywiz.benchmarks.score.ScoreSettings) from this section."""
+        from raywiz.benchmarks.sandbox import SandboxSettings
+        from raywiz.benchmarks.score import ScoreSettings
 
         s = self.sandbox
         return ScoreSettings(

@@ -23,13 +23,13 @@ from typing import Any
 
 from raywiz.artifacts import (CheckpointDir, Kind, RunLayout, check_manifest, checkpoint_of, join, read_json,
                               write_bytes_atomic, write_manifest)
-from raywiz.eval.benchmarks import Task, load_tasks, read_jsonl
+from raywiz.benchmarks import Task, load_tasks, read_jsonl
 from raywiz.eval.config import EvalConfig
 from raywiz.eval.generation import generate_texts
-from raywiz.eval.postprocess import postprocess
-from raywiz.eval.prompts import build_prompt, default_stop, instruction_for
+from raywiz.benchmarks.postprocess import postprocess
+from raywiz.benchmarks.prompts import build_prompt, default_stop, instruction_for
 from raywiz.eval.report import format_table, plot_pass_at_1, summarize, task_rows, write_jsonl, write_outputs
-from raywiz.eval.score import read_samples, score_samples
+from raywiz.benchmarks.score import read_samples, score_samples
 from raywiz.inference import EngineSpec, SamplingParams, checkpoint_info, make_engine
 from raywiz.log import get_logger, say
 from raywiz.runtime import init_ray

@@ -8,8 +8,8 @@ from collections import Counter
 from typing import Iterable
 
 from raywiz.artifacts import write_bytes_atomic, write_json_atomic
-from raywiz.eval.passk import pass_at_k_table
-from raywiz.eval.score import Verdict, correct_by_task
+from raywiz.benchmarks.passk import pass_at_k_table
+from raywiz.benchmarks.score import Verdict, correct_by_task
 
 PLUS_BENCHMARKS = ("humaneval+", "mbpp+")
 

@@ -52,7 +52,7 @@ def ngrams(toks: Sequence[str], n: int) -> set[tuple[str, ...]]:
 
 
 def references_from_tasks(benchmark: str, tasks: Iterable) -> list[ReferenceText]:
-    """Prompts and reference solutions of benchmark tasks (raywiz.eval.benchmarks.Task objects)."""
+    """Prompts and reference solutions of benchmark tasks (raywiz.benchmarks.Task objects)."""
     refs = []
     for task in tasks:
         for name in ("prompt", "solution"):
@@ -64,10 +64,10 @@ def references_from_tasks(benchmark: str, tasks: Iterable) -> list[ReferenceText
 
 def load_references(benchmarks: Sequence[str], data_paths: dict[str, str] | None = None,
                     on_missing: str = "warn") -> tuple[list[ReferenceText], dict[str, str]]:
-    """Benchmark texts via raywiz.eval.benchmarks.load_tasks; returns (texts, {skipped benchmark: why})."""
+    """Benchmark texts via raywiz.benchmarks.load_tasks; returns (texts, {skipped benchmark: why})."""
     refs: list[ReferenceText] = []
     skipped: dict[str, str] = {}
-    from raywiz.eval.benchmarks import load_tasks
+    from raywiz.benchmarks import load_tasks
 
     for name in benchmarks:
         try:

@@ -1,8 +1,8 @@
 """Benchmark tasks for the evaluation page: pick a HumanEval/MBPP task, prompt a model, test its answer.
 
 Task loading, prompts, post-processing and test execution belong to the eval stage
-(raywiz.eval.benchmarks.load_tasks, raywiz.eval.prompts, raywiz.eval.postprocess and
-raywiz.eval.score.check_completion, which runs the code in the eval sandbox), so the page's verdict
+(raywiz.benchmarks.load_tasks, raywiz.benchmarks.prompts, raywiz.benchmarks.postprocess and
+raywiz.benchmarks.score.check_completion, which runs the code in the eval sandbox), so the page's verdict
 is `raywiz eval`'s for the same model and task; this module only adapts them to the page and never
 runs generated code itself. When a benchmark's data is missing, the page says so (HTTP 501) and
 the rest of serve works as before.
@@ -13,10 +13,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from raywiz.eval.benchmarks import load_tasks
-from raywiz.eval.postprocess import postprocess
-from raywiz.eval.prompts import build_prompt, default_stop
-from raywiz.eval.score import check_completion
+from raywiz.benchmarks import load_tasks
+from raywiz.benchmarks.postprocess import postprocess
+from raywiz.benchmarks.prompts import build_prompt, default_stop
+from raywiz.benchmarks.score import check_completion
 from raywiz.serve.prompts import INSTRUCTION_TEMPLATES
 
 
@@ -58,13 +58,13 @@ class TaskCatalog:
 
     @staticmethod
     def model_prompt(task: Any, template: str | None) -> tuple[str, list[str]]:
-        """(prompt, stop sequences), exactly as `raywiz eval` builds them (raywiz.eval.prompts)."""
+        """(prompt, stop sequences), exactly as `raywiz eval` builds them (raywiz.benchmarks.prompts)."""
         style = prompt_style(template)
         return build_prompt(task, style), default_stop(style)
 
     @staticmethod
     def completion_for(text: str, template: str | None, task: Any = None) -> str:
-        """What the tests run, post-processed as `raywiz eval` does (raywiz.eval.postprocess, WizardCoder's
+        """What the tests run, post-processed as `raywiz eval` does (raywiz.benchmarks.postprocess, WizardCoder's
         method). Without the task, HumanEval's rules apply (the page's main benchmark)."""
         benchmark = getattr(task, "benchmark", None) or "humaneval"
         return postprocess(text, benchmark, "wizardcoder", getattr(task, "entry_point", None),

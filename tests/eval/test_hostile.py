@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from raywiz.eval.benchmarks import Task, load_tasks
-from raywiz.eval.sandbox import (CandidateSession, SandboxSettings, descendants_cpu_s, remove_stale_sandbox_dirs,
+from raywiz.benchmarks import Task, load_tasks
+from raywiz.benchmarks.sandbox import (CandidateSession, SandboxSettings, descendants_cpu_s, remove_stale_sandbox_dirs,
                                  run_program, sandbox_root)
-from raywiz.eval.score import ScoreSettings, _check_program, check_completion, score_samples
+from raywiz.benchmarks.score import ScoreSettings, _check_program, check_completion, score_samples
 
 pytestmark = pytest.mark.slow  # about a minute: ~60 sandboxed processes, a few subprocess evaluators
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -353,7 +353,7 @@ def test_a_normal_users_files_are_protected(tmp_path):
     script = textwrap.dedent(f"""
         import json, sys
         sys.path.insert(0, {REPO!r})
-        from raywiz.eval.sandbox import SandboxSettings, probe_isolation, run_program
+        from raywiz.benchmarks.sandbox import SandboxSettings, probe_isolation, run_program
         settings = SandboxSettings(memory_mb=512)
         code = "open({str(bashrc)!r}, 'a').write('pwned\\\\n')"
         run = run_program(code, 2.0, settings, guard=False)
@@ -371,7 +371,7 @@ def test_a_normal_users_files_are_protected(tmp_path):
 
 
 def test_without_isolation_it_refuses_unless_told(monkeypatch):
-    from raywiz.eval import sandbox
+    from raywiz.benchmarks import sandbox
 
     monkeypatch.setitem(sandbox._PROBES, SandboxSettings(landlock=False, run_as_uid=None), {"works": True, "isolated": False})
     monkeypatch.delenv(sandbox.ALLOW_UNISOLATED_ENV, raising=False)
@@ -398,7 +398,7 @@ def test_killing_the_evaluator_kills_its_samples_and_the_next_one_cleans_up(tmp_
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {REPO!r})
-        from raywiz.eval.sandbox import CandidateSession, SandboxSettings
+        from raywiz.benchmarks.sandbox import CandidateSession, SandboxSettings
         s = CandidateSession(SandboxSettings(memory_mb=256))
         s.exec({candidate!r}, 10)
         print(s.workdir, flush=True)

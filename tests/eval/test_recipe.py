@@ -11,8 +11,8 @@ import pytest
 
 from raywiz.artifacts import check_manifest, write_manifest
 from raywiz.config import parse_job
-from raywiz.eval.benchmarks import load_tasks
-from raywiz.eval.prompts import build_prompt
+from raywiz.benchmarks import load_tasks
+from raywiz.benchmarks.prompts import build_prompt
 from tests.ops.wandb_offline import find_runs
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from raywiz.eval.benchmarks import load_tasks
-from tests.eval import ds1000_fixture as fx
+from raywiz.benchmarks import load_tasks
+from tests.benchmarks import ds1000_fixture as fx
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -257,10 +257,10 @@ def test_task_routes_prompt_and_check_in_the_sandbox(tmp_path, shared_data):
                                                             "model": "checkpoint_00000001"}).json()
             # The served model was trained with the WizardCoder template: the prompt is an instruction.
             assert task["template"] == "wizardcoder" and "### Instruction:\nCreate a Python script" in task["model_prompt"]
-            # eval's WizardCoder prompting: 4-space indents become tabs (raywiz.eval.prompts)
+            # eval's WizardCoder prompting: 4-space indents become tabs (raywiz.benchmarks.prompts)
             assert task["prompt"].replace("    ", "\t") in task["model_prompt"] and task["stop"] == []
 
-            from raywiz.eval.benchmarks import load_tasks
+            from raywiz.benchmarks import load_tasks
 
             solution = load_tasks("humaneval", str(shared_data / "humaneval" / "HumanEval.jsonl.gz"))[0].solution
             answer = f"Here is the code:\n```python\n{task['prompt']}{solution}```\nIt works."

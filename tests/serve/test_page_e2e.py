@@ -103,7 +103,7 @@ def test_page_compares_two_checkpoints_and_runs_a_task(serve_app, browser):
         assert browser.find_element("id", f"completion-{side}").get_property("value") != ""
 
     # Edit the answer into the canonical solution and test again: the sandbox passes it.
-    from raywiz.eval.benchmarks import load_tasks
+    from raywiz.benchmarks import load_tasks
 
     solution = next(t.solution for t in load_tasks("humaneval", serve_app.job.serve.benchmarks["humaneval"])
                     if t.task_id == "HumanEval/0")

@@ -19,8 +19,8 @@ import hashlib
 import os
 import zipfile
 
-from raywiz.eval.benchmarks import Task, read_jsonl, require_fields
-from raywiz.eval.benchmarks.sources import cache_dir, locate
+from raywiz.benchmarks import Task, read_jsonl, require_fields
+from raywiz.benchmarks.sources import cache_dir, locate
 
 FIELDS = ("prompt", "reference_code", "code_context", "metadata")
 LIBRARY_MODULES = {

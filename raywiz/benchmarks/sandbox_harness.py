@@ -1,6 +1,6 @@
 """Runs INSIDE the eval sandbox: isolates its own process, then runs one job for the evaluator.
 
-`raywiz.eval.sandbox` starts this file as ``python -S -s -B sandbox_harness.py`` with a scrubbed
+`raywiz.benchmarks.sandbox` starts this file as ``python -S -s -B sandbox_harness.py`` with a scrubbed
 environment, a fresh temporary working directory, and the job (one length-prefixed pickle, written
 by the evaluator) on stdin. Records go out on a private duplicate of stdout; the sample's own
 printing is swallowed.
@@ -10,7 +10,7 @@ here runs next to hostile code. The order matters: read the job, drop privileges
 namespaces, Landlock, rlimits, and only then run the untrusted code. Nothing this process writes is
 a verdict in ``serve`` mode, which HumanEval(+) and MBPP(+) use: it only runs the candidate's
 functions for the evaluator, which keeps the tests and the expected outputs on its side (see
-raywiz.eval.sandbox.CandidateSession). The ``program`` and DS-1000 modes still report a result that
+raywiz.benchmarks.sandbox.CandidateSession). The ``program`` and DS-1000 modes still report a result that
 the sample could forge (see the sandbox module's docstring).
 
 Job modes (``job["mode"]``):

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from raywiz.eval.benchmarks import Task, load_tasks
-from raywiz.eval.sandbox import SandboxSettings
-from raywiz.eval.score import ScoreSettings, check_completion, score_samples
+from raywiz.benchmarks import Task, load_tasks
+from raywiz.benchmarks.sandbox import SandboxSettings
+from raywiz.benchmarks.score import ScoreSettings, check_completion, score_samples
 
 pytestmark = pytest.mark.slow
 SETTINGS = ScoreSettings(workers=2)

@@ -19,7 +19,7 @@ instruction in the tokenizer's chat template.
 from __future__ import annotations
 
 from raywiz.data.template import format_prompt
-from raywiz.eval.benchmarks import Task
+from raywiz.benchmarks import Task
 
 STYLES = ("wizardcoder", "completion", "custom", "chat")
 CREATE_SCRIPT = "Create a Python script for this problem:\n"

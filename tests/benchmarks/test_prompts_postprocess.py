@@ -1,8 +1,8 @@
 import pytest
 
-from raywiz.eval.benchmarks import Task, load_tasks
-from raywiz.eval.postprocess import postprocess, sanitize, truncate_at_stop, wizardcoder
-from raywiz.eval.prompts import build_prompt
+from raywiz.benchmarks import Task, load_tasks
+from raywiz.benchmarks.postprocess import postprocess, sanitize, truncate_at_stop, wizardcoder
+from raywiz.benchmarks.prompts import build_prompt
 
 HEADER = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from raywiz.eval.benchmarks import Task, read_jsonl, require_fields
-from raywiz.eval.benchmarks.sources import locate
+from raywiz.benchmarks import Task, read_jsonl, require_fields
+from raywiz.benchmarks.sources import locate
 
 FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
 

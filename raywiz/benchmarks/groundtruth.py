@@ -20,9 +20,9 @@ import sys
 import tempfile
 
 from raywiz.artifacts import write_bytes_atomic
-from raywiz.eval.benchmarks import Task
-from raywiz.eval.benchmarks.sources import cache_dir
-from raywiz.eval.sandbox import SandboxSettings, run_in_sandbox
+from raywiz.benchmarks import Task
+from raywiz.benchmarks.sources import cache_dir
+from raywiz.benchmarks.sandbox import SandboxSettings, run_in_sandbox
 
 PHASES = ("base", "plus")
 MBPP_OUTPUT_NOT_NONE_TASKS = ("check_str", "text_match_three", "text_starta_endb")
@@ -109,7 +109,7 @@ def load(task: Task, settings: SandboxSettings | None = None) -> dict:
 
 def expected(truth: dict, phase: str) -> list:
     """A phase's expected outputs, decoded (plain values only)."""
-    from raywiz.eval.sandbox_harness import decode
+    from raywiz.benchmarks.sandbox_harness import decode
 
     outputs = decode(truth[phase]["expected_plain"])
     if not isinstance(outputs, list):

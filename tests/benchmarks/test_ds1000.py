@@ -3,9 +3,9 @@
 
 import pytest
 
-from raywiz.eval.benchmarks import load_tasks
-from raywiz.eval.score import ScoreSettings, score_samples
-from tests.eval import ds1000_fixture as fx
+from raywiz.benchmarks import load_tasks
+from raywiz.benchmarks.score import ScoreSettings, score_samples
+from tests.benchmarks import ds1000_fixture as fx
 
 pytestmark = pytest.mark.slow
 

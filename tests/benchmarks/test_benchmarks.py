@@ -2,9 +2,9 @@ import os
 
 import pytest
 
-from raywiz.eval.benchmarks import canonical_name, load_tasks
-from raywiz.eval.benchmarks.sources import DataNotFound, locate
-from tests.eval import ds1000_fixture as fx
+from raywiz.benchmarks import canonical_name, load_tasks
+from raywiz.benchmarks.sources import DataNotFound, locate
+from tests.benchmarks import ds1000_fixture as fx
 
 
 @pytest.mark.parametrize("name,count,first", [

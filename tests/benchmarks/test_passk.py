@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from raywiz.eval.passk import pass_at_k, pass_at_k_table
+from raywiz.benchmarks.passk import pass_at_k, pass_at_k_table
 
 
 def test_matches_human_evals_estimator():

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
-from raywiz.eval.benchmarks import Task, read_jsonl, require_fields
-from raywiz.eval.benchmarks.sources import DataNotFound, locate
+from raywiz.benchmarks import Task, read_jsonl, require_fields
+from raywiz.benchmarks.sources import DataNotFound, locate
 
 FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol")
 

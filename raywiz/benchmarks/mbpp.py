@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from raywiz.eval.benchmarks import Task, read_jsonl, require_fields
-from raywiz.eval.benchmarks.sources import locate
+from raywiz.benchmarks import Task, read_jsonl, require_fields
+from raywiz.benchmarks.sources import locate
 
 FIELDS = ("task_id", "text", "code", "test_list")
 TEST_IDS = range(11, 511)

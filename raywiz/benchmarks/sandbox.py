@@ -648,7 +648,7 @@ class CandidateSession:
 
     def __init__(self, settings: SandboxSettings, guard: str | None = None, preimport: list[str] | None = None,
                  cpu_budget_s: float = 60.0):
-        from raywiz.eval import sandbox_harness
+        from raywiz.benchmarks import sandbox_harness
 
         self._codec = sandbox_harness
         self.settings = settings

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from raywiz.eval.sandbox import SandboxSettings, probe_isolation, run_program
+from raywiz.benchmarks.sandbox import SandboxSettings, probe_isolation, run_program
 
 pytestmark = pytest.mark.slow
 SETTINGS = SandboxSettings(memory_mb=256, max_processes=8)
@@ -190,8 +190,8 @@ def test_stdout_flood_is_bounded():
 @pytest.mark.parametrize("exit_call", ["exit(0)", "quit()", "import sys; sys.exit(0)", "raise SystemExit(0)",
                                        "import os; os._exit(0)"])
 def test_exit_before_assertions_is_a_failure(have_shared_data, exit_call):
-    from raywiz.eval.benchmarks import load_tasks
-    from raywiz.eval.score import ScoreSettings, check_completion
+    from raywiz.benchmarks import load_tasks
+    from raywiz.benchmarks.score import ScoreSettings, check_completion
 
     settings = ScoreSettings(sandbox=SETTINGS, workers=1)
     task = load_tasks("humaneval")[0]
@@ -204,7 +204,7 @@ def test_exit_before_assertions_is_a_failure(have_shared_data, exit_call):
 
 
 def test_a_sandbox_that_cannot_run_code_fails_fast_with_the_reason():
-    from raywiz.eval.sandbox import require_working_sandbox
+    from raywiz.benchmarks.sandbox import require_working_sandbox
 
     with pytest.raises(RuntimeError, match="cannot run code on this machine: .*MemoryError"):
         require_working_sandbox(SandboxSettings(memory_mb=1))
