@@ -195,6 +195,15 @@ class Progress:
             parts = f"{self.label} {self.unit} {self.done}/{self.total}" + (f" | {detail}" if detail else "")
             print(f"raywiz: {parts}{eta}", file=self.stream, flush=True)
 
+    def note(self, message: str) -> None:
+        """A line of its own (above the bar on a terminal)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(f"raywiz: {message}", file=self.stream)
+        else:
+            print(f"raywiz: {message}", file=self.stream, flush=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 
 import pytest
 
@@ -66,7 +67,7 @@ def test_quiet_console_silences_dependencies_and_verbose_does_not(monkeypatch):
 
 
 @pytest.mark.slow
-def test_train_progress_shows_each_step_once(ray_local):
+def test_train_progress_shows_each_step_once(ray_local, capsys):
     from raywiz.train.progress import ProgressBoard, TrainProgress
 
     board = ProgressBoard.create()
@@ -79,8 +80,12 @@ def test_train_progress_shows_each_step_once(ray_local):
             real_update(n, detail, eta_s, done)
 
         progress.display.update = update
-        for step in (1, 2, 3, 2, 3, 4):  # a worker restarted from the checkpoint at step 1 re-runs 2 and 3
+        for i, step in enumerate((1, 2, 3, 2, 3, 4)):  # a worker restarted from step 1's checkpoint re-runs 2, 3
+            if i == 3:
+                board.post({"event": "resumed from step 1 (epoch 1, step 1 of 4 in it)", "step": 1})
             board.post({"step": step, "total_steps": 4, "loss": 5.0 - step, "lr": 1e-3, "tokens_per_s": 100.0,
                         "mfu": 0.25})
+            time.sleep(0.05)
     assert [s for s, _ in shown] == [1, 2, 3, 4]
     assert shown[-1][1] == "loss 1.0000 | lr 1.00e-03 | 100 tok/s | MFU 25.0%"
+    assert "raywiz: train: resumed from step 1 (epoch 1, step 1 of 4 in it)" in capsys.readouterr().err

@@ -109,7 +109,10 @@ class TrainProgress:
                 return
 
     def _show(self, records: list[dict]) -> None:
-        for record in sorted(records, key=lambda r: r["step"]):
+        for record in records:  # in the order rank 0 posted them
+            if "event" in record:  # e.g. "resumed from step 20 ...": a restart, shown as it happens
+                self.display.note(f"train: {record['event']}")
+                continue
             if record["step"] <= self.display.done:  # a restarted worker re-runs steps: show each once
                 continue
             self.display.update(done=record["step"], detail=describe(record), eta_s=record.get("eta_s"))

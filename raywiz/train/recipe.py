@@ -239,8 +239,11 @@ class FinetuneRecipe:
                 self.state = TrainState.from_json(ckpt.load_training_state(self.engine, d, self.rank))
             if self.state.step_in_epoch >= self.plan.steps_per_epoch:  # saved at an epoch's last step
                 self.state.epoch, self.state.step_in_epoch = self.state.epoch + 1, 0
-            log.info(f"resumed from step {self.state.step} (epoch {self.state.epoch}, step "
-                     f"{self.state.step_in_epoch} of {self.plan.steps_per_epoch} in it)")
+            resumed = (f"resumed from step {self.state.step} (epoch {self.state.epoch + 1}, step "
+                       f"{self.state.step_in_epoch} of {self.plan.steps_per_epoch} in it)")
+            log.info(resumed)
+            if self.rank == 0 and self.progress is not None:  # the driver says it: after a lost worker, too
+                self.progress.post({"event": resumed, "step": self.state.step})
         self.loggers: list[MetricLogger] = self._loggers() if not self.finished else []
 
     @property

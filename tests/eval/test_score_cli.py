@@ -71,5 +71,6 @@ def test_bad_inputs_exit_2_with_a_clear_message(tmp_path, have_shared_data):
     assert r.returncode == 2 and "no samples for 163 of 164 tasks" in r.stderr
     r = cli("--benchmark", "apps", str(bad))
     assert r.returncode == 2 and "unknown benchmark" in r.stderr
-    r = cli("--benchmark", "mbpp+", str(bad), env={"RAYWIZ_EVAL_DATA": str(tmp_path), "RAYWIZ_CACHE": str(tmp_path)})
-    assert r.returncode == 2 and "MbppPlus-v0.1.0.jsonl.gz" in r.stderr  # says where to put the file
+    r = cli("--benchmark", "mbpp+", str(bad), env={"RAYWIZ_DATA_DIR": str(tmp_path), "RAYWIZ_CACHE": str(tmp_path)})
+    assert r.returncode == 2 and "mbppplus/MbppPlus.jsonl.gz" in r.stderr  # says where to put the file
+    assert "raywiz data fetch" in r.stderr
