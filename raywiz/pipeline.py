@@ -26,7 +26,6 @@ import hashlib
 import importlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable

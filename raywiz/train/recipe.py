@@ -267,7 +267,7 @@ class FinetuneRecipe:
 
     # -- the loop
     def train(self) -> None:
-        total, per_epoch = self.plan.total_steps, self.plan.steps_per_epoch
+        per_epoch = self.plan.steps_per_epoch
         self.started, self.steps_this_run = time.perf_counter(), 0
         while not self.finished:
             batches = self._epoch_batches(self.state.epoch)

@@ -2,7 +2,6 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from raywiz.data.pipeline import read_shard_batch
 from raywiz.data.shards import iter_rows, validate

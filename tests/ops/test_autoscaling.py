@@ -10,7 +10,6 @@ every Ray cluster on the machine; and its base config file is missing from Ray 2
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

@@ -14,7 +14,6 @@ import pytest
 
 from raywiz import pipeline
 from raywiz.artifacts import join, write_manifest
-from raywiz.cli import main
 from raywiz.config import ConfigError, parse_job
 
 from .wandb_offline import find_runs

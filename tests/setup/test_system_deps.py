@@ -3,7 +3,6 @@ apt-get itself, as a normal user through sudo, and it installs only what is miss
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 from pathlib import Path
