@@ -183,6 +183,9 @@ def create_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_pa
     if train_cfg.peft.enabled:  # LoRA / DoRA: only the adapter's weights train (and reach the optimizer)
         from raywiz.train.adapters import apply_adapter
 
+        # The adapter's random init must be the same on every rank and every run (exact resume, and
+        # ZeRO-3 partitions each rank's own copy): seed it, whatever loading the base did to the RNG.
+        torch.manual_seed(train_cfg.optim.seed)
         model = apply_adapter(model, train_cfg.peft, train_cfg.optim.gradient_checkpointing)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg, on_gpu)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
