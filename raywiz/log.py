@@ -41,13 +41,11 @@ def rank() -> int:
     for var in ("RANK", "WORLD_RANK"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    # No process is in a process group without having imported torch.distributed: don't import it here
+    # (a CLI line would pay for importing torch).
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
     return 0
 
 
