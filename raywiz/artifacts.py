@@ -227,6 +227,12 @@ def checkpoint_of(path: str) -> CheckpointDir | None:
     return None
 
 
+def export_of(path: str) -> CheckpointDir | None:
+    """The checkpoint whose model export (``hf/`` or ``adapter/``) this path is, else None."""
+    ckpt = checkpoint_of(path)
+    return ckpt if ckpt is not None and path.rstrip("/") in (ckpt.hf, ckpt.adapter) else None
+
+
 def list_dirs(path: str) -> list[str]:
     """Names of the sub-directories of a local or remote directory (none if it does not exist)."""
     fs, p = filesystem(path)

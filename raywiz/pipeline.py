@@ -98,16 +98,20 @@ def still_complete(stage: str, output: Any) -> bool:
     """Is an output recorded earlier still there and whole?"""
     if stage == "evolve":
         return check_manifest(output, kind=Kind.INSTRUCTION_SHARDS).complete
-    if stage == "train":  # raywiz's own export is sealed; an unsealed one is partial
-        return check_manifest(output, kind=Kind.HF_EXPORT).complete
+    if stage == "train":  # raywiz's own export (hf/, or a LoRA run's adapter/) is sealed; unsealed is partial
+        return is_sealed_model(output)
     if stage == "eval":
         return isinstance(output, list)
     return False
 
 
+def is_sealed_model(path: str) -> bool:
+    return any(check_manifest(path, kind=k).complete for k in (Kind.HF_EXPORT, Kind.ADAPTER_EXPORT))
+
+
 def is_model_dir(path: str) -> bool:
-    """A sealed HF export, or a plain HF model directory (a user's own model, no manifest)."""
-    if check_manifest(path, kind=Kind.HF_EXPORT).complete:
+    """A sealed HF export or adapter, or a plain HF model directory (a user's own model, no manifest)."""
+    if is_sealed_model(path):
         return True
     return not _exists(join(path, "manifest.json")) and _exists(join(path, "config.json"), file=True)
 

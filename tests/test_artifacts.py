@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from raywiz.artifacts import Kind, RunLayout, check_manifest, checkpoint_of, expand_paths, write_manifest
+from raywiz.artifacts import Kind, RunLayout, check_manifest, checkpoint_of, expand_paths, export_of, write_manifest
 
 
 def _ckpt(root, step, files):
@@ -46,6 +46,7 @@ def test_run_layout_lists_checkpoints_and_skips_partial_ones(tmp_path):
     assert latest == layout.checkpoint(20) and latest.path == str(train / "checkpoint_00000020")
     assert latest.hf == str(train / "checkpoint_00000020" / "hf") and latest.run == layout
     assert checkpoint_of(latest.hf) == latest and checkpoint_of(latest.path) == latest
+    assert export_of(latest.hf) == export_of(latest.adapter) == latest and export_of(latest.path) is None
     assert checkpoint_of(str(tmp_path / "models" / "hf")) is None
     assert layout.eval_dir(latest.name, "humaneval") == str(tmp_path / "run" / "eval" / latest.name / "humaneval")
     assert RunLayout.of("s3://bucket/runs", "r").checkpoint(3).hf == "s3://bucket/runs/r/train/checkpoint_00000003/hf"

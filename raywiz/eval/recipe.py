@@ -21,7 +21,7 @@ import json
 import os
 from typing import Any
 
-from raywiz.artifacts import (CheckpointDir, Kind, RunLayout, check_manifest, checkpoint_of, join, read_json,
+from raywiz.artifacts import (CheckpointDir, Kind, RunLayout, check_manifest, export_of, join, read_json,
                               write_bytes_atomic, write_manifest)
 from raywiz.benchmarks import Task, load_tasks, read_jsonl
 from raywiz.eval.config import EvalConfig
@@ -45,8 +45,8 @@ def checkpoint_identity(hf_dir: str) -> dict:
     path = os.path.abspath(hf_dir) if os.path.exists(hf_dir) else hf_dir
     meta_file = os.path.join(path, "raywiz.json")
     meta = read_json(meta_file) if os.path.exists(meta_file) else {}
-    ckpt = checkpoint_of(path)
-    if ckpt is not None and path.rstrip("/") in (ckpt.hf, ckpt.adapter):  # a run's own checkpoint export
+    ckpt = export_of(path)
+    if ckpt is not None:  # a run's own checkpoint export
         return {"name": ckpt.name, "step": meta.get("step"), "run_dir": ckpt.run.root}
     name = os.path.basename(path.rstrip("/")) if os.path.isdir(path) else path.replace("/", "--")
     return {"name": name, "step": meta.get("step"), "run_dir": None}

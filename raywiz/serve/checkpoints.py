@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from raywiz.artifacts import (MANIFEST, CheckpointDir, Kind, RunLayout, check_manifest, checkpoint_of, filesystem,
+from raywiz.artifacts import (MANIFEST, CheckpointDir, Kind, RunLayout, check_manifest, export_of, filesystem,
                               is_remote, join, list_dirs, read_json)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -75,8 +75,8 @@ def list_run_checkpoints(run_dir: str) -> list[CheckpointRef]:
 
 def _ref_for_model_dir(path: str) -> CheckpointRef:
     """Name a model directory; a run's checkpoint export keeps its run (for its eval scores)."""
-    ckpt = checkpoint_of(path)
-    if ckpt is not None and ckpt.hf == path.rstrip("/"):
+    ckpt = export_of(path)
+    if ckpt is not None:
         return _ref(ckpt)
     parts = path.rstrip("/").split("/")
     name = parts[-2] if parts[-1] == "hf" and len(parts) > 1 else parts[-1]

@@ -148,10 +148,11 @@ def run_train(job: JobConfig) -> str:
         else layout.latest_checkpoint()
     if final is None:
         raise RuntimeError("training finished without a checkpoint")
-    if not final.hf_is_complete():
+    model_dir = final.model_dir  # hf/, or the adapter of a LoRA run that does not merge it
+    if model_dir is None:
         return final.path
-    _log_model_artifact(job, final.hf, dataset_dir=_dataset_dir(job))
-    return final.hf
+    _log_model_artifact(job, model_dir, dataset_dir=_dataset_dir(job))
+    return model_dir
 
 
 def _dataset_dir(job: JobConfig) -> str | None:
