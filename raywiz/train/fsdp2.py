@@ -131,7 +131,10 @@ class FSDP2Engine:
         sd = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.global_rank != 0:
             return None
-        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+        # Tied weights (GPT-BigCode's lm_head is wte) once, under their first name, as DeepSpeed's export has them.
+        tied = ({n for n, _ in self.module.named_parameters(remove_duplicate=False)}
+                - {n for n, _ in self.module.named_parameters()})
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items() if k not in tied}
 
 
 def create_fsdp2_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_params: int | None = None):
