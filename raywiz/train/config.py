@@ -1,8 +1,8 @@
 """The `train:` section of a job config.
 
 Defaults are WizardCoder's recipe (global batch 512, lr 2e-5, 30 warmup steps, cosine, max length
-2048, 3 epochs) on DeepSpeed ZeRO-3 (or torch's FSDP2: `engine: fsdp2`). With packing on, a "row" is one packed sequence of
-``max_length`` tokens holding several samples, and batch sizes count rows.
+2048, 3 epochs) on DeepSpeed ZeRO-3 (or torch's FSDP2: `engine: fsdp2`). With packing on, a "row" is
+one packed sequence of ``max_length`` tokens holding several samples, and batch sizes count rows.
 """
 
 from __future__ import annotations
