@@ -229,6 +229,36 @@ def packed_batches(data_file: str, model: str, seq_len: int, micro: int) -> list
     return out
 
 
+def timed_steps(batches: list[dict], steps: int, accum: int, warmup: int, step, on_gpu: bool):
+    """Run `step(micro_batches)` `steps` times: step `warmup` - 1 is profiled (untimed), those after are timed.
+    Returns (seconds, useful tokens, sum of squared lengths, steps timed, profile summary, every step's result)."""
+    import torch
+
+    from raywiz.train.metrics import profile_summary
+
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    it = iter(batches)
+    times, tokens, sq, profile, outs = [], 0, 0, None, []
+    for i in range(steps):
+        mb = [next(it) for _ in range(accum)]
+        sync()
+        t = time.perf_counter()
+        if i == warmup - 1:  # profile one step in the warm-up
+            acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
+            with torch.profiler.profile(activities=acts) as prof:
+                outs.append(step(mb))
+                sync()
+            profile = profile_summary(prof, time.perf_counter() - t)
+            continue
+        outs.append(step(mb))
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+            tokens += sum(b["n_tokens"] for b in mb)
+            sq += sum(b["sum_sq_len"] for b in mb)
+    return sum(times), tokens, sq, len(times), profile, outs
+
+
 def plain_loop(data_file: str, model_name: str, variants: list[str], steps: int, micro: int, accum: int,
                seq_len: int, out_file: str, warmup: int = 3) -> None:
     """HF model + fused AdamW, no Ray/DeepSpeed. Variant: attn+loss+weights, e.g. varlen+liger+bf16.
@@ -238,7 +268,7 @@ def plain_loop(data_file: str, model_name: str, variants: list[str], steps: int,
 
     from raywiz.modeling import build_model, model_config
     from raywiz.train.kernels import register_varlen_attention
-    from raywiz.train.metrics import model_shape, profile_summary, step_flops
+    from raywiz.train.metrics import model_shape, step_flops
     from raywiz.train.recipe import loss_scale, token_loss_sum
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -282,34 +312,13 @@ def plain_loop(data_file: str, model_name: str, variants: list[str], steps: int,
                     with torch.no_grad():
                         torch._foreach_copy_(params, master)
 
-            it = iter(batches)
-            sync = torch.cuda.synchronize if on_gpu else (lambda: None)
-            times, tokens, sq = [], 0, 0
-            profile = None
-            for i in range(steps):
-                mb = [next(it) for _ in range(accum)]
-                sync()
-                t = time.perf_counter()
-                if i == warmup - 1:  # profile one step in the warm-up
-                    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
-                    with torch.profiler.profile(activities=acts) as prof:
-                        step(mb)
-                        sync()
-                    profile = profile_summary(prof, time.perf_counter() - t)
-                    continue
-                step(mb)
-                sync()
-                if i >= warmup:
-                    times.append(time.perf_counter() - t)
-                    tokens += sum(b["n_tokens"] for b in mb)
-                    sq += sum(b["sum_sq_len"] for b in mb)
-            secs = sum(times)
+            secs, tokens, sq, n_timed, profile, _ = timed_steps(batches, steps, accum, warmup, step, on_gpu)
             flops = step_flops(n_params, tokens, sq, layers, width)
             results.append({"variant": variant, "useful_tokens_per_s": tokens / secs,
-                            "mfu": flops / secs / PEAK if on_gpu else None, "steps_measured": len(times),
+                            "mfu": flops / secs / PEAK if on_gpu else None, "steps_measured": n_timed,
                             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
                             "profile": profile})
-            del model, opt, master, params
+            model = opt = master = params = None  # free them before the next variant (not `del`: the closure reads them)
         except Exception as e:  # one variant failing must not lose the others
             import traceback
 
@@ -335,7 +344,7 @@ def engine_loop(data_file: str, model_name: str, engines: list[str], steps: int,
     from raywiz.config import parse_job
     from raywiz.modeling import count_parameters, model_config
     from raywiz.train.engine import create_engine
-    from raywiz.train.metrics import model_shape, profile_summary, step_flops
+    from raywiz.train.metrics import model_shape, step_flops
     from raywiz.train.recipe import FinetuneRecipe, StepPlan, TrainState
 
     on_gpu = torch.cuda.is_available()
@@ -366,39 +375,25 @@ def engine_loop(data_file: str, model_name: str, engines: list[str], steps: int,
                 tc=job.train, plan=StepPlan(steps, steps, micro * accum, 0, n_params), state=TrainState(), accum=accum,
                 world=1, device=device, on_gpu=on_gpu, engine=eng.engine, fused=eng.fused_loss,
                 varlen=eng.attn_implementation == "raywiz_varlen")
-            sync = torch.cuda.synchronize if on_gpu else (lambda: None)
             if on_gpu:
                 torch.cuda.reset_peak_memory_stats()
-            it = iter(batches)
-            times, tokens, sq, losses, profile = [], 0, 0, [], None
-            for i in range(steps):
-                mb = [next(it) for _ in range(accum)]
-                sync()
-                t = time.perf_counter()
-                if i == warmup - 1:
-                    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
-                    with torch.profiler.profile(activities=acts) as prof:
-                        out = recipe.train_step(mb)
-                        sync()
-                    profile = profile_summary(prof, time.perf_counter() - t)
-                else:
-                    out = recipe.train_step(mb)
-                    sync()
+            def step(micro_batches):
+                out = recipe.train_step(micro_batches)
                 recipe.state.step += 1
-                losses.append(out.loss_sum.item() / max(1, sum(b["n_label_tokens"] for b in mb)))
-                if i >= warmup:
-                    times.append(time.perf_counter() - t)
-                    tokens += sum(b["n_tokens"] for b in mb)
-                    sq += sum(b["sum_sq_len"] for b in mb)
-            secs = sum(times)
+                return out.loss_sum
+
+            secs, tokens, sq, n_timed, profile, loss_sums = timed_steps(batches, steps, accum, warmup, step, on_gpu)
+            # per-step mean token loss (read back after the timing)
+            losses = [ls.item() / max(1, sum(b["n_label_tokens"] for b in batches[i * accum:(i + 1) * accum]))
+                      for i, ls in enumerate(loss_sums)]
             flops = step_flops(n_params, tokens, sq, layers, width)
             results.append({"engine": engine_name, "detail": eng.description, "attn_implementation": eng.attn_implementation,
                             "fused_loss": eng.fused_loss, "useful_tokens_per_s": tokens / secs,
-                            "mfu": flops / secs / PEAK if on_gpu else None, "steps_measured": len(times),
+                            "mfu": flops / secs / PEAK if on_gpu else None, "steps_measured": n_timed,
                             "setup_s": setup_s, "losses": losses,
                             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
                             "profile": profile})
-            del recipe, eng, out
+            recipe = eng = None  # free the engine before the next one (not `del`: the closure reads recipe)
         except Exception as e:  # one engine failing must not lose the other
             import traceback
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from raywiz.artifacts import RunLayout, check_manifest
-from tests.train.test_train_e2e import _finish, _last_registered_step, _read_trace, _start, _wait_for_step, _weights
+from tests.train.test_train_e2e import _finish, _four_samples, _last_registered_step, _read_trace, _start, _wait_for_step, _weights
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -34,9 +34,7 @@ def _job(tmp: Path, name: str, engine: str, max_steps: int | None = None, max_fa
         from raywiz.modeling import build_model
 
         build_model("tiny-gpt-bigcode", seed=3).save_pretrained(base)
-        rows = [json.loads(line) for line in (REPO / "raywiz/assets/quickstart/instructions.jsonl").read_text().splitlines()]
-        rows = sorted(rows, key=lambda r: len(r["instruction"]) + len(r["output"]))[:4]
-        (tmp / "four.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        _four_samples(tmp)
     job = tmp / f"{name}.yaml"
     # constant lr after warm-up: a run cut short by max_steps follows the longer run's first steps exactly
     job.write_text(f"""

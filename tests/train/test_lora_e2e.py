@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from raywiz.artifacts import Kind, RunLayout, check_manifest
-from tests.train.test_train_e2e import _finish, _last_registered_step, _read_trace, _start, _wait_for_step
+from tests.train.test_train_e2e import _finish, _four_samples, _last_registered_step, _read_trace, _start, _wait_for_step
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -27,8 +27,7 @@ def _lora_job(tmp: Path, name: str) -> Path:
     base = tmp / "base"
     if not base.exists():
         build_model("tiny-gpt-bigcode", seed=3).save_pretrained(base)
-        rows = [json.loads(line) for line in (REPO / "raywiz/assets/quickstart/instructions.jsonl").read_text().splitlines()]
-        (tmp / "four.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: len(r["output"]))[:4]))
+        _four_samples(tmp, by=lambda r: len(r["output"]))
     job = tmp / f"{name}.yaml"
     job.write_text(f"""
 name: {name}
