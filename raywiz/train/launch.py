@@ -70,6 +70,18 @@ def check_resume(job: JobConfig, use_gpu: bool) -> None:
         raise ConfigError(str(e)) from None
 
 
+def checkpoint_mismatch(error: BaseException):
+    """The CheckpointMismatch a worker raised, out of Ray Train's WorkerGroupError, or None."""
+    from raywiz.train.checkpoint import CheckpointMismatch
+
+    for failure in getattr(error, "worker_failures", {}).values():
+        while failure is not None:
+            if isinstance(failure, CheckpointMismatch):
+                return failure
+            failure = failure.__cause__
+    return None
+
+
 def make_plan(job: JobConfig, n_packed_rows: int) -> dict:
     """Steps per epoch and in total, from the packed row count and the batch geometry."""
     from dataclasses import asdict
@@ -159,6 +171,9 @@ def run_train(job: JobConfig) -> str:
     with TrainProgress(board, plan["total_steps"]):
         result = trainer.fit()  # returns once every checkpoint's evaluation (train.evaluate) has finished too
     if result.error:
+        mismatch = checkpoint_mismatch(result.error)
+        if mismatch is not None:  # only the workers could tell (the GPU memory picked the ZeRO stage)
+            raise ConfigError(str(mismatch)) from None
         raise result.error
     best = record_best(result, layout)
     if best:

@@ -115,3 +115,17 @@ def test_a_zero2_checkpoint_resumed_as_zero3_or_fsdp2_is_refused(tmp_path):
         check_resumable(str(tmp_path), "deepspeed", 3)
     with pytest.raises(CheckpointMismatch, match="trains with FSDP2.*train.engine"):
         check_resumable(str(tmp_path), "fsdp2", None)
+
+
+def test_a_mismatch_only_the_workers_saw_reaches_the_user_as_its_message():
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from raywiz.train.checkpoint import CheckpointMismatch
+    from raywiz.train.launch import checkpoint_mismatch
+
+    cause = CheckpointMismatch("ckpt: written by DeepSpeed ZeRO stage 3, but ...")
+    wrapped = RuntimeError("worker 1 failed")
+    wrapped.__cause__ = cause
+    assert checkpoint_mismatch(WorkerGroupError("failed", {0: RuntimeError("other"), 1: wrapped})) is cause
+    assert checkpoint_mismatch(WorkerGroupError("failed", {0: RuntimeError("other")})) is None
+    assert checkpoint_mismatch(RuntimeError("driver")) is None
