@@ -3,7 +3,8 @@ same data, one run ("one_call": true).
 
     python bench/train_throughput.py --out bench/results/train_throughput.json
     python bench/train_throughput.py --cpu      # smoke test of every part with a tiny model, no GPU
-    python bench/train_throughput.py --engine-loop --engines deepspeed,fsdp2   # the engines alone, < 1 min
+    python bench/train_throughput.py --engine-loop --engines deepspeed,fsdp2   # the engines alone, < 1 min:
+                                                           # bench/results/train_engines.json
     python bench/train_throughput.py --engines deepspeed,fsdp2   # the default variant through `raywiz train` per engine
 
 - seed_recipe: HF Trainer + DeepSpeed ZeRO-3, padding to the longest sample in the batch, per-device
@@ -450,7 +451,8 @@ def _sub(args: list[str], timeout: float) -> tuple[bool, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(REPO / "bench/results/train_throughput.json"))
+    ap.add_argument("--out", default=None, help="default: bench/results/train_throughput.json, "
+                    "or train_engines.json with --engine-loop")
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--seed-steps", type=int, default=15)
     ap.add_argument("--raywiz-steps", type=int, default=11)
@@ -503,9 +505,11 @@ def main() -> None:
         args.plain_variants = "varlen+chunked+bf16,sdpa+off+bf16"
         micro, accum = 2, 2
     engines = [e for e in args.engines.split(",") if e]
+    args.out = args.out or str(REPO / "bench/results" / ("train_engines.json" if args.engine_loop else "train_throughput.json"))
     if args.engine_loop:
         # rows for engine-steps x accum micro-batches of 16 rows, and no more (tokenizing is host time)
-        micro, accum = (2, 2) if args.cpu else (16, 2)
+        # 8 x 4 rows: both engines' peaks (~45 GiB each on an H200) fit together, should the first not free all
+        micro, accum = (2, 2) if args.cpu else (8, 4)
         args.samples = 400 if args.cpu else 1300
     work = tempfile.mkdtemp(prefix="raywiz-bench-")
     data = os.path.join(work, "samples.jsonl")
