@@ -12,7 +12,7 @@ gives the same calls on torch's public APIs, so `recipe.py` has no engine branch
   fp32 throughout on CPU;
 - the same loss normalisation as DeepSpeed: backward divides by the accumulation steps and FSDP2's
   reduce-scatter averages over ranks, so `recipe.loss_scale` means the same for both engines;
-- the optimizer: `engine.make_optimizer` (torch's fused AdamW on GPU) over the sharded DTensor parameters;
+- the optimizer: `raywiz.train.engine.make_optimizer` (torch's fused AdamW on GPU) over the sharded DTensor parameters;
 - checkpoints: ``torch.distributed.checkpoint`` (DCP), sharded model + optimizer state, one file per
   rank plus DCP's metadata, into the checkpoint's ``fsdp2/`` (DeepSpeed's is ``zero/``); DCP reshards
   on load, so a different worker count resumes too.
@@ -153,8 +153,9 @@ def create_fsdp2_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device
     model_type = model_config(model_cfg.name_or_path, model_cfg.trust_remote_code, model_cfg.revision).model_type
     attn = resolve_attn_implementation(model_cfg.attn_implementation, model_type, on_gpu, dtype)
     fused = resolve_fused_loss(train_cfg.fused_loss, model_type, on_gpu)
-    # Every rank builds the same whole model (same seed), then keeps its shard: fine at the sizes where
-    # one host holds the model; weights made on the GPU directly (a 1B random init on the host is slow).
+    # Every rank builds the same whole model (same seed) in fp32, then keeps its shard: fine while one GPU
+    # holds the fp32 weights (about 10B parameters on 80 GB; DeepSpeed's zero.Init never builds them
+    # whole). Made on the GPU directly: a 1B random init on the host is slow.
     with torch.device(device) if on_gpu else contextlib.nullcontext():
         model = build_model(model_cfg.name_or_path, dtype=torch.float32, attn_implementation=attn,
                             trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
