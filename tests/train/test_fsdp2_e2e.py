@@ -85,7 +85,7 @@ def test_fsdp2_trains_and_exports_a_loadable_model_with_dcp_shards(runs):
     assert len(losses) == STEPS and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.3, losses
     state = json.loads(Path(ckpt.train_state).read_text())
     assert state["engine"] == "fsdp2" and state["step"] == STEPS
-    shards = sorted(os.listdir(os.path.join(ckpt.path, "fsdp2")))  # DCP: one file per rank + its metadata
+    shards = sorted(os.listdir(ckpt.fsdp2))  # DCP: one file per rank + its metadata
     assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"] and not os.path.exists(ckpt.zero)
     assert check_manifest(ckpt.hf, kind="hf_export").complete
     model = AutoModelForCausalLM.from_pretrained(ckpt.hf)
