@@ -61,7 +61,8 @@ def measure_method(method: str, base_dir: str, model_name: str, batches: list, s
     else:
         with torch.device(device):
             model = build_model(base_dir, dtype=dtype, attn_implementation=attn)
-    n_params = sum(p.numel() for p in model.parameters())
+    # bitsandbytes packs two 4-bit weights per uint8 element: count the model's real parameters for FLOPs
+    n_params = sum(p.numel() * (2 if p.dtype == torch.uint8 else 1) for p in model.parameters())
     layers, width = model_shape(model.config)
     model.config.use_cache = False
     if method != "full":
