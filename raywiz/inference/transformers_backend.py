@@ -239,6 +239,7 @@ class _Row:
         self.sent = 0
         self._prefix = self._read = 0  # incremental detokenisation window (as vLLM does)
         self.finished = False
+        self.eos_token: int | None = None  # the EOS that ended this row, if one did
 
     def feed(self, tokens: list[int], tokenizer, eos_ids: set[int]) -> bool:
         """New tokens in; True when this row is done (the caller cancels it in the manager)."""
@@ -246,6 +247,7 @@ class _Row:
             if self.finished:
                 return True
             if token in eos_ids:
+                self.eos_token = token
                 self.finish("stop", tokenizer)
                 return True
             self.tokens.append(token)
@@ -310,6 +312,7 @@ class _Stream:
     def put(self, item, row: _Row | None = None) -> None:
         if row is not None and isinstance(item, Delta) and item.finish_reason:
             item.token_ids = list(row.tokens)
+            item.eos_token_id = row.eos_token
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the loop is gone: the client left long ago
