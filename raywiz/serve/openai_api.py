@@ -134,9 +134,9 @@ class _GenerationRequest(BaseModel):
     stream: bool = False
     stop: str | list[str] | None = None
     stream_options: dict | None = None
+    seed: int | None = None  # sampled requests with one seed give one text, alone or batched with others
     # Accepted for compatibility with OpenAI clients; they do not change the output.
     user: str | None = None
-    seed: int | None = None
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None

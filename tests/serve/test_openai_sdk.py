@@ -72,3 +72,13 @@ def test_a_choice_that_ends_on_eos_lists_it_in_logprobs(sdk):
     lp = choice.logprobs
     assert len(lp.tokens) == len(ids) + 1 and lp.tokens[-1] == "<|endoftext|>"
     assert lp.token_logprobs[-1] == max(lp.top_logprobs[-1].values())
+
+
+def test_a_seed_fixes_sampled_text(sdk):
+    client, _ = sdk
+
+    def sample(seed):
+        return client.completions.create(model="latest", prompt="def f(x):", max_tokens=12, temperature=1.0,
+                                         seed=seed).choices[0].text
+
+    assert sample(3) == sample(3) != sample(4)
