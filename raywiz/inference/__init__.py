@@ -117,6 +117,7 @@ class EngineSpec:
     price_per_1m_output_tokens: float = 0.0
     # vllm
     tensor_parallel_size: int = 1
+    vllm_args: dict = field(default_factory=dict)  # more vllm.LLM arguments (max_model_len, gpu_memory_utilization ...)
 
 
 def make_engine(spec: EngineSpec):
