@@ -85,7 +85,7 @@ def torch_dtype(dtype: str, on_gpu: bool):
 
 def build_model(name_or_path: str, dtype=None, attn_implementation: str | None = None,
                 trust_remote_code: bool = False, revision: str | None = None, seed: int | None = None,
-                quantization_config=None):
+                quantization_config=None, device_map=None):
     """Load pretrained weights, or random-initialise a tiny/shape config.
 
     Call it inside DeepSpeed's ``zero.Init`` / ``HfDeepSpeedConfig`` context to build it sharded.
@@ -102,6 +102,7 @@ def build_model(name_or_path: str, dtype=None, attn_implementation: str | None =
         if is_tiny(name_or_path):
             raise ValueError(f"{name_or_path}: a random-initialised config cannot load quantized; use real weights")
         kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = device_map
     if is_tiny(name_or_path):
         if seed is not None:
             torch.manual_seed(seed)

@@ -57,8 +57,9 @@ class GenerationParams(_Section):
 class LLMConfig(_Section):
     backend: Literal["openai", "vllm", "hf"] = Field(
         "openai",
-        description="openai: any OpenAI-compatible chat/completions endpoint; vllm: ray.data.llm on the "
-        "cluster's GPUs (needs vllm); hf: a local transformers model, batched generate.",
+        description="openai: any OpenAI-compatible chat/completions endpoint; hf: a local transformers model, "
+        "batched generate; vllm: vLLM's engine (needs vllm). hf and vllm run raywiz.inference's engine, one "
+        "per worker.",
     )
     model: str = Field("gpt-3.5-turbo", description="model name sent to the endpoint, or the model path (vllm, hf)")
     base_url: str = Field("https://api.openai.com/v1", description="openai backend: the API root (…/v1)")
@@ -81,21 +82,37 @@ class LLMConfig(_Section):
     )
     price_per_1m_input_tokens: float = Field(0.0, ge=0, description="for the cost estimate (USD)")
     price_per_1m_output_tokens: float = Field(0.0, ge=0, description="for the cost estimate (USD)")
-    num_workers: int = Field(1, ge=1, description="Ray actors sending requests (openai, hf)")
+    num_workers: int = Field(1, ge=1, description="Ray actors sending requests (openai), or model replicas "
+                             "(hf, vllm: one engine each)")
     num_cpus_per_worker: float = Field(1, ge=0)
-    num_gpus_per_worker: float = Field(0, ge=0, description="hf: GPUs per model replica")
+    num_gpus_per_worker: float = Field(0, ge=0, description="hf, vllm: GPUs per model replica (vllm's default: "
+                                       "engine_kwargs.tensor_parallel_size, else 1)")
     batch_size: int | None = Field(None, ge=1, description="hf: rows per static-cache bucket (default: 256 on "
-                                   "GPU, 16 on CPU); vllm: prompts per Ray Data batch (default 64)")
+                                   "GPU, 16 on CPU); vllm schedules a worker's requests itself")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="vllm: vLLM engine arguments (tensor_parallel_size, max_model_len, …)"
     )
-    vllm_concurrency: int = Field(1, ge=1, description="vllm: engine replicas")
     max_failed_fraction: float = Field(
         0.01, ge=0, le=1,
         description="fail the run when more than this fraction of a phase's requests fail after all retries "
         "(a rerun resends only those: answered requests are cached)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vllm_concurrency_is_gone(cls, data):
+        if isinstance(data, dict) and "vllm_concurrency" in data:
+            raise ValueError("vllm_concurrency is gone: vLLM engines are evolve's workers now (one per Ray "
+                             "actor), so set num_workers (replicas) and num_gpus_per_worker")
+        return data
+
+    @model_validator(mode="after")
+    def _vllm_gets_its_gpus(self):
+        # vLLM needs GPUs: unless the config says otherwise, a worker gets one per tensor-parallel rank.
+        if self.backend == "vllm" and "num_gpus_per_worker" not in self.model_fields_set:
+            self.num_gpus_per_worker = float(self.engine_kwargs.get("tensor_parallel_size", 1))
+        return self
 
     def max_pending_per_worker(self) -> int:
         return self.concurrency if self.backend == "openai" else (self.batch_size or 256)
@@ -163,7 +180,7 @@ RUNTIME_FIELDS: dict[str, Any] = {
     "llm": {"concurrency", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s", "requests_per_minute",
             "tokens_per_minute", "rate_limit_window_s", "price_per_1m_input_tokens",
             "price_per_1m_output_tokens", "num_workers", "num_cpus_per_worker", "num_gpus_per_worker",
-            "batch_size", "vllm_concurrency", "max_failed_fraction", "api_key_env", "base_url"},
+            "batch_size", "max_failed_fraction", "api_key_env", "base_url"},
     "rows_per_shard": True,
     "cache_dir": True,
 }

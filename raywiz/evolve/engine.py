@@ -4,8 +4,8 @@
     answers = engine.run(requests, "round 1: evolve")    # key -> LLMResult, one per unique request
 
 A request whose key is in the cache is never sent again. The rest go to ``num_workers`` Ray actors
-(``LLMWorker``), each holding one backend (an HTTP client with its own concurrency, or a model), or,
-for vLLM, through Ray Data on the driver. Workers write every answer to the cache the moment it
+(``LLMWorker``), each holding one backend (an HTTP client with its own concurrency, or a model on
+raywiz.inference's transformers or vLLM engine). Workers write every answer to the cache the moment it
 arrives and stream answers back in small groups, so the progress bar moves while they work. A worker
 that dies is replaced and only its unanswered requests are sent again.
 """
@@ -119,7 +119,6 @@ class LLMEngine:
         self.show_progress = show_progress
         self.stats = EngineStats()
         self._workers: list = []
-        self._driver_backend = None
 
     # ------------------------------------------------------------------ public
 
@@ -163,8 +162,6 @@ class LLMEngine:
         for w in self._workers:
             ray.kill(w)
         self._workers = []
-        if self._driver_backend is not None:
-            self._driver_backend.close()
 
     def __enter__(self) -> "LLMEngine":
         return self
@@ -184,21 +181,7 @@ class LLMEngine:
     def _send(self, requests: list[LLMRequest]) -> Iterable[list[LLMResult]]:
         if not requests:
             return
-        if self.cfg.backend == "vllm":
-            yield from self._send_on_driver(requests)
-        else:
-            yield from self._send_to_workers(requests)
-
-    def _send_on_driver(self, requests: list[LLMRequest]) -> Iterable[list[LLMResult]]:
-        """vLLM via Ray Data places its own engines; the driver only feeds it and writes the cache."""
-        if self._driver_backend is None:
-            self._driver_backend = make_backend(self.cfg)
-        writer = self.cache.writer()
-        try:
-            for result in self._driver_backend.generate(requests, on_result=writer.put):
-                yield [result]
-        finally:
-            writer.close()
+        yield from self._send_to_workers(requests)
 
     def _new_worker(self):
         """Start a worker and wait until its backend is built (a bad key or model fails here, once)."""

@@ -79,6 +79,9 @@ class Delta:
     finish_reason: str | None = None
     completion_tokens: int = 0
     token_ids: list[int] | None = None  # the choice's tokens, on its last delta
+    # The EOS token that ended the choice (in neither token_ids nor text): OpenAI-style logprobs with
+    # echo list it, and lm-evaluation-harness drops the last listed token as the generated one.
+    eos_token_id: int | None = None
 
 
 class Engine(Protocol):
@@ -114,6 +117,7 @@ class EngineSpec:
     price_per_1m_output_tokens: float = 0.0
     # vllm
     tensor_parallel_size: int = 1
+    vllm_args: dict = field(default_factory=dict)  # more vllm.LLM arguments (max_model_len, gpu_memory_utilization ...)
 
 
 def make_engine(spec: EngineSpec):

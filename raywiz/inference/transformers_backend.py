@@ -13,7 +13,8 @@ its own thread; a request that arrives mid-batch is prefilled and joins at the n
 dispatcher thread turns its outputs into text deltas (incremental detokenisation, stop sequences
 held back until they can no longer match, max_tokens), and cancels a request whose client left or
 whose stop sequence appeared. Mixed greedy and sampled requests share a batch: greedy is top_k=1
-per request. Per-request seeds apply offline only; the streaming path samples from the global RNG.
+per request. A seeded request samples with its own noise (raywiz.inference.seeded_sampling): the same
+seed gives the same text alone or in any batch; an unseeded one samples from the global RNG.
 """
 
 from __future__ import annotations
@@ -239,6 +240,7 @@ class _Row:
         self.sent = 0
         self._prefix = self._read = 0  # incremental detokenisation window (as vLLM does)
         self.finished = False
+        self.eos_token: int | None = None  # the EOS that ended this row, if one did
 
     def feed(self, tokens: list[int], tokenizer, eos_ids: set[int]) -> bool:
         """New tokens in; True when this row is done (the caller cancels it in the manager)."""
@@ -246,6 +248,7 @@ class _Row:
             if self.finished:
                 return True
             if token in eos_ids:
+                self.eos_token = token
                 self.finish("stop", tokenizer)
                 return True
             self.tokens.append(token)
@@ -310,6 +313,7 @@ class _Stream:
     def put(self, item, row: _Row | None = None) -> None:
         if row is not None and isinstance(item, Delta) and item.finish_reason:
             item.token_ids = list(row.tokens)
+            item.eos_token_id = row.eos_token
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the loop is gone: the client left long ago
@@ -331,6 +335,9 @@ class ContinuousScheduler:
         self.vocab = model.config.vocab_size
         cb_config = ContinuousBatchingConfig(per_request_processors=True, **cb_options)
         self.manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=cb_config)
+        from raywiz.inference import seeded_sampling  # imports torch: not at module import
+
+        self.sampler = seeded_sampling.install(self.manager)
         self.manager.start()
         self._rows: dict[str, _Row] = {}
         self._lock = threading.Lock()
@@ -341,10 +348,11 @@ class ContinuousScheduler:
         self._thread = threading.Thread(target=self._dispatch, name="raywiz-cb-dispatch", daemon=True)
         self._thread.start()
 
-    def _request_kwargs(self, params: SamplingParams) -> dict:
+    def _request_kwargs(self, params: SamplingParams, index: int) -> dict:
         if params.greedy:
             return dict(temperature=1.0, top_p=1.0, top_k=1)
-        return dict(temperature=float(params.temperature), top_p=float(params.top_p), top_k=int(self.vocab))
+        return dict(temperature=float(params.temperature), top_p=float(params.top_p), top_k=int(self.vocab),
+                    **self.sampler.request_kwargs(params.seed, index))
 
     async def stream(self, prompt_ids: list[int], params: SamplingParams,
                      emit_interval_s: float = 0.0) -> AsyncIterator[list[Delta]]:
@@ -361,7 +369,7 @@ class ContinuousScheduler:
                 self._rows[row.request_id] = row
         for row in rows:
             rid = self.manager.add_request(prompt_ids, request_id=row.request_id, max_new_tokens=params.max_tokens,
-                                           streaming=True, **self._request_kwargs(params))
+                                           streaming=True, **self._request_kwargs(params, row.index))
             if rid is None:
                 raise RuntimeError("the continuous batching manager refused the request (stopped)")
         remaining = params.n
@@ -385,6 +393,7 @@ class ContinuousScheduler:
                 if live is not None and not live.finished:
                     live.finished = True
                     self.manager.cancel_request(row.request_id)
+                self.sampler.forget(row.request_id)
 
     def _dispatch(self) -> None:
         """Route the manager's outputs to their rows (one thread: rows are touched only here)."""

@@ -31,19 +31,33 @@ def vllm_sampling_kwargs(params: SamplingParams) -> dict:
                 stop=list(params.stop) or None, seed=params.seed)
 
 
+def vllm_llm_kwargs(model: str, tokenizer: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
+                    tensor_parallel_size: int = 1, vllm_args: dict | None = None) -> dict:
+    """Keyword arguments of vllm.LLM; vllm_args add to them (and win where they name the same one)."""
+    base = dict(model=model, tokenizer=tokenizer or model, dtype=dtype, trust_remote_code=trust_remote_code,
+                tensor_parallel_size=tensor_parallel_size)
+    return {**base, **(vllm_args or {})}
+
+
 class VLLMEngine:
     def __init__(self, model: str, tokenizer: str | None = None, dtype: str = "auto",
-                 trust_remote_code: bool = False, tensor_parallel_size: int = 1):
+                 trust_remote_code: bool = False, tensor_parallel_size: int = 1, vllm_args: dict | None = None):
         if not vllm_available():
             raise RuntimeError(INSTALL_HINT)
         from vllm import LLM
 
-        self.llm = LLM(model=model, tokenizer=tokenizer or model, dtype=dtype, trust_remote_code=trust_remote_code,
-                       tensor_parallel_size=tensor_parallel_size)
+        self.llm = LLM(**vllm_llm_kwargs(model, tokenizer, dtype, trust_remote_code, tensor_parallel_size,
+                                         vllm_args))
 
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "VLLMEngine":
-        return cls(spec.model, spec.tokenizer, spec.dtype, spec.trust_remote_code, spec.tensor_parallel_size)
+        return cls(spec.model, spec.tokenizer, spec.dtype, spec.trust_remote_code, spec.tensor_parallel_size,
+                   spec.vllm_args)
+
+    @property
+    def tokenizer(self):
+        """The model's tokenizer (evolve renders chat messages with it)."""
+        return self.llm.get_tokenizer()
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         from vllm import SamplingParams as VLLMParams

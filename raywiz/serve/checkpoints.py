@@ -64,8 +64,13 @@ def is_file(path: str) -> bool:
 
 
 def _ref(ckpt: CheckpointDir) -> CheckpointRef:
-    # A LoRA run that does not merge its adapter serves base + adapter (raywiz.modeling loads it).
-    return CheckpointRef(ckpt.name, ckpt.model_dir or ckpt.hf, ckpt.step, ckpt.run.root)
+    # A LoRA run that does not merge its adapter serves base + adapter (raywiz.modeling loads it). A sealed
+    # adapter/ that no longer checks out (an interrupted copy) is named too, so verify refuses it and says why.
+    path = ckpt.model_dir
+    if path is None:
+        sealed_adapter = not is_dir(ckpt.hf) and is_file(join(ckpt.adapter, MANIFEST))
+        path = ckpt.adapter if sealed_adapter else ckpt.hf
+    return CheckpointRef(ckpt.name, path, ckpt.step, ckpt.run.root)
 
 
 def list_run_checkpoints(run_dir: str) -> list[CheckpointRef]:

@@ -23,7 +23,10 @@ class ServeLimits(_Section):
     max_tokens: int = Field(1024, ge=1, description="the largest `max_tokens` a request may ask for")
     default_max_tokens: int = Field(256, ge=1, description="`max_tokens` when a request gives none")
     max_n: int = Field(4, ge=1, description="completions per request (`n`)")
-    max_stop: int = Field(4, ge=0, description="stop sequences per request (OpenAI allows 4)")
+    max_prompts: int = Field(64, ge=1, description="prompts in one /v1/completions request (lm-evaluation-harness "
+                             "sends its batch_size of them)")
+    # OpenAI allows 4; lm-evaluation-harness sends a task's `until` plus the EOS string (HumanEval's is 6).
+    max_stop: int = Field(16, ge=0, description="stop sequences per request")
     max_request_bytes: int = Field(1_000_000, ge=1024, description="request body size (413 beyond)")
 
 

@@ -134,9 +134,9 @@ class _GenerationRequest(BaseModel):
     stream: bool = False
     stop: str | list[str] | None = None
     stream_options: dict | None = None
+    seed: int | None = None  # sampled requests with one seed give one text, alone or batched with others
     # Accepted for compatibility with OpenAI clients; they do not change the output.
     user: str | None = None
-    seed: int | None = None
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
@@ -232,9 +232,9 @@ def build_openai_router(service: ModelService, limits: ServeLimits) -> APIRouter
             raise ApiError(400, "max_tokens 0 needs echo (scoring the prompt alone)", param="max_tokens")
         if req.stream and (len(req.prompts) > 1 or req.logprobs is not None or req.echo):
             raise ApiError(400, "streaming takes one prompt, without logprobs or echo", param="stream")
-        if len(req.prompts) > limits.max_n:
-            raise ApiError(400, f"prompt has {len(req.prompts)} prompts; this server allows at most {limits.max_n} "
-                           "a request", param="prompt")
+        if len(req.prompts) > limits.max_prompts:
+            raise ApiError(400, f"prompt has {len(req.prompts)} prompts; this server allows at most "
+                           f"{limits.max_prompts} a request", param="prompt")
         return await _generate(service, limits, req, chat=False)
 
     @router.post("/v1/chat/completions")
@@ -365,6 +365,7 @@ async def _one_prompt(loaded: LoadedModel, prompt_ids: list[int], params: Sampli
                     done[d.index].finish_reason = d.finish_reason
                     done[d.index].completion_tokens = d.completion_tokens
                     done[d.index].token_ids = d.token_ids or []
+                    done[d.index].eos_token_id = d.eos_token_id
     except RuntimeError as e:  # the engine failed this request (raised from its stream)
         raise ApiError(500, str(e), type="server_error") from None
     return done
@@ -381,8 +382,12 @@ def _logprobs(tokenizer, prompt_ids: list[int], gen_ids: list[int], scored, echo
         logprob, alternatives = scored[k]
         out["tokens"].append(piece)
         out["token_logprobs"].append(logprob)
-        out["top_logprobs"].append(None if logprob is None or not top else
-                                   {tokenizer.decode([a]): v for a, v in alternatives.items()})
+        tops: dict | None = None
+        if logprob is not None and top:
+            tops = {}
+            for a, v in alternatives.items():  # most likely first: two ids that decode alike keep the higher
+                tops.setdefault(tokenizer.decode([a]), v)
+        out["top_logprobs"].append(tops)
         out["text_offset"].append(offset)
         offset += len(piece)
     return out
@@ -403,8 +408,11 @@ async def _collect(loaded: LoadedModel, prompts, params: SamplingParams, request
             choice = _choice(chat, p * params.n + d.index, (text if echo else "") + d.text, d.finish_reason,
                              stream=False)
             if top is not None:
-                scored = await asyncio.to_thread(loaded.engine.score, ids + (d.token_ids or []), top)
-                choice["logprobs"] = _logprobs(loaded.tokenizer, ids, d.token_ids or [], scored, echo, top)
+                # A choice that ended on EOS lists it too (as OpenAI and vLLM do): lm-evaluation-harness
+                # scores the continuation as token_logprobs[ctxlen:-1], taking the last one as generated.
+                gen = (d.token_ids or []) + ([d.eos_token_id] if d.eos_token_id is not None else [])
+                scored = await asyncio.to_thread(loaded.engine.score, ids + gen, top)
+                choice["logprobs"] = _logprobs(loaded.tokenizer, ids, gen, scored, echo, top)
             choices.append(choice)
     body = _envelope(request_id, chat, loaded.name, choices, stream=False)
     prompt_tokens = sum(len(ids) for _, ids in prompts)

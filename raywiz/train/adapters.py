@@ -43,12 +43,11 @@ def lora_config(peft_cfg, model_type: str):
                       use_dora=peft_cfg.method == "dora", bias="none")
 
 
-def quantization_config(peft_cfg):
-    """QLoRA: the base weights load in 4-bit NF4 (bitsandbytes, GPU only); the adapter trains in bf16."""
+def quantization_config(peft_cfg, compute_dtype: torch.dtype = torch.bfloat16):
+    """QLoRA: the base weights load in 4-bit NF4 (bitsandbytes), double-quantized; the adapter trains in the
+    run's dtype (bf16 on GPU). bitsandbytes also runs 4-bit on CPU (slowly): what the CPU tests use."""
     if peft_cfg.method != "qlora":
         return None
-    if not torch.cuda.is_available():
-        raise ValueError("train.peft.method: qlora needs a GPU (bitsandbytes' 4-bit kernels)")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -56,7 +55,12 @@ def quantization_config(peft_cfg):
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def is_quantized(model) -> bool:
+    """A base loaded in 4 or 8 bits (QLoRA): its packed weights are not the model's real weights."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
 def apply_adapter(model, peft_cfg, gradient_checkpointing: bool = False):
@@ -100,18 +104,41 @@ def export_adapter(model, full_state_dict: dict[str, torch.Tensor], out_dir: str
 
 
 def merged_state_dict(model, full_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The base model's state dict with the adapter folded in (W + scale * B @ A), on CPU.
+    """The base model's state dict with the adapter folded in (W + scale * B @ A), on CPU."""
+    return merged_model(model, full_state_dict).state_dict()
+
+
+def merged_model(model, full_state_dict: dict[str, torch.Tensor]):
+    """A plain CPU model (transformers') with the adapter folded in (W + scale * B @ A): what hf/ holds.
 
     The trained weights are loaded into a CPU copy of the wrapped model, which peft then merges and
     unloads: peft's own arithmetic (LoRA and DoRA), not a hand-written one.
     """
+    if is_quantized(model.get_base_model()):
+        return _merged_on_unquantized_base(model, full_state_dict)
     cpu_model = _cpu_twin(model)
     missing = {n for n, _ in cpu_model.named_parameters()} - set(full_state_dict)
     if missing:
         raise RuntimeError(f"cannot merge the adapter: the gathered weights lack {sorted(missing)[:3]}...")
     cpu_model.load_state_dict({k: v.detach().cpu() for k, v in full_state_dict.items()}, strict=False)
-    merged = cpu_model.merge_and_unload()
-    return {k: v.detach().cpu().contiguous() for k, v in merged.state_dict().items()}
+    return cpu_model.merge_and_unload()
+
+
+def _merged_on_unquantized_base(model, full_state_dict: dict[str, torch.Tensor]):
+    """QLoRA: the 4-bit weights are a lossy copy, so the merge folds the adapter into the base's original
+    weights, read again from where the base came from (as peft's and LLaMA-Factory's QLoRA exports do)."""
+    from peft import get_peft_model, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    base = model.get_base_model()
+    source = base.config._name_or_path
+    dtype = base.config.quantization_config.bnb_4bit_compute_dtype if base.is_loaded_in_4bit else torch.bfloat16
+    original = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map={"": "cpu"})
+    twin = get_peft_model(original, model.peft_config["default"])
+    result = set_peft_model_state_dict(twin, adapter_state_dict(model, full_state_dict))
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"cannot merge the adapter into {source}: unexpected keys {result.unexpected_keys[:3]}")
+    return twin.merge_and_unload()  # its config has no quantization_config: hf/ loads as a plain model
 
 
 def _cpu_twin(model):

@@ -95,19 +95,34 @@ def check_resumable(ckpt_dir: str, kind: str, stage: int | None) -> None:
         "or train under a new run name")
 
 
-def save_training_state(eng, local_dir: str, rank: int, train_state: dict) -> None:
-    """Collective: every rank writes its engine shard and RNG; rank 0 the train_state."""
+def save_training_state(eng, local_dir: str, rank: int, train_state: dict, adapter_only: bool = False) -> None:
+    """Collective: every rank writes its engine shard and RNG; rank 0 the train_state.
+
+    adapter_only (LoRA/DoRA/QLoRA under DeepSpeed): the frozen base stays out, so a checkpoint holds the
+    adapter and its optimizer state (megabytes, not the base's gigabytes); resume rebuilds the base from
+    where it came from. FSDP2 writes the whole model's shards.
+    """
     if eng.kind == "fsdp2":
         eng.engine.save_checkpoint(os.path.join(local_dir, FSDP2_DIR))
     else:
-        eng.engine.save_checkpoint(os.path.join(local_dir, "zero"), tag=ZERO_TAG)
+        eng.engine.save_checkpoint(os.path.join(local_dir, "zero"), tag=ZERO_TAG, exclude_frozen_parameters=adapter_only)
     os.makedirs(os.path.join(local_dir, "rng"), exist_ok=True)
     torch.save(rng_state(), os.path.join(local_dir, "rng", f"rank_{rank}.pt"))
     if rank == 0:
         write_json_atomic(os.path.join(local_dir, "train_state.json"), {**train_state, **engine_record(eng)})
 
 
-def load_training_state(eng, ckpt_dir: str, rank: int) -> dict:
+def _load_trainable_only(src: dict, dst) -> None:
+    """DeepSpeed's custom_load_fn for adapter-only checkpoints: restore the trainable weights, leave the
+    frozen base as it was built (bitsandbytes' packed 4-bit state must not be re-loaded half-way)."""
+    trainable = {n for n, p in dst.named_parameters() if p.requires_grad}
+    missing = trainable - set(src)
+    if missing:
+        raise RuntimeError(f"the checkpoint lacks adapter weights {sorted(missing)[:3]}: written by another peft setup?")
+    dst.load_state_dict({k: v for k, v in src.items() if k in trainable}, strict=False)
+
+
+def load_training_state(eng, ckpt_dir: str, rank: int, adapter_only: bool = False) -> dict:
     """Collective: restore the engine's shards, optimizer, RNG; return the train_state."""
     check = check_manifest(ckpt_dir, kind=Kind.TRAIN_CHECKPOINT)
     if not check.complete:
@@ -116,7 +131,11 @@ def load_training_state(eng, ckpt_dir: str, rank: int) -> dict:
     if eng.kind == "fsdp2":
         eng.engine.load_checkpoint(os.path.join(ckpt_dir, FSDP2_DIR))
     else:
+        # ZeRO-3 restores the weights from its fp32 partitions (the module file holds placeholders), so only
+        # strictness changes there; below stage 3 the module file is the weights' source.
+        custom = _load_trainable_only if adapter_only and eng.zero_stage < 3 else None
         load_path, _ = eng.engine.load_checkpoint(os.path.join(ckpt_dir, "zero"), tag=ZERO_TAG,
+                                                  load_module_strict=not adapter_only, custom_load_fn=custom,
                                                   load_optimizer_states=True, load_lr_scheduler_states=False)
         if load_path is None:
             raise RuntimeError(f"{ckpt_dir}/zero: DeepSpeed found no state to load")

@@ -97,7 +97,7 @@ class DataConfig(_Section):
 
 class PeftConfig(_Section):
     method: Literal["none", "lora", "dora", "qlora"] = Field(
-        "none", description="none: full fine-tuning; lora / dora (peft); qlora: LoRA on a 4-bit base (GPU, bitsandbytes)")
+        "none", description="none: full fine-tuning; lora / dora (peft); qlora: LoRA on a 4-bit base (bitsandbytes; runs as ZeRO-2)")
     r: int = Field(16, ge=1)
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)

@@ -45,6 +45,10 @@ def zero_stage(train_cfg, on_gpu: bool, param_bytes: int | None, gpu_bytes: int 
     (bench/train_throughput.py, one call): 62.5k tok/s (44.4% MFU) as stage 2, 42.0k (29.8%) as stage 3;
     its profile: ZeRO-3 spends the host time in AccumulateGrad and its pre/post-backward module hooks, and
     the device time in extra bias adds and copies. A ZeRO-3 checkpoint does not load into ZeRO-2."""
+    if train_cfg.deepspeed.stage == 3 and train_cfg.peft.method == "qlora":
+        # ZeRO-3 cannot partition bitsandbytes' packed 4-bit weights; the 4-bit base is small enough to
+        # sit whole on every worker (QLoRA's point), and ZeRO-2 still shards the adapter's grads and state.
+        return 2
     if train_cfg.deepspeed.stage == 3 and params_resident(train_cfg, on_gpu, param_bytes, gpu_bytes):
         return 2
     return train_cfg.deepspeed.stage
@@ -196,10 +200,13 @@ def create_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_pa
     from raywiz.train.adapters import quantization_config
 
     # Whole weights (stage < 3) are made on the GPU directly: a 1B random init on the host takes ~40 s longer.
-    with torch.device(device) if on_gpu and stage != 3 else contextlib.nullcontext():
+    # A 4-bit base is quantized as it loads onto its device (device_map), not inside a device context.
+    quantized = quantization_config(train_cfg.peft, dtype)
+    with torch.device(device) if on_gpu and stage != 3 and quantized is None else contextlib.nullcontext():
         model = build_model(model_cfg.name_or_path, dtype=dtype, attn_implementation=attn,
                             trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
-                            seed=train_cfg.optim.seed, quantization_config=quantization_config(train_cfg.peft))
+                            seed=train_cfg.optim.seed, quantization_config=quantized,
+                            device_map={"": str(device)} if quantized is not None else None)
     if train_cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

@@ -235,7 +235,8 @@ class FinetuneRecipe:
         restored = ray.train.get_checkpoint()
         if restored is not None:
             with restored.as_directory() as d:
-                self.state = TrainState.from_json(ckpt.load_training_state(self.eng, d, self.rank))
+                self.state = TrainState.from_json(ckpt.load_training_state(self.eng, d, self.rank,
+                                                                                  adapter_only=self.tc.peft.enabled))
             if self.state.step_in_epoch >= self.plan.steps_per_epoch:  # saved at an epoch's last step
                 self.state.epoch, self.state.step_in_epoch = self.state.epoch + 1, 0
             resumed = (f"resumed from step {self.state.step} (epoch {self.state.epoch + 1}, step "
@@ -361,7 +362,8 @@ class FinetuneRecipe:
         upload = functools.partial(ckpt.move_into_storage, layout=self.layout) if staging else None
         with contextlib.nullcontext(staging) if staging else tempfile.TemporaryDirectory(prefix="raywiz-ckpt-") as local:
             ckpt.save_training_state(self.eng, local, self.rank,
-                                     dict(asdict(self.state), total_steps=self.plan.total_steps))
+                                     dict(asdict(self.state), total_steps=self.plan.total_steps),
+                                     adapter_only=self.tc.peft.enabled)
             if export:
                 sd = ckpt.consolidated_state_dict(self.eng)
                 if self.rank == 0:
@@ -382,11 +384,14 @@ class FinetuneRecipe:
         if not self.tc.peft.enabled:
             ckpt.export_hf(self.model, state_dict, self.tokenizer, here.hf, meta)
             return
-        from raywiz.train.adapters import export_adapter, merged_state_dict
+        from raywiz.train.adapters import export_adapter, is_quantized, merged_model
 
-        export_adapter(self.model, state_dict, here.adapter, {**meta, "peft": self.tc.peft.method}, self.tokenizer)
+        # base_quantized: what the base really was while training (QLoRA: 4-bit), read off the model itself
+        export_adapter(self.model, state_dict, here.adapter, {**meta, "peft": self.tc.peft.method,
+                       "base_quantized": is_quantized(self.model.get_base_model())}, self.tokenizer)
         if self.tc.checkpoint.merge_adapter:
-            ckpt.export_hf(self.model.get_base_model(), merged_state_dict(self.model, state_dict), self.tokenizer,
+            merged = merged_model(self.model, state_dict)
+            ckpt.export_hf(merged, merged.state_dict(), self.tokenizer,
                            here.hf, meta)
 
     def cleanup(self) -> None:

@@ -61,11 +61,29 @@ def test_a_worker_that_cannot_start_fails_once_with_the_reason(tmp_path, ray_loc
             engine.run(reqs("b", 3), "no key")
 
 
-def test_vllm_backend_says_what_is_missing():
+def test_vllm_backend_is_the_inference_engine_s_and_says_what_is_missing():
     from raywiz.evolve.llm import make_backend
-    from raywiz.evolve.llm.vllm_data import vllm_available
+    from raywiz.inference.vllm_backend import INSTALL_HINT, vllm_available
 
     if vllm_available():
         pytest.skip("vllm is installed here")
-    with pytest.raises(RuntimeError, match="pip install vllm"):
+    with pytest.raises(RuntimeError) as e:
         make_backend(LLMConfig(backend="vllm", model="some/model"))
+    assert str(e.value) == INSTALL_HINT  # raised by raywiz.inference's vllm adapter: the one vLLM path
+
+
+def test_vllm_config_maps_onto_the_engine_spec():
+    from pydantic import ValidationError
+
+    from raywiz.evolve.llm.local_hf import engine_spec
+
+    cfg = LLMConfig(backend="vllm", model="/models/x", dtype="bfloat16",
+                    engine_kwargs={"tensor_parallel_size": 2, "max_model_len": 4096})
+    spec = engine_spec(cfg)
+    assert (spec.backend, spec.model, spec.dtype, spec.tensor_parallel_size) == ("vllm", "/models/x", "bfloat16", 2)
+    assert spec.vllm_args == {"max_model_len": 4096}
+    assert cfg.num_gpus_per_worker == 2  # one GPU per tensor-parallel rank unless set
+    assert LLMConfig(backend="vllm", model="m", num_gpus_per_worker=0.5).num_gpus_per_worker == 0.5
+    assert LLMConfig(backend="hf", model="m").num_gpus_per_worker == 0
+    with pytest.raises(ValidationError, match="set num_workers"):
+        LLMConfig(backend="vllm", model="m", vllm_concurrency=2)

@@ -3,7 +3,7 @@
 import pytest
 
 from raywiz.inference import EngineSpec, SamplingParams, make_engine
-from raywiz.inference.vllm_backend import INSTALL_HINT, vllm_available, vllm_sampling_kwargs
+from raywiz.inference.vllm_backend import INSTALL_HINT, vllm_available, vllm_llm_kwargs, vllm_sampling_kwargs
 
 
 def test_vllm_guard_names_the_fix():
@@ -19,6 +19,9 @@ def test_vllm_parameter_mapping():
     assert greedy == dict(n=1, temperature=0.0, top_p=1.0, max_tokens=7, stop=["\nclass"], seed=3)
     sampled = vllm_sampling_kwargs(SamplingParams(n=4, temperature=0.8, top_p=0.95, max_tokens=7))
     assert sampled == dict(n=4, temperature=0.8, top_p=0.95, max_tokens=7, stop=None, seed=0)
+    llm = vllm_llm_kwargs("/m", None, "bfloat16", False, 2, {"max_model_len": 4096, "dtype": "float16"})
+    assert llm == dict(model="/m", tokenizer="/m", dtype="float16", trust_remote_code=False, tensor_parallel_size=2,
+                       max_model_len=4096)  # vllm_args add to the spec's arguments and win over them
 
 
 def test_unknown_backend_is_refused_by_name():

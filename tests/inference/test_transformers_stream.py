@@ -79,3 +79,22 @@ def test_client_that_goes_away_is_cancelled_and_freed(engine):
     # The engine still serves the next request (its slot was freed, not leaked).
     texts, reasons, _ = asyncio.run(collect(engine, "x", SamplingParams(max_tokens=3)))
     assert reasons[0] in ("stop", "length")
+
+
+def test_a_seed_fixes_sampled_text_alone_and_in_a_shared_batch(engine):
+    def params(seed, n=1):
+        return SamplingParams(n=n, temperature=1.0, max_tokens=16, seed=seed)
+
+    (alone7, alone8) = [asyncio.run(collect(engine, "def f(x):", params(s)))[2][0] for s in (7, 8)]
+    assert asyncio.run(collect(engine, "def f(x):", params(7)))[2][0] == alone7
+    assert alone7 != alone8
+
+    async def together():  # one batch: seeded requests beside each other and beside an unseeded one
+        return await asyncio.gather(*(collect(engine, prompt, p) for prompt, p in
+                                      [("def f(x):", params(7)), ("def f(x):", params(8)),
+                                       ("class A:", params(None)), ("def f(x):", params(7, n=2))]))
+
+    seven, eight, _, pair = [tokens for _, _, tokens in asyncio.run(together())]
+    assert seven[0] == alone7 and eight[0] == alone8
+    assert pair[0] == alone7 and pair[1] != pair[0]  # choice 0 repeats the seed's text; choice 1 differs
+    assert engine.scheduler.sampler._steps == {}  # finished requests leave no per-request state

@@ -87,6 +87,26 @@ class LocalServer:
         self.thread.join(timeout=10)
 
 
+@pytest.fixture(scope="package")
+def completion_server(tmp_path_factory):
+    """serve's /v1 API for a plain completion model (no template), under uvicorn on 127.0.0.1 without Ray:
+    one for every real-client test (the openai SDK, lm-evaluation-harness)."""
+    from types import SimpleNamespace
+
+    from raywiz.serve.config import ServeConfig
+    from raywiz.serve.openai_api import build_api
+    from raywiz.serve.service import ModelService, ServiceSettings
+
+    run_dir = tmp_path_factory.mktemp("completions") / "runs" / "demo"
+    hf_dir = make_checkpoint(run_dir, 1, template=None)
+    cfg = ServeConfig(watch=False)
+    service = ModelService(ServiceSettings(cfg, str(run_dir), str(run_dir.parent)))
+    service.set_checkpoint(cfg.checkpoint)
+    with LocalServer(build_api(service, cfg.limits)) as server:
+        yield SimpleNamespace(url=server.url, hf_dir=hf_dir, service=service)
+    service.close()
+
+
 @pytest.fixture
 def run_dir(tmp_path) -> Path:
     d = tmp_path / "runs" / "demo"

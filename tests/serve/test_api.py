@@ -101,11 +101,12 @@ def test_chat_applies_the_wizardcoder_template(served):
     ({"prompt": "x", "n": 50}, 400, "n"),
     ({"prompt": "x", "temperature": -1}, 400, "temperature"),
     ({"prompt": "x", "top_p": 0}, 400, "top_p"),
-    ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"prompt": "x", "stop": [f"s{i}" for i in range(17)]}, 400, "stop"),  # serve.limits.max_stop is 16
     ({"prompt": "x", "stop": [""]}, 400, "stop"),
     ({"prompt": ""}, 400, "prompt"),
     ({"prompt": 42}, 400, "prompt"),
     ({"prompt": []}, 400, "prompt"),
+    ({"prompt": ["x"] * 65}, 400, "prompt"),  # serve.limits.max_prompts is 64
     ({"prompt": [[5, 99999]]}, 400, "prompt"),  # a token id outside the vocabulary
     ({"prompt": ["a", "b"], "stream": True}, 400, "stream"),
     ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),  # 0 only with echo

@@ -8,25 +8,13 @@ import math
 import pytest
 import torch
 
-from raywiz.serve.config import ServeConfig
-from raywiz.serve.openai_api import build_api
-from raywiz.serve.service import ModelService, ServiceSettings
-
-from .conftest import LocalServer, make_checkpoint
-
 openai = pytest.importorskip("openai")
 
 
 @pytest.fixture(scope="module")
-def sdk(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("sdk") / "runs" / "demo"
-    hf_dir = make_checkpoint(run_dir, 1, template=None)  # a plain completion model
-    cfg = ServeConfig(watch=False)
-    service = ModelService(ServiceSettings(cfg, str(run_dir), str(run_dir.parent)))
-    service.set_checkpoint(cfg.checkpoint)
-    with LocalServer(build_api(service, cfg.limits)) as server:
-        yield openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0), hf_dir
-    service.close()
+def sdk(completion_server):
+    client = openai.OpenAI(base_url=completion_server.url + "/v1", api_key="unused", max_retries=0)
+    return client, completion_server.hf_dir
 
 
 def test_a_list_of_prompts_gets_n_choices_each_in_order(sdk):
@@ -71,3 +59,26 @@ def test_token_id_prompts_and_echo_without_generation(sdk):
     assert len(r.choices) == 2 and r.usage.completion_tokens == 0
     assert [len(c.logprobs.tokens) for c in r.choices] == [4, 3]
     assert all(v <= 0 for c in r.choices for v in c.logprobs.token_logprobs[1:])
+
+
+def test_a_choice_that_ends_on_eos_lists_it_in_logprobs(sdk):
+    # In this tiny model the greedy token after EOS is EOS again: the choice ends at once. lm-evaluation-
+    # harness takes the last listed token as the generated one, so the EOS must be listed.
+    client, _ = sdk
+    ids = [89, 287, 393, 0]  # "x = 1<|endoftext|>"
+    r = client.completions.create(model="latest", prompt=[ids], max_tokens=1, echo=True, logprobs=1, temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason == "stop" and r.usage.completion_tokens == 0
+    lp = choice.logprobs
+    assert len(lp.tokens) == len(ids) + 1 and lp.tokens[-1] == "<|endoftext|>"
+    assert lp.token_logprobs[-1] == max(lp.top_logprobs[-1].values())
+
+
+def test_a_seed_fixes_sampled_text(sdk):
+    client, _ = sdk
+
+    def sample(seed):
+        return client.completions.create(model="latest", prompt="def f(x):", max_tokens=12, temperature=1.0,
+                                         seed=seed).choices[0].text
+
+    assert sample(3) == sample(3) != sample(4)

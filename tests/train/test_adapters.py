@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -75,11 +76,25 @@ def test_an_empty_or_truncated_adapter_save_fails(tmp_path):
     assert "adapter_model.safetensors has" in check_manifest(str(out), kind=Kind.ADAPTER_EXPORT).reason
 
 
-def test_qlora_is_refused_clearly_without_a_gpu():
-    if torch.cuda.is_available():
-        pytest.skip("has a GPU")
-    with pytest.raises(ValueError, match="qlora needs a GPU"):
+def test_qlora_without_bitsandbytes_or_on_a_random_config_is_refused_clearly(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'raywiz\[qlora\]'"):
         adapters.quantization_config(PeftConfig(method="qlora"))
+    monkeypatch.undo()
+    pytest.importorskip("bitsandbytes")
+    with pytest.raises(ValueError, match="cannot load quantized"):
+        build_model("tiny-gpt-bigcode", quantization_config=adapters.quantization_config(PeftConfig(method="qlora")))
+
+
+def test_qlora_runs_as_zero2_whatever_stage_is_asked():
+    from raywiz.train.config import TrainConfig
+    from raywiz.train.engine import zero_stage
+
+    tc = TrainConfig.model_validate({"data": {"paths": ["x.jsonl"]}, "peft": {"method": "qlora"}, "deepspeed": {"stage": 3, "resident_params": "never"},
+                                     "scaling": {"num_workers": 2}})
+    assert zero_stage(tc, on_gpu=True, param_bytes=10**9, gpu_bytes=80 * 10**9) == 2
+    tc.peft.method = "lora"
+    assert zero_stage(tc, on_gpu=True, param_bytes=10**9, gpu_bytes=80 * 10**9) == 3
 
 
 def test_an_adapter_directory_loads_for_inference_on_its_base(tmp_path):

@@ -1,12 +1,18 @@
-"""LoRA end to end on a real local Ray cluster: 2 CPU workers, DeepSpeed ZeRO-3 (partitioned weights),
-a base model loaded from a directory as a hub model would be. The loss falls, only the adapter
-trains, the checkpoint's adapter/ (peft's format) on its base equals the merged hf/ export, and a
-SIGKILLed run resumes to the same adapter as an uninterrupted one."""
+"""LoRA and QLoRA end to end on a real local Ray cluster: 2 CPU workers, a base model loaded from a
+directory as a hub model would be.
+
+LoRA under DeepSpeed ZeRO-3 (partitioned weights): the loss falls, only the adapter trains, the model
+learns its response (greedy decoding gives it back token for token), the checkpoint's adapter/
+(peft's format) on its base equals the merged hf/ export, and a SIGKILLed run resumes to the same
+adapter as an uninterrupted one. QLoRA (bitsandbytes' 4-bit base, which also runs on CPU) under
+ZeRO-2: it trains, survives a killed worker, and its merged hf/ is the adapter folded into the
+base's original (unquantized) weights."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -14,34 +20,38 @@ import pytest
 import torch
 
 from raywiz.artifacts import Kind, RunLayout, check_manifest
-from tests.train.test_train_e2e import _finish, _four_samples, _last_registered_step, _read_trace, _start, _wait_for_step
+from tests.train.test_train_e2e import _finish, _last_registered_step, _read_trace, _start, _wait_for_step
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 STEPS, CKPT_EVERY = 24, 6
+# One short response, twice (one row per worker and step): what the adapter must learn to say.
+INSTRUCTION, RESPONSE = "Write a Python function that reverses a string.", "def reverse(s):\n    return s[::-1]"
 
 
-def _lora_job(tmp: Path, name: str) -> Path:
+def _lora_job(tmp: Path, name: str, method: str = "lora", steps: int = STEPS, pid_files: bool = False,
+              extra: str = "") -> Path:
     from raywiz.modeling import build_model
 
     base = tmp / "base"
     if not base.exists():
         build_model("tiny-gpt-bigcode", seed=3).save_pretrained(base)
-        _four_samples(tmp, by=lambda r: len(r["output"]))
+        rows = [{"sample_id": f"reverse-{i}", "instruction": INSTRUCTION, "input": "", "output": RESPONSE} for i in "ab"]
+        (tmp / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     job = tmp / f"{name}.yaml"
     job.write_text(f"""
 name: {name}
 storage: {tmp / 'runs'}
 model: {{name_or_path: {base}, tokenizer: {REPO / 'raywiz/assets/tokenizer'}}}
 train:
-  data: {{paths: [{tmp / 'four.jsonl'}], max_length: 256, pack: false}}
-  optim: {{epochs: 12, global_batch_size: 2, micro_batch_size: 1, lr: 5.0e-2, warmup_steps: 2}}
+  data: {{paths: [{tmp / 'rows.jsonl'}], max_length: 256, pack: false}}
+  optim: {{epochs: {steps}, global_batch_size: 2, micro_batch_size: 1, lr: 1.0e-2, warmup_steps: 2}}
   scaling: {{num_workers: 2}}
   deepspeed: {{resident_params: never}}
   checkpoint: {{every_n_steps: {CKPT_EVERY}, num_to_keep: 2}}
-  debug: {{trace_samples: true}}
-  peft: {{method: lora, r: 8, alpha: 32, dropout: 0.0}}
-""")
+  debug: {{trace_samples: true, pid_files: {str(pid_files).lower()}}}
+  peft: {{method: {method}, r: 8, alpha: 32, dropout: 0.0}}
+{extra}""")
     return job
 
 
@@ -80,6 +90,23 @@ def test_lora_under_zero3_trains_the_adapter_and_exports_it_loadable(lora_run):
         untouched = AutoModelForCausalLM.from_pretrained(base).eval()(ids).logits
     torch.testing.assert_close(on_base, merged, rtol=1e-4, atol=1e-4)
     assert (merged - untouched).abs().max() > 1e-3  # the adapter learned something
+    prompt, response = _prompt_and_response(ckpt.hf)
+    with torch.no_grad():
+        model = AutoModelForCausalLM.from_pretrained(ckpt.hf).eval()
+        said = model.generate(torch.tensor([prompt]), max_new_tokens=len(response), do_sample=False,
+                              pad_token_id=1)[0, len(prompt):].tolist()
+    assert said == response, "greedy decoding did not give back the trained response"
+
+
+def _prompt_and_response(model_dir: str) -> tuple[list[int], list[int]]:
+    """The training tokenization of the one sample: prompt ids, and the response ids (+ EOS) it learns."""
+    from transformers import AutoTokenizer
+
+    from raywiz.data.conversation import from_instruction, tokenize_conversation
+
+    sample = tokenize_conversation(AutoTokenizer.from_pretrained(model_dir), from_instruction(INSTRUCTION, "", RESPONSE))
+    n_prompt = next(i for i, label in enumerate(sample.labels) if label != -100)
+    return list(sample.input_ids[:n_prompt]), list(sample.input_ids[n_prompt:])
 
 
 def test_a_killed_lora_run_resumes_to_the_same_adapter(lora_run):
@@ -99,3 +126,36 @@ def test_a_killed_lora_run_resumes_to_the_same_adapter(lora_run):
     assert ref.keys() == resumed.keys() and all(torch.allclose(ref[k], resumed[k], atol=1e-5) for k in ref)
     steps = [json.loads(line)["step"] for line in open(layout.metrics)]
     assert steps == list(range(1, STEPS + 1))  # a true history: no step twice after the resume
+
+
+def test_qlora_trains_on_a_4bit_base_survives_a_killed_worker_and_merges_into_the_original(lora_run):
+    pytest.importorskip("bitsandbytes")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tmp, steps = lora_run["tmp"], 3 * CKPT_EVERY
+    job = _lora_job(tmp, "qlora", method="qlora", steps=steps, pid_files=True, extra="  max_failures: 1\n")
+    layout, log = RunLayout(str(tmp / "runs" / "qlora")), tmp / "qlora.log"
+    proc = _start(job, log)
+    _wait_for_step(Path(layout.train), CKPT_EVERY + 1, proc, registered=CKPT_EVERY)
+    pid = json.loads((Path(layout.train) / "workers" / "rank_1.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)  # one worker: Ray Train restarts the group from the last checkpoint
+    text = _finish(proc, log) + log.read_text()
+    resumed = [int(n) for n in re.findall(r"resumed from step (\d+) ", text)]
+    assert resumed and resumed[0] in (CKPT_EVERY, 2 * CKPT_EVERY), text[-3000:]
+    assert sorted(_read_trace(Path(layout.train))) == list(range(steps))
+    assert [json.loads(line)["step"] for line in open(layout.metrics)] == list(range(1, steps + 1))
+    losses = [json.loads(line)["loss"] for line in open(layout.metrics)]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+
+    ckpt, base = layout.latest_checkpoint(), tmp / "base"
+    meta = json.loads(Path(ckpt.adapter, "raywiz.json").read_text())
+    assert meta["peft"] == "qlora" and meta["base_quantized"] is True  # read off the trained model itself
+    assert check_manifest(ckpt.adapter, kind=Kind.ADAPTER_EXPORT).complete
+    ids = torch.tensor([[5, 17, 99, 3, 250, 7, 40]])
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(ckpt.hf).eval()(ids).logits
+        on_original = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), ckpt.adapter).eval()(ids).logits
+        untouched = AutoModelForCausalLM.from_pretrained(base).eval()(ids).logits
+    torch.testing.assert_close(merged, on_original, rtol=1e-4, atol=1e-4)  # folded into the 16/32-bit base
+    assert (merged - untouched).abs().max() > 1e-3

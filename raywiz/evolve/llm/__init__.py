@@ -4,8 +4,8 @@
     for result in backend.generate(requests):   # in completion order, not request order
         ...
 
-Backends: ``openai_http`` (any OpenAI-compatible chat/completions server), ``local_hf`` (a
-transformers model, batched generate) and ``vllm_data`` (vLLM through ``ray.data.llm``). A request's
+Backends: ``openai_http`` (any OpenAI-compatible chat/completions server) and ``local_hf`` (a local
+model on raywiz.inference's engine: transformers for ``hf``, vLLM for ``vllm``). A request's
 ``key`` identifies it by (model, messages, parameters): the request cache and the server-side
 accounting in tests use the same key.
 """
@@ -74,10 +74,6 @@ class LLMResult:
 class LLMBackend(ABC):
     """Turns requests into results. Implementations hold their own client, model or engine."""
 
-    #: True when the backend spreads work over the Ray cluster by itself (vLLM through Ray Data);
-    #: otherwise raywiz runs it inside Ray actors.
-    distributes_itself: bool = False
-
     @abstractmethod
     def generate(self, requests: Sequence[LLMRequest],
                  on_result: Callable[[LLMResult], None] | None = None) -> Iterator[LLMResult]:
@@ -98,12 +94,8 @@ def make_backend(llm_config) -> LLMBackend:
         from raywiz.evolve.llm.openai_http import OpenAIHTTPBackend
 
         return OpenAIHTTPBackend.from_config(llm_config)
-    if llm_config.backend == "hf":
+    if llm_config.backend in ("hf", "vllm"):
         from raywiz.evolve.llm.local_hf import LocalHFBackend
 
         return LocalHFBackend.from_config(llm_config)
-    if llm_config.backend == "vllm":
-        from raywiz.evolve.llm.vllm_data import VLLMDataBackend
-
-        return VLLMDataBackend.from_config(llm_config)
     raise ValueError(f"evolve.llm.backend: unknown backend {llm_config.backend!r}")

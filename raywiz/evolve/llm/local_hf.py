@@ -1,9 +1,12 @@
-"""A local transformers model as evolve's LLM, on raywiz.inference's transformers engine.
+"""A local model as evolve's LLM, on raywiz.inference's engine: transformers (``hf``) or vLLM (``vllm``).
 
-Chat messages become a prompt through the tokenizer's chat template when it has one, else through
-the template the checkpoint was trained with (its ``raywiz.json``; WizardCoder's by default), so a
-raywiz checkpoint can evolve data for the next round. Requests with equal sampling parameters go to
-the engine together; it sorts them by length into static-cache buckets.
+One engine per evolve worker (a Ray actor with ``num_gpus_per_worker`` GPUs), built from an
+``EngineSpec`` as eval's generation workers are: the ``vllm`` backend is the inference package's vLLM
+adapter, and ``num_workers`` engine replicas share out the requests. Chat messages become a prompt
+through the tokenizer's chat template when it has one, else through the template the checkpoint was
+trained with (its ``raywiz.json``; WizardCoder's by default), so a raywiz checkpoint can evolve data
+for the next round. Requests with equal sampling parameters go to the engine together (the
+transformers engine sorts them by length into static-cache buckets; vLLM schedules them itself).
 """
 
 from __future__ import annotations
@@ -22,17 +25,27 @@ def sampling_params(params: dict) -> SamplingParams:
                           seed=params.get("seed", 0))
 
 
+def engine_spec(cfg) -> EngineSpec:
+    """evolve.llm -> the engine each worker builds."""
+    if cfg.backend == "vllm":
+        args = dict(cfg.engine_kwargs)
+        return EngineSpec(backend="vllm", model=cfg.model, dtype=cfg.dtype,
+                          tensor_parallel_size=int(args.pop("tensor_parallel_size", 1)), vllm_args=args)
+    return EngineSpec(backend="transformers", model=cfg.model, dtype=cfg.dtype, max_batch_size=cfg.batch_size)
+
+
 class LocalHFBackend(LLMBackend):
     def __init__(self, model_name_or_path: str, batch_size: int | None = None, dtype: str = "auto",
-                 device: str | None = None):
-        self.engine = make_engine(EngineSpec(backend="transformers", model=model_name_or_path, dtype=dtype,
-                                             device=device, max_batch_size=batch_size))
+                 device: str | None = None, spec: EngineSpec | None = None):
+        self.spec = spec or EngineSpec(backend="transformers", model=model_name_or_path, dtype=dtype, device=device,
+                                       max_batch_size=batch_size)
+        self.engine = make_engine(self.spec)
         self.tokenizer = self.engine.tokenizer
-        self.template = prompt_template(model_name_or_path) or "wizardcoder"
+        self.template = prompt_template(self.spec.model) or "wizardcoder"
 
     @classmethod
     def from_config(cls, cfg) -> "LocalHFBackend":
-        return cls(cfg.model, cfg.batch_size, cfg.dtype)
+        return cls(cfg.model, spec=engine_spec(cfg))
 
     def prompt_of(self, req: LLMRequest) -> str:
         if getattr(self.tokenizer, "chat_template", None):
