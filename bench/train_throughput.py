@@ -402,7 +402,7 @@ def engine_loop(data_file: str, model_name: str, engines: list[str], steps: int,
         gc.collect()
         if on_gpu:
             torch.cuda.empty_cache()
-    Path(out_file).write_text(json.dumps(results))
+        Path(out_file).write_text(json.dumps(results))  # after each engine: a run cut short keeps the first
 
 
 def checks(data_file: str, model_name: str, seq_len: int, out_file: str) -> None:
@@ -533,7 +533,8 @@ def main() -> None:
         out = os.path.join(work, "engines.json")
         ok, logs = _sub(["--_engine_worker", data, model, ",".join(engines), str(args.engine_steps), str(micro),
                          str(accum), str(seq_len), out], 300)
-        result["engine_loop"] = json.loads(Path(out).read_text()) if ok else [{"error": logs}]
+        done = json.loads(Path(out).read_text()) if os.path.exists(out) else []
+        result["engine_loop"] = done if ok else done + [{"error": logs}]
         result["bench_wall_s"] = time.perf_counter() - t0
         save(result, args.out)
         print(json.dumps(result.get("summary"), indent=2))
