@@ -3,6 +3,9 @@ same data, one run ("one_call": true).
 
     python bench/train_throughput.py --out bench/results/train_throughput.json
     python bench/train_throughput.py --cpu      # smoke test of every part with a tiny model, no GPU
+    python bench/train_throughput.py --engine-loop --engines deepspeed,fsdp2   # the engines alone, < 1 min:
+                                                           # bench/results/train_engines.json
+    python bench/train_throughput.py --engines deepspeed,fsdp2   # the default variant through `raywiz train` per engine
 
 - seed_recipe: HF Trainer + DeepSpeed ZeRO-3, padding to the longest sample in the batch, per-device
   batch 8, the model's default attention (what WizardCoder's train script does).
@@ -10,6 +13,8 @@ same data, one run ("one_call": true).
   run per variant (attention, fused loss, ZeRO stage); each profiles one step (train.debug.profile_step).
 - plain_loop: the same packed rows through HF GPT-BigCode with no Ray and no DeepSpeed (fused AdamW):
   what the model alone costs, so raywiz's overhead is measured in the same call; profiled too.
+- engines (--engines deepspeed,fsdp2): the first variant once per `train.engine`; --engine-loop compares them
+  alone: raywiz's create_engine and FinetuneRecipe.train_step on the same packed rows, one process, no Ray.
 - checks: per-token losses of varlen attention vs SDPA's block-diagonal mask (bf16, 1e-2 relative), and
   the fused losses vs logits -> fp32 cross-entropy.
 
@@ -225,6 +230,36 @@ def packed_batches(data_file: str, model: str, seq_len: int, micro: int) -> list
     return out
 
 
+def timed_steps(batches: list[dict], steps: int, accum: int, warmup: int, step, on_gpu: bool):
+    """Run `step(micro_batches)` `steps` times: step `warmup` - 1 is profiled (untimed), those after are timed.
+    Returns (seconds, useful tokens, sum of squared lengths, steps timed, profile summary, every step's result)."""
+    import torch
+
+    from raywiz.train.metrics import profile_summary
+
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    it = iter(batches)
+    times, tokens, sq, profile, outs = [], 0, 0, None, []
+    for i in range(steps):
+        mb = [next(it) for _ in range(accum)]
+        sync()
+        t = time.perf_counter()
+        if i == warmup - 1:  # profile one step in the warm-up
+            acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
+            with torch.profiler.profile(activities=acts) as prof:
+                outs.append(step(mb))
+                sync()
+            profile = profile_summary(prof, time.perf_counter() - t)
+            continue
+        outs.append(step(mb))
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+            tokens += sum(b["n_tokens"] for b in mb)
+            sq += sum(b["sum_sq_len"] for b in mb)
+    return sum(times), tokens, sq, len(times), profile, outs
+
+
 def plain_loop(data_file: str, model_name: str, variants: list[str], steps: int, micro: int, accum: int,
                seq_len: int, out_file: str, warmup: int = 3) -> None:
     """HF model + fused AdamW, no Ray/DeepSpeed. Variant: attn+loss+weights, e.g. varlen+liger+bf16.
@@ -234,7 +269,7 @@ def plain_loop(data_file: str, model_name: str, variants: list[str], steps: int,
 
     from raywiz.modeling import build_model, model_config
     from raywiz.train.kernels import register_varlen_attention
-    from raywiz.train.metrics import model_shape, profile_summary, step_flops
+    from raywiz.train.metrics import model_shape, step_flops
     from raywiz.train.recipe import loss_scale, token_loss_sum
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -278,34 +313,13 @@ def plain_loop(data_file: str, model_name: str, variants: list[str], steps: int,
                     with torch.no_grad():
                         torch._foreach_copy_(params, master)
 
-            it = iter(batches)
-            sync = torch.cuda.synchronize if on_gpu else (lambda: None)
-            times, tokens, sq = [], 0, 0
-            profile = None
-            for i in range(steps):
-                mb = [next(it) for _ in range(accum)]
-                sync()
-                t = time.perf_counter()
-                if i == warmup - 1:  # profile one step in the warm-up
-                    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
-                    with torch.profiler.profile(activities=acts) as prof:
-                        step(mb)
-                        sync()
-                    profile = profile_summary(prof, time.perf_counter() - t)
-                    continue
-                step(mb)
-                sync()
-                if i >= warmup:
-                    times.append(time.perf_counter() - t)
-                    tokens += sum(b["n_tokens"] for b in mb)
-                    sq += sum(b["sum_sq_len"] for b in mb)
-            secs = sum(times)
+            secs, tokens, sq, n_timed, profile, _ = timed_steps(batches, steps, accum, warmup, step, on_gpu)
             flops = step_flops(n_params, tokens, sq, layers, width)
             results.append({"variant": variant, "useful_tokens_per_s": tokens / secs,
-                            "mfu": flops / secs / PEAK if on_gpu else None, "steps_measured": len(times),
+                            "mfu": flops / secs / PEAK if on_gpu else None, "steps_measured": n_timed,
                             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
                             "profile": profile})
-            del model, opt, master, params
+            model = opt = master = params = None  # free them before the next variant (not `del`: the closure reads them)
         except Exception as e:  # one variant failing must not lose the others
             import traceback
 
@@ -313,6 +327,82 @@ def plain_loop(data_file: str, model_name: str, variants: list[str], steps: int,
         if device.type == "cuda":
             torch.cuda.empty_cache()
     Path(out_file).write_text(json.dumps(results))
+
+
+def engine_loop(data_file: str, model_name: str, engines: list[str], steps: int, micro: int, accum: int,
+                seq_len: int, out_file: str, warmup: int = 2) -> None:
+    """raywiz's own engines and training step (FinetuneRecipe.train_step) on the same packed rows, in one
+    process with no Ray around them: the engine comparison, in well under a minute on a GPU.
+
+    One rank (a world of 1: nccl on GPU, gloo on CPU), each engine built by raywiz.train.engine.create_engine
+    from the same job config but `train.engine`, the step profiled once (warm-up), then `steps - warmup` timed.
+    """
+    import gc
+
+    import torch
+    import torch.distributed as dist
+
+    from raywiz.config import parse_job
+    from raywiz.modeling import count_parameters, model_config
+    from raywiz.train.engine import create_engine
+    from raywiz.train.metrics import model_shape, step_flops
+    from raywiz.train.recipe import FinetuneRecipe, StepPlan, TrainState
+
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda:0" if on_gpu else "cpu")
+    if on_gpu:
+        torch.cuda.set_device(device)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29531", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    dist.init_process_group("nccl" if on_gpu else "gloo", rank=0, world_size=1)
+    config = model_config(model_name)
+    layers, width = model_shape(config)
+    n_params = count_parameters(config)
+    batches = packed_batches(data_file, model_name, seq_len, micro)
+    if on_gpu:
+        batches = [{k: v.pin_memory() if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+    results = []
+    for engine_name in engines:
+        try:
+            job = parse_job({"name": "bench", "model": {"name_or_path": model_name}, "train": {
+                "engine": engine_name, "data": {"max_length": seq_len},
+                "optim": {"global_batch_size": micro * accum, "micro_batch_size": micro, "lr": 2e-5, "warmup_steps": 3,
+                          "max_steps": steps}}})
+            t = time.perf_counter()
+            eng = create_engine(job.model, job.train, on_gpu, device, n_params=n_params)
+            setup_s = time.perf_counter() - t
+            # The recipe's own step, without Ray Train around it: train_step reads only these attributes.
+            recipe = object.__new__(FinetuneRecipe)
+            recipe.__dict__.update(
+                tc=job.train, plan=StepPlan(steps, steps, micro * accum, 0, n_params), state=TrainState(), accum=accum,
+                world=1, device=device, on_gpu=on_gpu, engine=eng.engine, fused=eng.fused_loss,
+                varlen=eng.attn_implementation == "raywiz_varlen")
+            if on_gpu:
+                torch.cuda.reset_peak_memory_stats()
+            def step(micro_batches):
+                out = recipe.train_step(micro_batches)
+                recipe.state.step += 1
+                return out.loss_sum
+
+            secs, tokens, sq, n_timed, profile, loss_sums = timed_steps(batches, steps, accum, warmup, step, on_gpu)
+            # per-step mean token loss (read back after the timing)
+            losses = [ls.item() / max(1, sum(b["n_label_tokens"] for b in batches[i * accum:(i + 1) * accum]))
+                      for i, ls in enumerate(loss_sums)]
+            flops = step_flops(n_params, tokens, sq, layers, width)
+            results.append({"engine": engine_name, "detail": eng.description, "attn_implementation": eng.attn_implementation,
+                            "fused_loss": eng.fused_loss, "useful_tokens_per_s": tokens / secs,
+                            "mfu": flops / secs / PEAK if on_gpu else None, "steps_measured": n_timed,
+                            "setup_s": setup_s, "losses": losses,
+                            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
+                            "profile": profile})
+            recipe = eng = None  # free the engine before the next one (not `del`: the closure reads recipe)
+        except Exception as e:  # one engine failing must not lose the other
+            import traceback
+
+            results.append({"engine": engine_name, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-3000:]})
+        gc.collect()
+        if on_gpu:
+            torch.cuda.empty_cache()
+        Path(out_file).write_text(json.dumps(results))  # after each engine: a run cut short keeps the first
 
 
 def checks(data_file: str, model_name: str, seq_len: int, out_file: str) -> None:
@@ -361,7 +451,8 @@ def _sub(args: list[str], timeout: float) -> tuple[bool, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(REPO / "bench/results/train_throughput.json"))
+    ap.add_argument("--out", default=None, help="default: bench/results/train_throughput.json, "
+                    "or train_engines.json with --engine-loop")
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--seed-steps", type=int, default=15)
     ap.add_argument("--raywiz-steps", type=int, default=11)
@@ -370,6 +461,13 @@ def main() -> None:
                     "auto:8:4:train.deepspeed.resident_params=never",
                     help="comma list of attn:micro:accum[:override...] raywiz variants, in priority order; the first "
                     "is raywiz's default configuration and is reported as `raywiz`")
+    ap.add_argument("--engines", default="deepspeed",
+                    help="comma list of train.engine values: the first raywiz variant runs once per engine (the first "
+                    "engine is the default and is reported as `raywiz`), e.g. deepspeed,fsdp2")
+    ap.add_argument("--engine-loop", action="store_true",
+                    help="only compare the --engines in one process, with raywiz's engine and step but no Ray "
+                    "(about 45 s on an H200 for the 1B shape); no seed recipe, plain loop or checks")
+    ap.add_argument("--engine-steps", type=int, default=6)
     ap.add_argument("--plain-variants", default="varlen+liger+bf16,varlen+liger+bf16master")
     ap.add_argument("--budget-s", type=float, default=400, help="start no new part after this many seconds")
     ap.add_argument("--skip-seed", action="store_true")
@@ -379,6 +477,7 @@ def main() -> None:
     ap.add_argument("--_seed_worker", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--_plain_worker", nargs=8, help=argparse.SUPPRESS)
     ap.add_argument("--_checks_worker", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--_engine_worker", nargs=8, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._seed_worker:
         seed_recipe(args._seed_worker[0], int(args._seed_worker[1]), args._seed_worker[2])
@@ -386,6 +485,10 @@ def main() -> None:
     if args._plain_worker:
         d, m, v, s, mi, ac, sl, o = args._plain_worker
         plain_loop(d, m, v.split(","), int(s), int(mi), int(ac), int(sl), o)
+        return
+    if args._engine_worker:
+        d, m, e, s, mi, ac, sl, o = args._engine_worker
+        engine_loop(d, m, e.split(","), int(s), int(mi), int(ac), int(sl), o)
         return
     if args._checks_worker:
         checks(args._checks_worker[0], args._checks_worker[1], int(args._checks_worker[2]), args._checks_worker[3])
@@ -401,6 +504,13 @@ def main() -> None:
         args.variants = "auto:2:2,varlen:2:2:train.fused_loss=chunked"
         args.plain_variants = "varlen+chunked+bf16,sdpa+off+bf16"
         micro, accum = 2, 2
+    engines = [e for e in args.engines.split(",") if e]
+    args.out = args.out or str(REPO / "bench/results" / ("train_engines.json" if args.engine_loop else "train_throughput.json"))
+    if args.engine_loop:
+        # rows for engine-steps x accum micro-batches of 16 rows, and no more (tokenizing is host time)
+        # 8 x 4 rows: both engines' peaks (~45 GiB each on an H200) fit together, should the first not free all
+        micro, accum = (2, 2) if args.cpu else (8, 4)
+        args.samples = 400 if args.cpu else 1300
     work = tempfile.mkdtemp(prefix="raywiz-bench-")
     data = os.path.join(work, "samples.jsonl")
     with open(data, "w") as f:
@@ -419,6 +529,16 @@ def main() -> None:
             return True
         return False
 
+    if args.engine_loop:
+        out = os.path.join(work, "engines.json")
+        ok, logs = _sub(["--_engine_worker", data, model, ",".join(engines), str(args.engine_steps), str(micro),
+                         str(accum), str(seq_len), out], 300)
+        done = json.loads(Path(out).read_text()) if os.path.exists(out) else []
+        result["engine_loop"] = done if ok else done + [{"error": logs}]
+        result["bench_wall_s"] = time.perf_counter() - t0
+        save(result, args.out)
+        print(json.dumps(result.get("summary"), indent=2))
+        return
     # 1. correctness checks, and the plain loop (cheap: no Ray, no DeepSpeed)
     chk = os.path.join(work, "checks.json")
     ok, logs = _sub(["--_checks_worker", data, model, str(seq_len), chk], 300)
@@ -430,12 +550,18 @@ def main() -> None:
     save(result, args.out)
     # 2. raywiz, variants in priority order; the seed recipe after the first two (its number changes least)
     runs = result["raywiz_variants"] = []
-    for i, v in enumerate(filter(None, args.variants.split(","))):
+    variants = list(filter(None, args.variants.split(",")))
+    if engines != ["deepspeed"]:  # the default configuration once per engine, first; then the other variants
+        first = variants[0]
+        variants = [f"{first}:train.engine={e}" for e in engines] + variants[1:]
+    for i, v in enumerate(variants):
         if i == args.seed_after:
             run_seed(args, data, work, result, over_budget)
         if i and over_budget(f"raywiz variant {v}"):
             continue
         attn, mi, ac, *extra = v.split(":")
+        if engines[0] != "deepspeed" and i >= len(engines):
+            extra.append(f"train.engine={engines[0]}")
         runs.append(raywiz_run(data, work, f"bench{i}", args.raywiz_steps, int(mi), int(ac), attn, extra,
                                model=model, use_gpu=on_gpu, max_length=seq_len))
         if i == 0 and "error" not in runs[0]:
@@ -483,6 +609,20 @@ def summarize(result: dict) -> None:
         s["targets"] = {"mfu>=45%": rw["mfu"] >= 0.45,
                         "speedup>=10x": s.get("speedup_vs_seed", 0) >= 10 if "speedup_vs_seed" in s else None,
                         "data_wait<2%": rw["data_wait_fraction"] < 0.02}
+    by_engine = {}
+    for r in result.get("raywiz_variants", []):
+        e = next((o.split("=", 1)[1] for o in r.get("overrides", []) if o.startswith("train.engine=")), None)
+        if e and "useful_tokens_per_s" in r:
+            by_engine.setdefault(e, r)
+    loop = [r for r in result.get("engine_loop", []) if "useful_tokens_per_s" in r]
+    for name, rows in (("engines", list(by_engine.items())), ("engine_loop", [(r["engine"], r) for r in loop])):
+        if rows:
+            s[name] = {e: {k: r.get(k) for k in ("useful_tokens_per_s", "mfu", "peak_memory_gib")} for e, r in rows}
+            if len(rows) > 1:
+                s[name][f"{rows[1][0]}_vs_{rows[0][0]}"] = rows[1][1]["useful_tokens_per_s"] / rows[0][1]["useful_tokens_per_s"]
+    if len(loop) > 1:  # same rows, same seed: the engines' per-step losses (bf16 on GPU: close, not equal)
+        a, b = loop[0]["losses"], loop[1]["losses"]
+        s["engine_loop"]["loss_max_rel_diff"] = max(abs(x - y) / abs(x) for x, y in zip(a, b))
     result["summary"] = s
 
 

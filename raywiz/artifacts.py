@@ -90,7 +90,13 @@ class CheckpointDir:
 
     @property
     def zero(self) -> str:
+        """DeepSpeed's sharded state (train.engine: deepspeed)."""
         return join(self.path, "zero")
+
+    @property
+    def fsdp2(self) -> str:
+        """FSDP2's sharded state, torch.distributed.checkpoint's format (train.engine: fsdp2)."""
+        return join(self.path, "fsdp2")
 
     @property
     def rng_dir(self) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 def register(subparsers) -> None:
     from raywiz.cli import add_job_arguments
 
-    p = subparsers.add_parser("train", help="fine-tune on instruction shards (Ray Train + DeepSpeed ZeRO-3)")
+    p = subparsers.add_parser("train", help="fine-tune on instruction shards (Ray Train + DeepSpeed ZeRO-3, or FSDP2)")
     add_job_arguments(p)
     p.set_defaults(handler=_train)
 

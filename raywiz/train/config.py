@@ -1,8 +1,8 @@
 """The `train:` section of a job config.
 
 Defaults are WizardCoder's recipe (global batch 512, lr 2e-5, 30 warmup steps, cosine, max length
-2048, 3 epochs) on DeepSpeed ZeRO-3. With packing on, a "row" is one packed sequence of
-``max_length`` tokens holding several samples, and batch sizes count rows.
+2048, 3 epochs) on DeepSpeed ZeRO-3 (or torch's FSDP2: `engine: fsdp2`). With packing on, a "row" is
+one packed sequence of ``max_length`` tokens holding several samples, and batch sizes count rows.
 """
 
 from __future__ import annotations
@@ -144,6 +144,15 @@ class DeepSpeedSection(_Section):
     )
 
 
+class FSDP2Section(_Section):
+    """train.engine: fsdp2 (raywiz/train/fsdp2.py)."""
+
+    reshard_after_forward: Literal["auto", "always", "never"] = Field(
+        "auto", description="free each block's gathered weights after its forward and gather them again for "
+        "backward (ZeRO-3-like), or keep them to backward (ZeRO-2-like: more memory, one all-gather less). auto: "
+        "keep them on one worker, or on GPUs when the weights take at most 10% of a GPU's memory; else free")
+
+
 class ScalingSection(_Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool | None = Field(None, description="default: True when the cluster has GPUs")
@@ -197,7 +206,11 @@ class DebugSection(_Section):
 class TrainConfig(_Section):
     data: DataConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    engine: Literal["deepspeed", "fsdp2"] = Field(
+        "deepspeed", description="deepspeed: DeepSpeed ZeRO (train.deepspeed); fsdp2: torch's fully_shard per "
+        "transformer block, DCP checkpoints (train.fsdp2). Both export the same hf/")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    fsdp2: FSDP2Section = Field(default_factory=FSDP2Section)
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
@@ -224,6 +237,22 @@ class TrainConfig(_Section):
                 f"optim.micro_batch_size x scaling.num_workers ({self.optim.micro_batch_size} x "
                 f"{self.scaling.num_workers} = {per_step})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _engine_options(self):
+        """Each engine's own section applies to it alone: an option the other engine would ignore is an error."""
+        if self.engine == "fsdp2":
+            default = DeepSpeedSection()
+            changed = [k for k in DeepSpeedSection.model_fields if getattr(self.deepspeed, k) != getattr(default, k)]
+            if changed:
+                raise ValueError(f"train.deepspeed.{changed[0]}: a DeepSpeed option, but train.engine is fsdp2 "
+                                 "(remove it, or set train.engine: deepspeed)")
+            if self.peft.method in ("dora", "qlora"):
+                raise ValueError(f"train.peft.method: {self.peft.method} is not supported with train.engine: fsdp2 "
+                                 "(lora is); use train.engine: deepspeed")
+        elif self.fsdp2 != FSDP2Section():
+            raise ValueError("train.fsdp2: FSDP2 options, but train.engine is deepspeed (set train.engine: fsdp2)")
         return self
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""DeepSpeed setup: the config dict, a model built already sharded, and the engine.
+"""The training engine (`train.engine`). DeepSpeed's here: the config dict, a model built already
+sharded, and the engine; FSDP2's in raywiz.train.fsdp2, behind the same `Engine`.
 
 Order matters for ZeRO-3: the DeepSpeed config must be alive (``HfDeepSpeedConfig``) before the
 model is created, so that transformers builds it inside ``zero.Init`` and no rank ever holds the
@@ -51,6 +52,18 @@ def zero_stage(train_cfg, on_gpu: bool, param_bytes: int | None, gpu_bytes: int 
     if train_cfg.deepspeed.stage == 3 and params_resident(train_cfg, on_gpu, param_bytes, gpu_bytes):
         return 2
     return train_cfg.deepspeed.stage
+
+
+def planned_engine(train_cfg, on_gpu: bool) -> tuple[str, int | None]:
+    """(engine, ZeRO stage) a run will train with, as far as the driver knows it: the stage is None where
+    it hangs on the workers' GPU memory (stage 3, resident_params auto, several GPU workers)."""
+    if train_cfg.engine == "fsdp2":
+        return "fsdp2", None
+    ds = train_cfg.deepspeed
+    if (on_gpu and ds.stage == 3 and ds.resident_params == "auto" and not ds.offload_params
+            and train_cfg.scaling.num_workers > 1):
+        return "deepspeed", None
+    return "deepspeed", zero_stage(train_cfg, on_gpu, None, None)
 
 
 def deepspeed_config(train_cfg, on_gpu: bool, dtype: torch.dtype, param_bytes: int | None = None,
@@ -150,10 +163,20 @@ class Engine:
     device: torch.device
     attn_implementation: str = "sdpa"
     fused_loss: str = "off"  # liger | chunked | off (raywiz.train.kernels)
-    zero_stage: int = 3  # what runs (zero_stage): checkpoints and the HF export follow it
+    zero_stage: int | None = 3  # what DeepSpeed runs (zero_stage): checkpoints and the HF export follow it
+    kind: str = "deepspeed"  # train.engine: deepspeed | fsdp2 (raywiz.train.fsdp2)
+
+    @property
+    def description(self) -> str:
+        return f"ZeRO stage {self.zero_stage}" if self.kind == "deepspeed" else "FSDP2"
 
 
 def create_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_params: int | None = None) -> Engine:
+    """train.engine's engine: DeepSpeed (below), or FSDP2 (raywiz.train.fsdp2), behind one interface."""
+    if train_cfg.engine == "fsdp2":
+        from raywiz.train.fsdp2 import create_fsdp2_engine
+
+        return create_fsdp2_engine(model_cfg, train_cfg, on_gpu, device, n_params)
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 

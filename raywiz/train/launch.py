@@ -51,6 +51,37 @@ def resolve_data_files(job: JobConfig) -> list[str]:
         raise ConfigError(f"train.data.paths: {e}") from None
 
 
+def check_resume(job: JobConfig, use_gpu: bool) -> None:
+    """Before any training: a checkpoint this run would resume from must suit its engine (exit 2 if not).
+    The workers check again, with what only they know (the GPU memory that picks the ZeRO stage)."""
+    from raywiz.artifacts import is_remote
+    from raywiz.train.checkpoint import CheckpointMismatch, check_resumable
+    from raywiz.train.engine import planned_engine
+
+    latest = None if is_remote(job.layout.root) else job.layout.latest_checkpoint()
+    if latest is None:
+        return
+    kind, stage = planned_engine(job.train, use_gpu)
+    if kind == "deepspeed" and stage is None:
+        return
+    try:
+        check_resumable(latest.path, kind, stage)
+    except CheckpointMismatch as e:
+        raise ConfigError(str(e)) from None
+
+
+def checkpoint_mismatch(error: BaseException):
+    """The CheckpointMismatch a worker raised, out of Ray Train's WorkerGroupError, or None."""
+    from raywiz.train.checkpoint import CheckpointMismatch
+
+    for failure in getattr(error, "worker_failures", {}).values():
+        while failure is not None:
+            if isinstance(failure, CheckpointMismatch):
+                return failure
+            failure = failure.__cause__
+    return None
+
+
 def make_plan(job: JobConfig, n_packed_rows: int) -> dict:
     """Steps per epoch and in total, from the packed row count and the batch geometry."""
     from dataclasses import asdict
@@ -105,6 +136,7 @@ def run_train(job: JobConfig) -> str:
     if job.model.dtype == "auto" and not use_gpu:
         log.info("no GPU: training in float32")
 
+    check_resume(job, use_gpu)
     say(f"train: preparing data from {', '.join(s.config.name for s in sources)}"
         if len(sources) > 1 else f"train: preparing data from {len(sources[0].files) or 1} file(s)")
     num_cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -139,6 +171,9 @@ def run_train(job: JobConfig) -> str:
     with TrainProgress(board, plan["total_steps"]):
         result = trainer.fit()  # returns once every checkpoint's evaluation (train.evaluate) has finished too
     if result.error:
+        mismatch = checkpoint_mismatch(result.error)
+        if mismatch is not None:  # only the workers could tell (the GPU memory picked the ZeRO stage)
+            raise ConfigError(str(mismatch)) from None
         raise result.error
     best = record_best(result, layout)
     if best:

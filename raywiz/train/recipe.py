@@ -5,7 +5,7 @@ Per optimizer step: take `grad_accum` micro-batches of packed rows from this wor
 epoch, count the label tokens of the whole global batch, run forward/backward on each micro-batch
 with its summed token loss scaled so that the update equals the mean over every label token of the
 global batch (`loss_scale`), then step. Checkpoints hold everything needed to continue from exactly
-here: ZeRO shards, optimizer, RNG, and the position inside the epoch (`TrainState`).
+here: ZeRO (or FSDP2) shards, optimizer, RNG, and the position inside the epoch (`TrainState`).
 
 No host sync inside a step: the batch is copied from pinned memory, the label count travels as a
 device tensor (one async all-reduce when there are several workers), losses stay on the device, and
@@ -138,7 +138,7 @@ def token_loss_sum(model, batch: dict, device, fused: str = "off", varlen: bool 
 
 
 def _hf_model(model):
-    return getattr(model, "module", model)  # the DeepSpeed engine wraps the HF model
+    return getattr(model, "module", model)  # the DeepSpeed (or FSDP2) engine wraps the HF model
 
 
 # ------------------------------------------------------------------ opt-in diagnostics
@@ -222,23 +222,21 @@ class FinetuneRecipe:
 
         self.tokenizer = load_tokenizer(self.job.model.name_or_path, self.job.model.tokenizer,
                                         self.job.model.trust_remote_code)
-        eng = create_engine(self.job.model, tc, self.on_gpu, self.device, n_params=self.plan.n_params)
+        eng = self.eng = create_engine(self.job.model, tc, self.on_gpu, self.device, n_params=self.plan.n_params)
         self.engine, self.model = eng.engine, eng.model
         self.fused, self.varlen = eng.fused_loss, eng.attn_implementation == kernels.VARLEN
-        self.zero_stage = eng.zero_stage
         self.layers, self.width = model_shape(self.model.config)
         self.peak = peak_flops(self.device)
         log.info(f"attention {eng.attn_implementation}, fused loss {eng.fused_loss}, "
-                 f"{'bf16' if eng.dtype == torch.bfloat16 else eng.dtype} weights, ZeRO stage {eng.zero_stage}")
+                 f"{'bf16' if eng.dtype == torch.bfloat16 else eng.dtype} weights, {eng.description}")
 
         # resume: after a lost worker, or when the same job name runs again
         self.state = TrainState()
         restored = ray.train.get_checkpoint()
         if restored is not None:
             with restored.as_directory() as d:
-                self.state = TrainState.from_json(ckpt.load_training_state(self.engine, d, self.rank,
-                                                                          adapter_only=self.tc.peft.enabled,
-                                                                          zero_stage=self.zero_stage))
+                self.state = TrainState.from_json(ckpt.load_training_state(self.eng, d, self.rank,
+                                                                                  adapter_only=self.tc.peft.enabled))
             if self.state.step_in_epoch >= self.plan.steps_per_epoch:  # saved at an epoch's last step
                 self.state.epoch, self.state.step_in_epoch = self.state.epoch + 1, 0
             resumed = (f"resumed from step {self.state.step} (epoch {self.state.epoch + 1}, step "
@@ -356,18 +354,18 @@ class FinetuneRecipe:
 
     # -- checkpoints
     def save_checkpoint(self, final: bool) -> None:
-        """Collective: ZeRO shards + RNG + TrainState (+ the HF export), reported to Ray Train."""
+        """Collective: engine shards + RNG + TrainState (+ the HF export), reported to Ray Train."""
         tc, step = self.tc, self.state.step
         export = tc.checkpoint.export_hf == "every" or (final and tc.checkpoint.export_hf == "last")
         name = self.layout.checkpoint(step).name
         staging = ckpt.staging_dir(self.layout, step, self.rank)
         upload = functools.partial(ckpt.move_into_storage, layout=self.layout) if staging else None
         with contextlib.nullcontext(staging) if staging else tempfile.TemporaryDirectory(prefix="raywiz-ckpt-") as local:
-            ckpt.save_training_state(self.engine, local, self.rank,
+            ckpt.save_training_state(self.eng, local, self.rank,
                                      dict(asdict(self.state), total_steps=self.plan.total_steps),
                                      adapter_only=self.tc.peft.enabled)
             if export:
-                sd = ckpt.consolidated_state_dict(self.engine, self.zero_stage)
+                sd = ckpt.consolidated_state_dict(self.eng)
                 if self.rank == 0:
                     meta = {"step": step, "run": self.job.name, "base_model": self.job.model.name_or_path,
                             "template": tc.data.template.name, "final": final}

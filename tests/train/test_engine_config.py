@@ -52,3 +52,80 @@ def test_a_bare_yaml_off_turns_the_fused_loss_off():
 
     job = parse_job({"name": "t", "train": {"data": {}, "fused_loss": False}})
     assert job.train.fused_loss == "off"
+
+
+# ------------------------------------------------------------------ train.engine: fsdp2
+def _job_error(train: dict) -> str:
+    import pytest
+
+    from raywiz.config import ConfigError, parse_job
+
+    with pytest.raises((ConfigError, ValueError)) as e:
+        parse_job({"name": "t", "train": {"data": {}, **train}})
+    return str(e.value)
+
+
+def test_fsdp2_refuses_what_it_does_not_do_naming_the_field():
+    assert "train.deepspeed.offload_optimizer: a DeepSpeed option, but train.engine is fsdp2" in _job_error(
+        {"engine": "fsdp2", "deepspeed": {"offload_optimizer": True}})
+    assert "train.deepspeed.config:" in _job_error({"engine": "fsdp2", "deepspeed": {"config": {"a": 1}}})
+    assert "train.peft.method: qlora is not supported with train.engine: fsdp2" in _job_error(
+        {"engine": "fsdp2", "peft": {"method": "qlora"}})
+    assert "train.fsdp2: FSDP2 options, but train.engine is deepspeed" in _job_error(
+        {"fsdp2": {"reshard_after_forward": "never"}})
+    job = parse_job({"name": "t", "train": {"data": {}, "engine": "fsdp2", "peft": {"method": "lora"}}})
+    assert job.train.engine == "fsdp2" and job.train.deepspeed.stage == 3  # the untouched defaults are fine
+
+
+def test_fsdp2_keeps_gathered_weights_where_deepspeed_keeps_them_resident():
+    from raywiz.train.fsdp2 import reshard_after_forward
+
+    def train(workers, choice="auto"):
+        return parse_job({"name": "t", "train": {"data": {}, "engine": "fsdp2", "scaling": {"num_workers": workers},
+                                                "optim": {"global_batch_size": 8, "micro_batch_size": 1},
+                                                "fsdp2": {"reshard_after_forward": choice}}}).train
+
+    assert reshard_after_forward(train(1), True, int(14.6 * GB), 80 * GB) is False  # one worker: nothing to save
+    assert reshard_after_forward(train(2), True, int(2.3 * GB), 80 * GB) is False  # 1B on 80 GB: keep
+    assert reshard_after_forward(train(2), True, int(14.6 * GB), 80 * GB) is True  # 7B: free after forward
+    assert reshard_after_forward(train(2), False, 10**6, None) is True  # CPU: real sharding
+    assert reshard_after_forward(train(1, "always"), True, 10**6, 80 * GB) is True
+
+
+def test_the_driver_knows_the_stage_except_where_gpu_memory_picks_it():
+    from raywiz.train.engine import planned_engine
+
+    assert planned_engine(_train(2), False) == ("deepspeed", 3)  # CPU workers shard
+    assert planned_engine(_train(1), True) == ("deepspeed", 2)  # one worker: resident
+    assert planned_engine(_train(2), True) == ("deepspeed", None)  # the card's memory decides
+    assert planned_engine(_train(2, resident_params="always"), True) == ("deepspeed", 2)
+
+
+def test_a_zero2_checkpoint_resumed_as_zero3_or_fsdp2_is_refused(tmp_path):
+    import json
+
+    import pytest
+
+    from raywiz.train.checkpoint import CheckpointMismatch, check_resumable
+
+    (tmp_path / "train_state.json").write_text(json.dumps({"step": 4, "engine": "deepspeed", "zero_stage": 2}))
+    check_resumable(str(tmp_path), "deepspeed", 1)  # ZeRO-1 and -2 share their checkpoint format
+    with pytest.raises(CheckpointMismatch, match=f"{tmp_path}: written by DeepSpeed ZeRO stage 2, but this run "
+                                                 "trains with DeepSpeed ZeRO stage 3"):
+        check_resumable(str(tmp_path), "deepspeed", 3)
+    with pytest.raises(CheckpointMismatch, match="trains with FSDP2.*train.engine"):
+        check_resumable(str(tmp_path), "fsdp2", None)
+
+
+def test_a_mismatch_only_the_workers_saw_reaches_the_user_as_its_message():
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from raywiz.train.checkpoint import CheckpointMismatch
+    from raywiz.train.launch import checkpoint_mismatch
+
+    cause = CheckpointMismatch("ckpt: written by DeepSpeed ZeRO stage 3, but ...")
+    wrapped = RuntimeError("worker 1 failed")
+    wrapped.__cause__ = cause
+    assert checkpoint_mismatch(WorkerGroupError("failed", {0: RuntimeError("other"), 1: wrapped})) is cause
+    assert checkpoint_mismatch(WorkerGroupError("failed", {0: RuntimeError("other")})) is None
+    assert checkpoint_mismatch(RuntimeError("driver")) is None

@@ -120,7 +120,10 @@ def test_a_killed_lora_run_resumes_to_the_same_adapter(lora_run):
     last = _last_registered_step(Path(layout.train))  # CKPT_EVERY, or a later one on a slow machine
     assert CKPT_EVERY <= last < STEPS
     text = _finish(_start(job, tmp / "killed2.log"), tmp / "killed2.log") + (tmp / "killed2.log").read_text()
-    assert f"resumed from step {last} " in text
+    # Never older than what the controller had registered when the job died; newer happens on a loaded
+    # machine (a checkpoint being registered at the kill still lands).
+    resumed = re.search(r"resumed from step (\d+) ", text)
+    assert resumed and last <= int(resumed[1]) < STEPS, text[-3000:]
     assert _read_trace(Path(layout.train)) == _read_trace(Path(lora_run["layout"].train)), "a sample was skipped or repeated"
     ref, resumed = _adapter(lora_run["layout"]), _adapter(layout)
     assert ref.keys() == resumed.keys() and all(torch.allclose(ref[k], resumed[k], atol=1e-5) for k in ref)

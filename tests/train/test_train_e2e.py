@@ -36,11 +36,16 @@ eval:
 """
 
 
-def _write_job(tmp: Path, name: str, max_failures: int = 0, evaluate: bool = False) -> Path:
+def _four_samples(tmp: Path, by=lambda r: len(r["instruction"]) + len(r["output"])) -> Path:
+    """tmp/four.jsonl: the 4 shortest quickstart samples (by `by`), small enough to overfit in a few steps."""
     rows = [json.loads(line) for line in (REPO / "raywiz/assets/quickstart/instructions.jsonl").read_text().splitlines()]
-    rows = sorted(rows, key=lambda r: len(r["instruction"]) + len(r["output"]))[:4]
     data = tmp / "four.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data.write_text("".join(json.dumps(r) + "\n" for r in sorted(rows, key=by)[:4]))
+    return data
+
+
+def _write_job(tmp: Path, name: str, max_failures: int = 0, evaluate: bool = False) -> Path:
+    data = _four_samples(tmp)
     job = tmp / f"{name}.yaml"
     job.write_text(f"""
 name: {name}
