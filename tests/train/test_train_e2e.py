@@ -218,22 +218,9 @@ def test_sigkilled_worker_resumes_from_checkpoint_and_matches(reference):
     _assert_matches_reference(train_dir, reference)
 
 
-def test_rerunning_a_killed_job_resumes_instead_of_starting_over(reference):
-    tmp = reference["tmp"]
-    job = _write_job(tmp, "rerun")
-    train_dir = tmp / "runs" / "rerun" / "train"
-    log = tmp / "rerun1.log"
-    proc = _start(job, log)
-    _wait_for_step(train_dir, 2 * CKPT_EVERY + 2, proc, registered=2 * CKPT_EVERY)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole job: driver, local cluster, workers
-    proc.wait()
-    last = _last_registered_step(train_dir)
-    assert 2 * CKPT_EVERY <= last < STEPS
-    log2 = tmp / "rerun2.log"
-    text = _finish(_start(job, log2), log2) + log2.read_text()
-    assert f"resumed from step {last} " in text
-    assert "step 1/80 " not in text  # it did not start over
-    _assert_matches_reference(train_dir, reference)
+# A rerun of a SIGKILLed job (driver, cluster and workers) resuming from storage is tested with the
+# LoRA job (tests/train/test_lora_e2e.py) and the FSDP2 job (test_fsdp2_e2e.py): the same discovery
+# path as a full fine-tune's, in less suite time.
 
 
 def test_every_checkpoint_is_scored_while_training_and_the_best_is_recorded(reference):
