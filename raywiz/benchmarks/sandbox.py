@@ -588,6 +588,26 @@ class NotPlainValue(CandidateError):
     """The candidate returned something that is not plain data (e.g. an object with its own __eq__)."""
 
 
+class Unavailable:
+    """A value of the candidate's that did not come back as plain data: any use of it raises."""
+
+    __slots__ = ("name", "reason")
+
+    def __init__(self, name: str, reason: str):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "reason", reason)
+
+    def _refuse(self, *args, **kwargs):
+        raise NotPlainValue(f"{self.name} is not a plain value ({self.reason})")
+
+    __getattr__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __len__ = __iter__ = _refuse
+    __getitem__ = __contains__ = __array__ = __float__ = __int__ = __index__ = __call__ = __hash__ = _refuse
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __abs__ = __neg__ = _refuse
+
+    def __repr__(self) -> str:
+        return f"<not a plain value: {self.name}>"
+
+
 def _exception(type_name: str, message: str) -> BaseException:
     """The candidate's exception, rebuilt from plain strings: a built-in Exception type where the
     name is one (tests catch ValueError & co), else CandidateError."""
@@ -647,15 +667,16 @@ class CandidateSession:
     """
 
     def __init__(self, settings: SandboxSettings, guard: str | None = None, preimport: list[str] | None = None,
-                 cpu_budget_s: float = 60.0):
+                 cpu_budget_s: float = 60.0, files: dict[str, bytes] | None = None, extended: bool = False):
         from raywiz.benchmarks import sandbox_harness
 
         self._codec = sandbox_harness
         self.settings = settings
+        self.extended = extended  # accept DS-1000's values (pandas, sparse, torch: sandbox_harness.decode)
         self.spent = 0.0
         self.dead: str | None = None
         self.stderr = bytearray()
-        self.workdir = _make_workdir(settings, None, None)
+        self.workdir = _make_workdir(settings, None, files)
         self._proc = _Proc({"mode": "serve", "guard": guard, "preimport": list(preimport or [])}, settings,
                            self.workdir, None, cpu_budget_s)
         self._sel = selectors.DefaultSelector()
@@ -767,7 +788,7 @@ class CandidateSession:
         if not isinstance(data, bytes):
             raise NotPlainValue("malformed reply")
         try:
-            return self._codec.decode(data)
+            return self._codec.decode(data, extended=self.extended)
         except ValueError as e:
             raise NotPlainValue(str(e)) from None
 
@@ -800,6 +821,47 @@ class CandidateSession:
             if after is not None and not isinstance(args[i], self._codec.RemoteRef):
                 args[i] = _copy_back(args[i], self._decode(after))
         return value
+
+    def run(self, code: str, env: dict, timeout_s: float, *, names: list[str] | None = None,
+            argv: list[str] | None = None, filename: str = "<sample>", alarm_s: float | None = None,
+            rng: dict | None = None) -> dict:
+        """Exec `code` in a fresh child of the candidate's process on globals `env` (the evaluator's
+        values: they are pickled, which is safe in this direction; modules go by name); return the
+        globals it then holds (`names`, or all) as plain values, or an `Unavailable` that says why
+        one is not plain. The candidate's exception is raised here (a TimeoutException of its
+        `alarm_s` limit included); `rng`: random states to start from ({"numpy": ..., ...})."""
+        import pickle
+        import types
+
+        modules = {k: v.__name__ for k, v in env.items() if isinstance(v, types.ModuleType)}
+        plain = {k: v for k, v in env.items() if k != "__builtins__" and k not in modules}
+        try:
+            data = pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - e.g. a function of the test code
+            raise NotPlainValue(f"the test's values cannot be sent to the sandbox: {type(e).__name__}: {e}") from None
+        request = {"op": "run", "code": code, "env": data, "modules": modules, "names": names, "argv": argv,
+                   "filename": filename, "alarm": alarm_s, "rng": pickle.dumps(rng) if rng else None}
+        reply = self._request(request, timeout_s)
+        if reply[0] == "exc" and len(reply) == 3:
+            raise _exception(reply[1], reply[2] if isinstance(reply[2], str) else "")
+        if reply[0] != "ok" or len(reply) != 2 or not isinstance(reply[1], dict):
+            self._die("the sample broke the reply protocol")
+            raise CandidateDied(self.dead)
+        out: dict = {}
+        for name, item in reply[1].items():
+            if not (isinstance(name, str) and isinstance(item, list) and len(item) == 2):
+                continue
+            kind, value = item
+            if kind == "v":
+                try:
+                    out[name] = self._decode(value)
+                except NotPlainValue as e:
+                    out[name] = Unavailable(name, str(e))
+            elif kind == "m" and isinstance(value, str):
+                out[name] = Unavailable(name, f"module {value[:100]}")
+            else:
+                out[name] = Unavailable(name, str(value)[:300])
+        return out
 
     def close(self) -> None:
         self._die("closed")

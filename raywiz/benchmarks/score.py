@@ -59,6 +59,7 @@ class Verdict:
     base_status: str | None = None
     plus_status: str | None = None
     seconds: float = 0.0
+    self_reported: bool | None = None  # True: the candidate's process reported it (see SELF_REPORTED_LIBRARIES)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -209,12 +210,74 @@ def ds1000_program(task: Task, solution: str) -> str:
 
 
 def _check_ds1000(task: Task, code: str, settings: ScoreSettings) -> Verdict:
-    preimport = library_modules(task.metadata.get("library", ""))
-    if task.metadata.get("format") != "hkunlp":
-        return _check_program(task.task_id, ds1000_program(task, code), settings.ds1000_timeout_s, settings,
-                              preimport=preimport)
+    library = task.metadata.get("library", "")
+    preimport = library_modules(library)
+    hkunlp = task.metadata.get("format") == "hkunlp"
     cases = max(1, int(task.metadata.get("test_case_cnt", 1)))
     per_case = min(60.0, settings.ds1000_timeout_s)  # HKUNLP's per-run limit
+    if library.lower() in SELF_REPORTED_LIBRARIES:
+        return _check_ds1000_self_reported(task, code, settings, preimport, cases, per_case)
+    started = time.monotonic()
+    job = {"format": "hkunlp" if hkunlp else "xlang", "code_context": task.code_context, "solution": code,
+           "problem_dir": task.problem_dir, "test_case_cnt": cases, "test_type": task.metadata.get("test_type", 1),
+           "timeout": per_case if hkunlp else settings.ds1000_timeout_s, "preimport": preimport,
+           "sandbox": asdict(settings.sandbox), "evaluator_pid": os.getpid()}
+    budget = (cases * (per_case + 1) + 30 if hkunlp else settings.ds1000_timeout_s + 1.0)
+    result = _run_trusted_checker(job, budget + 2 * settings.sandbox.startup_timeout_s + 60.0)
+    return Verdict(task.task_id, result == "passed", result, seconds=time.monotonic() - started)
+
+
+# DS-1000 libraries whose tests inspect objects that cannot cross as plain values: Matplotlib's tests
+# read pyplot's figures and axes in the process that drew them. Their verdict is still the one the
+# candidate's process reports (forgeable; marked `self_reported` on the verdict): see sandbox.py.
+SELF_REPORTED_LIBRARIES = ("matplotlib",)
+
+
+def _run_trusted_checker(job: dict, deadline_s: float) -> str:
+    """raywiz.benchmarks.ds1000_check in a process of its own (trusted: the benchmark's code runs
+    there, never the candidate's); its verdict line, or why there is none."""
+    import subprocess
+    import tempfile
+
+    import raywiz
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(raywiz.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+           "MPLBACKEND": "Agg"}
+    with tempfile.TemporaryDirectory(prefix="raywiz-ds1000-") as cwd:  # the test code's own files
+        proc = subprocess.Popen([sys.executable, "-m", "raywiz.benchmarks.ds1000_check"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(json.dumps(job).encode(), timeout=deadline_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+            return "timed out"
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+    try:
+        result = json.loads(out.decode().strip().splitlines()[-1])["result"]
+        if isinstance(result, str):
+            return result
+    except (ValueError, IndexError, KeyError, TypeError):
+        pass
+    tail = err.decode("utf-8", "replace").strip().splitlines()[-1:]
+    return f"failed: evaluator error: the DS-1000 checker ended (code {proc.returncode})" + (
+        f": {tail[0][:300]}" if tail else "")
+
+
+def _check_ds1000_self_reported(task: Task, code: str, settings: ScoreSettings, preimport: list[str],
+                                cases: int, per_case: float) -> Verdict:
+    """The old rule, kept for SELF_REPORTED_LIBRARIES only: the whole test runs in the candidate's
+    process, which reports the verdict (a hostile sample can forge it)."""
+    if task.metadata.get("format") != "hkunlp":
+        verdict = _check_program(task.task_id, ds1000_program(task, code), settings.ds1000_timeout_s, settings,
+                                 preimport=preimport)
+        verdict.self_reported = True
+        return verdict
     job = {"mode": "ds1000_hkunlp", "code_context": task.code_context, "solution": code, "timeout": per_case,
            "test_case_cnt": cases, "test_type": task.metadata.get("test_type", 1), "preimport": preimport}
     run = run_in_sandbox(job, settings.sandbox, [cases * (per_case + 1) + 30], copy_from=task.problem_dir)
@@ -223,7 +286,7 @@ def _check_ds1000(task: Task, code: str, settings: ScoreSettings) -> Verdict:
         result = "timed out"
     else:
         result = reported if reported is not None else f"failed: {run.failure_reason()}"
-    return Verdict(task.task_id, result == "passed", result, seconds=run.wall_s)
+    return Verdict(task.task_id, result == "passed", result, seconds=run.wall_s, self_reported=True)
 
 
 class _EvalplusPayloads:
