@@ -862,15 +862,18 @@ class CandidateSession:
                 args[i] = _copy_back(args[i], self._decode(after))
         return value
 
-    def start_calls(self, name: str, encoded_inputs: bytes, count: int, return_args: bool = False) -> None:
+    def start_calls(self, name: str, encoded_inputs: bytes, count: int, return_args: bool = False,
+                    not_none: bool = False) -> None:
         """Ask for `name(*args)` on each of `count` argument lists (sandbox_harness.encode of the list
         of lists); read each result, in order, with `next_result`. Until all are read, the session
-        serves nothing else (`abandon` it to stop early)."""
+        serves nothing else (`abandon` it to stop early). `not_none`: a result that is not a bool
+        comes back as `result is not None` (MBPP+'s oracles for regex matches)."""
         import msgpack
 
         if self.dead is not None or self._pending:
             raise CandidateDied(self.dead or "results are pending")
-        data = msgpack.packb({"op": "calls", "name": name, "inputs": encoded_inputs, "return_args": return_args},
+        data = msgpack.packb({"op": "calls", "name": name, "inputs": encoded_inputs, "return_args": return_args,
+                             "not_none": not_none},
                              use_bin_type=True)
         self._send(data)
         self._pending = count

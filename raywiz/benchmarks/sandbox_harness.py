@@ -1032,6 +1032,13 @@ def _serve_calls(req: dict, env: dict) -> None:
         write_frame(msgpack.packb(["exc", type(e).__name__, _safe_str(e)], use_bin_type=True))
         return
     after = (lambda a: _encoded_or_none(list(a))) if req.get("return_args") else None
+    if req.get("not_none"):
+        call = fn
+
+        def fn(*args):
+            out = call(*args)
+            return out if isinstance(out, bool) else out is not None
+
     for args in inputs:
         write_frame(msgpack.packb(_call_reply(fn, args, {}, after), use_bin_type=True))
 

@@ -350,8 +350,10 @@ def _check_evalplus(task: Task, code: str, settings: ScoreSettings, payloads: _E
                 if session is not None:
                     session.close()
                 try:
+                    # Its CPU limit covers every phase it may serve (the plus phase reuses base's process).
+                    later = ("base", "plus")[("base", "plus").index(phase):]
                     session = CandidateSession(settings.sandbox, guard="evalplus", preimport=_preimport(code),
-                                               cpu_budget_s=budgets[phase])
+                                               cpu_budget_s=sum(budgets[p] for p in later))
                 except CandidateDied:
                     status[phase] = FAIL
                     session = None
@@ -443,8 +445,12 @@ def _evalplus_phase(session, dataset, entry_point, code, inputs, expected, time_
         return PASS
     oracle_reads_input = entry_point in _INPUT_ORACLES
     try:
+        # MBPP's "not None" oracles compare `out is not None` (e.g. a re.Match, not a plain value):
+        # the candidate's process sends that bool instead of a non-bool result.
+        not_none = dataset == "mbpp" and entry_point in MBPP_OUTPUT_NOT_NONE_TASKS
         session.start_calls(entry_point, encoded_inputs if encoded_inputs is not None else
-                            encode([list(inp) for inp in inputs]), len(inputs), return_args=oracle_reads_input)
+                            encode([list(inp) for inp in inputs]), len(inputs), return_args=oracle_reads_input,
+                            not_none=not_none)
     except BaseException:  # noqa: BLE001 - its process died
         return FAIL
     for i, inp in enumerate(inputs):
