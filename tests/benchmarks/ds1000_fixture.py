@@ -57,6 +57,65 @@ PROBLEMS = [
     },
 ]
 
+# One problem per further library the scorer supports (their results cross as sparse matrices,
+# arrays, tensors). xlang only (the HKUNLP path decodes the same way, and HKUNLP's Matplotlib tests
+# compare image files); Matplotlib's test inspects pyplot in the process that drew. References only.
+try:
+    import scipy.sparse as _sparse
+    import sklearn  # noqa: F401
+    import torch as _torch
+    import matplotlib  # noqa: F401
+except ImportError:  # pragma: no cover - the ds1000 extra is not installed
+    _sparse = _torch = None
+if _sparse is not None:
+    PROBLEMS += [
+        {
+            "library": "Scipy", "id": 3, "q": 0, "test_type": 1, "reference_only": True, "formats": ("xlang",),
+            "prompt": "Problem:\nMake `a` a CSR sparse matrix.\nA:\n<code>\nimport numpy as np\nfrom scipy import sparse\n"
+                      "a = np.eye(3)\n</code>\nresult = ... # put solution in this variable\nBEGIN SOLUTION\n<code>\n",
+            "reference": "result = sparse.csr_matrix(a)",
+            "setup": "import numpy as np\nfrom scipy import sparse\na = test_input",
+            "inputs": [np.eye(3), np.arange(6.0).reshape(2, 3)],
+            "answer": lambda a: _sparse.csr_matrix(a),
+            "compare": "assert type(result) == type(ans) and (result != ans).nnz == 0\n    return 1",
+            "string_test": None,
+        },
+        {
+            "library": "Sklearn", "id": 4, "q": 0, "test_type": 1, "reference_only": True, "formats": ("xlang",),
+            "prompt": "Problem:\nStandardize the columns of `a`.\nA:\n<code>\nimport numpy as np\n"
+                      "from sklearn.preprocessing import StandardScaler\na = np.ones((3, 2))\n</code>\nresult = ... "
+                      "# put solution in this variable\nBEGIN SOLUTION\n<code>\n",
+            "reference": "result = StandardScaler().fit_transform(a)",
+            "setup": "import numpy as np\nfrom sklearn.preprocessing import StandardScaler\na = test_input",
+            "inputs": [np.arange(6.0).reshape(3, 2), np.array([[1.0, 5.0], [3.0, 2.0], [0.0, 1.0]])],
+            "answer": lambda a: (a - a.mean(axis=0)) / a.std(axis=0),
+            "compare": "np.testing.assert_allclose(result, ans)\n    return 1",
+            "string_test": None,
+        },
+        {
+            "library": "Pytorch", "id": 5, "q": 0, "test_type": 1, "reference_only": True, "formats": ("xlang",),
+            "prompt": "Problem:\nDouble the tensor `a`.\nA:\n<code>\nimport torch\na = torch.ones(2)\n</code>\n"
+                      "result = ... # put solution in this variable\nBEGIN SOLUTION\n<code>\n",
+            "reference": "result = a * 2",
+            "setup": "import torch\na = test_input",
+            "inputs": [_torch.arange(4.0), _torch.ones(2, 3)],
+            "answer": lambda a: a * 2,
+            "compare": "assert __import__('torch').equal(result, ans)\n    return 1",
+            "string_test": None,
+        },
+        {
+            "library": "Matplotlib", "id": 6, "q": 0, "test_type": 1, "reference_only": True, "formats": ("xlang",),
+            "prompt": "Problem:\nPlot `a` against itself.\nA:\n<code>\nimport numpy as np\nimport matplotlib.pyplot as plt\n"
+                      "a = np.arange(4.0)\n</code>\nBEGIN SOLUTION\n<code>\n",
+            "reference": "plt.plot(a, a)\nresult = 0",
+            "setup": "import numpy as np\nimport matplotlib.pyplot as plt\nplt.close('all')\na = test_input",
+            "inputs": [np.arange(4.0), np.arange(3.0)],
+            "answer": lambda a: 1,
+            "compare": "assert len(__import__('matplotlib.pyplot', fromlist=['_']).gca().get_lines()) == ans\n    return 1",
+            "string_test": None,
+        },
+    ]
+
 # Broken solutions per problem: a wrong answer, an exception, and (problem 2) a loop the string test rejects.
 BROKEN = {
     0: ["result = np.diag(a) + 1", "result = undefined_name"],
@@ -178,6 +237,8 @@ def _hkunlp_files(p: dict) -> dict[str, bytes]:
 def write_hkunlp_zip(path: str) -> str:
     with zipfile.ZipFile(path, "w") as z:
         for p in PROBLEMS:
+            if "hkunlp" not in p.get("formats", ("hkunlp",)):
+                continue
             for name, data in _hkunlp_files(p).items():
                 z.writestr(f"ds1000_data/{p['library']}/Completion/q{p['q']}/{name}", data)
     return path

@@ -22,8 +22,9 @@ SETTINGS = ScoreSettings(workers=2)
 HUMANEVAL_IDS = ["HumanEval/0", "HumanEval/2", "HumanEval/12", "HumanEval/23", "HumanEval/53", "HumanEval/101"]
 MBPP_IDS = ["11", "12", "17", "367", "412"]
 HUMANEVALPLUS_IDS = ["HumanEval/2", "HumanEval/23", "HumanEval/32", "HumanEval/53"]
-# Mbpp/2: set-equality oracle; Mbpp/581: surface_Area oracle; Mbpp/558: digit_distance oracle
-MBPPPLUS_IDS = ["Mbpp/2", "Mbpp/558", "Mbpp/581"]
+# Mbpp/2: set-equality oracle; Mbpp/581: surface_Area oracle; Mbpp/558: digit_distance oracle;
+# Mbpp/737: the "not None" oracle (the reference returns a re.Match, which is not a plain value)
+MBPPPLUS_IDS = ["Mbpp/2", "Mbpp/558", "Mbpp/581", "Mbpp/737"]
 
 
 def completion_variants(body: str) -> dict[str, str]:
@@ -149,6 +150,17 @@ SPIN = "def spin(n):\n    s = 0\n    for i in range(n):\n        s += i\n    ret
 def _spin_task(task_id: str, n: int, **fields) -> Task:
     return Task(benchmark="humaneval+", task_id=task_id, prompt="", solution=SPIN, entry_point="spin",
                 base_input=[[n]], plus_input=[[n]], **fields)
+
+
+def test_the_plus_phase_gets_its_own_cpu_time():
+    """base and plus share one process: its RLIMIT_CPU covers both phases' budgets (before, base's
+    alone: a plus phase with more work than base's budget was killed, e.g. Mbpp/599's reference)."""
+    burn = "import time\ndef burn(x):\n    t0 = time.process_time()\n    while time.process_time() - t0 < x:\n" \
+           "        pass\n    return x\n"
+    task = Task(benchmark="humaneval+", task_id="Burn/0", prompt="", solution=burn, entry_point="burn",
+                base_input=[[0.3]], plus_input=[[0.3]] * 16)  # base: ~1 s of CPU allowed; plus needs 4.8 s
+    verdict = check_completion("humaneval+", task, solution=burn, settings=SETTINGS)
+    assert (verdict.base_status, verdict.plus_status) == ("pass", "pass"), verdict.result
 
 
 def _starve_cpu0(hogs: int) -> list[subprocess.Popen]:

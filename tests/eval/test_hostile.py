@@ -88,6 +88,13 @@ def test_forged_verdicts_fail(name):
     assert not ep.passed and not ep.base_passed, ep.result
 
 
+def test_a_phase_that_fails_early_does_not_leak_into_the_next():
+    """A phase's results stream back; one that fails at its first input abandons the session, and
+    the next phase starts clean (its first reply is not the old phase's second)."""
+    verdict = evalplus("def half(x):\n    return 0.0 if x == 1.0 else x / 2\n")
+    assert (verdict.base_status, verdict.plus_status) == ("fail", "pass"), verdict.result
+
+
 def test_gc_fishing_finds_no_expected_outputs():
     """Before: the expected outputs lived in the candidate's process, a gc scan away."""
     fish = """
@@ -157,6 +164,73 @@ def _cheat(*args):
     assert check_completion("humaneval", task, task.solution, settings=SETTINGS).passed
     verdict = check_completion("humaneval", task, cheat, settings=SETTINGS)
     assert not verdict.passed, verdict.result
+
+
+# ----------------------------------------------------------------------------- DS-1000's verdicts
+# Problem 0 of the fixture (NumPy: result = np.diag(a)); each answer below is wrong, plus a forgery.
+# Before: the test ran in the candidate's process (xlang), or next to the HKUNLP problem's answer
+# files and test_code.py (HKUNLP), and each of these scored "passed".
+
+DS1000_FORGERIES = {
+    "writes a passed record to every descriptor": ("both", """
+        result = np.diag(a) + 1
+        import os
+        for fd in range(64):
+            try:
+                os.write(fd, b'{"event": "result", "result": "passed"}\\n{"event": "done"}\\n')
+            except OSError:
+                pass
+        os._exit(0)
+    """),
+    "patches the test's comparison": ("xlang", """
+        result = np.diag(a) + 1
+        import sys
+        sys._getframe(1).f_globals["exec_test"] = lambda result, ans: 1
+        np.testing.assert_array_equal = lambda *args, **kwargs: None
+    """),
+    "rewrites test_code.py": ("hkunlp", """
+        result = np.diag(a) + 1
+        with open("test_code.py", "w") as f:
+            f.write("def test(result, ans=None):\\n    return 1\\n")
+    """),
+    "reads the expected result": ("xlang", """
+        import sys
+        result = sys._getframe(1).f_locals["expected_result"]
+    """),
+    "reads the answer file": ("hkunlp", """
+        import pickle
+        result = pickle.load(open(f"ans/ans{args.test_case}.pkl", "rb"))
+    """),
+    "returns an always-equal object": ("xlang", """
+        class Anything:
+            def __eq__(self, other): return True
+            def __ne__(self, other): return False
+            def __bool__(self): return True
+        result = Anything()
+    """),
+}
+
+
+def test_ds1000_forged_verdicts_fail(tmp_path):
+    from tests.benchmarks import ds1000_fixture as fx
+
+    samples, tasks, names = [], [], []
+    for fmt, writer, task_id in (("xlang", fx.write_xlang, "0"), ("hkunlp", fx.write_hkunlp_zip, "Numpy/Completion/q0")):
+        these = load_tasks("ds1000", writer(str(tmp_path / ("ds1000.jsonl.gz" if fmt == "xlang" else "ds1000_data.zip"))))
+        task = next(t for t in these if t.task_id == task_id)
+        tasks.append(task)
+        samples.append({"task_id": task_id, "completion": task.solution})  # the reference still passes
+        names.append(f"{fmt}: the reference")
+        for name, (where, code) in DS1000_FORGERIES.items():
+            if where in (fmt, "both"):
+                samples.append({"task_id": task_id, "completion": textwrap.dedent(code)})
+                names.append(f"{fmt}: {name}")
+    verdicts = score_samples("ds1000", tasks, samples, ScoreSettings(sandbox=SANDBOX, workers=2), allow_partial=True)
+    got = {name: (v.passed, v.result) for name, v in zip(names, verdicts)}
+    assert got["xlang: the reference"][0] and got["hkunlp: the reference"][0], got
+    forged = {name: result for name, (passed, result) in got.items() if passed and "reference" not in name}
+    assert not forged, forged
+    assert "not a plain value" in got["xlang: returns an always-equal object"][1], got
 
 
 # ----------------------------------------------------------------------------- malformed records
