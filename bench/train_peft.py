@@ -115,10 +115,7 @@ def measure_method(method: str, base_dir: str, model_name: str, batches: list, s
            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
            "trainable_params": sum(p.numel() for p in params), "total_params": n_params,
            "load_seconds": load_s, "losses": losses, "lora_r": None if method == "full" else r}
-    del model, opt, master, params
-    if on_gpu:
-        torch.cuda.empty_cache()
-    return out
+    return out  # the model and optimizer go with this frame; the caller empties the CUDA cache
 
 
 def raywiz_qlora(work: str, steps: int, use_gpu: bool) -> dict:
@@ -214,6 +211,8 @@ def main() -> None:
         except Exception as e:  # one method failing must not lose the others
             result["methods"].append({"method": method, "error": f"{type(e).__name__}: {e}",
                                       "trace": traceback.format_exc()[-3000:]})
+        if on_gpu:
+            torch.cuda.empty_cache()
         print(json.dumps({k: v for k, v in result["methods"][-1].items() if k not in ("losses", "trace")}), flush=True)
         save()
     full = next((m for m in result["methods"] if m["method"] == "full" and "error" not in m), None)
