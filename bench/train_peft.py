@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from train_throughput import MODEL, PEAK, TINY, make_samples, packed_batches  # noqa: E402
+from train_throughput import MODEL, PEAK, TINY, make_samples, optimizer_step, packed_batches  # noqa: E402
 
 
 def measure_method(method: str, base_dir: str, model_name: str, batches: list, steps: int, warmup: int,
@@ -83,16 +83,7 @@ def measure_method(method: str, base_dir: str, model_name: str, batches: list, s
             loss_sum = token_loss_sum(model, b, device, fused, varlen=True)
             (loss_sum * loss_scale(labels, 1, 1)).backward()
             total = total + loss_sum.detach()
-        if master:
-            for m, p in zip(master, params):
-                m.grad = p.grad.float()
-                p.grad = None
-        torch.nn.utils.clip_grad_norm_(master or params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if master:
-            with torch.no_grad():
-                torch._foreach_copy_(params, master)
+        optimizer_step(opt, params, master)
         return total / labels
 
     it = iter(batches * (1 + steps * accum // max(1, len(batches))))

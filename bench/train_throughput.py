@@ -197,6 +197,23 @@ train:
 
 
 # ------------------------------------------------------------------ plain PyTorch loop (subprocess)
+def optimizer_step(opt, params: list, master: list | None) -> None:
+    """Clip and step; with `master` (fp32 copies of bf16 `params`, DeepSpeed's bf16 layout) the step runs
+    on the copies and the result is copied back into the bf16 weights."""
+    import torch
+
+    if master:
+        for m, p in zip(master, params):
+            m.grad = p.grad.float()
+            p.grad = None
+    torch.nn.utils.clip_grad_norm_(master or params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if master:
+        with torch.no_grad():
+            torch._foreach_copy_(params, master)
+
+
 def packed_batches(data_file: str, model: str, seq_len: int, micro: int) -> list[dict]:
     """The same samples, tokenized and packed by raywiz's own packer, as micro-batches (host tensors)."""
     import numpy as np
@@ -302,16 +319,7 @@ def plain_loop(data_file: str, model_name: str, variants: list[str], steps: int,
                     with autocast:
                         loss_sum = token_loss_sum(model, b, device, loss, attn == "varlen")
                     (loss_sum * loss_scale(labels, 1, 1)).backward()
-                if master:
-                    for m, p in zip(master, params):
-                        m.grad = p.grad.float()
-                        p.grad = None
-                torch.nn.utils.clip_grad_norm_(master or params, 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if master:
-                    with torch.no_grad():
-                        torch._foreach_copy_(params, master)
+                optimizer_step(opt, params, master)
 
             secs, tokens, sq, n_timed, profile, _ = timed_steps(batches, steps, accum, warmup, step, on_gpu)
             flops = step_flops(n_params, tokens, sq, layers, width)
