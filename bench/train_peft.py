@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from train_throughput import MODEL, PEAK, TINY, make_samples, optimizer_step, packed_batches  # noqa: E402
+from train_throughput import MODEL, PEAK, TINY, make_samples, optimizer_step, packed_batches, timed_steps  # noqa: E402
 
 
 def measure_method(method: str, base_dir: str, model_name: str, batches: list, steps: int, warmup: int,
@@ -74,8 +74,6 @@ def measure_method(method: str, base_dir: str, model_name: str, batches: list, s
     master = [p.detach().float().clone().requires_grad_(True) for p in params] if dtype != torch.float32 else None
     opt = torch.optim.AdamW(master or params, lr=2e-5 if method == "full" else 2e-4, fused=on_gpu)
     fused = "chunked"
-    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
-
     def step(micro_batches):
         labels = sum(b["n_label_tokens"] for b in micro_batches)
         total = 0.0
@@ -86,26 +84,14 @@ def measure_method(method: str, base_dir: str, model_name: str, batches: list, s
         optimizer_step(opt, params, master)
         return total / labels
 
-    it = iter(batches * (1 + steps * accum // max(1, len(batches))))
-    times, tokens, sq, losses = [], 0, 0, []
-    for i in range(steps):
-        mb = [next(it) for _ in range(accum)]
-        sync()
-        t = time.perf_counter()
-        loss = step(mb)
-        sync()
-        losses.append(float(loss))
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-            tokens += sum(b["n_tokens"] for b in mb)
-            sq += sum(b["sum_sq_len"] for b in mb)
-    secs = sum(times)
+    cycled = batches * (1 + steps * accum // max(1, len(batches)))  # as many rows as the steps take
+    secs, tokens, sq, n_timed, profile, losses = timed_steps(cycled, steps, accum, warmup, step, on_gpu)
     flops = step_flops(n_params, tokens, sq, layers, width)
-    out = {"method": method, "useful_tokens_per_s": tokens / secs, "steps_measured": len(times),
+    out = {"method": method, "useful_tokens_per_s": tokens / secs, "steps_measured": n_timed, "profile": profile,
            "model_flops_utilization": flops / secs / PEAK if on_gpu else None,
            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
            "trainable_params": sum(p.numel() for p in params), "total_params": n_params,
-           "load_seconds": load_s, "losses": losses, "lora_r": None if method == "full" else r}
+           "load_seconds": load_s, "losses": [float(x) for x in losses], "lora_r": None if method == "full" else r}
     return out  # the model and optimizer go with this frame; the caller empties the CUDA cache
 
 
@@ -204,7 +190,7 @@ def main() -> None:
                                       "trace": traceback.format_exc()[-3000:]})
         if on_gpu:
             torch.cuda.empty_cache()
-        print(json.dumps({k: v for k, v in result["methods"][-1].items() if k not in ("losses", "trace")}), flush=True)
+        print(json.dumps({k: v for k, v in result["methods"][-1].items() if k not in ("losses", "trace", "profile")}), flush=True)
         save()
     full = next((m for m in result["methods"] if m["method"] == "full" and "error" not in m), None)
     if full:

@@ -103,11 +103,6 @@ def export_adapter(model, full_state_dict: dict[str, torch.Tensor], out_dir: str
                                                              "base_model": meta.get("base_model")})
 
 
-def merged_state_dict(model, full_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The base model's state dict with the adapter folded in (W + scale * B @ A), on CPU."""
-    return merged_model(model, full_state_dict).state_dict()
-
-
 def merged_model(model, full_state_dict: dict[str, torch.Tensor]):
     """A plain CPU model (transformers') with the adapter folded in (W + scale * B @ A): what hf/ holds.
 

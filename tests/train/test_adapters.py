@@ -56,7 +56,7 @@ def test_adapter_export_loads_with_peft_and_equals_the_merged_model(tmp_path, me
 
     merged_dir = tmp_path / "hf"
     plain = build_model("tiny-gpt-bigcode", seed=1)
-    plain.load_state_dict(adapters.merged_state_dict(model, full))
+    plain.load_state_dict(adapters.merged_model(model, full).state_dict())
     plain.save_pretrained(merged_dir)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     torch.testing.assert_close(merged(ids).logits, expected, rtol=1e-4, atol=1e-5)
