@@ -18,11 +18,12 @@ same data, one run ("one_call": true).
 - checks: per-token losses of varlen attention vs SDPA's block-diagonal mask (bf16, 1e-2 relative), and
   the fused losses vs logits -> fp32 cross-entropy.
 
-Measured (bench/results/train_throughput.json, NVIDIA H200, two calls of one session, 2026-12-02):
-seed recipe 5,765 useful tok/s (4.1% MFU); raywiz with ZeRO-3's per-module hooks (resident weights),
-varlen + liger: 41,964 (29.8%); the same as ZeRO-2: 62,505 (44.4%, 10.8x the seed, same call); raywiz's
-default now (ZeRO-2 engine for resident weights), micro-batch 16 x 2: 67,864 (48.2%, 70.5 GiB, data wait
-0.17%), 5.6% below the plain bf16 loop (71,890, 50.8%) in the same call.
+Measured (bench/results/train_throughput.json, one NVIDIA H200, one call, 2026-12-03; --variants
+auto:16:2 --plain-variants varlen+liger+bf16): seed recipe 3,940 useful tok/s (2.8% MFU); raywiz's
+default (ZeRO-2 engine for resident weights, varlen + liger, 16 x 2 rows) 66,511 (47.2%, 70.5 GiB, data
+wait 0.16%), 16.9x the seed; the plain bf16 loop 71,797 (50.9%): raywiz's overhead 7.4%.
+--engine-loop (bench/results/train_engines.json, same card, next command of the same call): DeepSpeed
+65,818 (46.5%), FSDP2 69,462 (49.1%), 1.06x.
 Model: StarCoderBase-1B shape, random init, bf16. Samples: lognormal lengths (median 350 tokens,
 sigma 0.7, clipped to [64, 2048]), the first 35% prompt (labels masked). Useful tokens = non-padding
 tokens. MFU: model FLOPs (6 N per token + causal attention) / 989 TFLOP/s (H100/H200 dense bf16).
@@ -184,7 +185,8 @@ train:
     tokens = sum(r["tokens_per_s"] * r["step_seconds"] for r in steady)
     mfus = [r["mfu"] for r in steady if r["mfu"] is not None]
     profile = train / f"profile_step_{warmup}.json"
-    chosen = [line.split("train: ", 1)[1] for line in proc.stderr.splitlines() if "train: attention" in line]
+    # the driver prints recipe.setup's "train: attention ..., fused loss ..., ... weights, <engine>"
+    chosen = [line.split("train: ", 1)[1] for line in (proc.stderr + proc.stdout).splitlines() if "train: attention" in line]
     return {"useful_tokens_per_s": tokens / secs,
             "mfu": sum(r["mfu"] * r["step_seconds"] for r in steady) / secs if mfus else None,
             "peak_memory_gib": max((r["peak_memory_gib"] or 0) for r in rows),
@@ -515,6 +517,8 @@ def main() -> None:
     engines = [e for e in args.engines.split(",") if e]
     args.out = args.out or str(REPO / "bench/results" / ("train_engines.json" if args.engine_loop else "train_throughput.json"))
     if args.engine_loop:
+        if args.engine_steps < 3:  # two warm-up steps (the second profiled), then the timed ones
+            ap.error("--engine-steps must be at least 3")
         # rows for engine-steps x accum micro-batches of 16 rows, and no more (tokenizing is host time)
         # 8 x 4 rows: both engines' peaks (~45 GiB each on an H200) fit together, should the first not free all
         micro, accum = (2, 2) if args.cpu else (8, 4)

@@ -227,8 +227,11 @@ class FinetuneRecipe:
         self.fused, self.varlen = eng.fused_loss, eng.attn_implementation == kernels.VARLEN
         self.layers, self.width = model_shape(self.model.config)
         self.peak = peak_flops(self.device)
-        log.info(f"attention {eng.attn_implementation}, fused loss {eng.fused_loss}, "
-                 f"{'bf16' if eng.dtype == torch.bfloat16 else eng.dtype} weights, {eng.description}")
+        chosen = (f"attention {eng.attn_implementation}, fused loss {eng.fused_loss}, "
+                  f"{'bf16' if eng.dtype == torch.bfloat16 else eng.dtype} weights, {eng.description}")
+        log.info(chosen)
+        if self.rank == 0 and self.progress is not None:  # the driver prints it (worker lines stay in Ray's logs)
+            self.progress.post({"event": chosen, "step": 0})
 
         # resume: after a lost worker, or when the same job name runs again
         self.state = TrainState()
