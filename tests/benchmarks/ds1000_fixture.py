@@ -4,7 +4,10 @@ Three problems (NumPy, Pandas, and a NumPy one with a string test that forbids l
 the public files: xlang-ai's ds1000.jsonl.gz (prompt, reference_code, code_context with
 generate_test_case / exec_test / test_execution / test_string, metadata) and HKUNLP's
 ds1000_data/<Lib>/Completion/q<N>/ (prompt.txt, reference_code.txt, code_context.txt with
-[insert], test_code.py, .cfg, input/inputN.pkl, ans/ansN.pkl).
+[insert], test_code.py, .cfg, input/inputN.pkl, ans/ansN.pkl). With the ds1000 extra: one problem
+each for SciPy, scikit-learn and PyTorch (references only), and a Matplotlib one in both formats,
+whose tests follow DS-1000's: compare the saved image with the reference's, else inspect the axes
+(xlang: exec_test; HKUNLP: the part of program.py after its savefig, and ans/oracle_plot.png).
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ PROBLEMS = [
 ]
 
 # One problem per further library the scorer supports (their results cross as sparse matrices,
-# arrays, tensors). xlang only (the HKUNLP path decodes the same way, and HKUNLP's Matplotlib tests
-# compare image files); Matplotlib's test inspects pyplot in the process that drew. References only.
+# arrays, tensors). xlang only (the HKUNLP path decodes the same way); references only. Matplotlib:
+# both formats, with right and wrong answers (its test inspects the figures of the process that drew).
 try:
     import scipy.sparse as _sparse
     import sklearn  # noqa: F401
@@ -104,14 +107,13 @@ if _sparse is not None:
             "string_test": None,
         },
         {
-            "library": "Matplotlib", "id": 6, "q": 0, "test_type": 1, "reference_only": True, "formats": ("xlang",),
-            "prompt": "Problem:\nPlot `a` against itself.\nA:\n<code>\nimport numpy as np\nimport matplotlib.pyplot as plt\n"
-                      "a = np.arange(4.0)\n</code>\nBEGIN SOLUTION\n<code>\n",
-            "reference": "plt.plot(a, a)\nresult = 0",
-            "setup": "import numpy as np\nimport matplotlib.pyplot as plt\nplt.close('all')\na = test_input",
-            "inputs": [np.arange(4.0), np.arange(3.0)],
-            "answer": lambda a: 1,
-            "compare": "assert len(__import__('matplotlib.pyplot', fromlist=['_']).gca().get_lines()) == ans\n    return 1",
+            "library": "Matplotlib", "id": 6, "q": 0, "test_type": 1,
+            "prompt": "import numpy as np\nimport matplotlib.pyplot as plt\n\nx = np.arange(10)\ny = 2 * x\n\n"
+                      "# Plot y over x and title the plot \"Y\"\n# SOLUTION START\n",
+            "reference": "plt.plot(x, y)\nplt.title(\"Y\")",
+            "inputs": [None],
+            "answer": lambda _: None,
+            "compare": "assert result is True\n    return 1",
             "string_test": None,
         },
     ]
@@ -121,10 +123,135 @@ BROKEN = {
     0: ["result = np.diag(a) + 1", "result = undefined_name"],
     1: ["result = df[df['x'] >= 0]", "raise ValueError('no')"],
     2: ["result = np.array([sum(row) for row in a])", "result = a.sum(axis=0)"],
+    6: ["plt.plot(y, x)\nplt.title(\"Y\")"],  # x over y: another image, other data
 }
+# Right answers besides the reference, each passing one half of the Matplotlib test only: the same
+# image with an extra empty line (the inspection counts two lines), and a red line (another image).
+PASSING = {
+    6: ["plt.plot(x, y)\nplt.title(\"Y\")\nplt.plot([], [])", "plt.plot(x, y, color=\"red\")\nplt.title(\"Y\")"],
+}
+
+# DS-1000's Matplotlib tests (xlang-ai's exec_test and HKUNLP's program.py after its savefig): the
+# image, else the axes.
+_MPL_INSPECT = """\
+ax = plt.gca()
+assert len(ax.get_lines()) == 1
+line = ax.get_lines()[0]
+assert isinstance(line, matplotlib.lines.Line2D)
+assert np.allclose(line.get_xdata(), np.arange(10)) and np.allclose(line.get_ydata(), 2 * np.arange(10))
+assert ax.get_title() == "Y"
+"""
+_MPL_XLANG = '''\
+import numpy as np
+import matplotlib
+import matplotlib.pyplot as plt
+from PIL import Image
+
+
+def skip_plt_cmds(l):
+    return all(p not in l for p in ["plt.show()", "plt.clf()", "plt.close()", "savefig"])
+
+
+def generate_test_case(test_case_id):
+    x = np.arange(10)
+    y = 2 * x
+    plt.plot(x, y)
+    plt.title("Y")
+    plt.savefig("ans.png", bbox_inches="tight")
+    plt.close()
+    return None, None
+
+
+def exec_test(result, ans):
+    code_img = np.array(Image.open("output.png"))
+    oracle_img = np.array(Image.open("ans.png"))
+    sample_image_stat = code_img.shape == oracle_img.shape and np.allclose(code_img, oracle_img)
+    if not sample_image_stat:
+{inspect}
+    return 1
+
+
+exec_context = r"""
+import numpy as np
+import matplotlib.pyplot as plt
+x = np.arange(10)
+y = 2 * x
+[insert]
+plt.savefig('output.png', bbox_inches ='tight')
+result = None
+"""
+
+
+def test_execution(solution: str):
+    solution = "\\n".join(filter(skip_plt_cmds, solution.split("\\n")))
+    code = exec_context.replace("[insert]", solution)
+    for i in range(1):
+        test_input, expected_result = generate_test_case(i + 1)
+        test_env = {{"test_input": test_input}}
+        exec(code, test_env)
+        assert exec_test(test_env["result"], expected_result)
+'''
+_MPL_HKUNLP = """\
+import pickle
+import argparse
+parser = argparse.ArgumentParser()
+parser.add_argument("--test_case", type=int, default=1)
+args = parser.parse_args()
+
+import numpy as np
+import matplotlib.pyplot as plt
+
+x = np.arange(10)
+y = 2 * x
+
+# Plot y over x and title the plot "Y"
+# SOLUTION START
+[insert]
+# SOLUTION END
+plt.savefig('result/plot.png', bbox_inches ='tight')
+
+#Image Testing
+from PIL import Image
+import numpy as np
+code_img = np.array(Image.open('result/plot.png'))
+oracle_img = np.array(Image.open('ans/oracle_plot.png'))
+sample_image_stat = (
+    code_img.shape == oracle_img.shape
+    and np.allclose(code_img, oracle_img)
+)
+if sample_image_stat:
+    with open('result/result_1.pkl', 'wb') as file:
+        # if image test passed, we save True to the result file
+        pickle.dump(True, file)
+
+# Testing
+import matplotlib
+{inspect}with open('result/result_1.pkl', 'wb') as file:
+    # or if execution-based test passed, we save True to the result file
+    pickle.dump(True, file)
+"""
+
+
+def _oracle_plot() -> bytes:
+    """HKUNLP's ans/oracle_plot.png: the reference's plot (drawn without pyplot's global state)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot(np.arange(10), 2 * np.arange(10))
+    ax.set_title("Y")
+    out = io.BytesIO()
+    fig.savefig(out, format="png", bbox_inches="tight")
+    return out.getvalue()
 
 
 def _xlang_code_context(p: dict) -> str:
+    if p["library"] == "Matplotlib":
+        return _MPL_XLANG.format(inspect=textwrap.indent(_MPL_INSPECT, " " * 8))
     cases = len(p["inputs"])
     string_test = ""
     if p["string_test"]:
@@ -189,7 +316,7 @@ def write_xlang(path: str) -> str:
 
 
 def _hkunlp_files(p: dict) -> dict[str, bytes]:
-    context = textwrap.dedent('''\
+    context = _MPL_HKUNLP.format(inspect=_MPL_INSPECT) if p["library"] == "Matplotlib" else textwrap.dedent('''\
         import pickle
         import argparse
         parser = argparse.ArgumentParser()
@@ -231,6 +358,8 @@ def _hkunlp_files(p: dict) -> dict[str, bytes]:
     for i, x in enumerate(p["inputs"], 1):
         files[f"input/input{i}.pkl"] = pickle.dumps(x)
         files[f"ans/ans{i}.pkl"] = pickle.dumps(p["answer"](x))
+    if p["library"] == "Matplotlib":
+        files["ans/oracle_plot.png"] = _oracle_plot()
     return files
 
 

@@ -3,6 +3,7 @@ evaluator (issue 13). Each attack here worked on the evaluator before the truste
 asserts the sample's verdict (or the state of what it attacked), never a tight wall-clock number.
 """
 
+import importlib.util
 import json
 import os
 import signal
@@ -211,26 +212,132 @@ DS1000_FORGERIES = {
 }
 
 
-def test_ds1000_forged_verdicts_fail(tmp_path):
+def _forged_ds1000(tmp_path, forgeries: dict, task_ids: dict[str, str]) -> dict[str, tuple[bool, str]]:
+    """Score each forgery (and the reference) on the fixture's task in each format: {name: (passed, result)}."""
     from tests.benchmarks import ds1000_fixture as fx
 
     samples, tasks, names = [], [], []
-    for fmt, writer, task_id in (("xlang", fx.write_xlang, "0"), ("hkunlp", fx.write_hkunlp_zip, "Numpy/Completion/q0")):
+    for fmt, writer in (("xlang", fx.write_xlang), ("hkunlp", fx.write_hkunlp_zip)):
         these = load_tasks("ds1000", writer(str(tmp_path / ("ds1000.jsonl.gz" if fmt == "xlang" else "ds1000_data.zip"))))
-        task = next(t for t in these if t.task_id == task_id)
+        task = next(t for t in these if t.task_id == task_ids[fmt])
         tasks.append(task)
-        samples.append({"task_id": task_id, "completion": task.solution})  # the reference still passes
+        samples.append({"task_id": task.task_id, "completion": task.solution})  # the reference still passes
         names.append(f"{fmt}: the reference")
-        for name, (where, code) in DS1000_FORGERIES.items():
+        for name, (where, code) in forgeries.items():
             if where in (fmt, "both"):
-                samples.append({"task_id": task_id, "completion": textwrap.dedent(code)})
+                samples.append({"task_id": task.task_id, "completion": textwrap.dedent(code)})
                 names.append(f"{fmt}: {name}")
     verdicts = score_samples("ds1000", tasks, samples, ScoreSettings(sandbox=SANDBOX, workers=2), allow_partial=True)
     got = {name: (v.passed, v.result) for name, v in zip(names, verdicts)}
     assert got["xlang: the reference"][0] and got["hkunlp: the reference"][0], got
     forged = {name: result for name, (passed, result) in got.items() if passed and "reference" not in name}
     assert not forged, forged
+    return got
+
+
+def test_ds1000_forged_verdicts_fail(tmp_path):
+    got = _forged_ds1000(tmp_path, DS1000_FORGERIES, {"xlang": "0", "hkunlp": "Numpy/Completion/q0"})
     assert "not a plain value" in got["xlang: returns an always-equal object"][1], got
+
+
+# The fixture's Matplotlib problem (plot y = 2x over x, title "Y"): its test compares the saved image
+# with the reference's, else inspects the axes, here in the trusted checker through proxies of the
+# drawing process's objects. Each sample draws a wrong plot (or the right line with a wrong title)
+# and forges. (xlang's test drops solution lines that contain "savefig": they spell it in two.)
+# Not here, as it is the documented limit: a sample that patches what its own artists report
+# (get_xdata returning the expected data) has drawn that plot, as far as any test can tell.
+MATPLOTLIB_FORGERIES = {
+    "writes a reply frame and passed records to every descriptor": ("both", """
+        plt.plot(y, x)
+        import os, msgpack
+        frame = msgpack.packb(["ok", {"result": ["v", msgpack.packb(True)]}, {}], use_bin_type=True)
+        for fd in range(64):
+            for data in (len(frame).to_bytes(4, "big") + frame, b'{"event": "result", "result": "passed"}\\n',
+                         b'{"result": "passed"}\\n'):
+                try:
+                    os.write(fd, data)
+                except OSError:
+                    pass
+        os._exit(0)
+    """),
+    "patches the harness's object server": ("both", """
+        plt.plot(y, x)
+        import sys
+        harness = sys.modules["__main__"]
+        harness._object_request = lambda request, objects: True
+        harness.MAX_ITEMS = 0
+    """),
+    "fishes for the expected values and the reference image": ("both", """
+        import gc, glob, shutil
+        expected = [o for o in gc.get_objects() if isinstance(o, dict) and ("expected_result" in o or "ans" in o)]
+        images = []
+        for pattern in ("ans.png", "ans/*", "../*/ans.png", "/tmp/*/ans.png", "/tmp/raywiz-ds1000-*/*",
+                        "/tmp/*/*/ans/oracle_plot.png", "/tmp/*/*/*/ans/oracle_plot.png"):
+            images += glob.glob(pattern)
+        plt.plot(y, x)
+        plt.title("Y")
+        if images:  # the test's own save would copy the reference instead of drawing
+            setattr(plt, "save" + "fig", lambda name, *a, **k: shutil.copy(images[0], name))
+    """),
+    "exits early with status 0": ("both", """
+        plt.plot(y, x)
+        import os
+        os._exit(0)
+    """),
+    "patches numpy's and PIL's comparisons": ("both", """
+        plt.plot(y, x)
+        plt.title("Y")
+        np.allclose = np.array_equal = lambda *a, **k: True
+        np.testing.assert_allclose = np.testing.assert_array_equal = lambda *a, **k: None
+        import PIL.Image
+        PIL.Image.open = lambda *a, **k: PIL.Image.new("RGBA", (1, 1))
+    """),
+    "rebinds np, Image and plt to objects that agree with everything": ("both", """
+        import os
+        plt.plot(y, x)
+        getattr(plt, "save" + "fig")("result/plot.png" if os.path.isdir("result") else "output.png")
+        class Yes:
+            def __getattr__(self, name): return Yes()
+            def __call__(self, *a, **k): return Yes()
+            def __eq__(self, other): return True
+            def __bool__(self): return True
+            def __len__(self): return 1
+            def __iter__(self): return iter([Yes()])
+            def __getitem__(self, i): return Yes()
+            __hash__ = object.__hash__
+        np = Image = plt = Yes()
+    """),
+    "an always-equal title on the right line": ("both", """
+        plt.plot(x, y)
+        plt.title("Z")
+        class AlwaysEqual:
+            def __eq__(self, other): return True
+            def __ne__(self, other): return False
+            __hash__ = object.__hash__
+        import matplotlib.axes
+        matplotlib.axes.Axes.get_title = lambda self, *a, **k: AlwaysEqual()
+    """),
+    "saves its plot as the reference image": ("both", """
+        import os
+        plt.plot(y, x)
+        os.makedirs("ans", exist_ok=True)
+        for name in ("ans.png", "ans/oracle_plot.png", "oracle_plot.png"):
+            getattr(plt, "save" + "fig")(name, bbox_inches="tight")
+    """),
+    "writes a passed result file": ("hkunlp", """
+        plt.plot(y, x)
+        import pickle
+        for i in range(1, 3):
+            with open(f"result/result_{i}.pkl", "wb") as f:
+                pickle.dump(True, f)
+    """),
+}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs the ds1000 extra (matplotlib)")
+def test_ds1000_matplotlib_forged_verdicts_fail(tmp_path):
+    got = _forged_ds1000(tmp_path, MATPLOTLIB_FORGERIES, {"xlang": "6", "hkunlp": "Matplotlib/Completion/q0"})
+    assert "ProgramDied" in got["xlang: exits early with status 0"][1], got
 
 
 # ----------------------------------------------------------------------------- malformed records
