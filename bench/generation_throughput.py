@@ -4,17 +4,20 @@
     python bench/generation_throughput.py --tiny             # CPU smoke run: tiny model, few prompts/tokens
 
 Compared, greedy, same model (random init, StarCoderBase-1B shape by default) and prompts:
-  raywiz                        raywiz.inference's transformers engine (static cache, compiled on GPU,
-                                length-sorted buckets). `tokens_per_s` counts the first run, compile
-                                and warm-up included (what one `raywiz eval run` pays); `warm` is a
-                                second run of the same shapes.
+  raywiz                        raywiz.inference's transformers engine (slot decoder: fixed-shape lanes
+                                refilled as rows end, each decode step a CUDA-graph replay).
+                                `tokens_per_s` counts the first run, lane allocation and graph capture
+                                included (what one `raywiz eval run` pays; reported apart as
+                                `graph_capture_s`); `warm` is a second run of the same shapes.
   naive_hf_generate             eval's old path: HF generate, batch 8, prompts sorted by length, dynamic
                                 cache (on `--naive-prompts` evenly spaced prompts when that is set).
   transformers_generate_batch   model.generate_batch (continuous batching, paged cache) with defaults.
 Generated tokens are counted from token ids (up to the first EOS). Greedy outputs of the first
-`--check` prompts are compared with the naive path's ids. `--serve-probe` adds 32 concurrent
-streams against the continuous-batching engine (TTFT p50/p95, aggregate tok/s). JSON goes to --out
-after every phase, so a run cut short keeps what it measured.
+`--check` prompts are compared with the naive path's ids, in bf16 (random-init logits are near-flat,
+so bf16 rounding of a different batch shape flips argmaxes early) and again with the model in fp32
+(`greedy_equal_fp32`, `--check-tokens` each), where they must agree. The serve probe adds 32
+concurrent streams against the engine's streaming path, no Ray (TTFT p50/p95, aggregate tok/s).
+JSON goes to --out after every phase, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def run_raywiz(model, tok, ids, max_new, args):
     from raywiz.inference import SamplingParams
     from raywiz.inference.transformers_backend import TransformersEngine
 
-    engine = TransformersEngine(model, tok, max_batch_size=args.max_batch_size, compile=getattr(args, "compile", None))
+    engine = TransformersEngine(model, tok, max_batch_size=args.max_batch_size, cuda_graphs=args.cuda_graphs)
     params = SamplingParams(max_tokens=max_new, temperature=0.0)
     result = {}
     for phase in ("cold", "warm"):
@@ -85,14 +88,66 @@ def run_raywiz(model, tok, ids, max_new, args):
         result[phase] = dict(seconds=round(seconds, 3), generated_tokens=n, tokens_per_s=round(n / seconds, 1))
         if phase == "cold":
             first = [c[0].token_ids for c in out]
-            result["first_bucket_s_cold"] = round(engine.stats["compile_and_first_bucket_s"], 3)
-    result["buckets_per_run"] = engine.stats["buckets"] // 2
-    result["compile"] = engine.compile
-    result["max_batch_size"] = engine.max_batch_size
+            result["cold_engine_stats"] = dict(engine.stats)
+    result["engine_stats"] = dict(engine.stats)  # both runs: one decoder built, its graphs captured once
+    result["cuda_graphs"] = engine.cuda_graphs
+    result["lanes"] = engine._offline.slots if engine._offline is not None else None
     return dict(tokens_per_s=result["cold"]["tokens_per_s"], seconds=result["cold"]["seconds"],
                 generated_tokens=result["cold"]["generated_tokens"],
-                compile_and_warmup_s=round(result["cold"]["seconds"] - result["warm"]["seconds"], 3),
+                graph_capture_s=result["cold_engine_stats"]["graph_capture_s"],
+                cold_minus_warm_s=round(result["cold"]["seconds"] - result["warm"]["seconds"], 3),
                 warm=result["warm"], details=result), first, engine
+
+
+def profile_cold(model, tok, ids, args) -> dict:
+    """A fresh engine's first generate_ids under torch.profiler: the top host and device costs."""
+    import torch
+
+    from raywiz.inference import SamplingParams
+    from raywiz.inference.transformers_backend import TransformersEngine
+    from raywiz.train.metrics import profile_summary
+
+    engine = TransformersEngine(model, tok, max_batch_size=args.max_batch_size, cuda_graphs=args.cuda_graphs)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    sync()
+    t = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        engine.generate_ids(ids, SamplingParams(max_tokens=args.max_new_tokens, temperature=0.0))
+        sync()
+    wall = time.perf_counter() - t
+    summary = profile_summary(prof, wall, top=25)
+    summary["engine_stats"] = dict(engine.stats)
+    engine.close()
+    return summary
+
+
+def greedy_check_fp32(model_name, ids, max_new, eos_ids, pad_id, args):
+    """The same greedy comparison with the model in fp32 (TF32 off): batching must not change a token."""
+    import torch
+
+    from raywiz.inference import SamplingParams
+    from raywiz.inference.transformers_backend import TransformersEngine
+    from raywiz.modeling import build_model, load_tokenizer
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = build_model(model_name, dtype=torch.float32, seed=0)
+    model.eval()
+    engine = TransformersEngine(model, load_tokenizer(model_name), cuda_graphs=args.cuda_graphs)
+    got = [c[0].token_ids for c in engine.generate_ids(ids, SamplingParams(max_tokens=max_new))]
+    engine.close()
+    _, ref = run_naive(model, None, ids, max_new, eos_ids, pad_id)
+    del model, engine
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    checks = []
+    for i, (a, b) in enumerate(zip(got, ref)):
+        same = next((p for p, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        checks.append(dict(prompt=i, equal=a == b, common_prefix_tokens=same, tokens=len(b)))
+    return dict(all_equal=all(c["equal"] for c in checks), tokens_each=max_new, prompts=checks)
 
 
 def run_naive(model, tok, ids, max_new, eos_ids, pad_id, batch=8):
@@ -175,7 +230,12 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch-size", type=int, default=None)
     ap.add_argument("--naive-prompts", type=int, default=None, help="run the naive path on N evenly spaced prompts")
     ap.add_argument("--check", type=int, default=8, help="greedy equality on the first N prompts")
-    ap.add_argument("--skip", default="", help="comma list: naive,generate_batch,serve")
+    ap.add_argument("--check-tokens", type=int, default=128, help="tokens per prompt of the fp32 greedy check")
+    ap.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+                    help="decode eagerly (to see what the graphs buy)")
+    ap.add_argument("--skip", default="", help="comma list: naive,generate_batch,serve,fp32_check")
+    ap.add_argument("--profile-cold", action="store_true",
+                    help="only the first (cold) raywiz run, under torch.profiler: where a cold start's time goes")
     ap.add_argument("--serve-streams", type=int, default=32)
     ap.add_argument("--serve-max-tokens", type=int, default=128)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
@@ -189,8 +249,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from raywiz.modeling import build_model, load_tokenizer
     from raywiz.inference.transformers_backend import eos_ids_of
+    from raywiz.modeling import build_model, decodable_tokenizer, load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -200,6 +260,7 @@ def main(argv=None) -> int:
         model = build_model(args.model, dtype=dtype, seed=0)
     model.eval()
     load_s = time.perf_counter() - t
+    tok = decodable_tokenizer(tok, model.config.vocab_size)  # the serve probe's streams carry text
     prompts = load_prompts(args.data, args.limit)
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     eos_ids = eos_ids_of(model, tok)
@@ -215,12 +276,12 @@ def main(argv=None) -> int:
             json.dump(report, f, indent=2)
         print(f"[{time.strftime('%H:%M:%S')}] saved: {sorted(report)}", file=sys.stderr, flush=True)
 
-    try:
-        raywiz, first_rows, engine = run_raywiz(model, tok, ids, args.max_new_tokens, args)
-    except Exception as e:  # e.g. a compile failure: say so, measure the uncompiled engine instead
-        report["raywiz_compiled_error"] = f"{type(e).__name__}: {e}"[:2000]
-        args.compile = False
-        raywiz, first_rows, engine = run_raywiz(model, tok, ids, args.max_new_tokens, args)
+    if args.profile_cold:
+        report["cold_profile"] = profile_cold(model, tok, ids, args)
+        save()
+        print(json.dumps(report, indent=1))
+        return 0
+    raywiz, first_rows, engine = run_raywiz(model, tok, ids, args.max_new_tokens, args)
     report["raywiz"] = raywiz
     save()
     if "naive" not in skip:
@@ -261,6 +322,15 @@ def main(argv=None) -> int:
             report["serve_engine_probe"] = dict(error=f"{type(e).__name__}: {e}")
         finally:
             engine.close()
+        save()
+    if "fp32_check" not in skip:
+        engine.close()
+        del model, engine
+        try:
+            report["greedy_equal_fp32"] = greedy_check_fp32(args.model, ids[:args.check], args.check_tokens,
+                                                            eos_ids, pad_id, args)
+        except Exception as e:
+            report["greedy_equal_fp32"] = dict(error=f"{type(e).__name__}: {e}")
         save()
     print(json.dumps(report, indent=1))
     return 0

@@ -59,14 +59,15 @@ def write_checkpoint(ckpt_dir: str, model_name: str, step: int, device: str) -> 
     import torch
 
     from raywiz.artifacts import write_json_atomic, write_manifest
-    from raywiz.modeling import build_model, load_tokenizer, torch_dtype
+    from raywiz.modeling import build_model, decodable_tokenizer, load_tokenizer, torch_dtype
 
     hf = os.path.join(ckpt_dir, "hf")
     os.makedirs(hf, exist_ok=True)
     with torch.device(device):  # random init on the GPU: seconds instead of a minute on the CPU
         model = build_model(model_name, dtype=torch_dtype("auto", device == "cuda"), seed=step)
     model.save_pretrained(hf)
-    load_tokenizer(model_name).save_pretrained(hf)
+    # every id the random model can pick decodes to text, so streams carry text as a real model's do
+    decodable_tokenizer(load_tokenizer(model_name), model.config.vocab_size).save_pretrained(hf)
     write_json_atomic(os.path.join(hf, "raywiz.json"),
                       {"step": step, "run": "bench", "base_model": model_name, "template": "wizardcoder"})
     write_manifest(hf, kind="hf_export", meta={"step": step})

@@ -75,6 +75,15 @@ def load_tokenizer(name_or_path: str, tokenizer: str | None = None, trust_remote
     return tok
 
 
+def decodable_tokenizer(tokenizer, vocab_size: int):
+    """The tokenizer plus one added token ("<x123>") per id it lacks up to `vocab_size`: a random-init
+    model of a real shape (49,152 ids) over raywiz's 2,048-token test tokenizer then streams text for
+    every token it generates, as a real model does (benchmarks of streaming and time to first text)."""
+    if len(tokenizer) < vocab_size:
+        tokenizer.add_tokens([f"<x{i}>" for i in range(len(tokenizer), vocab_size)])
+    return tokenizer
+
+
 def torch_dtype(dtype: str, on_gpu: bool):
     import torch
 

@@ -46,8 +46,8 @@ class GenerationSection(_Section):
     stop: list[str] | None = Field(None, description="stop sequences; default: none for instruction "
                                    "prompts, bigcode's stop words for `completion` prompts")
     seed: int = 0
-    batch_size: int | None = Field(None, ge=1, description="hf: rows per static-cache bucket "
-                                   "(default: 256 on GPU, 16 on CPU)")
+    batch_size: int | None = Field(None, ge=1, description="hf: decode lanes, rows decoded at once "
+                                   "(default: 256 on GPU, as many as fit in half the free memory; 16 on CPU)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     num_workers: int = Field(
         0, ge=0, description="Ray actors for generation (one per GPU); 0 = in this process"

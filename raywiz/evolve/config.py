@@ -87,8 +87,8 @@ class LLMConfig(_Section):
     num_cpus_per_worker: float = Field(1, ge=0)
     num_gpus_per_worker: float = Field(0, ge=0, description="hf, vllm: GPUs per model replica (vllm's default: "
                                        "engine_kwargs.tensor_parallel_size, else 1)")
-    batch_size: int | None = Field(None, ge=1, description="hf: rows per static-cache bucket (default: 256 on "
-                                   "GPU, 16 on CPU); vllm schedules a worker's requests itself")
+    batch_size: int | None = Field(None, ge=1, description="hf: decode lanes, rows decoded at once (default: "
+                                   "256 on GPU, 16 on CPU); vllm schedules a worker's requests itself")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="vllm: vLLM engine arguments (tensor_parallel_size, max_model_len, …)"

@@ -5,9 +5,10 @@
     async for delta in engine.stream(prompt, params): ...                            # text as it comes
 
 Backends (heavy imports only for the one chosen):
-  transformers  the default, CPU and GPU. Offline batches: static-cache ``generate`` (compiled by
-                transformers on GPU) over length-sorted buckets. Streaming: transformers'
-                ContinuousBatchingManager (paged KV cache, iteration-level batching) on its own thread.
+  transformers  the default, CPU and GPU: transformers' models under raywiz's slot decoder
+                (raywiz.inference.slot_decoding: fixed-shape lanes, iteration-level batching, one
+                CUDA graph per decode step). Offline batches refill a lane as soon as its row ends;
+                streams decode on their own thread and a new request joins at the next step.
   openai        any OpenAI-compatible endpoint through the official SDK: retries, Retry-After,
                 RPM/TPM limits, token and cost accounting.
   vllm          vLLM's offline engine when vLLM is installed (a thin adapter).
@@ -102,8 +103,8 @@ class EngineSpec:
     dtype: str = "auto"
     device: str | None = None
     trust_remote_code: bool = False
-    max_batch_size: int | None = None  # offline rows per bucket (None: 256 on GPU, 16 on CPU)
-    compile: bool | None = None  # static-cache compile (None: on GPU only)
+    max_batch_size: int | None = None  # offline rows decoded at once (None: 256 on GPU, 16 on CPU; fewer if memory says so)
+    cuda_graphs: bool | None = None  # decode steps as CUDA-graph replays (None: on GPU)
     # openai
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"

@@ -1,20 +1,17 @@
-"""The transformers backend: offline batches through static-cache ``generate``, streams through
-transformers' continuous batching.
+"""The transformers backend: transformers' models under raywiz's slot decoder, for offline batches and
+streams alike (raywiz.inference.slot_decoding says why raywiz owns the decode loop).
 
-Offline (eval, evolve): rows (prompt x sample) are sorted by prompt length and cut into buckets of
-at most ``max_batch_size`` rows, left-padded, and decoded with ``cache_implementation="static"``;
-on GPU transformers compiles the decode step (CUDA graphs), so one bucket shape costs one compile
-and every later bucket of that shape is a graph replay. Sorting keeps padding small; a bucket ends
-when its last row does, so rows that finish early still ride along (that waste is bounded by the
-bucket: serve's continuous batching is the path that frees them at once).
+Offline (eval, evolve): every row (prompt x sample) goes through one SlotDecoder of up to
+``max_batch_size`` lanes; a lane whose row ends (EOS, max_tokens, a stop sequence) takes the next row
+at the next step, so finished rows waste nothing. On GPU each decode step is a CUDA-graph replay,
+captured the first time a (window, greedy or sampled) is needed (nothing is compiled); the decoder
+is kept for the next call of the same shape.
 
-Streaming (serve): ``ContinuousBatchingManager`` (paged KV cache, iteration-level scheduling) runs on
-its own thread; a request that arrives mid-batch is prefilled and joins at the next step. A
-dispatcher thread turns its outputs into text deltas (incremental detokenisation, stop sequences
-held back until they can no longer match, max_tokens), and cancels a request whose client left or
-whose stop sequence appeared. Mixed greedy and sampled requests share a batch: greedy is top_k=1
-per request. A seeded request samples with its own noise (raywiz.inference.seeded_sampling): the same
-seed gives the same text alone or in any batch; an unseeded one samples from the global RNG.
+Streaming (serve): a scheduler thread owns a second SlotDecoder. A request that arrives mid-batch is
+prefilled and joins at the next step; each step's tokens go to their rows, which turn them into text
+deltas (incremental detokenisation, stop sequences held back until they can no longer match,
+max_tokens); a row whose client left is dropped and its lane freed at the next step. Greedy and
+sampled requests share steps; a seed fixes a request's samples whatever shares its batch.
 """
 
 from __future__ import annotations
@@ -25,13 +22,15 @@ import logging
 import queue
 import threading
 import time
-import uuid
+from collections import deque
 from typing import AsyncIterator, Sequence
 
 from raywiz.inference import Completion, Delta, EngineSpec, SamplingParams, truncate_at_stop
 
 log = logging.getLogger("raywiz.inference")
-PAD_MULTIPLE = 64  # GPU: prompt widths rounded up so that buckets share compiled shapes
+LANE_ROUND = 64  # offline lane lengths are rounded up so that calls share a decoder (and its graphs)
+STREAM_LANE_MAX = 8192  # serve's lanes hold prompt + max_tokens up to this (or the model's context)
+STOP_CHECK_EVERY = 8  # offline: tokens between stop-sequence checks of a row
 
 
 def eos_ids_of(model, tokenizer) -> list[int]:
@@ -42,32 +41,42 @@ def eos_ids_of(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None and i >= 0)
 
 
+def lanes_that_fit(model, shapes, lane_len: int, wanted: int, share: float) -> int:
+    """How many lanes of `lane_len` tokens fit in `share` of the device's free memory (CPU: 2 GiB)."""
+    import torch
+
+    from raywiz.inference.slot_decoding import kv_bytes_per_token
+
+    device = next(model.parameters()).device
+    budget = torch.cuda.mem_get_info(device)[0] * share if device.type == "cuda" else 2 * 2**30
+    return max(1, min(wanted, int(budget // max(1, kv_bytes_per_token(shapes) * lane_len))))
+
+
 class TransformersEngine:
-    def __init__(self, model, tokenizer, max_batch_size: int | None = None, compile: bool | None = None,
-                 add_special_tokens: bool = False, stream_options: dict | None = None,
+    def __init__(self, model, tokenizer, max_batch_size: int | None = None, cuda_graphs: bool | None = None,
+                 add_special_tokens: bool = False, stream_slots: int | None = None,
                  emit_interval_s: float = 0.0):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         on_gpu = self.device.type == "cuda"
         self.max_batch_size = max_batch_size or (256 if on_gpu else 16)
-        self.compile = on_gpu if compile is None else compile
+        self.stream_slots = stream_slots or (64 if on_gpu else 8)
+        self.cuda_graphs = on_gpu if cuda_graphs is None else cuda_graphs and on_gpu
         self.add_special_tokens = add_special_tokens
         self.emit_interval_s = emit_interval_s
         self.eos_ids = eos_ids_of(model, tokenizer)
+        self._eos = set(self.eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         config = model.config
         self.context_length = next((v for k in ("max_position_embeddings", "n_positions", "seq_length")
                                     if isinstance(v := getattr(config, k, None), int) and v > 0), None)
-        self.stream_options = dict(stream_options or {})  # ContinuousBatchingConfig fields
-        if not on_gpu:
-            # transformers sizes the paged cache from free memory when these are unset; on a CPU that
-            # allocation took over a minute here. 64 pages of 256 tokens are plenty for CPU serving.
-            self.stream_options.setdefault("num_blocks", 64)
-            self.stream_options.setdefault("max_batch_tokens", 1024)
-        self._streamer: ContinuousScheduler | None = None
+        self._shapes = None  # per-layer KV shapes, read off the model once
+        self._offline = None  # (slots, lane_len) -> SlotDecoder, the last one used
+        self._offline_lock = threading.Lock()
+        self._streamer: StreamScheduler | None = None
         self._stream_lock = threading.Lock()
         self._score_lock = threading.Lock()
-        self.stats = {"compile_and_first_bucket_s": None, "buckets": 0, "rows": 0}
+        self.stats = {"rows": 0, "decode_steps": 0, "decoders_built": 0, "graph_capture_s": 0.0, "prefill_s": 0.0}
 
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "TransformersEngine":
@@ -80,7 +89,20 @@ class TransformersEngine:
         model = build_model(spec.model, dtype=torch_dtype(spec.dtype, device == "cuda"),
                             trust_remote_code=spec.trust_remote_code, seed=0)
         model.to(device).eval()
-        return cls(model, tokenizer, spec.max_batch_size, spec.compile)
+        return cls(model, tokenizer, spec.max_batch_size, spec.cuda_graphs)
+
+    def _kv_shapes(self):
+        if self._shapes is None:
+            from raywiz.inference.slot_decoding import kv_shapes
+
+            self._shapes = kv_shapes(self.model)
+        return self._shapes
+
+    def _decoder(self, slots: int, lane_len: int):
+        from raywiz.inference.slot_decoding import SlotDecoder
+
+        return SlotDecoder(self.model, slots, lane_len, graphs=self.cuda_graphs, max_position=self.context_length,
+                           shapes=self._kv_shapes())
 
     # ------------------------------------------------------------ offline batches
 
@@ -92,51 +114,90 @@ class TransformersEngine:
         return self.generate_ids([self.encode(p) for p in prompts], params)
 
     def generate_ids(self, prompt_ids: Sequence[list[int]], params: SamplingParams) -> list[list[Completion]]:
-        import torch
+        from raywiz.inference.slot_decoding import LaneSampling
 
+        prompt_ids = [list(p) or [self.pad_id] for p in prompt_ids]
         if self.context_length:  # keep the end of an over-long prompt
             keep = max(1, self.context_length - params.max_tokens)
             prompt_ids = [p[-keep:] for p in prompt_ids]
+        if not prompt_ids:
+            return []
         samples = 1 if params.greedy else params.n  # greedy samples are identical: decode once, copy
-        rows = sorted(((i, j) for i in range(len(prompt_ids)) for j in range(samples)),
-                      key=lambda r: len(prompt_ids[r[0]]))
-        out: list[list[Completion | None]] = [[None] * samples for _ in prompt_ids]
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        for start in range(0, len(rows), self.max_batch_size):
-            bucket = rows[start:start + self.max_batch_size]
-            started = time.perf_counter()
-            done = self._generate_bucket([prompt_ids[i] for i, _ in bucket], params)
-            if self.stats["compile_and_first_bucket_s"] is None:
-                self.stats["compile_and_first_bucket_s"] = time.perf_counter() - started
-            self.stats["buckets"] += 1
-            self.stats["rows"] += len(bucket)
-            for (i, j), completion in zip(bucket, done):
-                out[i][j] = completion
-        return [row * params.n if samples != params.n else row for row in out]  # type: ignore[operator]
+        rows = [(i, j) for i in range(len(prompt_ids)) for j in range(samples)]
+        lane_len = -(-(max(map(len, prompt_ids)) + params.max_tokens) // LANE_ROUND) * LANE_ROUND
+        if self.context_length:
+            lane_len = min(lane_len, self.context_length)
+        generated: list[list[int]] = [[] for _ in rows]
+        with self._offline_lock:
+            decoder = self._offline_decoder(len(rows), lane_len)
+            before = dict(decoder.stats)
+            pending, live, free = deque(range(len(rows))), {}, list(range(decoder.slots))[::-1]
 
-    def _generate_bucket(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        import torch
-        from transformers import GenerationConfig
+            def take(lane: int, token: int) -> None:  # one token for the row in `lane`; frees the lane when done
+                r = live[lane]
+                out = generated[r]
+                out.append(token)
+                done = token in self._eos or len(out) >= params.max_tokens
+                if not done and params.stop and len(out) % STOP_CHECK_EVERY == 0:
+                    tail = self.tokenizer.decode(out[-(STOP_CHECK_EVERY + max(map(len, params.stop))):],
+                                                 skip_special_tokens=True)
+                    done = any(s in tail for s in params.stop)
+                if done:
+                    del live[lane]
+                    free.append(lane)
+                    decoder.release(lane)
 
-        width = max(len(p) for p in prompts)
-        if self.compile:
-            width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
-        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        sampling = (dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-                    if not params.greedy else dict(do_sample=False))
-        config = GenerationConfig(max_new_tokens=params.max_tokens, pad_token_id=self.pad_id,
-                                  eos_token_id=self.eos_ids, cache_implementation="static",
-                                  disable_compile=not self.compile, **sampling)
-        stopping = [_StopOnText(self.tokenizer, params.stop, width)] if params.stop else None
-        with torch.inference_mode():
-            generated = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
-                                            stopping_criteria=stopping)
-        results = []
-        for prompt, row in zip(prompts, generated[:, width:].tolist()):
-            results.append(self._finish(row, len(prompt), params))
-        return results
+            # One step in flight while the host handles the step before it: a lane's row may end in the
+            # step being read, so the step already launched decoded one token too many there (dropped).
+            in_flight = None  # (StepTokens, {lane: row} when it was launched)
+            while pending or live or in_flight:
+                entries = []
+                while pending and free:
+                    r = pending.popleft()
+                    lane = free.pop()
+                    live[lane] = r
+                    i, j = rows[r]
+                    entries.append((lane, prompt_ids[i], LaneSampling.of(params, params.seed, j, prompt_ids[i])))
+                if entries:
+                    for (lane, _, _), token in zip(entries, decoder.prefill(entries)):
+                        take(lane, token)
+                launched = (decoder.launch(sampled=not params.greedy), dict(live)) if live else None
+                if in_flight is not None:
+                    step, owners = in_flight
+                    tokens = step.tokens()
+                    for lane, r in owners.items():
+                        if live.get(lane) == r:
+                            take(lane, tokens[lane])
+                in_flight = launched
+            self._count(decoder, before, len(rows))
+        out: list[list[Completion]] = [[] for _ in prompt_ids]
+        for (i, _), ids in zip(rows, generated):
+            out[i].append(self._finish(ids, len(prompt_ids[i]), params))
+        return [row * params.n if samples != params.n else row for row in out]
+
+    def _offline_decoder(self, rows: int, lane_len: int):
+        slots = lanes_that_fit(self.model, self._kv_shapes(), lane_len, min(rows, self.max_batch_size), share=0.5)
+        if self._offline is not None and self._offline.slots == slots and self._offline.lane_len == lane_len:
+            return self._offline
+        self._offline = None  # free the old lanes first
+        started = time.perf_counter()
+        self._offline = self._decoder(slots, lane_len)
+        self.stats["decoders_built"] += 1
+        self.stats["decoder_build_s"] = round(self.stats.get("decoder_build_s", 0) + time.perf_counter() - started, 4)
+        return self._offline
+
+    def _count(self, decoder, before: dict, rows: int) -> None:
+        self.stats["rows"] += rows
+        self.stats["decode_steps"] += decoder.stats["steps"] - before["steps"]
+        self.stats["prefill_s"] = round(self.stats["prefill_s"] + decoder.stats["prefill_s"] - before["prefill_s"], 4)
+        self.stats["graph_capture_s"] = round(self.stats["graph_capture_s"] + decoder.stats["graph_capture_s"]
+                                              - before["graph_capture_s"], 4)
+        self.stats["prefill_groups"] = decoder.stats["prefill_groups"]
+        self.stats["graphs"] = decoder.stats["graphs"]
+        self.stats["graphs_captured"] = decoder.stats["graphs_captured"]
+        self.stats["window_steps"] = dict(decoder.stats["window_steps"])
+        if decoder.stats["graph_error"]:
+            self.stats["graph_error"] = decoder.stats["graph_error"]
 
     def _finish(self, ids: list[int], prompt_tokens: int, params: SamplingParams) -> Completion:
         eos = next((k for k, t in enumerate(ids) if t in self.eos_ids), None)
@@ -170,48 +231,44 @@ class TransformersEngine:
 
     # ------------------------------------------------------------ streaming
 
-    def stream(self, prompt: str | list[int], params: SamplingParams) -> AsyncIterator[list[Delta]]:
+    @property
+    def stream_context(self) -> int:
+        """The most prompt + max_tokens one stream can hold."""
+        return min(self.context_length or STREAM_LANE_MAX, STREAM_LANE_MAX)
+
+    def start_streaming(self) -> "StreamScheduler":
+        """The decode thread and its lanes (graphs captured): serve calls this while loading a model, so
+        its first request does not pay for them."""
         with self._stream_lock:
             if self._streamer is None:
-                self._streamer = ContinuousScheduler(self.model, self.tokenizer, self.eos_ids, self.pad_id,
-                                                     **self.stream_options)
+                lane_len = self.stream_context
+                slots = lanes_that_fit(self.model, self._kv_shapes(), lane_len, self.stream_slots, share=0.3)
+                decoder = self._decoder(slots, lane_len)
+                decoder.capture_all()  # every window's graphs, greedy and sampled: none on a request's path
+                self._streamer = StreamScheduler(decoder, self.tokenizer, self.eos_ids)
+            return self._streamer
+
+    def stream(self, prompt: str | list[int], params: SamplingParams) -> AsyncIterator[list[Delta]]:
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        return self._streamer.stream(ids, params, self.emit_interval_s)
+        return self.start_streaming().stream(ids, params, self.emit_interval_s)
 
     @property
-    def scheduler(self) -> "ContinuousScheduler | None":
+    def scheduler(self) -> "StreamScheduler | None":
         return self._streamer
 
     def status(self) -> dict:
-        """Counters for serve's /status and benches: offline buckets and rows, streams and their outputs."""
+        """Counters for serve's /status and benches: offline rows and steps, streams and their lanes."""
         streamer = self._streamer
         return {**self.stats, "streams": streamer.streams if streamer else 0,
-                "stream_outputs": streamer.steps_seen if streamer else 0}
+                "stream_outputs": streamer.steps_seen if streamer else 0,
+                "stream_lanes": streamer.decoder.slots if streamer else 0}
 
     def close(self) -> None:
         with self._stream_lock:
             if self._streamer is not None:
                 self._streamer.close()
                 self._streamer = None
-
-
-class _StopOnText:
-    """Rows stop once a stop sequence appears in their generated text (never across the prompt, which
-    transformers' own stop_strings does). Only the last few tokens are decoded each step."""
-
-    def __init__(self, tokenizer, stops: Sequence[str], prompt_width: int):
-        self.tokenizer, self.stops, self.width = tokenizer, tuple(stops), prompt_width
-        self.window = max(len(s) for s in stops) + 2  # a token decodes to at least one character
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        generated = input_ids[:, self.width:]
-        if generated.shape[1] == 0:
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        tails = self.tokenizer.batch_decode(generated[:, -self.window:].tolist(), skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.stops) for t in tails], dtype=torch.bool,
-                            device=input_ids.device)
+        self._offline = None
 
 
 def _tokens_covering(tokenizer, ids: list[int], chars: int) -> int:
@@ -222,7 +279,7 @@ def _tokens_covering(tokenizer, ids: list[int], chars: int) -> int:
     return len(ids)
 
 
-# ---------------------------------------------------------------- continuous batching
+# ---------------------------------------------------------------- streaming rows
 
 
 class _Row:
@@ -277,6 +334,9 @@ class _Row:
         if len(new) > len(prev) and (final or not new.endswith("\ufffd")):
             self._prefix, self._read = self._read, len(self.tokens)
             return new[len(prev):]
+        if new == prev and len(self.tokens) - self._prefix > 8:
+            # tokens that decode to nothing (skipped specials): move on, or every step re-decodes them all
+            self._prefix = self._read = len(self.tokens)
         return ""
 
     def _apply_stop(self) -> bool:
@@ -320,58 +380,45 @@ class _Stream:
             pass
 
 
-class ContinuousScheduler:
-    """transformers' ContinuousBatchingManager, plus text streaming, stop sequences and cancellation."""
+class StreamScheduler:
+    """Serve's decode loop: one thread owns a SlotDecoder; requests join it at the next step."""
 
-    def __init__(self, model, tokenizer, eos_ids: list[int], pad_id: int, **cb_options):
-        from transformers import ContinuousBatchingConfig, GenerationConfig
-
-        self.tokenizer = tokenizer
-        self.eos_ids = set(eos_ids)
-        # Sampling on, with every warper present, so each request sets its own temperature/top_p/top_k
-        # (CB builds per-request processors only for warpers the config turns on).
-        config = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.95, top_k=50, max_new_tokens=256,
-                                  eos_token_id=list(eos_ids) or -1, pad_token_id=pad_id)
-        self.vocab = model.config.vocab_size
-        cb_config = ContinuousBatchingConfig(per_request_processors=True, **cb_options)
-        self.manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=cb_config)
-        from raywiz.inference import seeded_sampling  # imports torch: not at module import
-
-        self.sampler = seeded_sampling.install(self.manager)
-        self.manager.start()
-        self._rows: dict[str, _Row] = {}
-        self._lock = threading.Lock()
-        self._ids = itertools.count()
-        self.steps_seen = 0  # outputs routed (one per request per decoding step)
+    def __init__(self, decoder, tokenizer, eos_ids: list[int]):
+        self.decoder, self.tokenizer, self.eos_ids = decoder, tokenizer, set(eos_ids)
+        self._inbox: queue.Queue = queue.Queue()  # (row, prompt ids, LaneSampling) from the event loops
+        self._waiting: deque = deque()
+        self._lanes: dict[int, _Row] = {}  # lane -> the row decoding there (this thread only)
+        self._greedy: dict[int, bool] = {}
+        self.steps_seen = 0  # tokens routed to rows
         self.streams = 0
+        self._ids = itertools.count()
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._dispatch, name="raywiz-cb-dispatch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="raywiz-decode", daemon=True)
         self._thread.start()
 
-    def _request_kwargs(self, params: SamplingParams, index: int) -> dict:
-        if params.greedy:
-            return dict(temperature=1.0, top_p=1.0, top_k=1)
-        return dict(temperature=float(params.temperature), top_p=float(params.top_p), top_k=int(self.vocab),
-                    **self.sampler.request_kwargs(params.seed, index))
+    @property
+    def busy_lanes(self) -> int:
+        return len(self._lanes)
 
     async def stream(self, prompt_ids: list[int], params: SamplingParams,
                      emit_interval_s: float = 0.0) -> AsyncIterator[list[Delta]]:
         """Deltas for one request until each of its n choices finished; whatever piled up since the
         last read comes as one list (a slow reader gets fewer, larger pieces)."""
+        from raywiz.inference.slot_decoding import LaneSampling
+
         if not prompt_ids:
             raise ValueError("empty prompt")
+        if len(prompt_ids) + params.max_tokens > self.decoder.lane_len:
+            raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceed this "
+                             f"engine's {self.decoder.lane_len}-token context")
+        if self._closed.is_set():
+            raise RuntimeError("model was unloaded")
         stream = _Stream(asyncio.get_running_loop())
-        base = f"raywiz-{uuid.uuid4().hex[:12]}"
-        rows = [_Row(stream, i, f"{base}-{i}", params, emit_interval_s) for i in range(params.n)]
-        with self._lock:
-            self.streams += 1
-            for row in rows:
-                self._rows[row.request_id] = row
+        request = next(self._ids)
+        rows = [_Row(stream, i, f"raywiz-{request}-{i}", params, emit_interval_s) for i in range(params.n)]
+        self.streams += 1
         for row in rows:
-            rid = self.manager.add_request(prompt_ids, request_id=row.request_id, max_new_tokens=params.max_tokens,
-                                           streaming=True, **self._request_kwargs(params, row.index))
-            if rid is None:
-                raise RuntimeError("the continuous batching manager refused the request (stopped)")
+            self._inbox.put((row, prompt_ids, LaneSampling.of(params, params.seed, row.index, prompt_ids)))
         remaining = params.n
         try:
             while remaining:
@@ -386,51 +433,79 @@ class ContinuousScheduler:
                     if item.finish_reason:
                         remaining -= 1
                 yield deltas
-        finally:
-            for row in rows:  # the client left, or we are done: free what is still decoding
-                with self._lock:
-                    live = self._rows.pop(row.request_id, None)
-                if live is not None and not live.finished:
-                    live.finished = True
-                    self.manager.cancel_request(row.request_id)
-                self.sampler.forget(row.request_id)
+        finally:  # the client left, or we are done: the decode thread frees what is still decoding
+            for row in rows:
+                row.finished = True
 
-    def _dispatch(self) -> None:
-        """Route the manager's outputs to their rows (one thread: rows are touched only here)."""
-        output_queue = self.manager.output_router.output_queue
+    def _run(self) -> None:
+        # As offline: one step in flight while the host routes the tokens of the step before it.
+        in_flight = None  # (StepTokens, {lane: row} when it was launched)
         while not self._closed.is_set():
             try:
-                out = output_queue.get(timeout=0.05)
-            except queue.Empty:
+                self._admit(block=not self._lanes and in_flight is None)
+                launched = None
+                if self._lanes:
+                    sampled = not all(self._greedy[lane] for lane in self._lanes)
+                    launched = (self.decoder.launch(sampled=sampled), dict(self._lanes))
+                if in_flight is not None:
+                    step, owners = in_flight
+                    in_flight = None
+                    tokens = step.tokens()
+                    for lane, row in owners.items():
+                        if self._lanes.get(lane) is row:
+                            self._feed(lane, tokens[lane])
+                in_flight = launched
+            except Exception as e:  # a failed step fails the rows in it, never the thread
+                log.exception("decoding failed")
+                in_flight = None
+                for lane, row in list(self._lanes.items()):
+                    self._release(lane)
+                    if not row.finished:
+                        row.finished = True
+                        row.stream.put(RuntimeError(f"generation failed: {type(e).__name__}: {e}"))
+
+    def _admit(self, block: bool) -> None:
+        """Waiting requests into free lanes, prefilled together; their first token goes out at once."""
+        try:
+            while True:
+                self._waiting.append(self._inbox.get(timeout=0.05) if block else self._inbox.get_nowait())
+                block = False
+        except queue.Empty:
+            pass
+        for lane, row in list(self._lanes.items()):
+            if row.finished:  # cancelled by its client
+                self._release(lane)
+        free = [lane for lane in range(self.decoder.slots) if lane not in self._lanes]
+        entries = []
+        while self._waiting and free:
+            row, ids, sampling = self._waiting.popleft()
+            if row.finished:
                 continue
-            self.steps_seen += 1
-            with self._lock:
-                row = self._rows.get(out.request_id)
-            if row is None or row.finished:
-                continue
-            try:
-                if out.error:
-                    row.finished = True
-                    row.stream.put(RuntimeError(f"generation failed: {out.error}"))
-                    continue
-                done = row.feed(out.generated_tokens[len(row.tokens):], self.tokenizer, self.eos_ids)
-                if not done and out.is_finished():
-                    reason = "length" if len(row.tokens) >= row.max_tokens else "stop"
-                    row.finish(reason, self.tokenizer)
-                elif done and not out.is_finished():
-                    self.manager.cancel_request(out.request_id)  # stop sequence: free its slot now
-            except Exception as e:  # a broken row must not stop the others
-                log.exception("streaming a row failed")
-                row.finished = True
-                row.stream.put(RuntimeError(f"generation failed: {type(e).__name__}: {e}"))
+            lane = free.pop()
+            self._lanes[lane], self._greedy[lane] = row, sampling.greedy
+            entries.append((lane, ids, sampling))
+        if entries:
+            for (lane, _, _), token in zip(entries, self.decoder.prefill(entries)):
+                self._feed(lane, token)
+
+    def _feed(self, lane: int, token: int) -> None:
+        row = self._lanes[lane]
+        self.steps_seen += 1
+        if row.finished or row.feed([token], self.tokenizer, self.eos_ids):
+            self._release(lane)
+
+    def _release(self, lane: int) -> None:
+        self._lanes.pop(lane, None)
+        self._greedy.pop(lane, None)
+        self.decoder.release(lane)
 
     def close(self) -> None:
         self._closed.set()
-        with self._lock:
-            rows, self._rows = list(self._rows.values()), {}
-        for row in rows:
+        self._thread.join(timeout=10)
+        pending = list(self._lanes.values()) + [item[0] for item in self._waiting]
+        while not self._inbox.empty():
+            pending.append(self._inbox.get_nowait()[0])
+        for row in pending:
             if not row.finished:
                 row.finished = True
                 row.stream.put(RuntimeError("model was unloaded"))
-        self.manager.stop(block=True, timeout=10, hard_stop=True)
-        self._thread.join(timeout=5)

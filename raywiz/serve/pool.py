@@ -110,12 +110,12 @@ def load_model(ref: CheckpointRef, info: dict, *, device: str, dtype, cache_dir:
         if not torch.isfinite(logits).all():
             raise CheckpointRefused(f"{ref.path}: the model's outputs are not finite (NaN/inf weights)")
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    # Streams decode on transformers' continuous batching, on its own thread; `max_batch_size` bounds
-    # the requests decoded together.
-    engine = TransformersEngine(model, tokenizer, stream_options={"max_requests_per_batch": max_batch_size},
-                                emit_interval_s=emit_interval_s)
-    return LoadedModel(ref, model, tokenizer, engine, info, nbytes, _context_length(model.config),
-                       time.monotonic() - started)
+    # Streams decode on the engine's own thread; `max_batch_size` bounds the requests decoded together.
+    engine = TransformersEngine(model, tokenizer, stream_slots=max_batch_size, emit_interval_s=emit_interval_s)
+    engine.start_streaming()  # lanes and CUDA graphs now, in the loader, not in the first request
+    context = _context_length(model.config)
+    context = min(context, engine.stream_context) if context else engine.stream_context
+    return LoadedModel(ref, model, tokenizer, engine, info, nbytes, context, time.monotonic() - started)
 
 
 class ModelPool:

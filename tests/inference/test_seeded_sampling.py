@@ -1,20 +1,39 @@
-"""raywiz's seeded sampler for continuous batching: its choices follow softmax(scores) and never pick
-a token the warpers before it removed; unseeded rows pass through untouched."""
+"""raywiz's per-lane sampling: seeded choices follow softmax(logits / temperature) within top-p, greedy
+lanes take the argmax, and the hash in tensor ops equals the Python one."""
 
 import torch
 
-from raywiz.inference.seeded_sampling import SeededSampler, step_key
+from raywiz.inference.seeded_sampling import mix32, mix32_tensor
+from raywiz.inference.slot_decoding import sample_tokens
 
 
-def test_seeded_choices_follow_the_distribution_and_skip_removed_tokens():
-    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
-    scores = torch.log(probs).repeat(20000, 1)  # the last token was removed (-inf), as top-p would
-    keys = torch.tensor([step_key(row, 0) for row in range(20000)], dtype=torch.int32)
-    out = SeededSampler()(scores, keys)
-    chosen = out.argmax(-1)
-    assert torch.isinf(out).sum(-1).eq(4).all()  # one token left per row: the manager must pick it
-    freq = torch.bincount(chosen, minlength=5).float() / 20000
+def test_hash_in_tensor_ops_equals_python():
+    xs = [0, 1, 7, 2**31 - 1, 2**32 - 1, 123456789]
+    assert mix32_tensor(torch.tensor(xs)).tolist() == [mix32(x) for x in xs]
+
+
+def _sample(logits, rows, greedy=False, temperature=1.0, top_p=1.0):
+    n = rows
+    return sample_tokens(logits.repeat(n, 1), torch.full((n,), greedy), torch.full((n,), temperature),
+                         torch.full((n,), top_p), torch.arange(n), torch.zeros(n, dtype=torch.long))
+
+
+def test_sampled_tokens_follow_the_distribution_top_p_and_greedy():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = torch.log(probs)[None]
+    freq = torch.bincount(_sample(logits, 20000), minlength=4).float() / 20000
     assert torch.allclose(freq, probs, atol=0.015), freq
-    # Unseeded rows (-1) are left to the manager's own sampling.
-    mixed = SeededSampler()(scores[:2], torch.tensor([-1, keys[0].item()], dtype=torch.int32))
-    assert torch.equal(mixed[0], scores[0]) and torch.isinf(mixed[1]).sum() == 4
+    # top_p 0.8: 0.5 + 0.3 reach it, so only tokens 0 and 1 stay, renormalised to 5/8 and 3/8
+    freq = torch.bincount(_sample(logits, 20000, top_p=0.8), minlength=4).float() / 20000
+    assert freq[2:].sum() == 0 and abs(freq[0].item() - 0.625) < 0.015, freq
+    # a low temperature sharpens towards the argmax; greedy lanes take it outright
+    assert (_sample(logits, 2000, temperature=0.05) == 0).float().mean() > 0.99
+    assert (_sample(logits, 50, greedy=True) == 0).all()
+
+
+def test_the_same_key_and_count_give_the_same_token_whatever_the_batch():
+    logits = torch.randn(6, 50)
+    args = (torch.zeros(6, dtype=torch.bool), torch.ones(6), torch.ones(6), torch.arange(6) * 977, torch.arange(6))
+    together = sample_tokens(logits, *args)
+    alone = [sample_tokens(logits[i:i + 1], *(a[i:i + 1] for a in args)).item() for i in range(6)]
+    assert together.tolist() == alone

@@ -1,4 +1,4 @@
-"""The offline path (eval, evolve): static-cache buckets give what unbatched generate gives."""
+"""The offline path (eval, evolve): the slot decoder gives what unbatched generate gives."""
 
 import pytest
 import torch
@@ -18,9 +18,9 @@ def unbatched_greedy(engine, prompt: str, max_new: int) -> list[int]:
     return row[: row.index(engine.eos_ids[0])] if engine.eos_ids[0] in row else row
 
 
-def test_greedy_buckets_equal_unbatched_generate_token_for_token(engine):
+def test_greedy_lanes_equal_unbatched_generate_token_for_token(engine):
     params = SamplingParams(max_tokens=24)
-    got = engine.generate(PROMPTS, params)  # 6 prompts, buckets of 4: two buckets, left padding
+    got = engine.generate(PROMPTS, params)  # 6 prompts, 4 lanes: two rows join as others end
     assert engine.max_batch_size < len(PROMPTS)
     for prompt, (completion,) in zip(PROMPTS, got):
         assert completion.token_ids == unbatched_greedy(engine, prompt, 24), prompt
@@ -63,3 +63,37 @@ def test_bad_params_are_refused_with_the_field_named():
         SamplingParams(top_p=0)
     with pytest.raises(ValueError, match="stop"):
         SamplingParams(stop=("",))
+
+
+def test_attention_windows_change_no_token(engine):
+    """Steps over a window of the ring (the last W positions) decode what whole-lane steps decode,
+    with sequences joining while others run, and lanes wrapping round the ring."""
+    from raywiz.inference.slot_decoding import LaneSampling, SlotDecoder
+
+    ids = [engine.encode(p) for p in PROMPTS]
+
+    def decode(windows):
+        dec = SlotDecoder(engine.model, slots=3, lane_len=48, windows=windows)
+        out, lanes, queue = {}, {}, list(range(len(ids)))
+        while queue or lanes:
+            entries = []
+            for lane in range(dec.slots):
+                if lane not in lanes and queue:
+                    i = queue.pop(0)
+                    lanes[lane], out[i] = i, []
+                    entries.append((lane, ids[i], LaneSampling()))
+            for (lane, _, _), token in zip(entries, dec.prefill(entries) if entries else []):
+                out[lanes[lane]].append(token)
+            tokens = dec.step()
+            for lane, i in list(lanes.items()):
+                out[i].append(tokens[lane])
+                if len(out[i]) >= 12 + 4 * (i % 3):  # rows of different lengths: lanes free at different steps
+                    del lanes[lane]
+                    dec.release(lane)
+        return out, dec.stats["window_steps"]
+
+    whole, steps_whole = decode(None)
+    windowed, steps_windowed = decode([8, 16, 32])
+    assert windowed == whole
+    assert set(steps_whole) == {48}
+    assert len(steps_windowed) > 1 and min(steps_windowed) < 48  # the small windows did run

@@ -36,8 +36,8 @@ def generate_with_ray(prompts: list[str], spec: EngineSpec, params: SamplingPara
     worker_cls = _actor_class().options(num_gpus=gpus_per_worker, num_cpus=cpus_per_worker)
     actors = [worker_cls.remote(spec) for _ in range(max(1, num_workers))]
     try:
-        # One chunk per actor: on GPU each new (rows, width) shape of a static-cache bucket costs a
-        # compile (about 30 s for a 1B model on an H200), so fewer, larger chunks beat finer balance.
+        # One chunk per actor: an engine refills its lanes as rows end, so one large call keeps them
+        # full to the end, where many small calls would each drain them (and pay a prefill apiece).
         chunk = chunk_size or max(1, -(-len(prompts) // len(actors)))
         chunks = [prompts[i:i + chunk] for i in range(0, len(prompts), chunk)]
         pool = ActorPool(actors)

@@ -6,7 +6,7 @@ adapter, and ``num_workers`` engine replicas share out the requests. Chat messag
 through the tokenizer's chat template when it has one, else through the template the checkpoint was
 trained with (its ``raywiz.json``; WizardCoder's by default), so a raywiz checkpoint can evolve data
 for the next round. Requests with equal sampling parameters go to the engine together (the
-transformers engine sorts them by length into static-cache buckets; vLLM schedules them itself).
+transformers engine decodes them in lanes refilled as rows end; vLLM schedules them itself).
 """
 
 from __future__ import annotations
