@@ -143,11 +143,16 @@ def greedy_check_fp32(model_name, ids, max_new, eos_ids, pad_id, args):
     del model, engine
     if device == "cuda":
         torch.cuda.empty_cache()
+    return dict(compare_greedy(list(enumerate(zip(got, ref)))), tokens_each=max_new)
+
+
+def compare_greedy(pairs) -> dict:
+    """[(prompt index, (raywiz ids, reference ids))] -> per prompt: equal, and the common prefix."""
     checks = []
-    for i, (a, b) in enumerate(zip(got, ref)):
+    for i, (a, b) in pairs:
         same = next((p for p, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         checks.append(dict(prompt=i, equal=a == b, common_prefix_tokens=same, tokens=len(b)))
-    return dict(all_equal=all(c["equal"] for c in checks), tokens_each=max_new, prompts=checks)
+    return dict(all_equal=all(c["equal"] for c in checks), prompts=checks)
 
 
 def run_naive(model, tok, ids, max_new, eos_ids, pad_id, batch=8):
@@ -295,14 +300,8 @@ def main(argv=None) -> int:
             report["naive_hf_generate"] = naive
             report["speedup_vs_naive"] = round(raywiz["tokens_per_s"] / naive["tokens_per_s"], 2)
             report["speedup_vs_naive_warm"] = round(raywiz["warm"]["tokens_per_s"] / naive["tokens_per_s"], 2)
-            checks = []
-            for k, i in enumerate(subset):
-                if i >= args.check:
-                    continue
-                a, b = first_rows[i], naive_rows[k]
-                same = next((p for p, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-                checks.append(dict(prompt=i, equal=a == b, common_prefix_tokens=same, tokens=len(b)))
-            report["greedy_equal_first_prompts"] = dict(all_equal=all(c["equal"] for c in checks), prompts=checks)
+            report["greedy_equal_first_prompts"] = compare_greedy(
+                [(i, (first_rows[i], naive_rows[k])) for k, i in enumerate(subset) if i < args.check])
         except Exception as e:  # keep the other phases' numbers
             report["naive_hf_generate"] = dict(error=f"{type(e).__name__}: {e}")
         save()

@@ -84,6 +84,15 @@ def decodable_tokenizer(tokenizer, vocab_size: int):
     return tokenizer
 
 
+def context_length(config) -> int | None:
+    """The most positions a model's config says it takes (None when it names none)."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def torch_dtype(dtype: str, on_gpu: bool):
     import torch
 

@@ -182,15 +182,23 @@ def window_sizes(lane_len: int, smallest: int = WINDOW_MIN) -> list[int]:
 
 
 class StepTokens:
-    """One launched decode step: its tokens arrive in a host buffer; tokens() waits for them."""
+    """One launched decode step: its tokens arrive in a host buffer; tokens() waits for them.
+    `owners` ({lane: what decoded there}) is the caller's, as it was at launch."""
 
-    def __init__(self, host: torch.Tensor, event):
-        self.host, self.event = host, event
+    def __init__(self, host: torch.Tensor, event, owners: dict):
+        self.host, self.event, self.owners = host, event, owners
 
     def tokens(self) -> list[int]:
         if self.event is not None:
             self.event.synchronize()
         return self.host.tolist()
+
+    def tokens_of(self, owners_now: dict) -> list[tuple[int, int]]:
+        """(lane, token) for the lanes whose owner is still the one at launch: a lane freed, or
+        given to another sequence, since then decoded a token nobody wants."""
+        tokens = self.tokens()
+        return [(lane, tokens[lane]) for lane, owner in self.owners.items()
+                if lane in owners_now and owners_now[lane] == owner]
 
 
 class SlotDecoder:
@@ -336,9 +344,10 @@ class SlotDecoder:
         need = max(self.filled) + 1
         return next(w for w in self.windows if w >= need)
 
-    def launch(self, sampled: bool = False) -> StepTokens:
+    def launch(self, owners: dict | None = None, sampled: bool = False) -> StepTokens:
         """Queue one decode step for every lane (idle lanes too: their tokens are ignored) and return at
-        once; the tokens come with .tokens(). The caller may launch the next step before reading them
+        once; the tokens come with .tokens(), or .tokens_of() for the lanes still held by `owners`
+        (the caller's lane -> sequence map at launch). The caller may launch the next step before reading them
         (what it then does on the host overlaps the device's step), but reads each step before
         launching the one after next."""
         window = self.window_for()
@@ -359,11 +368,11 @@ class SlotDecoder:
         self.filled = [min(f + 1, self.lane_len) if f else 0 for f in self.filled]
         self.stats["steps"] += 1
         self.stats["window_steps"][window] = self.stats["window_steps"].get(window, 0) + 1
-        return StepTokens(host, event)
+        return StepTokens(host, event, owners or {})
 
     def step(self, sampled: bool = False) -> list[int]:
         """One decode step, waited for: every lane's next token."""
-        return self.launch(sampled).tokens()
+        return self.launch(sampled=sampled).tokens()
 
     def capture_all(self, sampled_too: bool = True) -> None:
         """Capture every window's graphs now (serve: at load, not on a request's path)."""

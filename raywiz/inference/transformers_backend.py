@@ -67,16 +67,17 @@ class TransformersEngine:
         self.eos_ids = eos_ids_of(model, tokenizer)
         self._eos = set(self.eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        config = model.config
-        self.context_length = next((v for k in ("max_position_embeddings", "n_positions", "seq_length")
-                                    if isinstance(v := getattr(config, k, None), int) and v > 0), None)
+        from raywiz.modeling import context_length
+
+        self.context_length = context_length(model.config)
         self._shapes = None  # per-layer KV shapes, read off the model once
         self._offline = None  # (slots, lane_len) -> SlotDecoder, the last one used
         self._offline_lock = threading.Lock()
         self._streamer: StreamScheduler | None = None
         self._stream_lock = threading.Lock()
         self._score_lock = threading.Lock()
-        self.stats = {"rows": 0, "decode_steps": 0, "decoders_built": 0, "graph_capture_s": 0.0, "prefill_s": 0.0}
+        self.stats = {"rows": 0, "decode_steps": 0, "decoders_built": 0, "decoder_build_s": 0.0, "graph_capture_s": 0.0,
+                      "prefill_s": 0.0}
 
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "TransformersEngine":
@@ -149,7 +150,7 @@ class TransformersEngine:
 
             # One step in flight while the host handles the step before it: a lane's row may end in the
             # step being read, so the step already launched decoded one token too many there (dropped).
-            in_flight = None  # (StepTokens, {lane: row} when it was launched)
+            in_flight = None  # the launched step not read yet
             while pending or live or in_flight:
                 entries = []
                 while pending and free:
@@ -161,13 +162,10 @@ class TransformersEngine:
                 if entries:
                     for (lane, _, _), token in zip(entries, decoder.prefill(entries)):
                         take(lane, token)
-                launched = (decoder.launch(sampled=not params.greedy), dict(live)) if live else None
+                launched = decoder.launch(dict(live), sampled=not params.greedy) if live else None
                 if in_flight is not None:
-                    step, owners = in_flight
-                    tokens = step.tokens()
-                    for lane, r in owners.items():
-                        if live.get(lane) == r:
-                            take(lane, tokens[lane])
+                    for lane, token in in_flight.tokens_of(live):
+                        take(lane, token)
                 in_flight = launched
             self._count(decoder, before, len(rows))
         out: list[list[Completion]] = [[] for _ in prompt_ids]
@@ -183,7 +181,7 @@ class TransformersEngine:
         started = time.perf_counter()
         self._offline = self._decoder(slots, lane_len)
         self.stats["decoders_built"] += 1
-        self.stats["decoder_build_s"] = round(self.stats.get("decoder_build_s", 0) + time.perf_counter() - started, 4)
+        self.stats["decoder_build_s"] = round(self.stats["decoder_build_s"] + time.perf_counter() - started, 4)
         return self._offline
 
     def _count(self, decoder, before: dict, rows: int) -> None:
@@ -439,21 +437,18 @@ class StreamScheduler:
 
     def _run(self) -> None:
         # As offline: one step in flight while the host routes the tokens of the step before it.
-        in_flight = None  # (StepTokens, {lane: row} when it was launched)
+        in_flight = None  # the launched step not read yet
         while not self._closed.is_set():
             try:
                 self._admit(block=not self._lanes and in_flight is None)
                 launched = None
                 if self._lanes:
                     sampled = not all(self._greedy[lane] for lane in self._lanes)
-                    launched = (self.decoder.launch(sampled=sampled), dict(self._lanes))
+                    launched = self.decoder.launch(dict(self._lanes), sampled=sampled)
                 if in_flight is not None:
-                    step, owners = in_flight
-                    in_flight = None
-                    tokens = step.tokens()
-                    for lane, row in owners.items():
-                        if self._lanes.get(lane) is row:
-                            self._feed(lane, tokens[lane])
+                    step, in_flight = in_flight, None
+                    for lane, token in step.tokens_of(self._lanes):
+                        self._feed(lane, token)
                 in_flight = launched
             except Exception as e:  # a failed step fails the rows in it, never the thread
                 log.exception("decoding failed")

@@ -62,14 +62,6 @@ class LoadedModel:
         self.engine.close()
 
 
-def _context_length(config) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def load_model(ref: CheckpointRef, info: dict, *, device: str, dtype, cache_dir: str,
                trust_remote_code: bool = False, max_batch_size: int = 64,
                emit_interval_s: float = 0.0) -> LoadedModel:
@@ -113,9 +105,7 @@ def load_model(ref: CheckpointRef, info: dict, *, device: str, dtype, cache_dir:
     # Streams decode on the engine's own thread; `max_batch_size` bounds the requests decoded together.
     engine = TransformersEngine(model, tokenizer, stream_slots=max_batch_size, emit_interval_s=emit_interval_s)
     engine.start_streaming()  # lanes and CUDA graphs now, in the loader, not in the first request
-    context = _context_length(model.config)
-    context = min(context, engine.stream_context) if context else engine.stream_context
-    return LoadedModel(ref, model, tokenizer, engine, info, nbytes, context, time.monotonic() - started)
+    return LoadedModel(ref, model, tokenizer, engine, info, nbytes, engine.stream_context, time.monotonic() - started)
 
 
 class ModelPool:
