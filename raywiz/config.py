@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from raywiz.config_base import ConfigSection
 from raywiz.eval.config import EvalConfig
 from raywiz.evolve.config import EvolveConfig
 from raywiz.serve.config import ServeConfig
@@ -25,12 +26,7 @@ class ConfigError(ValueError):
     """A job config that cannot run; the message names the file and the field."""
 
 
-class StrictModel(BaseModel):
-    # Typos in YAML keys must fail loudly instead of being silently ignored.
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelConfig(StrictModel):
+class ModelConfig(ConfigSection):
     name_or_path: str = Field(
         "tiny-gpt-bigcode",
         description="Hugging Face hub name, local directory, or a named tiny config "
@@ -49,7 +45,7 @@ class ModelConfig(StrictModel):
     revision: str | None = None
 
 
-class ClusterConfig(StrictModel):
+class ClusterConfig(ConfigSection):
     address: str | None = Field(
         None,
         description="Ray address ('auto', 'ray://host:10001'); None starts a local Ray cluster "
@@ -59,7 +55,7 @@ class ClusterConfig(StrictModel):
     num_gpus: int | None = Field(None, ge=0, description="GPUs for a local cluster (default: all).")
 
 
-class WandbConfig(StrictModel):
+class WandbConfig(ConfigSection):
     enabled: bool = False
     project: str = "raywiz"
     entity: str | None = None
@@ -72,7 +68,7 @@ class WandbConfig(StrictModel):
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-class JobConfig(StrictModel):
+class JobConfig(ConfigSection):
     name: str = Field(description="The run id: names the run directory, the Ray run, the W&B group.")
     storage: str = Field(
         "./runs", description="Local path or s3://, gs:// URI; the run lives in {storage}/{name}."

@@ -21,7 +21,7 @@ from raywiz.data import pack as packing
 from raywiz.data.shards import BadRowError, Row, iter_rows, sample_id_of, validate, where
 from raywiz.data.tokenize import fit_to_length, tokenize_sample
 from raywiz.log import get_logger
-from raywiz.train.config import DataSourceConfig
+from raywiz.data.config import DataSourceConfig
 
 log = get_logger(__name__)
 MAX_BAD_ROWS_LISTED = 200

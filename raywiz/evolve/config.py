@@ -11,13 +11,10 @@ import hashlib
 import json
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from raywiz.config_base import ConfigSection as _Section
 from raywiz.evolve.prompts import METHODS
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class SeedsConfig(_Section):

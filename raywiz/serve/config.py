@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from raywiz.config_base import ConfigSection as _Section
 
 
 class ServeLimits(_Section):

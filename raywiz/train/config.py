@@ -9,93 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from raywiz.config_base import ConfigSection
+from raywiz.data.config import DataConfig
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TemplateConfig(_Section):
-    name: Literal["wizardcoder", "alpaca", "chat", "custom"] = Field(
-        "wizardcoder",
-        description="wizardcoder: WizardCoder's Alpaca prompt (input ignored, as theirs); alpaca: adds the "
-        "'### Input:' variant when a row has input; chat: the tokenizer's chat template; custom: `prompt`.",
-    )
-    prompt: str | None = Field(None, description="custom template with {instruction} and {input} fields")
-
-    @model_validator(mode="after")
-    def _custom_needs_prompt(self):
-        if self.name == "custom" and not self.prompt:
-            raise ValueError("name 'custom' needs a `prompt` with an {instruction} field")
-        if self.prompt is not None and "{instruction}" not in self.prompt:
-            raise ValueError("prompt must contain {instruction}")
-        return self
-
-
-class DataSourceConfig(_Section):
-    """One source of training samples: files, or a Hugging Face dataset, in one format, with a weight."""
-
-    path: str | None = Field(None, description="files, a directory or a glob (local, s3://, gs://), as `paths`")
-    hf_dataset: str | None = Field(
-        None, description="a Hugging Face dataset: a hub name (online) or a directory written by save_to_disk")
-    split: str = "train"
-    formatting: Literal["alpaca", "sharegpt", "messages"] = Field(
-        "alpaca", description="alpaca: instruction/input/output; sharegpt: conversations [{from, value}]; "
-        "messages: OpenAI-style [{role, content}]. The loss falls on assistant turns only.")
-    weight: float = Field(1.0, gt=0, description="relative share of the mix (see raywiz/data/mix.py)")
-
-    @model_validator(mode="after")
-    def _one_origin(self):
-        if (self.path is None) == (self.hf_dataset is None):
-            raise ValueError("give exactly one of `path` or `hf_dataset`")
-        return self
-
-    @property
-    def name(self) -> str:
-        return self.path or f"{self.hf_dataset}[{self.split}]"
-
-
-class DataConfig(_Section):
-    paths: list[str] = Field(
-        default_factory=list,
-        description="instruction shards: files, directories or globs; local, s3:// or gs://; "
-        "'raywiz:quickstart/instructions.jsonl' names a file shipped with raywiz. "
-        "Empty (and no `sources`): this run's evolve output ({storage}/{name}/evolve).",
-    )
-    sources: list[DataSourceConfig] = Field(
-        default_factory=list,
-        description="several sources mixed by weight, each with its own formatting; `paths` is the "
-        "one-source form (alpaca formatting, weight 1)")
-    format: Literal["auto", "parquet", "jsonl"] = "auto"
-    template: TemplateConfig = Field(default_factory=TemplateConfig)
-    max_length: int = Field(2048, ge=16, description="tokens per sample and per packed row")
-    overlong: Literal["drop", "truncate"] = Field("drop", description="samples longer than max_length")
-    pack: bool = Field(True, description="pack samples into rows of max_length tokens (no cross-sample attention)")
-    pack_window: int = Field(1024, ge=1, description="samples considered together when packing")
-    on_bad_row: Literal["report", "error"] = Field(
-        "report", description="report: count bad rows and skip them; error: fail on the first one"
-    )
-    shuffle: bool = True
-    shuffle_buffer_rows: int = Field(1024, ge=1, description="per-worker buffer for the per-epoch reshuffle")
-    tokenize_batch_size: int = Field(256, ge=1)
-
-    @model_validator(mode="after")
-    def _paths_or_sources(self):
-        if self.paths and self.sources:
-            raise ValueError("give `paths` or `sources`, not both (a path is a source: {path: ..., weight: 1})")
-        return self
-
-    def resolve_paths(self, fix: Callable[[str], str]) -> None:
-        self.paths = [fix(p) for p in self.paths]
-        for source in self.sources:
-            if source.path:
-                source.path = fix(source.path)
-            if source.hf_dataset and source.hf_dataset.startswith((".", "~")):  # a local save_to_disk dir
-                source.hf_dataset = fix(source.hf_dataset)
-
-
-class PeftConfig(_Section):
+class PeftConfig(ConfigSection):
     method: Literal["none", "lora", "dora", "qlora"] = Field(
         "none", description="none: full fine-tuning; lora / dora (peft); qlora: LoRA on a 4-bit base (bitsandbytes; runs as ZeRO-2)")
     r: int = Field(16, ge=1)
@@ -109,7 +29,7 @@ class PeftConfig(_Section):
         return self.method != "none"
 
 
-class OptimConfig(_Section):
+class OptimConfig(ConfigSection):
     epochs: int = Field(3, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     global_batch_size: int = Field(512, ge=1, description="rows per optimizer step, over all workers")
@@ -126,7 +46,7 @@ class OptimConfig(_Section):
     gradient_checkpointing: bool = False
 
 
-class DeepSpeedSection(_Section):
+class DeepSpeedSection(ConfigSection):
     stage: Literal[0, 1, 2, 3] = 3
     offload_optimizer: bool = False
     offload_params: bool = False
@@ -144,7 +64,7 @@ class DeepSpeedSection(_Section):
     )
 
 
-class FSDP2Section(_Section):
+class FSDP2Section(ConfigSection):
     """train.engine: fsdp2 (raywiz/train/fsdp2.py)."""
 
     reshard_after_forward: Literal["auto", "always", "never"] = Field(
@@ -153,7 +73,7 @@ class FSDP2Section(_Section):
         "keep them on one worker, or on GPUs when the weights take at most 10% of a GPU's memory; else free")
 
 
-class ScalingSection(_Section):
+class ScalingSection(ConfigSection):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool | None = Field(None, description="default: True when the cluster has GPUs")
     cpus_per_worker: float = Field(1, gt=0)
@@ -165,7 +85,7 @@ class ScalingSection(_Section):
         "before the next, SPREAD puts each worker on a different node where it can")
 
 
-class CheckpointSection(_Section):
+class CheckpointSection(ConfigSection):
     every_n_steps: int = Field(100, ge=1)
     num_to_keep: int | None = Field(2, ge=1)
     export_hf: Literal["every", "last", "never"] = Field(
@@ -175,7 +95,7 @@ class CheckpointSection(_Section):
         True, description="with train.peft: also write the merged full model into hf/ (adapter/ is always written)")
 
 
-class EvaluateSection(_Section):
+class EvaluateSection(ConfigSection):
     """Evaluate each checkpoint while training goes on (Ray Train V2 checkpoint validation)."""
 
     enabled: bool = Field(
@@ -191,7 +111,7 @@ class EvaluateSection(_Section):
     timeout_s: float | None = Field(None, gt=0, description="give up on one checkpoint's evaluation after this")
 
 
-class DebugSection(_Section):
+class DebugSection(ConfigSection):
     """Opt-in diagnostics (off by default: none of them is needed to train)."""
 
     pid_files: bool = Field(
@@ -203,7 +123,7 @@ class DebugSection(_Section):
         "host and device ops to train/profile_step_N.json")
 
 
-class TrainConfig(_Section):
+class TrainConfig(ConfigSection):
     data: DataConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
     engine: Literal["deepspeed", "fsdp2"] = Field(

@@ -20,7 +20,7 @@ log = get_logger(__name__)
 def resolve_sources(job: JobConfig):
     """What to train on: `train.data.sources`, else `paths` (or this run's evolve output) as one source."""
     from raywiz.data.pipeline import Source
-    from raywiz.train.config import DataSourceConfig
+    from raywiz.data.config import DataSourceConfig
 
     sources = job.train.data.sources
     if not sources:
