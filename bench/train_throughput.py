@@ -384,7 +384,7 @@ def engine_loop(data_file: str, model_name: str, engines: list[str], steps: int,
             recipe = object.__new__(FinetuneRecipe)
             recipe.__dict__.update(
                 tc=job.train, plan=StepPlan(steps, steps, micro * accum, 0, n_params), state=TrainState(), accum=accum,
-                world=1, device=device, on_gpu=on_gpu, engine=eng.engine, fused=eng.fused_loss,
+                world=1, device=device, on_gpu=on_gpu, driver=eng.driver, fused=eng.fused_loss,
                 varlen=eng.attn_implementation == "raywiz_varlen")
             if on_gpu:
                 torch.cuda.reset_peak_memory_stats()

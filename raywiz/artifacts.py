@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 MANIFEST = "manifest.json"
+MODEL_INFO = "raywiz.json"  # what a raywiz-trained model says about itself (ModelInfo)
 PACKAGE_SCHEME = "raywiz:"  # "raywiz:quickstart/instructions.jsonl" -> a file shipped in raywiz/assets
 ASSETS_DIR = Path(__file__).parent / "assets"
 
@@ -61,6 +62,7 @@ class Kind(str, Enum):
 
 
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
+EXPORT_DIRS = ("hf", "adapter")  # CheckpointDir.hf and .adapter: the full model, a peft adapter
 
 
 @dataclass(frozen=True)
@@ -98,15 +100,13 @@ class CheckpointDir:
         """FSDP2's sharded state, torch.distributed.checkpoint's format (train.engine: fsdp2)."""
         return join(self.path, "fsdp2")
 
-    @property
-    def rng_dir(self) -> str:
-        return join(self.path, "rng")
-
     def rng(self, rank: int) -> str:
-        return join(self.rng_dir, f"rank_{rank}.pt")
+        """One rank's RNG states (torch, CUDA, numpy, python)."""
+        return join(self.path, "rng", f"rank_{rank}.pt")
 
     @property
     def train_state(self) -> str:
+        """Where training is (step, epoch, position in it) and the engine that wrote the state (rank 0)."""
         return join(self.path, "train_state.json")
 
     @property
@@ -197,6 +197,10 @@ class RunLayout:
     def checkpoint(self, step: int) -> CheckpointDir:
         return CheckpointDir(join(self.train, f"checkpoint_{step:08d}"))
 
+    def staged_checkpoint(self, step: int, rank: int) -> CheckpointDir:
+        """Where one rank writes its part of a checkpoint before it is moved into place (local storage)."""
+        return CheckpointDir(join(self.train_staging, f"{self.checkpoint(step).name}.rank_{rank}"))
+
     def checkpoints(self, complete: bool = False) -> list[CheckpointDir]:
         """This run's checkpoints, oldest first; with ``complete``, only those with a sealed model to load
         (``model_dir``: the hf/ export, or the adapter of a run that does not merge it)."""
@@ -226,7 +230,7 @@ class RunLayout:
 def checkpoint_of(path: str) -> CheckpointDir | None:
     """The checkpoint a path belongs to (a ``.../train/checkpoint_*`` directory, its ``hf/`` or ``adapter/``)."""
     parts = path.rstrip("/").split("/")
-    if parts and parts[-1] in ("hf", "adapter"):
+    if parts and parts[-1] in EXPORT_DIRS:
         parts = parts[:-1]
     if len(parts) >= 3 and parts[-2] == "train" and CHECKPOINT_RE.match(parts[-1]):
         return CheckpointDir("/".join(parts))
@@ -367,6 +371,49 @@ def check_manifest(directory: str, kind: str | None = None, verify_checksums: bo
             if sha256_file(os.path.join(directory, name)) != entry["sha256"]:
                 return ManifestCheck(False, f"{directory}: {name} does not match its sha256")
     return ManifestCheck(True, "", manifest)
+
+
+# ---------------------------------------------------------------- model info (raywiz.json)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """``raywiz.json`` in a model export (``hf/``, ``adapter/``): what a raywiz-trained model says about
+    itself. Train writes it; eval, serve, evolve and tracking read it. ``template`` decides how inference
+    renders prompts: the model sees instructions in the template it was trained with.
+
+    Other models (a hub id, a user's own directory) have none: ``read`` gives an empty ModelInfo.
+    """
+
+    step: int | None = None
+    run: str | None = None
+    base_model: str | None = None
+    template: str | None = None  # train.data.template.name (raywiz.data.template)
+    prompt: str | None = None  # the custom template's text (template: custom)
+    final: bool | None = None  # written by the last checkpoint of its run
+    peft: str | None = None  # adapter/ only: lora | dora | qlora
+    base_quantized: bool | None = None  # adapter/ only: the base trained in 4 bits (QLoRA)
+
+    @staticmethod
+    def path(model_dir: str) -> str:
+        return join(model_dir, MODEL_INFO)
+
+    def write(self, model_dir: str) -> None:
+        write_json_atomic(self.path(model_dir), self.to_dict())
+
+    @classmethod
+    def read(cls, model_dir: str) -> "ModelInfo":
+        """A local or remote model directory's info; empty for other models, or a file that is unreadable."""
+        try:
+            data = read_json(cls.path(model_dir))
+        except (OSError, ValueError):  # absent, unreadable, not JSON (ValueError covers pyarrow's bad URIs)
+            return cls()
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known}) if isinstance(data, dict) else cls()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set: what the file holds, and what manifests and W&B metadata carry."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 # ---------------------------------------------------------------- instruction shards

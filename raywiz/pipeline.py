@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import pyarrow.fs as pafs
 
-from raywiz.artifacts import Kind, RunLayout, check_manifest, filesystem, join, read_json, write_json_atomic
+from raywiz.artifacts import MANIFEST, Kind, RunLayout, check_manifest, filesystem, join, read_json, write_json_atomic
 from raywiz.config import ConfigError, JobConfig, load_job
 from raywiz.log import say
 from raywiz.runtime import init_ray
@@ -113,7 +113,7 @@ def is_model_dir(path: str) -> bool:
     """A sealed HF export or adapter, or a plain HF model directory (a user's own model, no manifest)."""
     if is_sealed_model(path):
         return True
-    return not _exists(join(path, "manifest.json")) and _exists(join(path, "config.json"), file=True)
+    return not _exists(join(path, MANIFEST)) and _exists(join(path, "config.json"), file=True)
 
 
 def given_output(flag: str, path: str, stage: str) -> tuple[str, str]:
@@ -122,7 +122,7 @@ def given_output(flag: str, path: str, stage: str) -> tuple[str, str]:
     if stage == "train":
         ok = is_model_dir(path)
     else:  # raywiz evolve output (sealed), or the user's own data files (no manifest)
-        ok = sealed.complete or (_exists(path) and not _exists(join(path, "manifest.json")))
+        ok = sealed.complete or (_exists(path) and not _exists(join(path, MANIFEST)))
     if not ok:
         raise ConfigError(f"{flag} {path}: not a complete {stage} output (missing, or a partial manifest)")
     return path, fingerprint(path, (sealed.manifest or {}).get("created"))
@@ -195,19 +195,18 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
     if "evolve" in stages:
         dataset, dataset_id = run_stage("evolve", None, lambda: entry_point("evolve")(job))
     if "train" in stages:
-        if not job.train.data.paths and not job.train.data.sources and dataset and dataset != job.layout.evolve:
-            # An empty list means this run's evolve output (train reads it, and logs the lineage);
-            # shards from elsewhere (--evolve-output) are named explicitly.
-            job.train.data.paths = [dataset]
-        model, model_id = run_stage("train", dataset_id, lambda: entry_point("train")(job))
+        # Shards from elsewhere (--evolve-output) are handed to train; this run's own evolve output is
+        # where train looks by default (and logs the lineage from). The job config stays as loaded.
+        handed = dataset if dataset and dataset != job.layout.evolve else None
+        model, model_id = run_stage("train", dataset_id, lambda: entry_point("train")(job, dataset=handed))
     if "eval" in stages:
         checkpoints = [model] if model else None  # None: eval's own config names the models
         run_stage("eval", [checkpoints, model_id], lambda: entry_point("eval")(job, checkpoints))
     if "serve" in stages:
-        if job.serve is None:
+        if job.serve is None:  # --serve without a serve: section: serve's defaults, on a copy of the job
             from raywiz.serve.config import ServeConfig
 
-            job.serve = ServeConfig()
+            job = job.model_copy(update={"serve": ServeConfig()})
         log(f"serve: starting on {model or 'the configured model'}")
         result.outputs["serve"] = entry_point("serve")(job, checkpoint=model, blocking=True)
         result.ran.append("serve")

@@ -27,7 +27,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from raywiz.artifacts import check_manifest, is_remote, list_files, read_json
+from raywiz.artifacts import MANIFEST, ModelInfo, check_manifest, is_remote, list_files, read_json
 from raywiz.log import get_logger
 
 if TYPE_CHECKING:  # wandb is imported lazily: `raywiz --help` stays instant
@@ -163,7 +163,7 @@ def directory_artifact(name: str, type: str, path: str, metadata: dict | None = 
     import wandb
 
     sealed = check_manifest(path)
-    listing = read_json(_join(path, "manifest.json")) if sealed.complete else {"files": list_files(path)}
+    listing = read_json(_join(path, MANIFEST)) if sealed.complete else {"files": list_files(path)}
     files = listing.get("files", {})
     meta = {
         "uri": path,
@@ -175,7 +175,7 @@ def directory_artifact(name: str, type: str, path: str, metadata: dict | None = 
         **(metadata or {}),
     }
     art = wandb.Artifact(name, type=type, metadata=meta)
-    with art.new_file("manifest.json") as f:
+    with art.new_file(MANIFEST) as f:
         f.write(json.dumps(listing, indent=1, sort_keys=True))
     uri = path if is_remote(path) else "file://" + os.path.abspath(path)
     try:
@@ -206,8 +206,7 @@ def dataset_artifact(job: JobConfig, evolve_dir: str) -> wandb.Artifact:
 
 def model_artifact(job: JobConfig, hf_dir: str, dataset_dir: str | None = None) -> wandb.Artifact:
     inputs = [dataset_artifact(job, dataset_dir)] if dataset_dir else []
-    info_path = os.path.join(hf_dir, "raywiz.json")
-    info = read_json(info_path) if not is_remote(hf_dir) and os.path.exists(info_path) else {}
+    info = ModelInfo.read(hf_dir).to_dict()
     return directory_artifact(artifact_name(job.name, "model"), MODEL_TYPE, hf_dir,
                               metadata={"checkpoint": info}, inputs=inputs)
 

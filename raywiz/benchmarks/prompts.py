@@ -64,7 +64,7 @@ def completion_prompt(task: Task) -> str:
 
 def build_prompt(task: Task, style: str = "wizardcoder", template: str | None = None, tokenizer=None,
                  trained: dict | None = None) -> str:
-    """`trained` is the checkpoint's raywiz.json: in the `wizardcoder` style the instruction goes into
+    """`trained` is the checkpoint's ModelInfo (raywiz.artifacts) as a dict: in the `wizardcoder` style the instruction goes into
     the template the model was trained with ("chat": the tokenizer's; "custom": its saved string;
     WizardCoder's otherwise, which is also what "alpaca" gives without an input)."""
     if style == "wizardcoder":

@@ -21,7 +21,7 @@ import json
 import os
 from typing import Any
 
-from raywiz.artifacts import (CheckpointDir, Kind, RunLayout, check_manifest, export_of, join, read_json,
+from raywiz.artifacts import (CheckpointDir, Kind, ModelInfo, RunLayout, check_manifest, export_of, join, read_json,
                               write_bytes_atomic, write_manifest)
 from raywiz.benchmarks import Task, load_tasks, read_jsonl
 from raywiz.eval.config import EvalConfig
@@ -30,7 +30,7 @@ from raywiz.benchmarks.postprocess import postprocess
 from raywiz.benchmarks.prompts import build_prompt, default_stop, instruction_for
 from raywiz.eval.report import format_table, plot_pass_at_1, summarize, task_rows, write_jsonl, write_outputs
 from raywiz.benchmarks.score import read_samples, score_samples
-from raywiz.inference import EngineSpec, SamplingParams, checkpoint_info, make_engine
+from raywiz.inference import EngineSpec, SamplingParams, make_engine
 from raywiz.log import get_logger, say
 from raywiz.runtime import init_ray
 
@@ -43,13 +43,12 @@ log = get_logger(__name__)
 def checkpoint_identity(hf_dir: str) -> dict:
     """{"name", "step", "run_dir"} of a model directory (raywiz checkpoint or a plain model)."""
     path = os.path.abspath(hf_dir) if os.path.exists(hf_dir) else hf_dir
-    meta_file = os.path.join(path, "raywiz.json")
-    meta = read_json(meta_file) if os.path.exists(meta_file) else {}
+    step = ModelInfo.read(path).step
     ckpt = export_of(path)
     if ckpt is not None:  # a run's own checkpoint export
-        return {"name": ckpt.name, "step": meta.get("step"), "run_dir": ckpt.run.root}
+        return {"name": ckpt.name, "step": step, "run_dir": ckpt.run.root}
     name = os.path.basename(path.rstrip("/")) if os.path.isdir(path) else path.replace("/", "--")
-    return {"name": name, "step": meta.get("step"), "run_dir": None}
+    return {"name": name, "step": step, "run_dir": None}
 
 
 def output_dir_for(hf_dir: str, cfg: EvalConfig, run_dir: str | None = None) -> str:
@@ -138,8 +137,8 @@ def prompts_for(tasks: list[Task], cfg: EvalConfig, tokenizer=None, trained: dic
 def generate_samples(tasks: list[Task], cfg: EvalConfig, generator) -> list[dict]:
     params = sampling_params(cfg)
     tokenizer = None
-    # The template the checkpoint was trained with (its raywiz.json), for local models.
-    trained = checkpoint_info(generator.spec.model) if cfg.generation.backend != "openai" else {}
+    # The template the checkpoint was trained with (its ModelInfo), for local models.
+    trained = ModelInfo.read(generator.spec.model).to_dict() if cfg.generation.backend != "openai" else {}
     if (cfg.prompt.style == "chat" or trained.get("template") == "chat") and cfg.generation.backend != "openai":
         from raywiz.modeling import load_tokenizer
 

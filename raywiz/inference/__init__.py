@@ -13,16 +13,16 @@ Backends (heavy imports only for the one chosen):
                 RPM/TPM limits, token and cost accounting.
   vllm          vLLM's offline engine when vLLM is installed (a thin adapter).
 
-The prompt template is the checkpoint's (``hf/raywiz.json`` "template"), unless the caller names one:
+The prompt template is the checkpoint's (its ``ModelInfo.template``, raywiz.artifacts), unless the caller names one:
 ``prompt_template(model_dir, override)`` says which applies, ``apply_template`` renders it.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Protocol, Sequence
+
+from raywiz.artifacts import ModelInfo
 
 
 @dataclass(frozen=True)
@@ -140,22 +140,9 @@ def make_engine(spec: EngineSpec):
 # ---------------------------------------------------------------- prompt templates
 
 
-def checkpoint_info(model_dir: str) -> dict:
-    """hf/raywiz.json of a raywiz checkpoint ({} for other models or unreadable files)."""
-    path = os.path.join(model_dir, "raywiz.json")
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as f:
-            info = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return info if isinstance(info, dict) else {}
-
-
 def prompt_template(model_dir: str, override: str | None = None) -> str | None:
     """The template prompts are rendered with: the caller's, else the one the checkpoint trained with."""
-    return override or checkpoint_info(model_dir).get("template")
+    return override or ModelInfo.read(model_dir).template
 
 
 def apply_template(instruction: str, template: str | None, tokenizer=None, custom: str | None = None) -> str:

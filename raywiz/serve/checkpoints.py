@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from raywiz.artifacts import (MANIFEST, CheckpointDir, Kind, RunLayout, check_manifest, export_of, filesystem,
+from raywiz.artifacts import (MANIFEST, CheckpointDir, Kind, ModelInfo, RunLayout, check_manifest, export_of, filesystem,
                               is_remote, join, list_dirs, read_json)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -39,7 +39,7 @@ class Verdict:
     ok: bool
     reason: str = ""
     pending: bool = False
-    info: dict = field(default_factory=dict)  # raywiz.json / manifest meta when readable
+    info: dict = field(default_factory=dict)  # ModelInfo (raywiz.json) / manifest meta when readable
 
 
 @dataclass
@@ -118,18 +118,6 @@ def resolve_target(spec: str | None, default_run_dir: str, storage: str) -> Serv
     raise FileNotFoundError(f"{spec}: not a directory, a run under {storage}, or a hub id (org/name)")
 
 
-def read_info(model_dir: str) -> dict:
-    """raywiz.json written by train (step, run, base_model, template), or {} for other models."""
-    path = join(model_dir, "raywiz.json")
-    if not is_file(path):
-        return {}
-    try:
-        info = read_json(path)
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return info if isinstance(info, dict) else {}
-
-
 def verify(ref: CheckpointRef, verify_checksums: bool = False) -> Verdict:
     """Cheap checks before loading: manifest complete, config readable, weights and tokenizer present.
 
@@ -147,7 +135,7 @@ def verify(ref: CheckpointRef, verify_checksums: bool = False) -> Verdict:
     if is_file(join(ref.path, "adapter_config.json")) and not is_file(join(ref.path, "config.json")):
         check = check_manifest(ref.path, kind=Kind.ADAPTER_EXPORT, verify_checksums=verify_checksums)
         return Verdict(check.complete, check.reason, pending=not has_manifest and ref.run_dir is not None,
-                       info={**(check.manifest or {}).get("meta", {}), **read_info(ref.path)})
+                       info={**(check.manifest or {}).get("meta", {}), **ModelInfo.read(ref.path).to_dict()})
     if has_manifest:
         check = check_manifest(ref.path, kind=Kind.HF_EXPORT, verify_checksums=verify_checksums)
         if not check.complete:
@@ -156,7 +144,7 @@ def verify(ref: CheckpointRef, verify_checksums: bool = False) -> Verdict:
     elif ref.run_dir is not None:
         # train writes hf/manifest.json last: without it the export is still being written.
         return Verdict(False, f"{ref.path}: no {MANIFEST} yet (export still being written)", pending=True)
-    info.update(read_info(ref.path))
+    info.update(ModelInfo.read(ref.path).to_dict())
     if not is_file(join(ref.path, "config.json")):
         return Verdict(False, f"{ref.path}: no config.json")
     try:

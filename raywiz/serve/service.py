@@ -22,13 +22,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from raywiz.artifacts import MANIFEST, filesystem, join
+from raywiz.artifacts import MANIFEST, ModelInfo, filesystem, join
 from raywiz.serve.checkpoints import (
     CheckpointRef,
     ServeTarget,
     eval_scores,
     list_run_checkpoints,
-    read_info,
     resolve_target,
     verify,
 )
@@ -260,7 +259,7 @@ class ModelService:
         if loaded is not None:
             return loaded.template
         ref = self._find(name)
-        return read_info(ref.path).get("template") if ref is not None else None
+        return ModelInfo.read(ref.path).template if ref is not None else None
 
     # ---------------------------------------------------------------- helpers
 

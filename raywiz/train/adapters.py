@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from raywiz.artifacts import Kind, write_json_atomic, write_manifest
+from raywiz.artifacts import Kind, ModelInfo, write_manifest
 
 # peft's names for each architecture raywiz supports: attention and MLP projections.
 AUTO_TARGETS = {
@@ -81,7 +81,7 @@ def adapter_state_dict(model, full_state_dict: dict[str, torch.Tensor]) -> dict[
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, full_state_dict).items()}
 
 
-def export_adapter(model, full_state_dict: dict[str, torch.Tensor], out_dir: str, meta: dict,
+def export_adapter(model, full_state_dict: dict[str, torch.Tensor], out_dir: str, info: ModelInfo,
                    tokenizer=None) -> None:
     """Rank 0: write ``adapter/`` in peft's format (+ the tokenizer, so it serves on its own), check its
     size, seal it (Kind.ADAPTER_EXPORT)."""
@@ -90,17 +90,17 @@ def export_adapter(model, full_state_dict: dict[str, torch.Tensor], out_dir: str
     if not adapter or expected == 0:
         raise RuntimeError(f"{out_dir}: the adapter has no weights (was the state dict gathered from ZeRO-3?)")
     os.makedirs(out_dir, exist_ok=True)
-    if meta.get("base_model"):  # what `PeftModel.from_pretrained` and raywiz's loaders put it on
-        model.peft_config["default"].base_model_name_or_path = meta["base_model"]
+    if info.base_model:  # what `PeftModel.from_pretrained` and raywiz's loaders put it on
+        model.peft_config["default"].base_model_name_or_path = info.base_model
     model.save_pretrained(out_dir, state_dict=adapter, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
-    write_json_atomic(os.path.join(out_dir, "raywiz.json"), meta)
+    info.write(out_dir)
     n_bytes = sum(os.path.getsize(p) for p in glob.glob(os.path.join(out_dir, "*.safetensors")))
     if n_bytes < 0.5 * expected:
         raise RuntimeError(f"{out_dir}: adapter_model.safetensors holds {n_bytes} bytes but the adapter is {expected}")
-    write_manifest(out_dir, kind=Kind.ADAPTER_EXPORT, meta={"step": meta.get("step"), "run": meta.get("run"),
-                                                             "base_model": meta.get("base_model")})
+    write_manifest(out_dir, kind=Kind.ADAPTER_EXPORT, meta={"step": info.step, "run": info.run,
+                                                             "base_model": info.base_model})
 
 
 def merged_model(model, full_state_dict: dict[str, torch.Tensor]):

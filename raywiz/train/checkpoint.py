@@ -1,10 +1,10 @@
 """Checkpoints: save and restore exact training state, and export a Hugging Face model.
 
-Layout of a checkpoint (``RunLayout.checkpoint(step)``; every rank writes its part into a staging
-directory, and the parts are merged into one storage directory; see ``staging_dir``):
+Layout of a checkpoint (``RunLayout.checkpoint(step)``, a ``CheckpointDir`` that names every part;
+every rank writes its part into a staging directory, and the parts are merged into one storage
+directory; see ``staging_dir``):
 
-    zero/            DeepSpeed's sharded model + optimizer state (one file per rank), or
-    fsdp2/           FSDP2's (train.engine: fsdp2): torch.distributed.checkpoint, one file per rank + .metadata
+    zero/ or fsdp2/  the engine's sharded model + optimizer state (TrainEngine.save / load)
     rng/rank_N.pt    each rank's RNG states (torch, CUDA, numpy, python)
     train_state.json step, epoch, position inside the epoch, schedule length, the engine that wrote it (rank 0)
     hf/              consolidated safetensors + config + tokenizer + generation config, own manifest
@@ -14,7 +14,6 @@ directory, and the parts are merged into one storage directory; see ``staging_di
 from __future__ import annotations
 
 import glob
-import json
 import os
 import random
 import shutil
@@ -23,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from raywiz.artifacts import Kind, RunLayout, check_manifest, is_remote, join, list_files, write_json_atomic, write_manifest
-
-ZERO_TAG = "state"
-FSDP2_DIR = "fsdp2"  # beside DeepSpeed's zero/
+from raywiz.artifacts import (MANIFEST, CheckpointDir, Kind, ModelInfo, RunLayout, check_manifest, is_remote, join,
+                              list_files, read_json, write_json_atomic, write_manifest)
+from raywiz.train.engine import check_resumable
+from raywiz.train.engine_base import TrainEngine
 
 
 def rng_state() -> dict[str, Any]:
@@ -44,121 +43,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-class CheckpointMismatch(ValueError):
-    """A checkpoint whose sharded state the engine of this run cannot load exactly."""
+def save_training_state(eng: TrainEngine, ckpt: CheckpointDir, rank: int, train_state: dict,
+                        adapter_only: bool = False) -> None:
+    """Collective: every rank writes its engine shards and RNG; rank 0 the train_state (with the engine's record).
 
-
-def engine_record(eng) -> dict:
-    """What train_state.json says about the engine that wrote the checkpoint."""
-    return {"engine": eng.kind, "zero_stage": eng.zero_stage}
-
-
-def written_by(ckpt_dir: str) -> tuple[str, int | None]:
-    """(engine, ZeRO stage) that wrote a checkpoint: train_state.json's record, else (checkpoints from
-    before raywiz recorded it) DeepSpeed's file names: stage 3 names its model states per rank
-    (zero_pp_rank_N_mp_rank_00_model_states.pt), stages 0-2 once (mp_rank_00_model_states.pt)."""
-    with open(os.path.join(ckpt_dir, "train_state.json")) as f:
-        state = json.load(f)
-    if "engine" in state:
-        return state["engine"], state.get("zero_stage")
-    if os.path.isdir(os.path.join(ckpt_dir, FSDP2_DIR)):
-        return "fsdp2", None
-    per_rank = glob.glob(os.path.join(ckpt_dir, "zero", ZERO_TAG, "zero_pp_rank_*_model_states.pt"))
-    return "deepspeed", 3 if per_rank else 2
-
-
-def _family(kind: str, stage: int | None):
-    # ZeRO-1 and ZeRO-2 share one optimizer and one checkpoint format; stage 0 and 3 each have their own.
-    return kind, (None if kind != "deepspeed" else 2 if stage in (1, 2) else stage)
-
-
-def describe(kind: str, stage: int | None) -> str:
-    return "FSDP2" if kind == "fsdp2" else f"DeepSpeed ZeRO stage {stage}"
-
-
-def check_resumable(ckpt_dir: str, kind: str, stage: int | None) -> None:
-    """Raise CheckpointMismatch unless this run's engine (kind, stage) loads the checkpoint's state exactly.
-
-    ZeRO-3's per-parameter partitions, ZeRO-2's flat fp32 groups and FSDP2's DTensor shards are different
-    layouts of the optimizer state. Loading only the weights with a fresh optimizer would not be an exact
-    resume, so a mismatch stops the run, naming both sides.
+    adapter_only (train.peft): the engine may leave the frozen base out (DeepSpeed does; FSDP2 writes the
+    whole model's shards); resume rebuilds the base from where it came from.
     """
-    was_kind, was_stage = written_by(ckpt_dir)
-    if _family(was_kind, was_stage) == _family(kind, stage):
-        return
-    hint = ("train.engine" if was_kind != kind else
-            "train.deepspeed.stage, resident_params and scaling.num_workers decide it: stage 3 with resident "
-            "weights runs as stage 2")
-    raise CheckpointMismatch(
-        f"{ckpt_dir}: written by {describe(was_kind, was_stage)}, but this run trains with {describe(kind, stage)}, "
-        f"which cannot load its sharded optimizer state exactly. Resume with the settings that wrote it ({hint}), "
-        "or train under a new run name")
-
-
-def save_training_state(eng, local_dir: str, rank: int, train_state: dict, adapter_only: bool = False) -> None:
-    """Collective: every rank writes its engine shard and RNG; rank 0 the train_state.
-
-    adapter_only (LoRA/DoRA/QLoRA under DeepSpeed): the frozen base stays out, so a checkpoint holds the
-    adapter and its optimizer state (megabytes, not the base's gigabytes); resume rebuilds the base from
-    where it came from. FSDP2 writes the whole model's shards.
-    """
-    if eng.kind == "fsdp2":
-        eng.engine.save_checkpoint(os.path.join(local_dir, FSDP2_DIR))
-    else:
-        eng.engine.save_checkpoint(os.path.join(local_dir, "zero"), tag=ZERO_TAG, exclude_frozen_parameters=adapter_only)
-    os.makedirs(os.path.join(local_dir, "rng"), exist_ok=True)
-    torch.save(rng_state(), os.path.join(local_dir, "rng", f"rank_{rank}.pt"))
+    eng.save(ckpt, adapter_only)
+    os.makedirs(os.path.dirname(ckpt.rng(rank)), exist_ok=True)
+    torch.save(rng_state(), ckpt.rng(rank))
     if rank == 0:
-        write_json_atomic(os.path.join(local_dir, "train_state.json"), {**train_state, **engine_record(eng)})
+        write_json_atomic(ckpt.train_state, {**train_state, **eng.record()})
 
 
-def _load_trainable_only(src: dict, dst) -> None:
-    """DeepSpeed's custom_load_fn for adapter-only checkpoints: restore the trainable weights, leave the
-    frozen base as it was built (bitsandbytes' packed 4-bit state must not be re-loaded half-way)."""
-    trainable = {n for n, p in dst.named_parameters() if p.requires_grad}
-    missing = trainable - set(src)
-    if missing:
-        raise RuntimeError(f"the checkpoint lacks adapter weights {sorted(missing)[:3]}: written by another peft setup?")
-    dst.load_state_dict({k: v for k, v in src.items() if k in trainable}, strict=False)
-
-
-def load_training_state(eng, ckpt_dir: str, rank: int, adapter_only: bool = False) -> dict:
+def load_training_state(eng: TrainEngine, ckpt: CheckpointDir, rank: int, adapter_only: bool = False) -> dict:
     """Collective: restore the engine's shards, optimizer, RNG; return the train_state."""
-    check = check_manifest(ckpt_dir, kind=Kind.TRAIN_CHECKPOINT)
+    check = check_manifest(ckpt.path, kind=Kind.TRAIN_CHECKPOINT)
     if not check.complete:
         raise RuntimeError(f"refusing to resume from an incomplete checkpoint: {check.reason}")
-    check_resumable(ckpt_dir, eng.kind, eng.zero_stage)  # before the engine reads anything
-    if eng.kind == "fsdp2":
-        eng.engine.load_checkpoint(os.path.join(ckpt_dir, FSDP2_DIR))
-    else:
-        # ZeRO-3 restores the weights from its fp32 partitions (the module file holds placeholders), so only
-        # strictness changes there; below stage 3 the module file is the weights' source.
-        custom = _load_trainable_only if adapter_only and eng.zero_stage < 3 else None
-        load_path, _ = eng.engine.load_checkpoint(os.path.join(ckpt_dir, "zero"), tag=ZERO_TAG,
-                                                  load_module_strict=not adapter_only, custom_load_fn=custom,
-                                                  load_optimizer_states=True, load_lr_scheduler_states=False)
-        if load_path is None:
-            raise RuntimeError(f"{ckpt_dir}/zero: DeepSpeed found no state to load")
-    rng_file = os.path.join(ckpt_dir, "rng", f"rank_{rank}.pt")
-    if os.path.exists(rng_file):  # absent when resuming on a different number of workers
-        set_rng_state(torch.load(rng_file, weights_only=False))
-    with open(os.path.join(ckpt_dir, "train_state.json")) as f:
-        return json.load(f)
+    check_resumable(ckpt.path, eng.kind, eng.zero_stage)  # before the engine reads anything
+    eng.load(ckpt, adapter_only)
+    if os.path.exists(ckpt.rng(rank)):  # absent when resuming on a different number of workers
+        set_rng_state(torch.load(ckpt.rng(rank), weights_only=False))
+    return read_json(ckpt.train_state)
 
 
-def consolidated_state_dict(eng) -> dict[str, torch.Tensor] | None:
-    """Collective: the full weights on rank 0 (None elsewhere), in the compute dtype, as DeepSpeed exports them."""
-    if eng.kind == "fsdp2":
-        return eng.engine.full_state_dict(eng.dtype)
-    engine = eng.engine
-    if eng.zero_stage == 3:
-        return engine._zero3_consolidated_16bit_state_dict()
-    if engine.global_rank == 0:
-        return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
-    return None
-
-
-def export_hf(model, state_dict: dict, tokenizer, out_dir: str, meta: dict) -> None:
+def export_hf(model, state_dict: dict, tokenizer, out_dir: str, info: ModelInfo) -> None:
     """Rank 0: write a transformers-loadable model directory and seal it with a manifest."""
     os.makedirs(out_dir, exist_ok=True)
     state_dict = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
@@ -174,13 +85,13 @@ def export_hf(model, state_dict: dict, tokenizer, out_dir: str, meta: dict) -> N
     gen.eos_token_id = tokenizer.eos_token_id
     gen.pad_token_id = tokenizer.pad_token_id
     gen.save_pretrained(out_dir)
-    write_json_atomic(os.path.join(out_dir, "raywiz.json"), meta)
+    info.write(out_dir)
     n_bytes = sum(os.path.getsize(p) for p in glob.glob(os.path.join(out_dir, "*.safetensors")))
     expected = sum(v.numel() * v.element_size() for v in state_dict.values())
     # Peers' classic failure: KB-sized ZeRO-3 saves. Catch it here instead of at load time.
     if n_bytes < 0.5 * expected:
         raise RuntimeError(f"{out_dir}: safetensors hold {n_bytes} bytes but the weights are {expected}")
-    write_manifest(out_dir, kind=Kind.HF_EXPORT, meta={"step": meta.get("step"), "run": meta.get("run")})
+    write_manifest(out_dir, kind=Kind.HF_EXPORT, meta={"step": info.step, "run": info.run})
 
 
 def seal_checkpoint(local_dir: str, rank: int, world_size: int, meta: dict) -> None:
@@ -202,7 +113,7 @@ def seal_checkpoint(local_dir: str, rank: int, world_size: int, meta: dict) -> N
 
 
 def staging_dir(layout: RunLayout, step: int, rank: int) -> str | None:
-    """Where a rank writes its part of checkpoint `dir_name` before it is persisted.
+    """Where a rank writes its part of checkpoint `step` before it is persisted (created empty).
 
     On a local or mounted filesystem (NFS on a cluster) that is a folder beside the checkpoints, so
     persisting is a rename (``move_into_storage``): a checkpoint never needs twice its size on disk,
@@ -212,7 +123,7 @@ def staging_dir(layout: RunLayout, step: int, rank: int) -> str | None:
     """
     if is_remote(layout.root):
         return None
-    path = join(layout.train_staging, f"{layout.checkpoint(step).name}.rank_{rank}")
+    path = layout.staged_checkpoint(step, rank).path
     shutil.rmtree(path, ignore_errors=True)  # left over from a run killed mid-save
     os.makedirs(path)
     return path
@@ -227,9 +138,9 @@ def move_into_storage(checkpoint, dir_name: str, layout: RunLayout):
     import ray.train
 
     src, dest = checkpoint.path, join(layout.train, dir_name)
-    if os.path.exists(os.path.join(src, "manifest.json")):
+    if os.path.exists(os.path.join(src, MANIFEST)):
         try:
-            os.remove(os.path.join(dest, "manifest.json"))
+            os.remove(os.path.join(dest, MANIFEST))
         except FileNotFoundError:
             pass
     files, manifests = [], []
@@ -237,7 +148,7 @@ def move_into_storage(checkpoint, dir_name: str, layout: RunLayout):
         target = os.path.join(dest, os.path.relpath(root, src))
         os.makedirs(target, exist_ok=True)
         for name in names:
-            (manifests if name == "manifest.json" else files).append(
+            (manifests if name == MANIFEST else files).append(
                 (os.path.join(root, name), os.path.join(target, name)))
     manifests.sort(key=lambda pair: -pair[1].count(os.sep))
     for a, b in files + manifests:

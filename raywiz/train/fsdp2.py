@@ -1,9 +1,10 @@
 """FSDP2 engine (`train.engine: fsdp2`): torch's own fully_shard, behind the interface the recipe uses.
 
-The recipe drives its engine as it drives DeepSpeed's: ``engine(**batch)``, ``engine.backward(loss)``,
-``engine.step()`` after every micro-batch (the optimizer steps at each accumulation boundary),
-``engine.optimizer.param_groups``, ``engine.get_global_grad_norm()``, ``engine.module``. `FSDP2Engine`
-gives the same calls on torch's public APIs, so `recipe.py` has no engine branches:
+The recipe drives its engine's driver as it drives DeepSpeed's engine: ``driver(**batch)``,
+``driver.backward(loss)``, ``driver.step()`` after every micro-batch (the optimizer steps at each
+accumulation boundary), ``driver.optimizer.param_groups``, ``driver.get_global_grad_norm()``,
+``driver.module``. `FSDP2Driver` gives the same calls on torch's public APIs, so `recipe.py` has no
+engine branches; `FSDP2TrainEngine` saves, loads and exports its state:
 
 - sharding: ``fully_shard`` on every transformer block (the model's ``_no_split_modules``), then on
   the root (embeddings, final norm, head), as torchtune and torchtitan do;
@@ -12,7 +13,7 @@ gives the same calls on torch's public APIs, so `recipe.py` has no engine branch
   fp32 throughout on CPU;
 - the same loss normalisation as DeepSpeed: backward divides by the accumulation steps and FSDP2's
   reduce-scatter averages over ranks, so `recipe.loss_scale` means the same for both engines;
-- the optimizer: `raywiz.train.engine.make_optimizer` (torch's fused AdamW on GPU) over the sharded DTensor parameters;
+- the optimizer: `raywiz.train.engine_base.make_optimizer` (torch's fused AdamW on GPU) over the sharded DTensor parameters;
 - checkpoints: ``torch.distributed.checkpoint`` (DCP), sharded model + optimizer state, one file per
   rank plus DCP's metadata, into the checkpoint's ``fsdp2/`` (DeepSpeed's is ``zero/``); DCP reshards
   on load, so a different worker count resumes too.
@@ -24,7 +25,9 @@ import contextlib
 
 import torch
 
+from raywiz.artifacts import CheckpointDir
 from raywiz.log import get_logger
+from raywiz.train.engine_base import EngineSetup, TrainEngine, build_training_model, make_optimizer, weights_are_small
 
 log = get_logger(__name__)
 
@@ -35,15 +38,12 @@ def reshard_after_forward(train_cfg, on_gpu: bool, param_bytes: int | None, gpu_
     auto mirrors DeepSpeed's resident_params: keep them (ZeRO-2-like) on one worker, or on GPUs when the
     weights take at most 10% of a card, where the second all-gather costs more than it saves.
     """
-    from raywiz.train.engine import RESIDENT_PARAMS_MAX_FRACTION
-
     choice = train_cfg.fsdp2.reshard_after_forward
     if choice != "auto":
         return choice == "always"
     if train_cfg.scaling.num_workers == 1:
         return False
-    small = bool(on_gpu and param_bytes and gpu_bytes and param_bytes <= RESIDENT_PARAMS_MAX_FRACTION * gpu_bytes)
-    return not small
+    return not weights_are_small(on_gpu, param_bytes, gpu_bytes)
 
 
 def block_classes(model) -> set[str]:
@@ -72,8 +72,8 @@ def shard_model(model, param_dtype: torch.dtype, reshard: bool) -> int:
     return len(blocks)
 
 
-class FSDP2Engine:
-    """The calls the recipe and `checkpoint.py` make on DeepSpeed's engine, on an FSDP2 model."""
+class FSDP2Driver:
+    """The calls the recipe makes on DeepSpeed's engine, on an FSDP2 model (+ DCP save and load)."""
 
     def __init__(self, model, optimizer, accum: int, grad_clip: float, rank: int):
         self.module, self.optimizer = model, optimizer
@@ -137,40 +137,40 @@ class FSDP2Engine:
         return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items() if k not in tied}
 
 
-def create_fsdp2_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_params: int | None = None):
-    """Build the model whole on this rank's device in fp32, shard it, and wrap it with its optimizer."""
-    import torch.distributed as dist
+class FSDP2TrainEngine(TrainEngine):
+    kind = "fsdp2"
 
-    from raywiz.modeling import build_model, model_config, torch_dtype
-    from raywiz.train.engine import Engine, make_optimizer
-    from raywiz.train.kernels import resolve_attn_implementation, resolve_fused_loss
+    @property
+    def description(self) -> str:
+        return "FSDP2"
 
-    if not dist.is_initialized():  # Ray Train initialises the process group; a single process may not have
-        raise RuntimeError("train.engine: fsdp2 needs torch.distributed initialised (Ray Train does it)")
-    dtype = torch_dtype(model_cfg.dtype, on_gpu)  # the compute dtype; master weights are fp32
-    gpu_bytes = torch.cuda.get_device_properties(device).total_memory if on_gpu else None
-    param_bytes = n_params * torch.finfo(dtype).bits // 8 if n_params else None
-    model_type = model_config(model_cfg.name_or_path, model_cfg.trust_remote_code, model_cfg.revision).model_type
-    attn = resolve_attn_implementation(model_cfg.attn_implementation, model_type, on_gpu, dtype)
-    fused = resolve_fused_loss(train_cfg.fused_loss, model_type, on_gpu)
-    # Every rank builds the same whole model (same seed) in fp32, then keeps its shard: fine while one GPU
-    # holds the fp32 weights (about 10B parameters on 80 GB; DeepSpeed's zero.Init never builds them
-    # whole). Made on the GPU directly: a 1B random init on the host is slow.
-    with torch.device(device) if on_gpu else contextlib.nullcontext():
-        model = build_model(model_cfg.name_or_path, dtype=torch.float32, attn_implementation=attn,
-                            trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
-                            seed=train_cfg.optim.seed)
-    if train_cfg.optim.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    if train_cfg.peft.enabled:  # LoRA: only the adapter trains; its init seeded alike on every rank
-        from raywiz.train.adapters import apply_adapter
+    @classmethod
+    def create(cls, model_cfg, train_cfg, setup: EngineSetup) -> "FSDP2TrainEngine":
+        """Build the model whole on this rank's device in fp32, shard it, and wrap it with its optimizer."""
+        import torch.distributed as dist
 
-        torch.manual_seed(train_cfg.optim.seed)
-        model = apply_adapter(model, train_cfg.peft, train_cfg.optim.gradient_checkpointing)
-    reshard = reshard_after_forward(train_cfg, on_gpu, param_bytes, gpu_bytes)
-    n_blocks = shard_model(model, dtype, reshard)
-    log.debug(f"fsdp2: {n_blocks} blocks sharded over {dist.get_world_size()} ranks, reshard after forward: {reshard}")
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg, on_gpu)
-    engine = FSDP2Engine(model, optimizer, train_cfg.grad_accum_steps, train_cfg.optim.grad_clip, dist.get_rank())
-    return Engine(engine, model, {}, None, dtype, device, attn, fused, zero_stage=None, kind="fsdp2")
+        if not dist.is_initialized():  # Ray Train initialises the process group; a single process may not have
+            raise RuntimeError("train.engine: fsdp2 needs torch.distributed initialised (Ray Train does it)")
+        # Every rank builds the same whole model (same seed) in fp32 (the master weights; setup.dtype is the
+        # compute dtype), then keeps its shard: fine while one GPU holds the fp32 weights (about 10B
+        # parameters on 80 GB; DeepSpeed's zero.Init never builds them whole). Made on the GPU directly:
+        # a 1B random init on the host is slow.
+        with torch.device(setup.device) if setup.on_gpu else contextlib.nullcontext():
+            model = build_training_model(model_cfg, train_cfg, setup, torch.float32)
+        reshard = reshard_after_forward(train_cfg, setup.on_gpu, setup.param_bytes, setup.gpu_bytes)
+        n_blocks = shard_model(model, setup.dtype, reshard)
+        log.debug(f"fsdp2: {n_blocks} blocks sharded over {dist.get_world_size()} ranks, "
+                  f"reshard after forward: {reshard}")
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg, setup.on_gpu)
+        driver = FSDP2Driver(model, optimizer, train_cfg.grad_accum_steps, train_cfg.optim.grad_clip, dist.get_rank())
+        return cls(driver, model, setup)
+
+    def save(self, ckpt: CheckpointDir, adapter_only: bool) -> None:
+        """The whole model's shards (DCP), with or without an adapter."""
+        self.driver.save_checkpoint(ckpt.fsdp2)
+
+    def load(self, ckpt: CheckpointDir, adapter_only: bool) -> None:
+        self.driver.load_checkpoint(ckpt.fsdp2)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        return self.driver.full_state_dict(self.dtype)

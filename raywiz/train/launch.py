@@ -17,14 +17,15 @@ from raywiz.log import get_logger, say
 log = get_logger(__name__)
 
 
-def resolve_sources(job: JobConfig):
-    """What to train on: `train.data.sources`, else `paths` (or this run's evolve output) as one source."""
+def resolve_sources(job: JobConfig, dataset: str | None = None):
+    """What to train on: `train.data.sources`, else `paths` (else `dataset`, else this run's evolve output)
+    as one source."""
     from raywiz.data.pipeline import Source
     from raywiz.data.config import DataSourceConfig
 
     sources = job.train.data.sources
     if not sources:
-        files = resolve_data_files(job)
+        files = resolve_data_files(job, dataset)
         return [Source(DataSourceConfig(path=files[0]), files)]
     out = []
     for i, cfg in enumerate(sources):
@@ -35,9 +36,10 @@ def resolve_sources(job: JobConfig):
     return out
 
 
-def resolve_data_files(job: JobConfig) -> list[str]:
-    """The shard files to train on: the job's paths, else this run's sealed evolve output."""
-    paths = job.train.data.paths
+def resolve_data_files(job: JobConfig, dataset: str | None = None) -> list[str]:
+    """The shard files to train on: the job's paths, else `dataset` (shards the pipeline hands on), else
+    this run's sealed evolve output."""
+    paths = job.train.data.paths or ([dataset] if dataset else [])
     if not paths:
         source = job.layout.evolve
         check = check_manifest(source, kind=Kind.INSTRUCTION_SHARDS)
@@ -55,8 +57,7 @@ def check_resume(job: JobConfig, use_gpu: bool) -> None:
     """Before any training: a checkpoint this run would resume from must suit its engine (exit 2 if not).
     The workers check again, with what only they know (the GPU memory that picks the ZeRO stage)."""
     from raywiz.artifacts import is_remote
-    from raywiz.train.checkpoint import CheckpointMismatch, check_resumable
-    from raywiz.train.engine import planned_engine
+    from raywiz.train.engine import CheckpointMismatch, check_resumable, planned_engine
 
     latest = None if is_remote(job.layout.root) else job.layout.latest_checkpoint()
     if latest is None:
@@ -72,7 +73,7 @@ def check_resume(job: JobConfig, use_gpu: bool) -> None:
 
 def checkpoint_mismatch(error: BaseException):
     """The CheckpointMismatch a worker raised, out of Ray Train's WorkerGroupError, or None."""
-    from raywiz.train.checkpoint import CheckpointMismatch
+    from raywiz.train.engine import CheckpointMismatch
 
     for failure in getattr(error, "worker_failures", {}).values():
         while failure is not None:
@@ -117,8 +118,11 @@ def scaling_config(job: JobConfig, use_gpu: bool):
     )
 
 
-def run_train(job: JobConfig) -> str:
-    """Train; return the exported HF directory of the final checkpoint (or the checkpoint dir)."""
+def run_train(job: JobConfig, dataset: str | None = None) -> str:
+    """Train; return the exported HF directory of the final checkpoint (or the checkpoint dir).
+
+    dataset: instruction shards to train on when the job names none (`raywiz run --evolve-output`);
+    without it, this run's own evolve output."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -130,7 +134,7 @@ def run_train(job: JobConfig) -> str:
     from raywiz.train.validation import checkpoint_score_kwargs, record_best, validation_config
 
     tc = job.require("train")
-    sources = resolve_sources(job)
+    sources = resolve_sources(job, dataset)
     init_ray(job, extra_cpus_needed=tc.scaling.num_workers * tc.scaling.cpus_per_worker)
     use_gpu = tc.scaling.use_gpu if tc.scaling.use_gpu is not None else cluster_has_gpus()
     if job.model.dtype == "auto" and not use_gpu:
@@ -186,14 +190,15 @@ def run_train(job: JobConfig) -> str:
     model_dir = final.model_dir  # hf/, or the adapter of a LoRA run that does not merge it
     if model_dir is None:
         return final.path
-    _log_model_artifact(job, model_dir, dataset_dir=_dataset_dir(job))
+    _log_model_artifact(job, model_dir, dataset_dir=_dataset_dir(job, dataset))
     return model_dir
 
 
-def _dataset_dir(job: JobConfig) -> str | None:
+def _dataset_dir(job: JobConfig, dataset: str | None = None) -> str | None:
     """The sealed instruction-shard directory this run trained on, if it trained on one (for lineage)."""
-    paths = job.train.data.paths or [s.path for s in job.train.data.sources if s.path]
-    if not paths and not job.train.data.sources:
+    data = job.train.data
+    paths = data.paths or [s.path for s in data.sources if s.path] or ([dataset] if dataset and not data.sources else [])
+    if not paths and not data.sources:
         return job.layout.evolve
     if len(paths) == 1 and check_manifest(paths[0], kind=Kind.INSTRUCTION_SHARDS).complete:
         return paths[0]

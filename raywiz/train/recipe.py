@@ -20,7 +20,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import ray.train
@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from raywiz.artifacts import CheckpointDir, RunLayout, is_remote, write_json_atomic
+from raywiz.artifacts import CheckpointDir, ModelInfo, RunLayout, is_remote, write_json_atomic
 from raywiz.config import JobConfig
 from raywiz.data.pipeline import epoch_shuffle_args
 from raywiz.data.tokenize import IGNORE_INDEX
@@ -37,7 +37,8 @@ from raywiz.log import get_logger
 from raywiz.modeling import load_tokenizer
 from raywiz.train import checkpoint as ckpt
 from raywiz.train import kernels
-from raywiz.train.engine import create_engine, lr_at
+from raywiz.train.engine import create_engine
+from raywiz.train.engine_base import lr_at
 from raywiz.train.metrics import (ConsoleLogger, JsonlLogger, MetricLogger, ProgressLogger, StepTimer, WandbLogger,
                                   model_shape, peak_flops, step_flops)
 from raywiz.train.validation import unscored_metrics
@@ -223,7 +224,7 @@ class FinetuneRecipe:
         self.tokenizer = load_tokenizer(self.job.model.name_or_path, self.job.model.tokenizer,
                                         self.job.model.trust_remote_code)
         eng = self.eng = create_engine(self.job.model, tc, self.on_gpu, self.device, n_params=self.plan.n_params)
-        self.engine, self.model = eng.engine, eng.model
+        self.driver, self.model = eng.driver, eng.model  # the loop drives `driver` (DeepSpeed's engine, or FSDP2's)
         self.fused, self.varlen = eng.fused_loss, eng.attn_implementation == kernels.VARLEN
         self.layers, self.width = model_shape(self.model.config)
         self.peak = peak_flops(self.device)
@@ -238,7 +239,7 @@ class FinetuneRecipe:
         restored = ray.train.get_checkpoint()
         if restored is not None:
             with restored.as_directory() as d:
-                self.state = TrainState.from_json(ckpt.load_training_state(self.eng, d, self.rank,
+                self.state = TrainState.from_json(ckpt.load_training_state(self.eng, CheckpointDir(d), self.rank,
                                                                                   adapter_only=self.tc.peft.enabled))
             if self.state.step_in_epoch >= self.plan.steps_per_epoch:  # saved at an epoch's last step
                 self.state.epoch, self.state.step_in_epoch = self.state.epoch + 1, 0
@@ -304,14 +305,14 @@ class FinetuneRecipe:
         """One optimizer step over `accum` micro-batches; nothing in it waits for the device."""
         labels, counts = self._global_counts(micro_batches)
         lr = lr_at(self.state.step, self.tc.optim, self.plan.total_steps)
-        for group in self.engine.optimizer.param_groups:
+        for group in self.driver.optimizer.param_groups:
             group["lr"] = lr
         scale = loss_scale(labels, self.accum, self.world)
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         for b in micro_batches:
-            loss = token_loss_sum(self.engine, b, self.device, self.fused, self.varlen)
-            self.engine.backward(loss * scale)
-            self.engine.step()
+            loss = token_loss_sum(self.driver, b, self.device, self.fused, self.varlen)
+            self.driver.backward(loss * scale)
+            self.driver.step()
             loss_sum += loss.detach()
         return StepOutput(loss_sum=loss_sum, counts=counts, lr=lr)
 
@@ -333,7 +334,7 @@ class FinetuneRecipe:
         loss_sum = out.loss_sum.double()
         if self.world > 1 and dist.is_initialized():
             dist.all_reduce(loss_sum)
-        gnorm = self.engine.get_global_grad_norm()
+        gnorm = self.driver.get_global_grad_norm()
         gnorm = gnorm.double().reshape(()) if torch.is_tensor(gnorm) else torch.tensor(
             float("nan") if gnorm is None else float(gnorm), dtype=torch.float64)
         last_labels = out.counts[0].to(self.device)
@@ -364,15 +365,15 @@ class FinetuneRecipe:
         staging = ckpt.staging_dir(self.layout, step, self.rank)
         upload = functools.partial(ckpt.move_into_storage, layout=self.layout) if staging else None
         with contextlib.nullcontext(staging) if staging else tempfile.TemporaryDirectory(prefix="raywiz-ckpt-") as local:
-            ckpt.save_training_state(self.eng, local, self.rank,
+            ckpt.save_training_state(self.eng, CheckpointDir(local), self.rank,
                                      dict(asdict(self.state), total_steps=self.plan.total_steps),
                                      adapter_only=self.tc.peft.enabled)
             if export:
-                sd = ckpt.consolidated_state_dict(self.eng)
+                sd = self.eng.full_state_dict()
                 if self.rank == 0:
-                    meta = {"step": step, "run": self.job.name, "base_model": self.job.model.name_or_path,
-                            "template": tc.data.template.name, "final": final}
-                    self._export(sd, CheckpointDir(local), meta)
+                    info = ModelInfo(step=step, run=self.job.name, base_model=self.job.model.name_or_path,
+                                     template=tc.data.template.name, prompt=tc.data.template.prompt, final=final)
+                    self._export(sd, CheckpointDir(local), info)
                 del sd
             ckpt.seal_checkpoint(local, self.rank, self.world, meta={"step": step, "run": self.job.name, "final": final})
             metrics = {"step": step, "loss": self.state.loss, "final": final}
@@ -382,20 +383,19 @@ class FinetuneRecipe:
                              checkpoint_dir_name=name, checkpoint_upload_fn=upload, validation=tc.evaluate.enabled)
         log.info(f"checkpoint {name} saved")
 
-    def _export(self, state_dict, here: CheckpointDir, meta: dict) -> None:
+    def _export(self, state_dict, here: CheckpointDir, info: ModelInfo) -> None:
         """Rank 0: hf/ (transformers' format); with train.peft, adapter/ (peft's) and hf/ merged, if asked."""
         if not self.tc.peft.enabled:
-            ckpt.export_hf(self.model, state_dict, self.tokenizer, here.hf, meta)
+            ckpt.export_hf(self.model, state_dict, self.tokenizer, here.hf, info)
             return
         from raywiz.train.adapters import export_adapter, is_quantized, merged_model
 
         # base_quantized: what the base really was while training (QLoRA: 4-bit), read off the model itself
-        export_adapter(self.model, state_dict, here.adapter, {**meta, "peft": self.tc.peft.method,
-                       "base_quantized": is_quantized(self.model.get_base_model())}, self.tokenizer)
+        export_adapter(self.model, state_dict, here.adapter, replace(info, peft=self.tc.peft.method,
+                       base_quantized=is_quantized(self.model.get_base_model())), self.tokenizer)
         if self.tc.checkpoint.merge_adapter:
             merged = merged_model(self.model, state_dict)
-            ckpt.export_hf(merged, merged.state_dict(), self.tokenizer,
-                           here.hf, meta)
+            ckpt.export_hf(merged, merged.state_dict(), self.tokenizer, here.hf, info)
 
     def cleanup(self) -> None:
         for lg in self.loggers:

@@ -51,8 +51,8 @@ class Stages:
         write_manifest(out, "instruction_shards")
         return out
 
-    def train(self, job):
-        self.calls.append(("train", list(job.train.data.paths)))
+    def train(self, job, dataset=None):
+        self.calls.append(("train", list(job.train.data.paths) or ([dataset] if dataset else [])))
         self._check("train")
         hf = join(job.run_dir, "train", "checkpoint_00000002", "hf")
         os.makedirs(hf, exist_ok=True)
@@ -176,8 +176,10 @@ def test_point_stages_at_earlier_outputs(tmp_path, stages):
 
     stages.calls.clear()
     shards = join(other.run_dir, "evolve")
-    pipeline.run_pipeline(make_job(tmp_path, name="reuse2"), evolve_output=shards, skip={"eval"}, log=quiet)
+    job = make_job(tmp_path, name="reuse2")
+    pipeline.run_pipeline(job, evolve_output=shards, skip={"eval"}, log=quiet)
     assert stages.calls == [("train", [shards])]
+    assert job.train.data.paths == []  # handed to train as an argument, not written into the job
 
     os.remove(join(hf, "manifest.json"))
     open(join(hf, "manifest.json"), "w").write("{")  # a half-written manifest

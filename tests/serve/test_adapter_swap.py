@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from raywiz.artifacts import Kind, RunLayout, write_manifest
+from raywiz.artifacts import Kind, ModelInfo, RunLayout, write_manifest
 from raywiz.modeling import build_model, load_tokenizer
 
 from .test_api import start_service
@@ -30,7 +30,7 @@ def _adapter_checkpoint(run_dir: Path, base: Path, step: int) -> str:
                 p.normal_(0, 0.5)  # peft starts B at zero (a no-op adapter): make each step's differ
     ckpt = RunLayout(str(run_dir)).checkpoint(step)
     export_adapter(model, model.state_dict(), ckpt.adapter,
-                   {"step": step, "run": run_dir.name, "base_model": str(base), "template": "wizardcoder"},
+                   ModelInfo(step=step, run=run_dir.name, base_model=str(base), template="wizardcoder"),
                    load_tokenizer("tiny-gpt-bigcode"))
     write_manifest(ckpt.path, kind=Kind.TRAIN_CHECKPOINT, meta={"step": step})
     return ckpt.adapter

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from raywiz.artifacts import Kind, check_manifest
+from raywiz.artifacts import Kind, ModelInfo, check_manifest
 from raywiz.modeling import build_model
 from raywiz.train import adapters
 from raywiz.train.config import PeftConfig
@@ -44,7 +44,7 @@ def test_adapter_export_loads_with_peft_and_equals_the_merged_model(tmp_path, me
                 p.add_(torch.randn_like(p) * 0.05)
     full = {k: v.detach().clone() for k, v in model.state_dict().items()}
     out = tmp_path / "adapter"
-    adapters.export_adapter(model, full, str(out), {"step": 3, "run": "r", "base_model": "tiny-gpt-bigcode"})
+    adapters.export_adapter(model, full, str(out), ModelInfo(step=3, run="r", base_model="tiny-gpt-bigcode"))
     assert check_manifest(str(out), kind=Kind.ADAPTER_EXPORT).complete
     assert json.loads((out / "adapter_config.json").read_text())["use_dora"] is (method == "dora")
 
@@ -67,9 +67,9 @@ def test_an_empty_or_truncated_adapter_save_fails(tmp_path):
     model = adapters.apply_adapter(build_model("tiny-gpt-bigcode", seed=1), PeftConfig(method="lora", r=4))
     base_only = {k: v for k, v in model.state_dict().items() if "lora_" not in k}  # what an ungathered save sees
     with pytest.raises(RuntimeError, match="the adapter has no weights"):
-        adapters.export_adapter(model, base_only, str(tmp_path / "a"), {"step": 1})
+        adapters.export_adapter(model, base_only, str(tmp_path / "a"), ModelInfo(step=1))
     out = tmp_path / "b"
-    adapters.export_adapter(model, model.state_dict(), str(out), {"step": 1})
+    adapters.export_adapter(model, model.state_dict(), str(out), ModelInfo(step=1))
     weights = out / "adapter_model.safetensors"
     with open(weights, "r+b") as f:
         f.truncate(os.path.getsize(weights) // 3)
@@ -88,7 +88,7 @@ def test_qlora_without_bitsandbytes_or_on_a_random_config_is_refused_clearly(mon
 
 def test_qlora_runs_as_zero2_whatever_stage_is_asked():
     from raywiz.train.config import TrainConfig
-    from raywiz.train.engine import zero_stage
+    from raywiz.train.deepspeed_engine import zero_stage
 
     tc = TrainConfig.model_validate({"data": {"paths": ["x.jsonl"]}, "peft": {"method": "qlora"}, "deepspeed": {"stage": 3, "resident_params": "never"},
                                      "scaling": {"num_workers": 2}})
@@ -110,7 +110,7 @@ def test_an_adapter_directory_loads_for_inference_on_its_base(tmp_path):
             if "lora_B" in n:
                 p.add_(0.1)
     ckpt = RunLayout(str(tmp_path / "run")).checkpoint(7)
-    adapters.export_adapter(model, model.state_dict(), ckpt.adapter, {"step": 7, "base_model": str(base_dir)})
+    adapters.export_adapter(model, model.state_dict(), ckpt.adapter, ModelInfo(step=7, base_model=str(base_dir)))
     write_manifest(ckpt.path, kind=Kind.TRAIN_CHECKPOINT)
     assert is_adapter_dir(ckpt.adapter) and ckpt.model_dir == ckpt.adapter  # no hf/: the adapter is the model
     assert [c.step for c in RunLayout(str(tmp_path / "run")).checkpoints(complete=True)] == [7]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from raywiz.config import parse_job
-from raywiz.train.engine import deepspeed_config
+from raywiz.train.deepspeed_engine import deepspeed_config
 
 GB = 10**9
 
@@ -106,7 +106,7 @@ def test_a_zero2_checkpoint_resumed_as_zero3_or_fsdp2_is_refused(tmp_path):
 
     import pytest
 
-    from raywiz.train.checkpoint import CheckpointMismatch, check_resumable
+    from raywiz.train.engine import CheckpointMismatch, check_resumable
 
     (tmp_path / "train_state.json").write_text(json.dumps({"step": 4, "engine": "deepspeed", "zero_stage": 2}))
     check_resumable(str(tmp_path), "deepspeed", 1)  # ZeRO-1 and -2 share their checkpoint format
@@ -120,7 +120,7 @@ def test_a_zero2_checkpoint_resumed_as_zero3_or_fsdp2_is_refused(tmp_path):
 def test_a_mismatch_only_the_workers_saw_reaches_the_user_as_its_message():
     from ray.train.v2.api.exceptions import WorkerGroupError
 
-    from raywiz.train.checkpoint import CheckpointMismatch
+    from raywiz.train.engine import CheckpointMismatch
     from raywiz.train.launch import checkpoint_mismatch
 
     cause = CheckpointMismatch("ckpt: written by DeepSpeed ZeRO stage 3, but ...")

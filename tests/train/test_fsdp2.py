@@ -35,7 +35,7 @@ def _rank(rank: int, world: int, port: int, tmp: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from raywiz.config import parse_job
-    from raywiz.train import checkpoint as ckpt
+    from raywiz.artifacts import ModelInfo
     from raywiz.train.adapters import export_adapter
     from raywiz.train.engine import create_engine
 
@@ -47,28 +47,28 @@ def _rank(rank: int, world: int, port: int, tmp: str) -> None:
     torch.manual_seed(rank)  # each rank its own data
     ids = torch.randint(0, 500, (1, 24))
     for _ in range(3 * job.train.grad_accum_steps):
-        eng.engine.backward(eng.engine(input_ids=ids, labels=ids, use_cache=False).loss)
-        eng.engine.step()
+        eng.driver.backward(eng.driver(input_ids=ids, labels=ids, use_cache=False).loss)
+        eng.driver.step()
     moved = {n for n, p in eng.model.named_parameters() if not torch.equal(_local(p), before[n])}
     assert moved and all("lora_" in n for n in moved), sorted(moved)[:5]
 
     d = os.path.join(tmp, "ckpt")
-    eng.engine.save_checkpoint(d)  # all ranks write into one directory here (a shared filesystem)
+    eng.driver.save_checkpoint(d)  # all ranks write into one directory here (a shared filesystem)
     fresh = create_engine(job.model, job.train, False, torch.device("cpu"))
-    fresh.engine.load_checkpoint(d)
+    fresh.driver.load_checkpoint(d)
     for (n, a), b in zip(eng.model.named_parameters(), fresh.model.parameters()):
         assert torch.equal(_local(a), _local(b)), n
-    s1, s2 = eng.engine.optimizer.state_dict()["state"], fresh.engine.optimizer.state_dict()["state"]
+    s1, s2 = eng.driver.optimizer.state_dict()["state"], fresh.driver.optimizer.state_dict()["state"]
     assert s1.keys() == s2.keys() and s1
     for k in s1:
         assert all(torch.equal(_local(s1[k][f]), _local(s2[k][f])) for f in s1[k]), k
 
-    sd = ckpt.consolidated_state_dict(eng)
+    sd = eng.full_state_dict()
     eng.model.eval()  # no dropout in the reference logits
     with torch.no_grad():
-        logits = eng.engine(input_ids=torch.arange(7)[None], use_cache=False).logits
+        logits = eng.driver(input_ids=torch.arange(7)[None], use_cache=False).logits
     if rank == 0:
-        export_adapter(eng.model, sd, os.path.join(tmp, "adapter"), {"step": 3})
+        export_adapter(eng.model, sd, os.path.join(tmp, "adapter"), ModelInfo(step=3))
         torch.save(logits, os.path.join(tmp, "logits.pt"))
     dist.destroy_process_group()
 

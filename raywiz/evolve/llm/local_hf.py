@@ -4,7 +4,7 @@ One engine per evolve worker (a Ray actor with ``num_gpus_per_worker`` GPUs), bu
 ``EngineSpec`` as eval's generation workers are: the ``vllm`` backend is the inference package's vLLM
 adapter, and ``num_workers`` engine replicas share out the requests. Chat messages become a prompt
 through the tokenizer's chat template when it has one, else through the template the checkpoint was
-trained with (its ``raywiz.json``; WizardCoder's by default), so a raywiz checkpoint can evolve data
+trained with (its ``ModelInfo.template``; WizardCoder's by default), so a raywiz checkpoint can evolve data
 for the next round. Requests with equal sampling parameters go to the engine together (the
 transformers engine decodes them in lanes refilled as rows end; vLLM schedules them itself).
 """
