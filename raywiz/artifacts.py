@@ -418,7 +418,8 @@ class ModelInfo:
 
 # ---------------------------------------------------------------- instruction shards
 
-# The columns `raywiz evolve` writes and `raywiz train` reads. `input` is optional for readers.
+# The columns `raywiz evolve` writes and `raywiz train` reads (instruction and output are required,
+# `input` is optional: raywiz.data.shards checks rows).
 SHARD_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
@@ -432,7 +433,6 @@ SHARD_SCHEMA = pa.schema(
         ("model", pa.string()),
     ]
 )
-REQUIRED_COLUMNS = ("instruction", "output")
 
 
 def stable_sample_id(*parts: str) -> str:

@@ -149,10 +149,10 @@ def format_eta(seconds: float | None) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
-class Progress:
+class ProgressDisplay:
     """One progress display for every stage: a tqdm bar on a terminal, plain lines otherwise.
 
-        bar = Progress("train", total=15, unit="step")
+        bar = ProgressDisplay("train", total=15, unit="step")
         bar.update(1, "loss 7.62 | 1,204 tok/s")   # a bar's postfix, or one line when not on a terminal
         bar.close()
 

@@ -137,8 +137,8 @@ def _exists(path: str, file: bool = False) -> bool:
 # ---------------------------------------------------------------- the recipe
 
 
-def plan(job: JobConfig, skip: set[str], serve: bool, evolve_output: str | None,
-         checkpoint: str | None) -> list[str]:
+def stages_to_run(job: JobConfig, skip: set[str], serve: bool, evolve_output: str | None,
+                  checkpoint: str | None) -> list[str]:
     """The stages that run: those the job configures, minus skipped ones and ones given an output."""
     unknown = skip - set(STAGES)
     if unknown:
@@ -154,7 +154,7 @@ def plan(job: JobConfig, skip: set[str], serve: bool, evolve_output: str | None,
 def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = frozenset(), serve: bool = False,
                  evolve_output: str | None = None, checkpoint: str | None = None,
                  log: Callable[[str], None] = say) -> PipelineResult:
-    stages = plan(job, set(skip), serve, evolve_output, checkpoint)
+    stages = stages_to_run(job, set(skip), serve, evolve_output, checkpoint)
     result = PipelineResult(job.run_dir, skipped=[s for s in STAGES if s not in stages and s != "serve"])
     state = load_state(job.run_dir)
     done = state.get("stages", {})

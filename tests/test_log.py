@@ -19,7 +19,7 @@ class Terminal(io.StringIO):
 
 def test_plain_lines_off_a_terminal_every_n_and_always_the_last():
     out = io.StringIO()
-    bar = log.Progress("train", total=10, unit="step", every=4, stream=out)
+    bar = log.ProgressDisplay("train", total=10, unit="step", every=4, stream=out)
     for step in range(1, 11):
         bar.update(done=step, detail=f"loss {10 - step}.00", eta_s=10 - step)
     bar.close()
@@ -31,7 +31,7 @@ def test_plain_lines_off_a_terminal_every_n_and_always_the_last():
 
 def test_a_bar_on_a_terminal(monkeypatch):
     term = Terminal()
-    bar = log.Progress("train", total=3, unit="step", stream=term)
+    bar = log.ProgressDisplay("train", total=3, unit="step", stream=term)
     bar.update(1, "loss 7.10 | 1,000 tok/s | MFU 41.0%")
     bar.update(2, "loss 6.90 | 1,000 tok/s | MFU 41.0%")
     bar.close()
@@ -43,7 +43,7 @@ def test_a_bar_on_a_terminal(monkeypatch):
 def test_nothing_off_rank_zero(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     out = io.StringIO()
-    log.Progress("train", total=2, stream=out).update(2)
+    log.ProgressDisplay("train", total=2, stream=out).update(2)
     assert out.getvalue() == ""
 
 

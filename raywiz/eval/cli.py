@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 
-from raywiz.log import Progress, say
+from raywiz.log import ProgressDisplay, say
 
 
 def register(subparsers) -> None:
@@ -89,7 +89,7 @@ def _score(args: argparse.Namespace) -> int:
                                  ensure_ascii=False) + "\n")
         partial.flush()
 
-    display = Progress(f"eval {benchmark}", len(samples), unit="sample", every=max(1, len(samples) // 10),
+    display = ProgressDisplay(f"eval {benchmark}", len(samples), unit="sample", every=max(1, len(samples) // 10),
                        enabled=not args.json)
 
     def progress(done: int, total: int) -> None:

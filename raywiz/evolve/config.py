@@ -111,9 +111,6 @@ class LLMConfig(_Section):
             self.num_gpus_per_worker = float(self.engine_kwargs.get("tensor_parallel_size", 1))
         return self
 
-    def max_pending_per_worker(self) -> int:
-        return self.concurrency if self.backend == "openai" else (self.batch_size or 256)
-
 
 class EliminationConfig(_Section):
     info_gain: Literal["heuristic", "judge", "off"] = Field(

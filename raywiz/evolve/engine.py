@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 
 from raywiz.evolve.cache import RequestCache
 from raywiz.evolve.llm import LLMRequest, LLMResult, make_backend
-from raywiz.log import Progress as ProgressDisplay
+from raywiz.log import ProgressDisplay
 from raywiz.log import say
 
 MAX_WORKER_RESTARTS = 3

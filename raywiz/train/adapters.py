@@ -126,7 +126,7 @@ def _merged_on_unquantized_base(model, full_state_dict: dict[str, torch.Tensor])
     from transformers import AutoModelForCausalLM
 
     base = model.get_base_model()
-    source = base.config._name_or_path
+    source = base.config.name_or_path
     dtype = base.config.quantization_config.bnb_4bit_compute_dtype if base.is_loaded_in_4bit else torch.bfloat16
     original = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map={"": "cpu"})
     twin = get_peft_model(original, model.peft_config["default"])
@@ -145,7 +145,8 @@ def _cpu_twin(model):
 
     base = model.get_base_model()
     # transformers builds every model inside zero.Init while training's HfDeepSpeedConfig is alive:
-    # step out of it for this plain CPU copy (the module-level reference is the only switch it has).
+    # step out of it for this plain CPU copy. A private transformers name: its public getter
+    # (deepspeed_config()) gives the config dict, not the object set_hf_deepspeed_config needs back.
     alive = hf_ds._hf_deepspeed_config_weak_ref
     hf_ds.unset_hf_deepspeed_config()
     try:

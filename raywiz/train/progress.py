@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from raywiz.log import Progress
+from raywiz.log import ProgressDisplay
 
 POLL_S = 0.5
 
@@ -80,7 +80,7 @@ class TrainProgress:
 
     def __init__(self, board: ProgressBoard, total_steps: int, every: int = 1):
         self.board = board
-        self.display = Progress("train", total_steps, unit="step", every=every)
+        self.display = ProgressDisplay("train", total_steps, unit="step", every=every)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="raywiz-train-progress", daemon=True)
 
