@@ -67,7 +67,14 @@ EXPORT_DIRS = ("hf", "adapter")  # CheckpointDir.hf and .adapter: the full model
 
 @dataclass(frozen=True)
 class CheckpointDir:
-    """One training checkpoint: ``{run}/train/checkpoint_{step:08d}/`` (or a copy of one elsewhere)."""
+    """One training checkpoint: ``{run}/train/checkpoint_{step:08d}/`` (or a copy of one elsewhere).
+
+        zero/ or fsdp2/    the engine's sharded model + optimizer state (DeepSpeed's, or FSDP2's DCP files)
+        rng/rank_N.pt      each rank's RNG states (torch, CUDA, numpy, python)
+        train_state.json   step, epoch, position inside the epoch, schedule length, the engine that wrote it
+        hf/, adapter/      the exports inference loads, each sealed by its own manifest, with raywiz.json
+        manifest.json      every file above with its size, written last
+    """
 
     path: str
 

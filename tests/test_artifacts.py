@@ -1,8 +1,10 @@
+import json
 import os
 
 import pytest
 
-from raywiz.artifacts import Kind, RunLayout, check_manifest, checkpoint_of, expand_paths, export_of, write_manifest
+from raywiz.artifacts import (MODEL_INFO, Kind, ModelInfo, RunLayout, check_manifest, checkpoint_of, expand_paths,
+                              export_of, write_manifest)
 
 
 def _ckpt(root, step, files):
@@ -65,3 +67,28 @@ def test_expand_paths_globs_dirs_and_package_files(tmp_path):
     assert expand_paths(["raywiz:quickstart/instructions.jsonl"])[0].endswith("assets/quickstart/instructions.jsonl")
     with pytest.raises(FileNotFoundError, match="no data files match"):
         expand_paths([str(tmp_path / "*.parquet")])
+
+
+def test_checkpoint_dir_names_every_part_and_staging_keeps_the_checkpoint_name(tmp_path):
+    layout = RunLayout(str(tmp_path / "run"))
+    ckpt = layout.checkpoint(12)
+    assert ckpt.rng(3) == os.path.join(ckpt.path, "rng", "rank_3.pt")
+    assert {os.path.dirname(p) for p in (ckpt.zero, ckpt.fsdp2, ckpt.train_state, ckpt.hf, ckpt.adapter)} == {ckpt.path}
+    staged = layout.staged_checkpoint(12, 1)
+    assert staged.path.startswith(layout.train_staging) and staged.name == f"{ckpt.name}.rank_1"
+    assert staged.rng(1) != ckpt.rng(1) and staged.step is None  # not a checkpoint of the run until moved
+
+
+def test_model_info_round_trips_and_is_empty_for_other_models(tmp_path):
+    hf = str(tmp_path / "hf")
+    assert ModelInfo.read(hf) == ModelInfo() and ModelInfo().to_dict() == {}  # a user's own model: none
+    info = ModelInfo(step=7, run="r", base_model="tiny-gpt-bigcode", template="custom", prompt="Q: {instruction}\nA:")
+    info.write(hf)
+    assert ModelInfo.read(hf) == info
+    assert json.loads((tmp_path / "hf" / MODEL_INFO).read_text()) == info.to_dict()  # unset fields stay out
+    (tmp_path / "hf" / MODEL_INFO).write_text(json.dumps({"step": 9, "written_by": "a later raywiz"}))
+    assert ModelInfo.read(hf) == ModelInfo(step=9)  # unknown keys are ignored
+    for broken in ("{", "[1, 2]"):
+        (tmp_path / "hf" / MODEL_INFO).write_text(broken)
+        assert ModelInfo.read(hf) == ModelInfo()
+    assert ModelInfo.read("org/model") == ModelInfo()  # a hub id

@@ -1,14 +1,11 @@
 """Checkpoints: save and restore exact training state, and export a Hugging Face model.
 
-Layout of a checkpoint (``RunLayout.checkpoint(step)``, a ``CheckpointDir`` that names every part;
-every rank writes its part into a staging directory, and the parts are merged into one storage
-directory; see ``staging_dir``):
-
-    zero/ or fsdp2/  the engine's sharded model + optimizer state (TrainEngine.save / load)
-    rng/rank_N.pt    each rank's RNG states (torch, CUDA, numpy, python)
-    train_state.json step, epoch, position inside the epoch, schedule length, the engine that wrote it (rank 0)
-    hf/              consolidated safetensors + config + tokenizer + generation config, own manifest
-    manifest.json    every file above with its size (rank 0, written last)
+A checkpoint is a ``CheckpointDir`` (raywiz.artifacts, which names every part): the engine's sharded
+model + optimizer state (TrainEngine.save / load), each rank's RNG states, the train state (step,
+epoch, position inside the epoch, schedule length, the engine that wrote it; rank 0), the exports
+(hf/, adapter/: each with its own manifest and ModelInfo), and the manifest, written last by rank 0.
+Every rank writes its part into a staging directory, and the parts are merged into one storage
+directory; see ``staging_dir``.
 """
 
 from __future__ import annotations

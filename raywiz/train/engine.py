@@ -47,7 +47,7 @@ class CheckpointMismatch(ValueError):
 
 
 def written_by(ckpt_dir: str) -> tuple[str, int | None]:
-    """(engine, ZeRO stage) that wrote a checkpoint: train_state.json's record, else (checkpoints from
+    """(engine, ZeRO stage) that wrote a checkpoint: its train state's record, else (checkpoints from
     before raywiz recorded it) the state directory it has and DeepSpeed's file names."""
     ckpt = CheckpointDir(ckpt_dir)
     state = read_json(ckpt.train_state)

@@ -109,7 +109,7 @@ class TrainEngine:
     raywiz.train.fsdp2.FSDP2Driver with the same calls). ``model`` is the HF (or peft) model.
     """
 
-    kind: ClassVar[str]  # train.engine's value; train_state.json records it
+    kind: ClassVar[str]  # train.engine's value; a checkpoint's train state records it
 
     def __init__(self, driver: Any, model: Any, setup: EngineSetup, zero_stage: int | None = None):
         self.driver, self.model, self.setup = driver, model, setup
@@ -132,7 +132,7 @@ class TrainEngine:
         raise NotImplementedError
 
     def record(self) -> dict:
-        """What train_state.json says about the engine that wrote a checkpoint."""
+        """What a checkpoint's train state says about the engine that wrote it."""
         return {"engine": self.kind, "zero_stage": self.zero_stage}
 
     # -- collective: every rank calls these

@@ -79,7 +79,7 @@ def loss_scale(global_label_tokens, accum: int, world: int):
 
 @dataclass
 class TrainState:
-    """Where training is: what a checkpoint's train_state.json holds."""
+    """Where training is: what a checkpoint's train state (CheckpointDir.train_state) holds."""
 
     step: int = 0  # optimizer steps done
     epoch: int = 0
