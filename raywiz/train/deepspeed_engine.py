@@ -8,7 +8,6 @@ full weights in host memory.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 from typing import Any
@@ -148,10 +147,10 @@ class DeepSpeedTrainEngine(TrainEngine):
         # Whole weights (stage < 3) are made on the GPU directly: a 1B random init on the host takes ~40 s longer.
         # A 4-bit base is quantized as it loads onto its device (device_map), not inside a device context.
         quantized = quantization_config(train_cfg.peft, setup.dtype)
-        on_device = setup.on_gpu and stage != 3 and quantized is None
-        with torch.device(setup.device) if on_device else contextlib.nullcontext():
-            model = build_training_model(model_cfg, train_cfg, setup, setup.dtype, quantization_config=quantized,
-                                         device_map={"": str(setup.device)} if quantized is not None else None)
+        model = build_training_model(model_cfg, train_cfg, setup, setup.dtype,
+                                     on_device=setup.on_gpu and stage != 3 and quantized is None,
+                                     quantization_config=quantized,
+                                     device_map={"": str(setup.device)} if quantized is not None else None)
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], train_cfg, setup.on_gpu)
         driver, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         return cls(driver, driver.module, setup, stage, ds_config, hf_ds_config)

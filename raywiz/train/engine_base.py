@@ -8,6 +8,7 @@ The engines themselves: DeepSpeed ZeRO (raywiz.train.deepspeed_engine) and torch
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -51,12 +52,15 @@ def weights_are_small(on_gpu: bool, param_bytes: int | None, gpu_bytes: int | No
     return bool(on_gpu and param_bytes and gpu_bytes and param_bytes <= RESIDENT_PARAMS_MAX_FRACTION * gpu_bytes)
 
 
-def build_training_model(model_cfg, train_cfg, setup: EngineSetup, dtype: torch.dtype, **build_kwargs):
-    """The model as both engines train it: built (`dtype`: the weights' storage dtype), gradient
-    checkpointing and no KV cache, and with train.peft an adapter whose weights alone train."""
-    model = build_model(model_cfg.name_or_path, dtype=dtype, attn_implementation=setup.attn_implementation,
-                        trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
-                        seed=train_cfg.optim.seed, **build_kwargs)
+def build_training_model(model_cfg, train_cfg, setup: EngineSetup, dtype: torch.dtype, on_device: bool,
+                         **build_kwargs):
+    """The model as both engines train it: built (`dtype`: the weights' storage dtype; `on_device`: made
+    on this rank's GPU directly, as a 1B random init on the host is slow), gradient checkpointing and no
+    KV cache, and with train.peft an adapter whose weights alone train."""
+    with torch.device(setup.device) if on_device else contextlib.nullcontext():
+        model = build_model(model_cfg.name_or_path, dtype=dtype, attn_implementation=setup.attn_implementation,
+                            trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
+                            seed=train_cfg.optim.seed, **build_kwargs)
     if train_cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

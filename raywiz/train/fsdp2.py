@@ -21,8 +21,6 @@ engine branches; `FSDP2TrainEngine` saves, loads and exports its state:
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from raywiz.artifacts import CheckpointDir
@@ -153,10 +151,8 @@ class FSDP2TrainEngine(TrainEngine):
             raise RuntimeError("train.engine: fsdp2 needs torch.distributed initialised (Ray Train does it)")
         # Every rank builds the same whole model (same seed) in fp32 (the master weights; setup.dtype is the
         # compute dtype), then keeps its shard: fine while one GPU holds the fp32 weights (about 10B
-        # parameters on 80 GB; DeepSpeed's zero.Init never builds them whole). Made on the GPU directly:
-        # a 1B random init on the host is slow.
-        with torch.device(setup.device) if setup.on_gpu else contextlib.nullcontext():
-            model = build_training_model(model_cfg, train_cfg, setup, torch.float32)
+        # parameters on 80 GB; DeepSpeed's zero.Init never builds them whole).
+        model = build_training_model(model_cfg, train_cfg, setup, torch.float32, on_device=setup.on_gpu)
         reshard = reshard_after_forward(train_cfg, setup.on_gpu, setup.param_bytes, setup.gpu_bytes)
         n_blocks = shard_model(model, setup.dtype, reshard)
         log.debug(f"fsdp2: {n_blocks} blocks sharded over {dist.get_world_size()} ranks, "
