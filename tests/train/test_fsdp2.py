@@ -35,7 +35,7 @@ def _rank(rank: int, world: int, port: int, tmp: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from raywiz.config import parse_job
-    from raywiz.artifacts import ModelInfo
+    from raywiz.artifacts import CheckpointDir, ModelInfo
     from raywiz.train.adapters import export_adapter
     from raywiz.train.engine import create_engine
 
@@ -52,10 +52,11 @@ def _rank(rank: int, world: int, port: int, tmp: str) -> None:
     moved = {n for n, p in eng.model.named_parameters() if not torch.equal(_local(p), before[n])}
     assert moved and all("lora_" in n for n in moved), sorted(moved)[:5]
 
-    d = os.path.join(tmp, "ckpt")
-    eng.driver.save_checkpoint(d)  # all ranks write into one directory here (a shared filesystem)
+    ckpt = CheckpointDir(os.path.join(tmp, "ckpt"))
+    eng.save(ckpt, adapter_only=True)  # all ranks write into one directory here (a shared filesystem)
+    assert os.path.isfile(os.path.join(ckpt.fsdp2, ".metadata"))  # DCP's files, in the checkpoint's fsdp2/
     fresh = create_engine(job.model, job.train, False, torch.device("cpu"))
-    fresh.driver.load_checkpoint(d)
+    fresh.load(ckpt, adapter_only=True)
     for (n, a), b in zip(eng.model.named_parameters(), fresh.model.parameters()):
         assert torch.equal(_local(a), _local(b)), n
     s1, s2 = eng.driver.optimizer.state_dict()["state"], fresh.driver.optimizer.state_dict()["state"]
