@@ -166,8 +166,3 @@ def apply_template(instruction: str, template: str | None, tokenizer=None, custo
 
     return format_prompt(instruction, template=template, custom=custom, tokenizer=tokenizer)
 
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """(text cut before the earliest stop sequence, whether one was found)."""
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
