@@ -25,12 +25,12 @@ from raywiz.artifacts import (CheckpointDir, Kind, RunLayout, check_manifest, ex
                               write_bytes_atomic, write_manifest)
 from raywiz.benchmarks import Task, load_tasks, read_jsonl
 from raywiz.eval.config import EvalConfig
-from raywiz.eval.generation import generate_texts
 from raywiz.benchmarks.postprocess import postprocess
 from raywiz.benchmarks.prompts import build_prompt, default_stop, instruction_for
 from raywiz.eval.report import format_table, plot_pass_at_1, summarize, task_rows, write_jsonl, write_outputs
 from raywiz.benchmarks.score import read_samples, score_samples
 from raywiz.inference import EngineSpec, SamplingParams, checkpoint_info, make_engine
+from raywiz.inference.config import RUNTIME_FIELDS
 from raywiz.log import get_logger, say
 from raywiz.runtime import init_ray
 
@@ -91,56 +91,46 @@ def sampling_params(cfg: EvalConfig) -> SamplingParams:
     g = cfg.generation
     stop = g.stop if g.stop is not None else default_stop(cfg.prompt.style)
     return SamplingParams(n=g.n, temperature=0.0 if g.greedy else g.temperature, top_p=g.top_p,
-                          max_tokens=g.max_new_tokens, stop=tuple(stop), seed=g.seed)
+                          max_tokens=g.max_tokens, stop=tuple(stop), seed=g.seed)
 
 
-def backend_spec(hf_dir: str, cfg: EvalConfig, model_cfg=None) -> EngineSpec:
-    g = cfg.generation
-    return EngineSpec(
-        backend="transformers" if g.backend == "hf" else g.backend,
-        model=(g.model or os.path.basename(hf_dir.rstrip("/"))) if g.backend == "openai" else hf_dir,
-        tokenizer=getattr(model_cfg, "tokenizer", None), dtype=g.dtype,
-        trust_remote_code=bool(getattr(model_cfg, "trust_remote_code", False)), max_batch_size=g.batch_size,
-        base_url=g.base_url, api_key_env=g.api_key_env, endpoint=g.endpoint, concurrency=g.concurrency,
-        timeout_s=g.request_timeout_s, tensor_parallel_size=g.tensor_parallel_size,
-    )
-
-
-class _LazyGenerator:
-    """Builds the backend on first use (loading a model is the slow part), then reuses it."""
+class Generator:
+    """Texts for prompts from the engine `spec` names: on Ray engine actors when the section asks for
+    them (unless `in_process`), else one engine in this process, built on first use and kept."""
 
     def __init__(self, spec: EngineSpec, cfg: EvalConfig, in_process: bool):
         self.spec, self.cfg, self.in_process = spec, cfg, in_process
-        self._generator = None
+        self._engine = None
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         g = self.cfg.generation
-        if not self.in_process and g.num_workers > 0 and g.backend != "openai":
+        if not self.in_process and g.on_ray:
             import ray
 
-            from raywiz.eval.generation.ray_pool import generate_with_ray
+            from raywiz.inference.ray_pool import generate_on_ray
 
-            gpus = g.gpus_per_worker
-            if gpus is None:
-                gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-            return generate_with_ray(prompts, self.spec, params, g.num_workers, gpus_per_worker=gpus)
-        if self._generator is None:
-            self._generator = make_engine(self.spec)
-        return generate_texts(self._generator, prompts, params)
+            completions = generate_on_ray(prompts, self.spec, params, g.num_workers,
+                                          num_gpus=g.gpus_per_worker(ray.cluster_resources().get("GPU", 0)),
+                                          num_cpus=g.num_cpus_per_worker)
+        else:
+            if self._engine is None:
+                self._engine = make_engine(self.spec)
+            completions = self._engine.generate(prompts, params)
+        return [[c.text for c in row] for row in completions]
 
 
 def prompts_for(tasks: list[Task], cfg: EvalConfig, tokenizer=None, trained: dict | None = None) -> list[str]:
-    if cfg.generation.backend == "openai" and cfg.generation.endpoint == "chat":
+    if cfg.generation.server_chats:
         return [instruction_for(t) for t in tasks]  # the server applies its own chat template
     return [build_prompt(t, cfg.prompt.style, cfg.prompt.template, tokenizer, trained) for t in tasks]
 
 
-def generate_samples(tasks: list[Task], cfg: EvalConfig, generator) -> list[dict]:
+def generate_samples(tasks: list[Task], cfg: EvalConfig, generator: Generator) -> list[dict]:
     params = sampling_params(cfg)
     tokenizer = None
     # The template the checkpoint was trained with (its raywiz.json), for local models.
-    trained = checkpoint_info(generator.spec.model) if cfg.generation.backend != "openai" else {}
-    if (cfg.prompt.style == "chat" or trained.get("template") == "chat") and cfg.generation.backend != "openai":
+    trained = checkpoint_info(generator.spec.model) if cfg.generation.local else {}
+    if (cfg.prompt.style == "chat" or trained.get("template") == "chat") and cfg.generation.local:
         from raywiz.modeling import load_tokenizer
 
         tokenizer = load_tokenizer(generator.spec.model, generator.spec.tokenizer)  # for its chat template
@@ -161,8 +151,7 @@ def _fingerprint(hf_dir: str, benchmark: str, cfg: EvalConfig) -> str:
     """What decides the samples: the model, the tasks, prompts, decoding and post-processing."""
     weights = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")) + glob.glob(os.path.join(hf_dir, "*.bin")))
     model_id = [(os.path.basename(w), os.path.getsize(w), int(os.path.getmtime(w))) for w in weights] or hf_dir
-    g = cfg.generation.model_dump(exclude={"num_workers", "gpus_per_worker", "concurrency", "batch_size",
-                                            "request_timeout_s"})
+    g = cfg.generation.model_dump(exclude=set(RUNTIME_FIELDS))
     key = json.dumps([model_id, benchmark, cfg.data.get(benchmark), cfg.limit, cfg.prompt.model_dump(), g,
                       cfg.postprocess], sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -178,7 +167,9 @@ def evaluate_checkpoint(hf_dir: str, eval_cfg: EvalConfig, model_cfg: Any = None
     """
     ident = checkpoint_identity(hf_dir)
     out_dir = out_dir or output_dir_for(hf_dir, eval_cfg, run_dir)
-    generator = _LazyGenerator(backend_spec(hf_dir, eval_cfg, model_cfg), eval_cfg, in_process)
+    spec = eval_cfg.generation.engine_spec(hf_dir, getattr(model_cfg, "tokenizer", None),
+                                           bool(getattr(model_cfg, "trust_remote_code", False)))
+    generator = Generator(spec, eval_cfg, in_process)
     settings = eval_cfg.score_settings()
     summaries: dict[str, dict] = {}
     todo: dict[str, dict] = {}  # benchmark -> tasks, output dir, fingerprint, samples (once known)
@@ -254,7 +245,7 @@ def run_eval(job, checkpoints: list[str] | None = None) -> list[dict]:
 
     cfg: EvalConfig = job.require("eval")
     targets = resolve_checkpoints(job, checkpoints if checkpoints is not None else cfg.checkpoints)
-    if cfg.generation.num_workers > 0 and cfg.generation.backend != "openai":
+    if cfg.generation.on_ray:
         init_ray(job, extra_cpus_needed=cfg.generation.num_workers)
     run = tracking.start_run(job, "eval", config={"checkpoints": targets})
     results = []

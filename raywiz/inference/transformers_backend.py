@@ -25,7 +25,7 @@ import time
 from collections import deque
 from typing import AsyncIterator, Sequence
 
-from raywiz.inference import Completion, Delta, EngineSpec, SamplingParams
+from raywiz.inference import Completion, Delta, EngineSpec, ModelLoadError, SamplingParams
 from raywiz.inference.stops import held_back, stop_index
 
 log = logging.getLogger("raywiz.inference")
@@ -51,6 +51,44 @@ def lanes_that_fit(model, shapes, lane_len: int, wanted: int, share: float) -> i
     device = next(model.parameters()).device
     budget = torch.cuda.mem_get_info(device)[0] * share if device.type == "cuda" else 2 * 2**30
     return max(1, min(wanted, int(budget // max(1, kv_bytes_per_token(shapes) * lane_len))))
+
+
+def load_checked(spec: EngineSpec, device: str):
+    """The model and tokenizer `spec` names on `device`, proven to work: weights that match the config
+    (transformers would fill missing ones with random values and carry on), a tokenizer that fits the
+    embedding, finite outputs of one forward pass (NaN weights or device trouble show now, not per
+    request). ModelLoadError says what is wrong."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from raywiz.modeling import build_model, is_adapter_dir, is_tiny, load_tokenizer, torch_dtype
+
+    dtype = torch_dtype(spec.dtype, device == "cuda")
+    try:
+        tokenizer = load_tokenizer(spec.model, spec.tokenizer, trust_remote_code=spec.trust_remote_code)
+    except Exception as e:
+        raise ModelLoadError(f"tokenizer does not load: {type(e).__name__}: {e}") from e
+    try:
+        if is_adapter_dir(spec.model) or is_tiny(spec.model):  # base + adapter merged, or a random tiny model
+            model, loading = build_model(spec.model, dtype=dtype, trust_remote_code=spec.trust_remote_code, seed=0), {}
+        else:
+            model, loading = AutoModelForCausalLM.from_pretrained(
+                spec.model, dtype=dtype, trust_remote_code=spec.trust_remote_code, output_loading_info=True)
+    except Exception as e:  # corrupt safetensors, unknown architecture, shape mismatch ...
+        raise ModelLoadError(f"model does not load: {type(e).__name__}: {e}") from e
+    missing, mismatched = loading.get("missing_keys") or [], loading.get("mismatched_keys") or []
+    if missing or mismatched:
+        bad = sorted(missing)[:5] + [str(m) for m in mismatched][:5]
+        raise ModelLoadError(f"weights do not match the config (missing or mismatched: {bad})")
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise ModelLoadError(f"tokenizer has {len(tokenizer)} tokens, the model's embedding {vocab}")
+    model.to(device).eval()
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([[tokenizer.eos_token_id or 0]], device=device)).logits
+        if not torch.isfinite(logits).all():
+            raise ModelLoadError("the model's outputs are not finite (NaN/inf weights)")
+    return model, tokenizer
 
 
 class TransformersEngine:
@@ -84,14 +122,10 @@ class TransformersEngine:
     def from_spec(cls, spec: EngineSpec) -> "TransformersEngine":
         import torch
 
-        from raywiz.modeling import build_model, load_tokenizer, torch_dtype
-
         device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        tokenizer = load_tokenizer(spec.model, spec.tokenizer, trust_remote_code=spec.trust_remote_code)
-        model = build_model(spec.model, dtype=torch_dtype(spec.dtype, device == "cuda"),
-                            trust_remote_code=spec.trust_remote_code, seed=0)
-        model.to(device).eval()
-        return cls(model, tokenizer, spec.max_batch_size, spec.cuda_graphs)
+        model, tokenizer = load_checked(spec, device)
+        return cls(model, tokenizer, spec.max_batch_size, spec.cuda_graphs, stream_slots=spec.stream_slots,
+                   emit_interval_s=spec.emit_interval_s)
 
     def _kv_shapes(self):
         if self._shapes is None:

@@ -49,7 +49,7 @@ def validation_config(job, use_gpu: bool):
 
     num_gpus = ev.num_gpus
     if num_gpus is None:
-        num_gpus = 1 if use_gpu and job.eval.generation.backend != "openai" else 0
+        num_gpus = 1 if use_gpu and job.eval.generation.local else 0
     return ValidationConfig(
         fn=score_checkpoint,
         task_config=ValidationTaskConfig(fn_kwargs={"job": job.model_dump(mode="json")}, timeout_s=ev.timeout_s),

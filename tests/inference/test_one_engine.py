@@ -5,7 +5,7 @@ from raywiz.inference.transformers_backend import TransformersEngine
 
 def test_evolve_eval_and_serve_share_the_transformers_engine(tmp_path):
     from raywiz.eval.config import EvalConfig
-    from raywiz.eval.recipe import _LazyGenerator, backend_spec, sampling_params
+    from raywiz.eval.recipe import Generator, sampling_params
     from raywiz.evolve.llm import LLMRequest
     from raywiz.evolve.llm.local_hf import LocalHFBackend
     from raywiz.serve.checkpoints import CheckpointRef
@@ -19,13 +19,13 @@ def test_evolve_eval_and_serve_share_the_transformers_engine(tmp_path):
     [result] = list(evolve.generate([LLMRequest.chat("m", "Write add.", {"temperature": 0.0, "max_tokens": 6})]))
     assert isinstance(evolve.engine, TransformersEngine) and result.ok
 
-    cfg = EvalConfig(generation={"max_new_tokens": 6})
-    generator = _LazyGenerator(backend_spec(hf_dir, cfg), cfg, in_process=True)
+    cfg = EvalConfig(generation={"max_tokens": 6})
+    generator = Generator(cfg.generation.engine_spec(hf_dir), cfg, in_process=True)
     texts = generator.generate([evolve.prompt_of(LLMRequest.chat("m", "Write add.", {}))], sampling_params(cfg))
-    assert isinstance(generator._generator, TransformersEngine)
+    assert isinstance(generator._engine, TransformersEngine)
     assert texts == [[result.text]]  # the same prompt, greedy: the same text from evolve's and eval's path
 
-    loaded = load_model(CheckpointRef("ckpt", hf_dir), {}, device="cpu", dtype=None, cache_dir=str(tmp_path / "c"))
+    loaded = load_model(CheckpointRef("ckpt", hf_dir), {}, device="cpu", cache_dir=str(tmp_path / "c"))
     try:
         assert isinstance(loaded.engine, TransformersEngine)
     finally:

@@ -31,7 +31,7 @@ def test_page_verdict_equals_raywiz_eval(tmp_path, shared_data, template):
     hf_dir = make_checkpoint(run_dir, 1, template=template)
     style = "wizardcoder" if template else "completion"
     eval_cfg = EvalConfig(benchmarks=["humaneval"], limit=2, data={"humaneval": data}, prompt={"style": style},
-                          generation={"max_new_tokens": MAX_TOKENS}, output_dir=str(tmp_path / "eval"))
+                          generation={"max_tokens": MAX_TOKENS}, output_dir=str(tmp_path / "eval"))
     result = evaluate_checkpoint(hf_dir, eval_cfg, in_process=True)
     out = f"{result['out_dir']}/humaneval"
     with open(f"{out}/results.jsonl") as f:
