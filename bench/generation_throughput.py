@@ -33,9 +33,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DEFAULT_DATA = "/work/shared/data/humaneval/HumanEval.jsonl.gz"
-
-
 def load_prompts(path: str, limit: int | None) -> list[str]:
     from raywiz.data.template import format_prompt
 
@@ -227,7 +224,8 @@ async def serve_probe(engine, prompts, streams: int, max_tokens: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=DEFAULT_DATA, help="HumanEval.jsonl(.gz)")
+    ap.add_argument("--data", default=None, help="HumanEval.jsonl(.gz) (default: raywiz's data directory; "
+                    "`raywiz data fetch` puts it there)")
     ap.add_argument("--model", default="starcoderbase-1b-shape")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny-gpt-bigcode, 12 prompts, 16 tokens")
     ap.add_argument("--max-new-tokens", type=int, default=512)
@@ -266,7 +264,9 @@ def main(argv=None) -> int:
     model.eval()
     load_s = time.perf_counter() - t
     tok = decodable_tokenizer(tok, model.config.vocab_size)  # the serve probe's streams carry text
-    prompts = load_prompts(args.data, args.limit)
+    from raywiz.datasets import path_of
+
+    prompts = load_prompts(args.data or path_of("humaneval"), args.limit)
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     eos_ids = eos_ids_of(model, tok)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]

@@ -65,22 +65,25 @@ class LLMConfig(EngineConfig):
         description="openai: any OpenAI-compatible chat/completions endpoint; transformers ('hf' too): a local "
         "model on raywiz's slot decoder; vllm: vLLM's engine (needs vllm). Local models run one engine per worker.",
     )
+    # evolve's defaults for the engine's fields
     model: str = Field("gpt-3.5-turbo", description="model name sent to the endpoint, or the model path (vllm, "
                        "transformers)")
     base_url: str = Field("https://api.openai.com/v1", description="openai backend: the API root (…/v1)")
     concurrency: int = Field(64, ge=1, description="openai: requests in flight per worker")
     timeout_s: float = Field(120, gt=0, description="openai: per-request timeout")
-    price_per_1m_input_tokens: float = Field(0.0, ge=0, description="for the cost estimate (USD)")
-    price_per_1m_output_tokens: float = Field(0.0, ge=0, description="for the cost estimate (USD)")
     num_workers: int = Field(1, ge=1, description="Ray actors sending requests (openai), or model replicas "
                              "(transformers, vllm: one engine each)")
     num_gpus_per_worker: float = Field(0, ge=0, description="transformers, vllm: GPUs per model replica (vllm's "
                                        "default: engine_kwargs.tensor_parallel_size, else 1)")
+
+    # evolve's own
     max_failed_fraction: float = Field(
         0.01, ge=0, le=1,
         description="fail the run when more than this fraction of a phase's requests fail after all retries "
         "(a rerun resends only those: answered requests are cached)",
     )
+    price_per_1m_input_tokens: float = Field(0.0, ge=0, description="for the cost estimate (USD)")
+    price_per_1m_output_tokens: float = Field(0.0, ge=0, description="for the cost estimate (USD)")
 
     @model_validator(mode="before")
     @classmethod

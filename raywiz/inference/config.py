@@ -2,8 +2,8 @@
 
 Evolve's ``evolve.llm``, eval's ``eval.generation`` (and so train's checkpoint validation) extend
 ``EngineConfig`` with what only they need and their own defaults; ``engine_spec`` is the one place an
-``EngineSpec`` is built from a config. Serve builds its spec from its own section (``serve_spec``)
-since it streams with lanes of its own.
+``EngineSpec`` is built from a config. Serve, which always streams on the transformers backend, builds
+its spec from its own section (raywiz.serve.pool.load_model) and its engine through ``make_engine``.
 """
 
 from __future__ import annotations
@@ -110,12 +110,12 @@ class EngineConfig(BaseModel):
         return 1 if cluster_gpus > 0 else 0
 
     def engine_spec(self, model: str | None = None, tokenizer: str | None = None, trust_remote_code: bool = False,
-                    api_key_share: int = 1) -> EngineSpec:
+                    workers_sharing_limits: int = 1) -> EngineSpec:
         """The engine this section names, for `model` (a local model dir; an endpoint's model name
-        defaults to its base name). Rate limits are for all workers: each takes 1/`api_key_share`."""
+        defaults to its base name). Rate limits are for all workers: each takes 1/`workers_sharing_limits`."""
         served = self.model or (model or "").rstrip("/").rsplit("/", 1)[-1]
         vllm_args = dict(self.engine_kwargs)
-        share = max(1, api_key_share)
+        share = max(1, workers_sharing_limits)
         return EngineSpec(
             backend=self.backend, model=(model or self.model or "") if self.local else served, tokenizer=tokenizer,
             dtype=self.dtype, trust_remote_code=trust_remote_code, max_batch_size=self.batch_size,

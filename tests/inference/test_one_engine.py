@@ -1,11 +1,12 @@
-"""evolve's hf backend, eval's generation and serve's models all decode on raywiz.inference's engine."""
+"""evolve's local backend, eval's generation and serve's models all decode on raywiz.inference's engine."""
 
 from raywiz.inference.transformers_backend import TransformersEngine
 
 
 def test_evolve_eval_and_serve_share_the_transformers_engine(tmp_path):
     from raywiz.eval.config import EvalConfig
-    from raywiz.eval.recipe import Generator, sampling_params
+    from raywiz.benchmarks.evaluate import Generator, sampling_params
+    from raywiz.evolve.config import LLMConfig
     from raywiz.evolve.llm import LLMRequest
     from raywiz.evolve.llm.local_hf import LocalHFBackend
     from raywiz.serve.checkpoints import CheckpointRef
@@ -15,7 +16,7 @@ def test_evolve_eval_and_serve_share_the_transformers_engine(tmp_path):
 
     hf_dir = make_checkpoint(tmp_path / "runs" / "demo", 1)
 
-    evolve = LocalHFBackend(hf_dir)
+    evolve = LocalHFBackend.from_config(LLMConfig(backend="transformers", model=hf_dir))
     [result] = list(evolve.generate([LLMRequest.chat("m", "Write add.", {"temperature": 0.0, "max_tokens": 6})]))
     assert isinstance(evolve.engine, TransformersEngine) and result.ok
 

@@ -26,17 +26,15 @@ def sampling_params(params: dict) -> SamplingParams:
 
 
 class LocalHFBackend(LLMBackend):
-    def __init__(self, model_name_or_path: str, batch_size: int | None = None, dtype: str = "auto",
-                 device: str | None = None, spec: EngineSpec | None = None):
-        self.spec = spec or EngineSpec(backend="transformers", model=model_name_or_path, dtype=dtype, device=device,
-                                       max_batch_size=batch_size)
-        self.engine = make_engine(self.spec)
+    def __init__(self, spec: EngineSpec):
+        self.spec = spec
+        self.engine = make_engine(spec)
         self.tokenizer = self.engine.tokenizer
-        self.template = prompt_template(self.spec.model) or "wizardcoder"
+        self.template = prompt_template(spec.model) or "wizardcoder"
 
     @classmethod
     def from_config(cls, cfg) -> "LocalHFBackend":
-        return cls(cfg.model, spec=cfg.engine_spec())
+        return cls(cfg.engine_spec())
 
     def prompt_of(self, req: LLMRequest) -> str:
         return chat_prompt(list(req.messages), self.tokenizer, self.template)
