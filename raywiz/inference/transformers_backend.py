@@ -335,6 +335,8 @@ class DecodeLoop:
         for lane, row in list(self.lanes.items()):
             if row.finished:  # cancelled from outside (a stream whose client left)
                 self._release(lane)
+        if not self.waiting:
+            return
         free = [lane for lane in range(self.decoder.slots) if lane not in self.lanes][::-1]
         entries = []
         while self.waiting and free:
