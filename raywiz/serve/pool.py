@@ -49,6 +49,10 @@ class LoadedModel:
         return self.ref.name
 
     @property
+    def model(self):
+        return self.engine.model
+
+    @property
     def tokenizer(self):
         return self.engine.tokenizer
 
