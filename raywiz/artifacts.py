@@ -489,3 +489,97 @@ def expand_paths(patterns: Iterable[str]) -> list[str]:
 
 def _is_data_file(name: str) -> bool:
     return name.endswith((".parquet", ".jsonl", ".json", ".jsonl.gz")) and os.path.basename(name) != MANIFEST
+
+
+# ---------------------------------------------------------------- eval results
+
+
+class _EvalFile:
+    """One file of an EvalDir: ``eval_dir.summary`` is its path."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, eval_dir: "EvalDir | None", owner=None):
+        return self if eval_dir is None else join(eval_dir.path, eval_dir.prefix + self.name)
+
+
+@dataclass(frozen=True)
+class EvalDir:
+    """One model's results on one benchmark (Kind.EVAL_RESULTS), ``{run}/eval/{checkpoint}/{benchmark}/``:
+
+        samples.jsonl          the model's outputs (task_id, completion, raw, prompt)
+        samples.fingerprint    the settings that made them (a rerun with the same ones reuses them)
+        results.partial.jsonl  verdicts appended as samples finish (an interrupted scoring resumes)
+        results.jsonl          a verdict per sample
+        summary.json           pass@k
+        manifest.json          written last, with the fingerprint: the directory is complete only with it
+
+    `prefix` names the files of `raywiz eval score`, which writes ``{stem}_results.jsonl`` beside a
+    samples file of the user's."""
+
+    path: str
+    prefix: str = ""
+
+    samples = _EvalFile("samples.jsonl")
+    samples_fingerprint = _EvalFile("samples.fingerprint")
+    results_partial = _EvalFile("results.partial.jsonl")
+    results = _EvalFile("results.jsonl")
+    summary = _EvalFile("summary.json")
+
+    def samples_made_with(self, fingerprint: str) -> bool:
+        """Whether samples.jsonl exists and was generated with these settings."""
+        try:
+            with open(self.samples_fingerprint) as f:
+                return f.read().strip() == fingerprint and os.path.exists(self.samples)
+        except OSError:
+            return False
+
+    def write_samples_fingerprint(self, fingerprint: str) -> None:
+        write_bytes_atomic(self.samples_fingerprint, (fingerprint + "\n").encode())
+
+    def is_complete(self, fingerprint: str | None = None) -> bool:
+        """Sealed (manifest checks out), and by the same settings when a fingerprint is given."""
+        check = check_manifest(self.path, kind=Kind.EVAL_RESULTS)
+        return check.complete and (fingerprint is None or check.manifest["meta"].get("fingerprint") == fingerprint)
+
+    def seal(self, fingerprint: str, benchmark: str) -> None:
+        write_manifest(self.path, Kind.EVAL_RESULTS, meta={"fingerprint": fingerprint, "benchmark": benchmark})
+
+    def read_summary(self) -> dict | None:
+        """summary.json of a complete directory; None while it is incomplete or unreadable."""
+        if not self.is_complete():
+            return None
+        try:
+            summary = read_json(self.summary)
+        except (OSError, json.JSONDecodeError):
+            return None
+        return summary if isinstance(summary, dict) else None
+
+
+def model_identity(model_dir: str) -> dict:
+    """{"name", "step", "run_dir"} of a model directory: a run's checkpoint export, or any model."""
+    path = os.path.abspath(model_dir) if os.path.exists(model_dir) else model_dir
+    info_file = os.path.join(path, "raywiz.json")
+    info = read_json(info_file) if os.path.exists(info_file) else {}
+    ckpt = export_of(path)
+    if ckpt is not None:
+        return {"name": ckpt.name, "step": info.get("step"), "run_dir": ckpt.run.root}
+    name = os.path.basename(path.rstrip("/")) if os.path.isdir(path) else path.replace("/", "--")
+    return {"name": name, "step": info.get("step"), "run_dir": None}
+
+
+def model_results_dir(model_dir: str, output_dir: str | None = None, run_dir: str | None = None) -> str:
+    """Where one model's eval results go (a directory per benchmark inside): ``{output_dir}/{name}``
+    when given, else its own run's ``eval/{checkpoint}``, else beside a local model directory, else
+    `run_dir`'s ``eval/{name}`` (a hub id)."""
+    ident = model_identity(model_dir)
+    if output_dir:
+        return join(output_dir, ident["name"])
+    if ident["run_dir"]:
+        return RunLayout(ident["run_dir"]).eval_dir(ident["name"])
+    if os.path.isdir(model_dir):
+        return RunLayout(os.path.dirname(os.path.abspath(model_dir))).eval_dir(ident["name"])
+    if run_dir is None:
+        raise ValueError(f"{model_dir}: not a local directory; set eval.output_dir")
+    return RunLayout(run_dir).eval_dir(ident["name"])

@@ -25,22 +25,6 @@ PACKAGE = REPO / "raywiz"
 STAGES = {"evolve", "train", "eval", "serve", "rl"}
 LIBRARIES = {"data", "benchmarks", "inference"}
 
-# Known offenders of the stage rule, left to the engineers who own them (issue #21, items 2-3);
-# each entry: (importing module, imported module). Empty this list as they go.
-STAGE_RULE_ALLOWLIST = {
-    ("raywiz.train.validation", "raywiz.eval.recipe"),  # train's eval-during-training -> benchmarks/ (item 2)
-}
-# Known places that still spell a run-directory file name: eval's files, whose directory type in
-# artifacts comes with the evaluation-core change (item 1's eval half); (module, name).
-NAME_RULE_ALLOWLIST = {
-    ("raywiz.eval.cli", "results.jsonl"),
-    ("raywiz.eval.recipe", "samples.jsonl"),
-    ("raywiz.eval.recipe", "results.jsonl"),
-    ("raywiz.eval.recipe", "summary.json"),
-    ("raywiz.eval.report", "results.jsonl"),
-    ("raywiz.eval.report", "summary.json"),
-    ("raywiz.serve.checkpoints", "summary.json"),
-}
 
 
 @dataclass(frozen=True)
@@ -113,15 +97,8 @@ def stage_rule_violations() -> list[Import]:
 
 
 def test_no_stage_imports_another_and_no_library_imports_a_stage():
-    bad = [f"{i.importer}:{i.line} imports {i.imported}" for i in stage_rule_violations()
-           if (i.importer, i.imported) not in STAGE_RULE_ALLOWLIST]
+    bad = [f"{i.importer}:{i.line} imports {i.imported}" for i in stage_rule_violations()]
     assert not bad, "stages import libraries, never each other:\n" + "\n".join(bad)
-
-
-def test_the_stage_rule_allowlist_holds_only_real_offenders():
-    """An entry that no longer offends must go, so the allowlist only shrinks."""
-    offending = {(i.importer, i.imported) for i in stage_rule_violations()}
-    assert STAGE_RULE_ALLOWLIST <= offending, sorted(STAGE_RULE_ALLOWLIST - offending)
 
 
 def import_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -239,7 +216,7 @@ def name_rule_violations() -> list[tuple[str, int, str]]:
 
 
 def test_run_directory_file_names_are_spelled_in_artifacts_only():
-    bad = [f"{m}:{line} spells {n!r}" for m, line, n in name_rule_violations() if (m, n) not in NAME_RULE_ALLOWLIST]
+    bad = [f"{m}:{line} spells {n!r}" for m, line, n in name_rule_violations()]
     assert not bad, "ask raywiz.artifacts (RunLayout, CheckpointDir, ModelInfo, MANIFEST) instead:\n" + "\n".join(bad)
 
 
@@ -250,11 +227,6 @@ def test_the_name_checker_sees_plain_and_formatted_spellings(tmp_path):
                    'b = f"{d}/rng/rank_{r}.pt"\n'
                    'c = "no raywiz.json here"\n')
     assert spelled_names(src, run_directory_file_names()) == [(2, "raywiz.json"), (3, "rank_0.pt")]
-
-
-def test_the_name_rule_allowlist_holds_only_real_offenders():
-    offending = {(m, n) for m, _, n in name_rule_violations()}
-    assert NAME_RULE_ALLOWLIST <= offending, sorted(NAME_RULE_ALLOWLIST - offending)
 
 
 @pytest.mark.parametrize("module", ["raywiz.artifacts", "raywiz.config_base", "raywiz.log"])

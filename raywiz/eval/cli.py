@@ -54,8 +54,9 @@ def _score(args: argparse.Namespace) -> int:
     from raywiz.benchmarks import canonical_name, load_tasks
     from raywiz.benchmarks.sources import DataNotFound
     from raywiz.eval.config import EvalConfig
-    from raywiz.eval.report import format_table, summarize, write_jsonl, result_rows
-    from raywiz.artifacts import write_json_atomic
+    from raywiz.artifacts import EvalDir
+    from raywiz.benchmarks.evaluate import summarize, write_results
+    from raywiz.eval.report import format_table
     from raywiz.benchmarks.score import read_samples, score_samples
 
     try:
@@ -75,10 +76,10 @@ def _score(args: argparse.Namespace) -> int:
         settings.workers = args.workers
     stem = os.path.splitext(os.path.basename(args.samples))[0]
     out_dir = args.out or os.path.dirname(os.path.abspath(args.samples))
-    prefix = "" if args.out else f"{stem}_"
+    outputs = EvalDir(out_dir, prefix="" if args.out else f"{stem}_")
     _check_writable(out_dir, "--out" if args.out else "the samples file's directory")
     # Verdicts are appended here as samples finish; a rerun after an interruption skips them.
-    partial_path = os.path.join(out_dir, f"{prefix}results.partial.jsonl")
+    partial_path = outputs.results_partial
     done = _read_partial(partial_path, samples)
     if done and not args.json:
         say(f"resuming: {len(done)} of {len(samples)} samples already scored ({partial_path})")
@@ -104,14 +105,13 @@ def _score(args: argparse.Namespace) -> int:
         partial.close()
         display.close()
     summary = summarize(benchmark, samples, verdicts, ks, samples_file=os.path.abspath(args.samples))
-    write_jsonl(os.path.join(out_dir, f"{prefix}results.jsonl"), result_rows(samples, verdicts))
-    write_json_atomic(os.path.join(out_dir, f"{prefix}summary.json"), summary)
+    write_results(outputs, samples, verdicts, summary)
     os.remove(partial_path)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "per_task"}, indent=2))
     else:
         print(format_table([summary], ks))
-        print(f"results: {os.path.join(out_dir, prefix + 'results.jsonl')}")
+        print(f"results: {outputs.results}")
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Literal
 from pydantic import Field, field_validator, model_validator
 
 from raywiz.config_base import ConfigSection as _Section
+from raywiz.inference.config import EngineConfig
 
 
 class PromptSection(_Section):
@@ -31,41 +32,19 @@ class PromptSection(_Section):
         return self
 
 
-class GenerationSection(_Section):
-    backend: Literal["hf", "openai", "vllm"] = Field(
-        "hf", description="hf: local checkpoint with transformers; openai: an OpenAI-compatible endpoint; "
-        "vllm: vLLM's engine (when installed)"
-    )
+class GenerationSection(EngineConfig):
+    """raywiz.inference's engine config (the checkpoint's own model unless an endpoint serves it) and
+    how to sample from it."""
+
     greedy: bool = Field(True, description="greedy decoding (pass@1, as WizardCoder reports)")
     n: int = Field(1, ge=1, description="samples per task (sampling: e.g. 200 for pass@1/10/100)")
     temperature: float = Field(0.8, ge=0, description="sampling temperature (WizardCoder: 0.8)")
     top_p: float = Field(0.95, gt=0, le=1)
-    max_new_tokens: int = Field(512, ge=1)
+    max_tokens: int = Field(512, ge=1, description="new tokens per sample")
     stop: list[str] | None = Field(None, description="stop sequences; default: none for instruction "
                                    "prompts, bigcode's stop words for `completion` prompts")
     seed: int = 0
-    batch_size: int | None = Field(None, ge=1, description="hf: decode lanes, rows decoded at once "
-                                   "(default: 256 on GPU, as many as fit in half the free memory; 16 on CPU)")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    num_workers: int = Field(
-        0, ge=0, description="Ray actors for generation (one per GPU); 0 = in this process"
-    )
-    gpus_per_worker: float | None = Field(None, ge=0, description="default: 1 when the cluster has GPUs, else 0")
-    # openai backend
-    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
-    model: str | None = Field(None, description="openai: the served model's name (default: the checkpoint's)")
-    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key")
-    endpoint: Literal["completions", "chat"] = "completions"
-    concurrency: int = Field(8, ge=1, description="openai: requests in flight")
-    request_timeout_s: float = Field(300, gt=0)
-    # vllm backend
-    tensor_parallel_size: int = Field(1, ge=1)
 
-    @model_validator(mode="after")
-    def _openai_needs_url(self):
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("backend 'openai' needs `base_url`")
-        return self
 
 
 class SandboxSection(_Section):

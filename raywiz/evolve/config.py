@@ -15,6 +15,8 @@ from pydantic import Field, model_validator
 
 from raywiz.config_base import ConfigSection as _Section
 from raywiz.evolve.prompts import METHODS
+from raywiz.inference.config import RUNTIME_FIELDS as ENGINE_RUNTIME_FIELDS
+from raywiz.inference.config import EngineConfig
 
 
 class SeedsConfig(_Section):
@@ -51,50 +53,34 @@ class GenerationParams(_Section):
         return self.model_dump(exclude_none=True)
 
 
-class LLMConfig(_Section):
-    backend: Literal["openai", "vllm", "hf"] = Field(
+class LLMConfig(EngineConfig):
+    """Evolve's LLM: raywiz.inference's engine config, with evolve's defaults (an OpenAI endpoint, one
+    worker sending 64 requests at once) and what only evolve needs (prices, failure tolerance)."""
+
+    backend: Literal["openai", "vllm", "transformers"] = Field(
         "openai",
-        description="openai: any OpenAI-compatible chat/completions endpoint; hf: a local transformers model, "
-        "batched generate; vllm: vLLM's engine (needs vllm). hf and vllm run raywiz.inference's engine, one "
-        "per worker.",
+        description="openai: any OpenAI-compatible chat/completions endpoint; transformers ('hf' too): a local "
+        "model on raywiz's slot decoder; vllm: vLLM's engine (needs vllm). Local models run one engine per worker.",
     )
-    model: str = Field("gpt-3.5-turbo", description="model name sent to the endpoint, or the model path (vllm, hf)")
+    # evolve's defaults for the engine's fields
+    model: str = Field("gpt-3.5-turbo", description="model name sent to the endpoint, or the model path (vllm, "
+                       "transformers)")
     base_url: str = Field("https://api.openai.com/v1", description="openai backend: the API root (…/v1)")
-    api_key_env: str | None = Field(
-        "OPENAI_API_KEY",
-        description="openai backend: name of the environment variable holding the API key (read on the Ray "
-        "workers; the key itself is never logged or written). None: send no key (local servers).",
-    )
     concurrency: int = Field(64, ge=1, description="openai: requests in flight per worker")
     timeout_s: float = Field(120, gt=0, description="openai: per-request timeout")
-    max_retries: int = Field(6, ge=0, description="openai: retries on 429, 5xx, timeouts, broken responses")
-    backoff_base_s: float = Field(1.0, ge=0, description="first retry waits about this long, doubling each time")
-    backoff_max_s: float = Field(60.0, ge=0)
-    requests_per_minute: float | None = Field(None, gt=0, description="openai: request rate limit (all workers)")
-    tokens_per_minute: float | None = Field(
-        None, gt=0, description="openai: token rate limit (all workers); counts prompt estimate + max_tokens"
-    )
-    rate_limit_window_s: float = Field(
-        60.0, gt=0, description="limits are enforced over sliding windows this long (pro-rated)"
-    )
-    price_per_1m_input_tokens: float = Field(0.0, ge=0, description="for the cost estimate (USD)")
-    price_per_1m_output_tokens: float = Field(0.0, ge=0, description="for the cost estimate (USD)")
     num_workers: int = Field(1, ge=1, description="Ray actors sending requests (openai), or model replicas "
-                             "(hf, vllm: one engine each)")
-    num_cpus_per_worker: float = Field(1, ge=0)
-    num_gpus_per_worker: float = Field(0, ge=0, description="hf, vllm: GPUs per model replica (vllm's default: "
-                                       "engine_kwargs.tensor_parallel_size, else 1)")
-    batch_size: int | None = Field(None, ge=1, description="hf: decode lanes, rows decoded at once (default: "
-                                   "256 on GPU, 16 on CPU); vllm schedules a worker's requests itself")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="vllm: vLLM engine arguments (tensor_parallel_size, max_model_len, …)"
-    )
+                             "(transformers, vllm: one engine each)")
+    num_gpus_per_worker: float = Field(0, ge=0, description="transformers, vllm: GPUs per model replica (vllm's "
+                                       "default: engine_kwargs.tensor_parallel_size, else 1)")
+
+    # evolve's own
     max_failed_fraction: float = Field(
         0.01, ge=0, le=1,
         description="fail the run when more than this fraction of a phase's requests fail after all retries "
         "(a rerun resends only those: answered requests are cached)",
     )
+    price_per_1m_input_tokens: float = Field(0.0, ge=0, description="for the cost estimate (USD)")
+    price_per_1m_output_tokens: float = Field(0.0, ge=0, description="for the cost estimate (USD)")
 
     @model_validator(mode="before")
     @classmethod
@@ -106,9 +92,10 @@ class LLMConfig(_Section):
 
     @model_validator(mode="after")
     def _vllm_gets_its_gpus(self):
-        # vLLM needs GPUs: unless the config says otherwise, a worker gets one per tensor-parallel rank.
-        if self.backend == "vllm" and "num_gpus_per_worker" not in self.model_fields_set:
-            self.num_gpus_per_worker = float(self.engine_kwargs.get("tensor_parallel_size", 1))
+        # vLLM needs GPUs: unless the config says otherwise, a worker gets one per tensor-parallel rank
+        # (a transformers model runs on CPU unless GPUs are asked for).
+        if "num_gpus_per_worker" not in self.model_fields_set:
+            self.num_gpus_per_worker = self.default_gpus_per_worker(cluster_gpus=0)
         return self
 
 
@@ -171,10 +158,8 @@ class DedupConfig(_Section):
 
 # Fields that change how fast a run goes, not what it produces: a run may resume with new values.
 RUNTIME_FIELDS: dict[str, Any] = {
-    "llm": {"concurrency", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s", "requests_per_minute",
-            "tokens_per_minute", "rate_limit_window_s", "price_per_1m_input_tokens",
-            "price_per_1m_output_tokens", "num_workers", "num_cpus_per_worker", "num_gpus_per_worker",
-            "batch_size", "max_failed_fraction", "api_key_env", "base_url"},
+    "llm": ENGINE_RUNTIME_FIELDS | {"price_per_1m_input_tokens", "price_per_1m_output_tokens", "max_failed_fraction",
+                                     "base_url", "endpoint"},
     "rows_per_shard": True,
     "cache_dir": True,
 }
@@ -222,7 +207,7 @@ class EvolveConfig(_Section):
             self.seeds.hf_dataset = fix(self.seeds.hf_dataset)
         if self.cache_dir:
             self.cache_dir = fix(self.cache_dir)
-        if self.llm.backend in ("hf", "vllm") and self.llm.model.startswith("."):
+        if self.llm.local and self.llm.model.startswith("."):
             self.llm.model = fix(self.llm.model)
         self.decontam.resolve_paths(fix)
 

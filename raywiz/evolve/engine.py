@@ -14,46 +14,30 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from raywiz.evolve.cache import RequestCache
 from raywiz.evolve.llm import LLMRequest, LLMResult, make_backend
+from raywiz.inference.openai_backend import Secret
+from raywiz.inference.ray_pool import EnginePool
 from raywiz.log import ProgressDisplay
 from raywiz.log import say
 
-MAX_WORKER_RESTARTS = 3
-WORKER_DEATH_GRACE_S = 2.0
-YIELD_EVERY_S = 0.25  # how often a worker sends finished answers back (progress granularity)
-YIELD_MAX_RESULTS = 256
 
 
 class LLMWorker:
-    """A Ray actor: one backend, one cache part file; answers stream back as they finish."""
+    """What one engine actor (raywiz.inference.ray_pool) holds for evolve: one backend and one cache
+    part file; every answer is cached the moment it exists, before anything else is sent."""
 
     def __init__(self, llm_cfg, cache_dir: str, api_key=None):
-        if llm_cfg.backend == "openai":
-            from raywiz.evolve.llm.openai_http import OpenAIHTTPBackend
-
-            # Rate limits are shared out per worker; the key is the worker's env var, else the driver's.
-            self.backend = OpenAIHTTPBackend.from_config(llm_cfg, forwarded_key=api_key)
-        else:
-            self.backend = make_backend(llm_cfg)
+        # Rate limits are shared out per worker; the key is the worker's env var, else the driver's.
+        self.backend = make_backend(llm_cfg, forwarded_key=api_key)
         self.writer = RequestCache(cache_dir).writer()
 
-    def ready(self) -> bool:
-        return True
-
-    def generate(self, requests: Sequence[LLMRequest]):
-        batch: list[LLMResult] = []
-        last = time.monotonic()
-        for result in self.backend.generate(requests, on_result=self.writer.put):  # cached before anything else
-            batch.append(result)
-            if len(batch) >= YIELD_MAX_RESULTS or time.monotonic() - last >= YIELD_EVERY_S:
-                yield batch
-                batch, last = [], time.monotonic()
-        if batch:
-            yield batch
+    def run(self, requests: Sequence[LLMRequest]) -> Iterable[LLMResult]:
+        yield from self.backend.generate(requests, on_result=self.writer.put)
 
 
 @dataclass
@@ -118,7 +102,11 @@ class LLMEngine:
         self.answers = self.cache.load()
         self.show_progress = show_progress
         self.stats = EngineStats()
-        self._workers: list = []
+        # The driver's API key travels in the actors' constructor arguments (memory only) for workers
+        # whose node lacks the variable; never in a runtime_env, whose contents Ray writes to its logs.
+        api_key = None if llm_cfg.local else Secret.from_env(llm_cfg.api_key_env)
+        self.pool = EnginePool(partial(LLMWorker, llm_cfg, self.cache.directory, api_key), llm_cfg.num_workers,
+                               llm_cfg.num_cpus_per_worker, llm_cfg.num_gpus_per_worker, name="evolve: LLM")
 
     # ------------------------------------------------------------------ public
 
@@ -157,11 +145,7 @@ class LLMEngine:
         return results
 
     def close(self) -> None:
-        import ray
-
-        for w in self._workers:
-            ray.kill(w)
-        self._workers = []
+        self.pool.close()
 
     def __enter__(self) -> "LLMEngine":
         return self
@@ -179,84 +163,10 @@ class LLMEngine:
         self.stats.completion_tokens += r.completion_tokens
 
     def _send(self, requests: list[LLMRequest]) -> Iterable[list[LLMResult]]:
-        if not requests:
-            return
-        yield from self._send_to_workers(requests)
+        """Cache misses to the engine actors; a dead worker's answers that reached the cache count."""
 
-    def _new_worker(self):
-        """Start a worker and wait until its backend is built (a bad key or model fails here, once)."""
-        import ray
+        def recover(unanswered: dict[str, LLMRequest]) -> list[LLMResult]:
+            self.answers.update(self.cache.load())
+            return [self.answers[k] for k in unanswered if k in self.answers]
 
-        api_key = None
-        if self.cfg.backend == "openai":
-            from raywiz.evolve.llm.openai_http import Secret
-
-            # Forwarded in the actor's constructor arguments (memory only) for workers whose node lacks
-            # the variable; never in a runtime_env, whose contents Ray writes to its logs.
-            api_key = Secret.from_env(self.cfg.api_key_env)
-        actor = ray.remote(LLMWorker).options(num_cpus=self.cfg.num_cpus_per_worker,
-                                              num_gpus=self.cfg.num_gpus_per_worker)
-        worker = actor.remote(self.cfg, self.cache.directory, api_key)
-        try:
-            ray.get(worker.ready.remote())
-        except ray.exceptions.RayActorError as e:
-            raise RuntimeError(f"evolve: the LLM worker could not start its {self.cfg.backend} backend: "
-                               f"{_root_cause(e)}") from None
-        return worker
-
-    def _send_to_workers(self, requests: list[LLMRequest]) -> Iterable[list[LLMResult]]:
-        import ray
-
-        while len(self._workers) < self.cfg.num_workers:
-            self._workers.append(self._new_worker())
-        # worker slot -> (generator, requests not yet answered by it)
-        outstanding: dict[int, dict[str, LLMRequest]] = {}
-        streams: dict = {}
-        for slot, worker in enumerate(self._workers):
-            chunk = requests[slot :: len(self._workers)]
-            if chunk:
-                outstanding[slot] = {r.key: r for r in chunk}
-                streams[worker.generate.options(num_returns="streaming").remote(chunk)] = slot
-        restarts = 0
-        while streams:
-            ready, _ = ray.wait(list(streams), num_returns=1, timeout=None)
-            stream = ready[0]
-            slot = streams[stream]
-            try:
-                batch = ray.get(next(stream))
-            except StopIteration:
-                del streams[stream]
-                continue
-            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-                del streams[stream]
-                restarts += 1
-                if restarts > MAX_WORKER_RESTARTS:
-                    raise RuntimeError(f"LLM worker failed {restarts} times; last error: {e}") from e
-                # The dead worker may have cached answers it never sent back: take them from disk, after a
-                # grace period, since Ray reports a killed actor dead before its process is surely gone.
-                time.sleep(WORKER_DEATH_GRACE_S)
-                self.answers.update(self.cache.load())
-                recovered = [self.answers[k] for k in outstanding[slot] if k in self.answers]
-                left = [r for k, r in outstanding[slot].items() if k not in self.answers]
-                outstanding[slot] = {r.key: r for r in left}
-                if recovered:
-                    yield recovered
-                say(f"evolve: LLM worker {slot} died ({type(e).__name__}); resending its "
-                    f"{len(left)} unanswered requests to a new worker")
-                self._workers[slot] = self._new_worker()
-                if left:
-                    streams[self._workers[slot].generate.options(num_returns="streaming").remote(left)] = slot
-                continue
-            for r in batch:
-                outstanding[slot].pop(r.key, None)
-            yield batch
-
-
-def _root_cause(error: BaseException) -> str:
-    """The innermost error message Ray wrapped (e.g. the RuntimeError of a worker's constructor)."""
-    cause = getattr(error, "cause", None) or error.__cause__
-    while cause is not None:
-        error = cause
-        cause = getattr(error, "cause", None) or error.__cause__
-    text = str(error).strip().splitlines()
-    return text[-1] if text else type(error).__name__
+        yield from self.pool.run(requests, item_key=lambda r: r.key, result_key=lambda r: r.key, recover=recover)

@@ -85,6 +85,10 @@ class Delta:
     eos_token_id: int | None = None
 
 
+class ModelLoadError(Exception):
+    """A model that does not load, or loads into something not worth running; the message says why."""
+
+
 class Engine(Protocol):
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]: ...
 
@@ -105,6 +109,8 @@ class EngineSpec:
     trust_remote_code: bool = False
     max_batch_size: int | None = None  # offline rows decoded at once (None: 256 on GPU, 16 on CPU; fewer if memory says so)
     cuda_graphs: bool | None = None  # decode steps as CUDA-graph replays (None: on GPU)
+    stream_slots: int | None = None  # streams decoded at once (None: 64 on GPU, 8 on CPU)
+    emit_interval_s: float = 0.0  # a stream's text goes out at most this often per choice
     # openai
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
@@ -112,17 +118,19 @@ class EngineSpec:
     concurrency: int = 8
     timeout_s: float = 300.0
     max_retries: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
-    price_per_1m_input_tokens: float = 0.0
-    price_per_1m_output_tokens: float = 0.0
+    rate_limit_window_s: float = 60.0
     # vllm
     tensor_parallel_size: int = 1
     vllm_args: dict = field(default_factory=dict)  # more vllm.LLM arguments (max_model_len, gpu_memory_utilization ...)
 
 
 def make_engine(spec: EngineSpec):
-    if spec.backend in ("transformers", "hf"):
+    """The one place an engine is built: the backend `spec` names (heavy imports for that one only)."""
+    if spec.backend == "transformers":
         from raywiz.inference.transformers_backend import TransformersEngine
 
         return TransformersEngine.from_spec(spec)
@@ -154,7 +162,11 @@ def apply_template(instruction: str, template: str | None, tokenizer=None, custo
     return format_prompt(instruction, template=template, custom=custom, tokenizer=tokenizer)
 
 
-def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """(text cut before the earliest stop sequence, whether one was found)."""
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+def chat_prompt(messages: Sequence[dict], tokenizer, template: str | None) -> str:
+    """Chat messages as one prompt for a local model: the tokenizer's chat template when it has one,
+    else the system and user texts joined and rendered with `template` (the one the model trained with)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    user = "\n\n".join(m["content"] for m in messages if m["role"] != "system")
+    return apply_template("\n\n".join(system + [user]), template, tokenizer)

@@ -126,9 +126,6 @@ class Usage:
     completion_tokens: int = 0
     retries: collections.Counter = field(default_factory=collections.Counter)
 
-    def cost(self, price_in_per_1m: float, price_out_per_1m: float) -> float:
-        return (self.prompt_tokens * price_in_per_1m + self.completion_tokens * price_out_per_1m) / 1e6
-
 
 @dataclass
 class Answer:
@@ -290,8 +287,9 @@ class OpenAIEngine:
             raise ValueError("the openai inference backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
         key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
         client = OpenAIClient(spec.base_url, key, timeout_s=spec.timeout_s, max_retries=spec.max_retries,
+                              backoff_base_s=spec.backoff_base_s, backoff_max_s=spec.backoff_max_s,
                               concurrency=spec.concurrency, requests_per_minute=spec.requests_per_minute,
-                              tokens_per_minute=spec.tokens_per_minute)
+                              tokens_per_minute=spec.tokens_per_minute, rate_limit_window_s=spec.rate_limit_window_s)
         return cls(client, spec.model, spec.endpoint)
 
     def body(self, prompt: str, params: SamplingParams) -> dict:

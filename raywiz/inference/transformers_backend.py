@@ -25,7 +25,8 @@ import time
 from collections import deque
 from typing import AsyncIterator, Sequence
 
-from raywiz.inference import Completion, Delta, EngineSpec, SamplingParams, truncate_at_stop
+from raywiz.inference import Completion, Delta, EngineSpec, ModelLoadError, SamplingParams
+from raywiz.inference.stops import held_back, stop_index
 
 log = logging.getLogger("raywiz.inference")
 LANE_ROUND = 64  # offline lane lengths are rounded up so that calls share a decoder (and its graphs)
@@ -50,6 +51,44 @@ def lanes_that_fit(model, shapes, lane_len: int, wanted: int, share: float) -> i
     device = next(model.parameters()).device
     budget = torch.cuda.mem_get_info(device)[0] * share if device.type == "cuda" else 2 * 2**30
     return max(1, min(wanted, int(budget // max(1, kv_bytes_per_token(shapes) * lane_len))))
+
+
+def load_checked(spec: EngineSpec, device: str):
+    """The model and tokenizer `spec` names on `device`, proven to work: weights that match the config
+    (transformers would fill missing ones with random values and carry on), a tokenizer that fits the
+    embedding, finite outputs of one forward pass (NaN weights or device trouble show now, not per
+    request). ModelLoadError says what is wrong."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from raywiz.modeling import build_model, is_adapter_dir, is_tiny, load_tokenizer, torch_dtype
+
+    dtype = torch_dtype(spec.dtype, device == "cuda")
+    try:
+        tokenizer = load_tokenizer(spec.model, spec.tokenizer, trust_remote_code=spec.trust_remote_code)
+    except Exception as e:
+        raise ModelLoadError(f"tokenizer does not load: {type(e).__name__}: {e}") from e
+    try:
+        if is_adapter_dir(spec.model) or is_tiny(spec.model):  # base + adapter merged, or a random tiny model
+            model, loading = build_model(spec.model, dtype=dtype, trust_remote_code=spec.trust_remote_code, seed=0), {}
+        else:
+            model, loading = AutoModelForCausalLM.from_pretrained(
+                spec.model, dtype=dtype, trust_remote_code=spec.trust_remote_code, output_loading_info=True)
+    except Exception as e:  # corrupt safetensors, unknown architecture, shape mismatch ...
+        raise ModelLoadError(f"model does not load: {type(e).__name__}: {e}") from e
+    missing, mismatched = loading.get("missing_keys") or [], loading.get("mismatched_keys") or []
+    if missing or mismatched:
+        bad = sorted(missing)[:5] + [str(m) for m in mismatched][:5]
+        raise ModelLoadError(f"weights do not match the config (missing or mismatched: {bad})")
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise ModelLoadError(f"tokenizer has {len(tokenizer)} tokens, the model's embedding {vocab}")
+    model.to(device).eval()
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([[tokenizer.eos_token_id or 0]], device=device)).logits
+        if not torch.isfinite(logits).all():
+            raise ModelLoadError("the model's outputs are not finite (NaN/inf weights)")
+    return model, tokenizer
 
 
 class TransformersEngine:
@@ -83,14 +122,10 @@ class TransformersEngine:
     def from_spec(cls, spec: EngineSpec) -> "TransformersEngine":
         import torch
 
-        from raywiz.modeling import build_model, load_tokenizer, torch_dtype
-
         device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        tokenizer = load_tokenizer(spec.model, spec.tokenizer, trust_remote_code=spec.trust_remote_code)
-        model = build_model(spec.model, dtype=torch_dtype(spec.dtype, device == "cuda"),
-                            trust_remote_code=spec.trust_remote_code, seed=0)
-        model.to(device).eval()
-        return cls(model, tokenizer, spec.max_batch_size, spec.cuda_graphs)
+        model, tokenizer = load_checked(spec, device)
+        return cls(model, tokenizer, spec.max_batch_size, spec.cuda_graphs, stream_slots=spec.stream_slots,
+                   emit_interval_s=spec.emit_interval_s)
 
     def _kv_shapes(self):
         if self._shapes is None:
@@ -124,53 +159,22 @@ class TransformersEngine:
         if not prompt_ids:
             return []
         samples = 1 if params.greedy else params.n  # greedy samples are identical: decode once, copy
-        rows = [(i, j) for i in range(len(prompt_ids)) for j in range(samples)]
         lane_len = -(-(max(map(len, prompt_ids)) + params.max_tokens) // LANE_ROUND) * LANE_ROUND
         if self.context_length:
             lane_len = min(lane_len, self.context_length)
-        generated: list[list[int]] = [[] for _ in rows]
+        rows = [(i, _BatchRow(params, self.tokenizer, self._eos)) for i in range(len(prompt_ids)) for _ in range(samples)]
         with self._offline_lock:
             decoder = self._offline_decoder(len(rows), lane_len)
             before = dict(decoder.stats)
-            pending, live, free = deque(range(len(rows))), {}, list(range(decoder.slots))[::-1]
-
-            def take(lane: int, token: int) -> None:  # one token for the row in `lane`; frees the lane when done
-                r = live[lane]
-                out = generated[r]
-                out.append(token)
-                done = token in self._eos or len(out) >= params.max_tokens
-                if not done and params.stop and len(out) % STOP_CHECK_EVERY == 0:
-                    tail = self.tokenizer.decode(out[-(STOP_CHECK_EVERY + max(map(len, params.stop))):],
-                                                 skip_special_tokens=True)
-                    done = any(s in tail for s in params.stop)
-                if done:
-                    del live[lane]
-                    free.append(lane)
-                    decoder.release(lane)
-
-            # One step in flight while the host handles the step before it: a lane's row may end in the
-            # step being read, so the step already launched decoded one token too many there (dropped).
-            in_flight = None  # the launched step not read yet
-            while pending or live or in_flight:
-                entries = []
-                while pending and free:
-                    r = pending.popleft()
-                    lane = free.pop()
-                    live[lane] = r
-                    i, j = rows[r]
-                    entries.append((lane, prompt_ids[i], LaneSampling.of(params, params.seed, j, prompt_ids[i])))
-                if entries:
-                    for (lane, _, _), token in zip(entries, decoder.prefill(entries)):
-                        take(lane, token)
-                launched = decoder.launch(dict(live), sampled=not params.greedy) if live else None
-                if in_flight is not None:
-                    for lane, token in in_flight.tokens_of(live):
-                        take(lane, token)
-                in_flight = launched
+            loop = DecodeLoop(decoder)
+            for k, (i, row) in enumerate(rows):
+                loop.submit(row, prompt_ids[i], LaneSampling.of(params, params.seed, k % samples, prompt_ids[i]))
+            while not loop.idle:
+                loop.step()
             self._count(decoder, before, len(rows))
         out: list[list[Completion]] = [[] for _ in prompt_ids]
-        for (i, _), ids in zip(rows, generated):
-            out[i].append(self._finish(ids, len(prompt_ids[i]), params))
+        for i, row in rows:
+            out[i].append(self._finish(row.tokens, len(prompt_ids[i]), params))
         return [row * params.n if samples != params.n else row for row in out]
 
     def _offline_decoder(self, rows: int, lane_len: int):
@@ -203,10 +207,11 @@ class TransformersEngine:
         if finished:
             ids = ids[:eos]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        text, stopped = truncate_at_stop(text, params.stop)
-        if stopped:  # count only the tokens up to the stop sequence's start
-            ids = ids[:_tokens_covering(self.tokenizer, ids, len(text))]
-        return Completion(text, ids, "stop" if finished or stopped else "length", prompt_tokens)
+        cut = stop_index(text, params.stop)
+        if cut is not None:  # count only the tokens up to the stop sequence's start
+            text = text[:cut]
+            ids = ids[:_tokens_covering(self.tokenizer, ids, cut)]
+        return Completion(text, ids, "stop" if finished or cut is not None else "length", prompt_tokens)
 
     # ------------------------------------------------------------ log-probabilities
 
@@ -277,6 +282,109 @@ def _tokens_covering(tokenizer, ids: list[int], chars: int) -> int:
     return len(ids)
 
 
+# ---------------------------------------------------------------- the decode loop
+
+
+class DecodeLoop:
+    """The one decode loop over a SlotDecoder: admit waiting rows into free lanes, prefill them
+    together, launch a step for every busy lane, route the tokens of the step before it. Offline
+    batches run it until it is idle; serve's decode thread runs it forever.
+
+    A row is anything with ``finished`` and ``feed(token) -> bool`` (True: the row is done and its lane
+    is freed). One step is in flight while the host routes the step before it: a row may end in the
+    step being read, so the step already launched decoded one token too many in its lane
+    (StepTokens.tokens_of drops it).
+    """
+
+    def __init__(self, decoder):
+        self.decoder = decoder
+        self.waiting: deque = deque()  # (row, prompt ids, LaneSampling), first come first admitted
+        self.lanes: dict[int, object] = {}  # lane -> the row decoding there
+        self._greedy: dict[int, bool] = {}
+        self.in_flight = None  # the launched step not read yet
+        self.tokens_routed = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.lanes and self.in_flight is None
+
+    def submit(self, row, prompt_ids: list[int], sampling) -> None:
+        self.waiting.append((row, prompt_ids, sampling))
+
+    def step(self) -> None:
+        self._admit()
+        launched = None
+        if self.lanes:
+            sampled = not all(self._greedy.values())
+            launched = self.decoder.launch(dict(self.lanes), sampled=sampled)
+        if self.in_flight is not None:
+            step, self.in_flight = self.in_flight, None
+            for lane, token in step.tokens_of(self.lanes):
+                self._route(lane, token)
+        self.in_flight = launched
+
+    def abandon(self) -> list:
+        """After a failed step: free every lane; returns the rows that were decoding."""
+        self.in_flight = None
+        rows = list(self.lanes.values())
+        for lane in list(self.lanes):
+            self._release(lane)
+        return rows
+
+    def _admit(self) -> None:
+        for lane, row in list(self.lanes.items()):
+            if row.finished:  # cancelled from outside (a stream whose client left)
+                self._release(lane)
+        if not self.waiting:
+            return
+        free = [lane for lane in range(self.decoder.slots) if lane not in self.lanes][::-1]
+        entries = []
+        while self.waiting and free:
+            row, ids, sampling = self.waiting.popleft()
+            if row.finished:
+                continue
+            lane = free.pop()
+            self.lanes[lane], self._greedy[lane] = row, sampling.greedy
+            entries.append((lane, ids, sampling))
+        if entries:  # prefilled together; their first tokens go to the rows at once
+            for (lane, _, _), token in zip(entries, self.decoder.prefill(entries)):
+                self._route(lane, token)
+
+    def _route(self, lane: int, token: int) -> None:
+        row = self.lanes[lane]
+        self.tokens_routed += 1
+        if row.finished or row.feed(token):
+            self._release(lane)
+
+    def _release(self, lane: int) -> None:
+        self.lanes.pop(lane, None)
+        self._greedy.pop(lane, None)
+        self.decoder.release(lane)
+
+
+class _BatchRow:
+    """One offline row (prompt x sample): its tokens until EOS, max_tokens or a stop sequence. Stop
+    sequences are checked every STOP_CHECK_EVERY tokens on the decoded tail (the text is cut exactly
+    once the row is done, in TransformersEngine._finish)."""
+
+    def __init__(self, params: SamplingParams, tokenizer, eos_ids: set[int]):
+        self.max_tokens, self.stop = params.max_tokens, params.stop
+        self.tokenizer, self.eos_ids = tokenizer, eos_ids
+        self.tokens: list[int] = []
+        self.finished = False
+
+    def feed(self, token: int) -> bool:
+        out = self.tokens
+        out.append(token)
+        done = token in self.eos_ids or len(out) >= self.max_tokens
+        if not done and self.stop and len(out) % STOP_CHECK_EVERY == 0:
+            tail = self.tokenizer.decode(out[-(STOP_CHECK_EVERY + max(map(len, self.stop))):],
+                                         skip_special_tokens=True)
+            done = stop_index(tail, self.stop) is not None
+        self.finished = done
+        return done
+
+
 # ---------------------------------------------------------------- streaming rows
 
 
@@ -284,8 +392,9 @@ class _Row:
     """One streamed choice: tokens -> text deltas, stop sequences, max_tokens."""
 
     def __init__(self, stream: "_Stream", index: int, request_id: str, params: SamplingParams,
-                 emit_interval_s: float = 0.0):
+                 tokenizer, eos_ids: set[int], emit_interval_s: float = 0.0):
         self.stream, self.index, self.request_id = stream, index, request_id
+        self.tokenizer, self.eos_ids = tokenizer, eos_ids
         # Text goes out at most this often (the first piece at once): under Ray Serve every event is
         # a hop to the proxy, and one per token crowds out decoding.
         self.emit_interval_s, self._last_emit = emit_interval_s, 0.0
@@ -297,24 +406,23 @@ class _Row:
         self.finished = False
         self.eos_token: int | None = None  # the EOS that ended this row, if one did
 
-    def feed(self, tokens: list[int], tokenizer, eos_ids: set[int]) -> bool:
-        """New tokens in; True when this row is done (the caller cancels it in the manager)."""
-        for token in tokens:
-            if self.finished:
-                return True
-            if token in eos_ids:
-                self.eos_token = token
-                self.finish("stop", tokenizer)
-                return True
-            self.tokens.append(token)
-            self.text += self._decode(tokenizer, final=False)
-            if self.stop and self._apply_stop():
-                return True
-            if len(self.tokens) >= self.max_tokens:
-                self.finish("length", tokenizer)
-                return True
+    def feed(self, token: int) -> bool:
+        """One new token; True when this row is done (the loop frees its lane)."""
+        if self.finished:
+            return True
+        if token in self.eos_ids:
+            self.eos_token = token
+            self.finish("stop", self.tokenizer)
+            return True
+        self.tokens.append(token)
+        self.text += self._decode(self.tokenizer, final=False)
+        if self.stop and self._apply_stop():
+            return True
+        if len(self.tokens) >= self.max_tokens:
+            self.finish("length", self.tokenizer)
+            return True
         if time.monotonic() - self._last_emit >= self.emit_interval_s:
-            self._send(len(self.text) - self._held_back())
+            self._send(len(self.text) - (held_back(self.text, self.stop) if self.stop else 0))
         return False
 
     def finish(self, reason: str, tokenizer=None) -> None:
@@ -338,20 +446,12 @@ class _Row:
         return ""
 
     def _apply_stop(self) -> bool:
-        start = max(0, self.sent - max(len(s) for s in self.stop))
-        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
-        if not hits:
+        cut = stop_index(self.text, self.stop, start=max(0, self.sent - max(len(s) for s in self.stop)))
+        if cut is None:
             return False
-        self.text = self.text[:min(hits)]
+        self.text = self.text[:cut]
         self.finish("stop")
         return True
-
-    def _held_back(self) -> int:
-        """Characters at the end that may begin a stop sequence: not sent yet."""
-        for k in range(min(len(self.text), max((len(s) for s in self.stop), default=0)), 0, -1):
-            if any(s.startswith(self.text[-k:]) for s in self.stop):
-                return k
-        return 0
 
     def _send(self, upto: int) -> None:
         if upto > self.sent:
@@ -379,15 +479,12 @@ class _Stream:
 
 
 class StreamScheduler:
-    """Serve's decode loop: one thread owns a SlotDecoder; requests join it at the next step."""
+    """Serve's side of the decode loop: one thread runs a DecodeLoop; requests join at the next step."""
 
     def __init__(self, decoder, tokenizer, eos_ids: list[int]):
         self.decoder, self.tokenizer, self.eos_ids = decoder, tokenizer, set(eos_ids)
+        self.loop = DecodeLoop(decoder)  # the decode thread's only
         self._inbox: queue.Queue = queue.Queue()  # (row, prompt ids, LaneSampling) from the event loops
-        self._waiting: deque = deque()
-        self._lanes: dict[int, _Row] = {}  # lane -> the row decoding there (this thread only)
-        self._greedy: dict[int, bool] = {}
-        self.steps_seen = 0  # tokens routed to rows
         self.streams = 0
         self._ids = itertools.count()
         self._closed = threading.Event()
@@ -396,7 +493,11 @@ class StreamScheduler:
 
     @property
     def busy_lanes(self) -> int:
-        return len(self._lanes)
+        return len(self.loop.lanes)
+
+    @property
+    def steps_seen(self) -> int:
+        return self.loop.tokens_routed
 
     async def stream(self, prompt_ids: list[int], params: SamplingParams,
                      emit_interval_s: float = 0.0) -> AsyncIterator[list[Delta]]:
@@ -413,7 +514,8 @@ class StreamScheduler:
             raise RuntimeError("model was unloaded")
         stream = _Stream(asyncio.get_running_loop())
         request = next(self._ids)
-        rows = [_Row(stream, i, f"raywiz-{request}-{i}", params, emit_interval_s) for i in range(params.n)]
+        rows = [_Row(stream, i, f"raywiz-{request}-{i}", params, self.tokenizer, self.eos_ids, emit_interval_s)
+                for i in range(params.n)]
         self.streams += 1
         for row in rows:
             self._inbox.put((row, prompt_ids, LaneSampling.of(params, params.seed, row.index, prompt_ids)))
@@ -431,73 +533,35 @@ class StreamScheduler:
                     if item.finish_reason:
                         remaining -= 1
                 yield deltas
-        finally:  # the client left, or we are done: the decode thread frees what is still decoding
+        finally:  # the client left, or we are done: the decode loop frees what is still decoding
             for row in rows:
                 row.finished = True
 
     def _run(self) -> None:
-        # As offline: one step in flight while the host routes the tokens of the step before it.
-        in_flight = None  # the launched step not read yet
         while not self._closed.is_set():
             try:
-                self._admit(block=not self._lanes and in_flight is None)
-                launched = None
-                if self._lanes:
-                    sampled = not all(self._greedy[lane] for lane in self._lanes)
-                    launched = self.decoder.launch(dict(self._lanes), sampled=sampled)
-                if in_flight is not None:
-                    step, in_flight = in_flight, None
-                    for lane, token in step.tokens_of(self._lanes):
-                        self._feed(lane, token)
-                in_flight = launched
+                self._take_requests(block=self.loop.idle)
+                self.loop.step()
             except Exception as e:  # a failed step fails the rows in it, never the thread
                 log.exception("decoding failed")
-                in_flight = None
-                for lane, row in list(self._lanes.items()):
-                    self._release(lane)
+                for row in self.loop.abandon():
                     if not row.finished:
                         row.finished = True
                         row.stream.put(RuntimeError(f"generation failed: {type(e).__name__}: {e}"))
 
-    def _admit(self, block: bool) -> None:
-        """Waiting requests into free lanes, prefilled together; their first token goes out at once."""
+    def _take_requests(self, block: bool) -> None:
+        """New requests from the event loops into the decode loop's queue (waiting a little when idle)."""
         try:
             while True:
-                self._waiting.append(self._inbox.get(timeout=0.05) if block else self._inbox.get_nowait())
+                self.loop.submit(*(self._inbox.get(timeout=0.05) if block else self._inbox.get_nowait()))
                 block = False
         except queue.Empty:
             pass
-        for lane, row in list(self._lanes.items()):
-            if row.finished:  # cancelled by its client
-                self._release(lane)
-        free = [lane for lane in range(self.decoder.slots) if lane not in self._lanes]
-        entries = []
-        while self._waiting and free:
-            row, ids, sampling = self._waiting.popleft()
-            if row.finished:
-                continue
-            lane = free.pop()
-            self._lanes[lane], self._greedy[lane] = row, sampling.greedy
-            entries.append((lane, ids, sampling))
-        if entries:
-            for (lane, _, _), token in zip(entries, self.decoder.prefill(entries)):
-                self._feed(lane, token)
-
-    def _feed(self, lane: int, token: int) -> None:
-        row = self._lanes[lane]
-        self.steps_seen += 1
-        if row.finished or row.feed([token], self.tokenizer, self.eos_ids):
-            self._release(lane)
-
-    def _release(self, lane: int) -> None:
-        self._lanes.pop(lane, None)
-        self._greedy.pop(lane, None)
-        self.decoder.release(lane)
 
     def close(self) -> None:
         self._closed.set()
         self._thread.join(timeout=10)
-        pending = list(self._lanes.values()) + [item[0] for item in self._waiting]
+        pending = list(self.loop.lanes.values()) + [item[0] for item in self.loop.waiting]
         while not self._inbox.empty():
             pending.append(self._inbox.get_nowait()[0])
         for row in pending:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from raywiz.artifacts import (MANIFEST, CheckpointDir, Kind, ModelInfo, RunLayout, check_manifest, export_of, filesystem,
-                              is_remote, join, list_dirs, read_json)
+from raywiz.artifacts import (MANIFEST, CheckpointDir, EvalDir, Kind, ModelInfo, RunLayout, check_manifest,
+                              export_of, filesystem, is_remote, join, list_dirs, read_json)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -161,20 +161,14 @@ def verify(ref: CheckpointRef, verify_checksums: bool = False) -> Verdict:
 
 
 def eval_scores(run_dir: str | None, checkpoint: str) -> dict[str, float]:
-    """pass@1 per benchmark from {run_dir}/eval/{checkpoint}/{benchmark}/summary.json, where eval wrote one."""
+    """pass@1 per benchmark from the checkpoint's complete eval results (manifest checked), where eval wrote them."""
     if run_dir is None:
         return {}
     scores: dict[str, float] = {}
     layout = RunLayout(run_dir)
     for benchmark in list_dirs(layout.eval_dir(checkpoint)):
-        path = join(layout.eval_dir(checkpoint, benchmark), "summary.json")
-        if not is_file(path):
-            continue
-        try:
-            summary = read_json(path)
-        except (OSError, json.JSONDecodeError):
-            continue
-        value = summary.get("pass@1") if isinstance(summary, dict) else None
+        summary = EvalDir(layout.eval_dir(checkpoint, benchmark)).read_summary()
+        value = summary.get("pass@1") if summary else None
         if isinstance(value, (int, float)):
             scores[benchmark] = float(value)
     return scores

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from raywiz.serve.checkpoints import CheckpointRef, fetch_to_local
+from raywiz.inference import EngineSpec, ModelLoadError, make_engine
 from raywiz.inference.transformers_backend import TransformersEngine
 
 log = logging.getLogger("raywiz.serve")
@@ -34,8 +35,6 @@ class UnknownModel(KeyError):
 @dataclass
 class LoadedModel:
     ref: CheckpointRef
-    model: object
-    tokenizer: object
     engine: TransformersEngine
     info: dict  # raywiz.json + manifest meta: step, template, base_model ...
     nbytes: int
@@ -50,6 +49,14 @@ class LoadedModel:
         return self.ref.name
 
     @property
+    def model(self):
+        return self.engine.model
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
     def step(self) -> int | None:
         step = self.info.get("step", self.ref.step)
         return int(step) if isinstance(step, (int, float)) else self.ref.step
@@ -62,50 +69,22 @@ class LoadedModel:
         self.engine.close()
 
 
-def load_model(ref: CheckpointRef, info: dict, *, device: str, dtype, cache_dir: str,
+def load_model(ref: CheckpointRef, info: dict, *, device: str, dtype: str = "auto", cache_dir: str,
                trust_remote_code: bool = False, max_batch_size: int = 64,
                emit_interval_s: float = 0.0) -> LoadedModel:
-    """Load a model and its tokenizer and prove they work; CheckpointRefused says why not."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from raywiz.modeling import is_adapter_dir, load_adapter_merged, load_tokenizer
-
+    """Load a model through raywiz.inference (which proves it works); CheckpointRefused says why not."""
     started = time.monotonic()
     path = fetch_to_local(ref, cache_dir)
-    try:
-        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    except Exception as e:
-        raise CheckpointRefused(f"{ref.path}: tokenizer does not load: {type(e).__name__}: {e}") from e
-    try:
-        if is_adapter_dir(path):  # a LoRA/DoRA checkpoint kept as an adapter: its base + the adapter, merged
-            model, loading = load_adapter_merged(path, dtype, trust_remote_code=trust_remote_code), {}
-        else:
-            model, loading = AutoModelForCausalLM.from_pretrained(
-                path, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True
-            )
-    except Exception as e:  # corrupt safetensors, unknown architecture, shape mismatch ...
-        raise CheckpointRefused(f"{ref.path}: model does not load: {type(e).__name__}: {e}") from e
-    missing = loading.get("missing_keys") or []
-    mismatched = loading.get("mismatched_keys") or []
-    if missing or mismatched:
-        # transformers would fill these with random values and carry on: not a model worth serving.
-        bad = sorted(missing)[:5] + [str(m) for m in mismatched][:5]
-        raise CheckpointRefused(f"{ref.path}: weights do not match the config (missing or mismatched: {bad})")
-    vocab = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > vocab:
-        raise CheckpointRefused(f"{ref.path}: tokenizer has {len(tokenizer)} tokens, the model's embedding {vocab}")
-    model.to(device).eval()
-    with torch.inference_mode():  # one forward pass: catches NaN weights and device trouble now, not per request
-        probe = torch.tensor([[tokenizer.eos_token_id or 0]], device=device)
-        logits = model(input_ids=probe).logits
-        if not torch.isfinite(logits).all():
-            raise CheckpointRefused(f"{ref.path}: the model's outputs are not finite (NaN/inf weights)")
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     # Streams decode on the engine's own thread; `max_batch_size` bounds the requests decoded together.
-    engine = TransformersEngine(model, tokenizer, stream_slots=max_batch_size, emit_interval_s=emit_interval_s)
+    spec = EngineSpec(backend="transformers", model=path, dtype=dtype, device=device,
+                      trust_remote_code=trust_remote_code, stream_slots=max_batch_size, emit_interval_s=emit_interval_s)
+    try:
+        engine = make_engine(spec)
+    except ModelLoadError as e:
+        raise CheckpointRefused(f"{ref.path}: {e}") from e
     engine.start_streaming()  # lanes and CUDA graphs now, in the loader, not in the first request
-    return LoadedModel(ref, model, tokenizer, engine, info, nbytes, engine.stream_context, time.monotonic() - started)
+    nbytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    return LoadedModel(ref, engine, info, nbytes, engine.stream_context, time.monotonic() - started)
 
 
 class ModelPool:

@@ -63,14 +63,11 @@ class ModelService:
     def __init__(self, settings: ServiceSettings):
         import torch
 
-        from raywiz.modeling import torch_dtype
-
         self.settings = settings
         self.cfg = settings.serve
         self.run_dir = settings.run_dir
         on_gpu = torch.cuda.is_available()
         self.device = "cuda" if on_gpu else "cpu"
-        self.dtype = torch_dtype(settings.dtype, on_gpu)
         max_bytes = int(self.cfg.max_model_memory_gb * 2**30) if self.cfg.max_model_memory_gb else None
         self.pool = ModelPool(self.cfg.max_models, max_bytes)
         self.cache_dir = self.cfg.cache_dir or os.path.join(tempfile.gettempdir(), "raywiz-serve-cache")
@@ -161,7 +158,7 @@ class ModelService:
                 self._refuse(ref, verdict.reason)
                 return None
             try:
-                loaded = load_model(ref, verdict.info, device=self.device, dtype=self.dtype, cache_dir=self.cache_dir,
+                loaded = load_model(ref, verdict.info, device=self.device, dtype=self.settings.dtype, cache_dir=self.cache_dir,
                                     trust_remote_code=self.settings.trust_remote_code,
                                     max_batch_size=self.cfg.max_batch_size,
                                     emit_interval_s=self.cfg.stream_interval_ms / 1000)

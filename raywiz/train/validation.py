@@ -5,8 +5,9 @@ This is Ray Train V2's checkpoint validation: a worker reports a checkpoint with
 separate Ray task (training does not wait) and merges the returned metrics into the checkpoint's.
 Keeping the best is ``CheckpointConfig(checkpoint_score_attribute="pass@1")``: Ray deletes the
 worst-scoring checkpoints beyond ``num_to_keep`` but never the latest one (needed for resume) nor one
-still being evaluated. Scoring itself is the eval stage's ``evaluate_checkpoint``, so a checkpoint
-scored here is not scored again by ``raywiz eval`` (same output directory and fingerprint).
+still being evaluated. Scoring itself is the evaluation library's ``evaluate_model`` (the eval stage's
+too), so a checkpoint scored here is not scored again by ``raywiz eval`` (same output directory and
+fingerprint).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from raywiz.artifacts import CheckpointDir, RunLayout, checkpoint_of, write_json_atomic
+from raywiz.artifacts import CheckpointDir, RunLayout, checkpoint_of, model_results_dir, write_json_atomic
 from raywiz.log import say
 
 SCORE = "pass@1"  # mean pass@1 over the job's eval benchmarks
@@ -22,17 +23,17 @@ SCORE = "pass@1"  # mean pass@1 over the job's eval benchmarks
 
 def score_checkpoint(checkpoint, job: dict) -> dict[str, Any]:
     """The validation function: generate and score the checkpoint's HF export with the `eval:` section."""
+    from raywiz.benchmarks.evaluate import evaluate_model
     from raywiz.config import JobConfig
-    from raywiz.eval.recipe import evaluate_checkpoint, output_dir_for
 
     job_cfg = JobConfig.model_validate(job)
     # Checkpoint.path drops s3:// and gs://: name the checkpoint, and let the layout say where it is.
     stored = job_cfg.layout.checkpoint(checkpoint_of(checkpoint.path).step)
     # Results go where `raywiz eval` looks for this checkpoint's, so it does not score it again.
-    out_dir = output_dir_for(stored.hf, job_cfg.eval, job_cfg.run_dir)
+    out_dir = model_results_dir(stored.hf, job_cfg.eval.output_dir, job_cfg.run_dir)
     with checkpoint.as_directory() as local:  # local storage: the checkpoint itself; cloud: a download
-        result = evaluate_checkpoint(CheckpointDir(local).hf, job_cfg.eval, job_cfg.model,
-                                     out_dir=out_dir, run_dir=job_cfg.run_dir, in_process=True)
+        result = evaluate_model(CheckpointDir(local).hf, job_cfg.eval, job_cfg.model,
+                                out_dir=out_dir, run_dir=job_cfg.run_dir, in_process=True)
     per_benchmark = {b: v for b, v in result["pass@1"].items() if v is not None}
     mean = sum(per_benchmark.values()) / len(per_benchmark) if per_benchmark else float("nan")
     say(f"checkpoint step {result.get('step')}: pass@1 "
@@ -49,7 +50,7 @@ def validation_config(job, use_gpu: bool):
 
     num_gpus = ev.num_gpus
     if num_gpus is None:
-        num_gpus = 1 if use_gpu and job.eval.generation.backend != "openai" else 0
+        num_gpus = 1 if use_gpu and job.eval.generation.local else 0
     return ValidationConfig(
         fn=score_checkpoint,
         task_config=ValidationTaskConfig(fn_kwargs={"job": job.model_dump(mode="json")}, timeout_s=ev.timeout_s),

@@ -1,7 +1,8 @@
 import pytest
 
 from raywiz.benchmarks import Task, load_tasks
-from raywiz.benchmarks.postprocess import postprocess, sanitize, truncate_at_stop, wizardcoder
+from raywiz.benchmarks.postprocess import postprocess, sanitize, wizardcoder
+from raywiz.inference.stops import cut_at_stop
 from raywiz.benchmarks.prompts import build_prompt
 
 HEADER = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -68,5 +69,5 @@ def test_sanitize_keeps_dependencies_drops_tests():
 
 
 def test_stop_sequences_and_ds1000():
-    assert truncate_at_stop("return 1\ndef g():", ["\ndef", "\nclass"]) == "return 1"
+    assert cut_at_stop("return 1\ndef g():", ["\ndef", "\nclass"]) == "return 1"
     assert postprocess("<code>\nresult = a.sum()\n</code>\nEND SOLUTION", "ds1000") == "\nresult = a.sum()\n"

@@ -7,7 +7,7 @@ def test_defaults_are_wizardcoders():
     job = parse_job({"name": "x", "eval": {}})
     cfg = job.eval
     assert cfg.benchmarks == ["humaneval", "humaneval+"]
-    assert cfg.generation.greedy and cfg.generation.max_new_tokens == 512
+    assert cfg.generation.greedy and cfg.generation.max_tokens == 512
     assert cfg.prompt.style == "wizardcoder" and cfg.postprocess == "wizardcoder"
     settings = cfg.score_settings()
     assert settings.humaneval_timeout_s == 3.0 and settings.gt_time_limit_factor == 4.0

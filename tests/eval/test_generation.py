@@ -7,10 +7,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from raywiz.eval.generation import generate_texts
 from raywiz.inference import EngineSpec, SamplingParams, make_engine
 
 pytestmark = pytest.mark.slow
+
+
+def generate_texts(engine, prompts, params):
+    return [[c.text for c in row] for row in engine.generate(prompts, params)]
+
+
 PROMPTS = ["def add(a, b):\n", "# sort a list\n", "Below is an instruction that describes a task.\n\n### Response:"]
 
 
@@ -90,9 +95,9 @@ def test_openai_backend_against_a_local_server(engine, completions_server, monke
 
 def test_ray_actors_generate_in_prompt_order(ray_local, engine, completions_server):
     """Actors hold any engine; here each one talks to the local server (no model load per actor)."""
-    from raywiz.eval.generation.ray_pool import generate_with_ray
+    from raywiz.inference.ray_pool import generate_on_ray
 
     params = SamplingParams(max_tokens=10)
     spec = EngineSpec(backend="openai", model="tiny", base_url=completions_server, api_key_env=None)
-    out = generate_with_ray(PROMPTS, spec, params, num_workers=2, cpus_per_worker=0.5, chunk_size=1)
-    assert out == generate_texts(engine, PROMPTS, params)
+    out = generate_on_ray(PROMPTS, spec, params, num_workers=2, num_cpus=0.5)
+    assert [[c.text for c in row] for row in out] == generate_texts(engine, PROMPTS, params)

@@ -1,6 +1,6 @@
 """`raywiz eval run` end to end: a run directory with two checkpoints, an OpenAI-compatible server on
 127.0.0.1 that answers like a perfect instruction model (the references, in a ```python block), and
-WizardCoder's prompts and post-processing in between; plus evaluate_checkpoint inside a Ray task."""
+WizardCoder's prompts and post-processing in between; plus the evaluation core (evaluate_model) inside a Ray task."""
 
 import json
 import os
@@ -108,8 +108,10 @@ def test_eval_run_scores_every_checkpoint_and_plots(tmp_path, oracle_server, hav
     plot = next(h["eval/pass_at_1_per_checkpoint"] for h in logged.history if "eval/pass_at_1_per_checkpoint" in h)
     assert plot["_type"] == "image-file"
     # A rerun finds the sealed results and neither generates nor scores again.
-    monkeypatch.setattr(recipe, "generate_samples", lambda *a: pytest.fail("regenerated"))
-    monkeypatch.setattr(recipe, "score_samples", lambda *a, **k: pytest.fail("rescored"))
+    from raywiz.benchmarks import evaluate
+
+    monkeypatch.setattr(evaluate, "generate_samples", lambda *a: pytest.fail("regenerated"))
+    monkeypatch.setattr(evaluate, "score_samples", lambda *a, **k: pytest.fail("rescored"))
     assert recipe.run_eval(job)[1]["pass@1"] == {"humaneval+": 1.0, "mbpp": pytest.approx(2 / 3)}
 
 

@@ -29,7 +29,7 @@ def test_cache_hits_are_not_sent_and_a_dead_worker_is_replaced(tmp_path, ray_loc
             def kill_worker_midway():
                 while server.total_requests < 30:
                     time.sleep(0.01)
-                ray_local.kill(engine._workers[0])
+                ray_local.kill(engine.pool.actors[0])
 
             killer = threading.Thread(target=kill_worker_midway)
             killer.start()
@@ -75,11 +75,9 @@ def test_vllm_backend_is_the_inference_engine_s_and_says_what_is_missing():
 def test_vllm_config_maps_onto_the_engine_spec():
     from pydantic import ValidationError
 
-    from raywiz.evolve.llm.local_hf import engine_spec
-
     cfg = LLMConfig(backend="vllm", model="/models/x", dtype="bfloat16",
                     engine_kwargs={"tensor_parallel_size": 2, "max_model_len": 4096})
-    spec = engine_spec(cfg)
+    spec = cfg.engine_spec()
     assert (spec.backend, spec.model, spec.dtype, spec.tensor_parallel_size) == ("vllm", "/models/x", "bfloat16", 2)
     assert spec.vllm_args == {"max_model_len": 4096}
     assert cfg.num_gpus_per_worker == 2  # one GPU per tensor-parallel rank unless set

@@ -1,12 +1,13 @@
 import pytest
 
+from raywiz.evolve.config import LLMConfig
 from raywiz.evolve.llm import LLMRequest
 from raywiz.evolve.llm.local_hf import LocalHFBackend
 
 
 @pytest.mark.slow
 def test_tiny_model_batched_generate():
-    backend = LocalHFBackend("tiny-gpt-bigcode", batch_size=3)
+    backend = LocalHFBackend.from_config(LLMConfig(backend="transformers", model="tiny-gpt-bigcode", batch_size=3))
     greedy = {"temperature": 0.0, "max_tokens": 12}
     reqs = [LLMRequest.chat("tiny-gpt-bigcode", f"Write function {i} " + "x " * i, greedy) for i in range(7)]
     reqs.append(LLMRequest.chat("tiny-gpt-bigcode", "Sample me", {"temperature": 0.8, "max_tokens": 5}))

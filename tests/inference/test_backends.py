@@ -42,5 +42,3 @@ def test_openai_engine_retries_and_counts_usage_against_a_faulty_server():
     assert client.usage.requests == 2 and client.usage.failed == 0
     assert sorted(client.usage.retries) == ["429", "503", "malformed response: JSONDecodeError"]
     assert client.usage.prompt_tokens > 0 and client.usage.completion_tokens > 0
-    assert client.usage.cost(1.0, 2.0) == pytest.approx(
-        (client.usage.prompt_tokens + 2 * client.usage.completion_tokens) / 1e6)

@@ -1,11 +1,12 @@
-"""evolve's hf backend, eval's generation and serve's models all decode on raywiz.inference's engine."""
+"""evolve's local backend, eval's generation and serve's models all decode on raywiz.inference's engine."""
 
 from raywiz.inference.transformers_backend import TransformersEngine
 
 
 def test_evolve_eval_and_serve_share_the_transformers_engine(tmp_path):
     from raywiz.eval.config import EvalConfig
-    from raywiz.eval.recipe import _LazyGenerator, backend_spec, sampling_params
+    from raywiz.benchmarks.evaluate import Generator, sampling_params
+    from raywiz.evolve.config import LLMConfig
     from raywiz.evolve.llm import LLMRequest
     from raywiz.evolve.llm.local_hf import LocalHFBackend
     from raywiz.serve.checkpoints import CheckpointRef
@@ -15,17 +16,17 @@ def test_evolve_eval_and_serve_share_the_transformers_engine(tmp_path):
 
     hf_dir = make_checkpoint(tmp_path / "runs" / "demo", 1)
 
-    evolve = LocalHFBackend(hf_dir)
+    evolve = LocalHFBackend.from_config(LLMConfig(backend="transformers", model=hf_dir))
     [result] = list(evolve.generate([LLMRequest.chat("m", "Write add.", {"temperature": 0.0, "max_tokens": 6})]))
     assert isinstance(evolve.engine, TransformersEngine) and result.ok
 
-    cfg = EvalConfig(generation={"max_new_tokens": 6})
-    generator = _LazyGenerator(backend_spec(hf_dir, cfg), cfg, in_process=True)
+    cfg = EvalConfig(generation={"max_tokens": 6})
+    generator = Generator(cfg.generation.engine_spec(hf_dir), cfg, in_process=True)
     texts = generator.generate([evolve.prompt_of(LLMRequest.chat("m", "Write add.", {}))], sampling_params(cfg))
-    assert isinstance(generator._generator, TransformersEngine)
+    assert isinstance(generator._engine, TransformersEngine)
     assert texts == [[result.text]]  # the same prompt, greedy: the same text from evolve's and eval's path
 
-    loaded = load_model(CheckpointRef("ckpt", hf_dir), {}, device="cpu", dtype=None, cache_dir=str(tmp_path / "c"))
+    loaded = load_model(CheckpointRef("ckpt", hf_dir), {}, device="cpu", cache_dir=str(tmp_path / "c"))
     try:
         assert isinstance(loaded.engine, TransformersEngine)
     finally:

@@ -178,7 +178,7 @@ def test_submit_quickstart_follows_logs_and_succeeds(cluster, tmp_path, capsys, 
     assert 0 < meta["kept_by_round"]["0"] <= 16 and meta["rows"] == sum(meta["kept_by_round"].values())
     assert "round-00-00000.parquet" in evolved.manifest["files"]
     report = json.loads((run_dir / "evolve_report" / "report.json").read_text())
-    assert report["backend"] == "hf" and report["llm"]["sent"] >= meta["kept_by_round"]["0"]  # each seed evolved
+    assert report["backend"] == "transformers" and report["llm"]["sent"] >= meta["kept_by_round"]["0"]  # each seed evolved
 
     # train: on this run's evolve output (every kept row), 2 steps, a sealed HF export.
     hf = run_dir / "train" / "checkpoint_00000002" / "hf"

@@ -12,7 +12,7 @@ import shutil
 import pytest
 import requests
 
-from raywiz.artifacts import write_json_atomic, write_manifest
+from raywiz.artifacts import EvalDir, RunLayout, write_json_atomic, write_manifest
 from raywiz.data.template import format_prompt
 from raywiz.serve.config import ServeConfig
 from raywiz.serve.openai_api import build_api
@@ -42,8 +42,9 @@ def served(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("api") / "runs" / "demo"
     for step in (1, 2, 3):
         make_checkpoint(run_dir, step)
-    write_json_atomic(str(run_dir / "eval" / "checkpoint_00000003" / "humaneval" / "summary.json"),
-                      {"benchmark": "humaneval", "n_tasks": 164, "pass@1": 0.125})
+    scored = EvalDir(RunLayout(str(run_dir)).eval_dir("checkpoint_00000003", "humaneval"))
+    write_json_atomic(scored.summary, {"benchmark": "humaneval", "n_tasks": 164, "pass@1": 0.125})
+    scored.seal("f" * 16, "humaneval")  # complete results only: serve checks the manifest
     service = start_service(run_dir, max_models=2)
     with LocalServer(http_app(service)) as server:
         yield server.url, service, run_dir

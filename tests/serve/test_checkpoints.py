@@ -88,14 +88,21 @@ def test_resolve_target_accepts_model_checkpoint_run_dirs_and_run_names(run_dir,
         resolve_target(str(tmp_path / "empty"), "unused", storage)
 
 
-def test_eval_scores_reads_pass_at_1_per_benchmark(run_dir):
-    for bench, score in (("humaneval", 0.25), ("mbpp", 0.5)):
-        write_json_atomic(str(run_dir / "eval" / "checkpoint_00000004" / bench / "summary.json"),
-                          {"benchmark": bench, "n_tasks": 4, "pass@1": score})
-    broken = run_dir / "eval" / "checkpoint_00000004" / "ds1000"
-    broken.mkdir()
-    (broken / "summary.json").write_text("{not json")
+def test_eval_scores_reads_pass_at_1_of_complete_results_only(run_dir):
+    from raywiz.artifacts import EvalDir, RunLayout
+
+    layout = RunLayout(str(run_dir))
+    for bench, score in (("humaneval", 0.25), ("mbpp", 0.5), ("mbpp+", 0.75)):
+        results = EvalDir(layout.eval_dir("checkpoint_00000004", bench))
+        write_json_atomic(results.summary, {"benchmark": bench, "n_tasks": 4, "pass@1": score})
+        if bench != "mbpp+":  # mbpp+ is still being written: no manifest yet, so no score
+            results.seal("f" * 16, bench)
+    broken = EvalDir(layout.eval_dir("checkpoint_00000004", "ds1000"))
+    os.makedirs(broken.path)
+    with open(broken.summary, "w") as f:
+        f.write("{not json")
+    broken.seal("f" * 16, "ds1000")
     assert eval_scores(str(run_dir), "checkpoint_00000004") == {"humaneval": 0.25, "mbpp": 0.5}
     assert eval_scores(str(run_dir), "checkpoint_00000009") == {}
     assert eval_scores(None, "checkpoint_00000004") == {}
-    assert json.loads((run_dir / "eval" / "checkpoint_00000004" / "mbpp" / "summary.json").read_text())["pass@1"] == 0.5
+    assert json.loads(open(EvalDir(layout.eval_dir("checkpoint_00000004", "mbpp")).summary).read())["pass@1"] == 0.5

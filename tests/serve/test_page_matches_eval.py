@@ -24,15 +24,15 @@ MAX_TOKENS = 24
 @pytest.mark.parametrize("template", ["wizardcoder", None])  # an instruction model and a completion model
 def test_page_verdict_equals_raywiz_eval(tmp_path, shared_data, template):
     from raywiz.eval.config import EvalConfig
-    from raywiz.eval.recipe import evaluate_checkpoint
+    from raywiz.benchmarks.evaluate import evaluate_model
 
     data = str(shared_data / "humaneval" / "HumanEval.jsonl.gz")
     run_dir = tmp_path / "runs" / "demo"
     hf_dir = make_checkpoint(run_dir, 1, template=template)
     style = "wizardcoder" if template else "completion"
     eval_cfg = EvalConfig(benchmarks=["humaneval"], limit=2, data={"humaneval": data}, prompt={"style": style},
-                          generation={"max_new_tokens": MAX_TOKENS}, output_dir=str(tmp_path / "eval"))
-    result = evaluate_checkpoint(hf_dir, eval_cfg, in_process=True)
+                          generation={"max_tokens": MAX_TOKENS}, output_dir=str(tmp_path / "eval"))
+    result = evaluate_model(hf_dir, eval_cfg, in_process=True)
     out = f"{result['out_dir']}/humaneval"
     with open(f"{out}/results.jsonl") as f:
         rows = {r["task_id"]: r for r in map(json.loads, f)}

@@ -5,7 +5,7 @@
         ...
 
 Backends: ``openai_http`` (any OpenAI-compatible chat/completions server) and ``local_hf`` (a local
-model on raywiz.inference's engine: transformers for ``hf``, vLLM for ``vllm``). A request's
+model on raywiz.inference's engine: transformers or vLLM). A request's
 ``key`` identifies it by (model, messages, parameters): the request cache and the server-side
 accounting in tests use the same key.
 """
@@ -88,14 +88,13 @@ class LLMBackend(ABC):
         pass
 
 
-def make_backend(llm_config) -> LLMBackend:
-    """The backend named by ``evolve.llm.backend``; heavy imports happen only for the one chosen."""
-    if llm_config.backend == "openai":
-        from raywiz.evolve.llm.openai_http import OpenAIHTTPBackend
-
-        return OpenAIHTTPBackend.from_config(llm_config)
-    if llm_config.backend in ("hf", "vllm"):
+def make_backend(llm_config, forwarded_key=None) -> LLMBackend:
+    """The backend ``evolve.llm`` names: an endpoint's chat client, or a local engine (heavy imports
+    happen only for the one chosen). ``forwarded_key``: the driver's API key, for workers without one."""
+    if llm_config.local:
         from raywiz.evolve.llm.local_hf import LocalHFBackend
 
         return LocalHFBackend.from_config(llm_config)
-    raise ValueError(f"evolve.llm.backend: unknown backend {llm_config.backend!r}")
+    from raywiz.evolve.llm.openai_http import OpenAIHTTPBackend
+
+    return OpenAIHTTPBackend.from_config(llm_config, forwarded_key=forwarded_key)

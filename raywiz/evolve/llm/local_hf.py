@@ -1,10 +1,10 @@
-"""A local model as evolve's LLM, on raywiz.inference's engine: transformers (``hf``) or vLLM (``vllm``).
+"""A local model as evolve's LLM, on raywiz.inference's engine: transformers or vLLM.
 
 One engine per evolve worker (a Ray actor with ``num_gpus_per_worker`` GPUs), built from an
 ``EngineSpec`` as eval's generation workers are: the ``vllm`` backend is the inference package's vLLM
 adapter, and ``num_workers`` engine replicas share out the requests. Chat messages become a prompt
-through the tokenizer's chat template when it has one, else through the template the checkpoint was
-trained with (its ``ModelInfo.template``; WizardCoder's by default), so a raywiz checkpoint can evolve data
+through raywiz.inference.chat_prompt (the tokenizer's chat template when it has one, else the template
+the checkpoint was trained with: its ``ModelInfo.template``; WizardCoder's by default), so a raywiz checkpoint can evolve data
 for the next round. Requests with equal sampling parameters go to the engine together (the
 transformers engine decodes them in lanes refilled as rows end; vLLM schedules them itself).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Callable, Iterator, Sequence
 
 from raywiz.evolve.llm import LLMBackend, LLMRequest, LLMResult
-from raywiz.inference import EngineSpec, SamplingParams, apply_template, make_engine, prompt_template
+from raywiz.inference import EngineSpec, SamplingParams, chat_prompt, make_engine, prompt_template
 
 
 def sampling_params(params: dict) -> SamplingParams:
@@ -25,34 +25,19 @@ def sampling_params(params: dict) -> SamplingParams:
                           seed=params.get("seed", 0))
 
 
-def engine_spec(cfg) -> EngineSpec:
-    """evolve.llm -> the engine each worker builds."""
-    if cfg.backend == "vllm":
-        args = dict(cfg.engine_kwargs)
-        return EngineSpec(backend="vllm", model=cfg.model, dtype=cfg.dtype,
-                          tensor_parallel_size=int(args.pop("tensor_parallel_size", 1)), vllm_args=args)
-    return EngineSpec(backend="transformers", model=cfg.model, dtype=cfg.dtype, max_batch_size=cfg.batch_size)
-
-
 class LocalHFBackend(LLMBackend):
-    def __init__(self, model_name_or_path: str, batch_size: int | None = None, dtype: str = "auto",
-                 device: str | None = None, spec: EngineSpec | None = None):
-        self.spec = spec or EngineSpec(backend="transformers", model=model_name_or_path, dtype=dtype, device=device,
-                                       max_batch_size=batch_size)
-        self.engine = make_engine(self.spec)
+    def __init__(self, spec: EngineSpec):
+        self.spec = spec
+        self.engine = make_engine(spec)
         self.tokenizer = self.engine.tokenizer
-        self.template = prompt_template(self.spec.model) or "wizardcoder"
+        self.template = prompt_template(spec.model) or "wizardcoder"
 
     @classmethod
     def from_config(cls, cfg) -> "LocalHFBackend":
-        return cls(cfg.model, spec=engine_spec(cfg))
+        return cls(cfg.engine_spec())
 
     def prompt_of(self, req: LLMRequest) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(list(req.messages), tokenize=False, add_generation_prompt=True)
-        system = [m["content"] for m in req.messages if m["role"] == "system"]
-        user = "\n\n".join(m["content"] for m in req.messages if m["role"] != "system")
-        return apply_template("\n\n".join(system + [user]), self.template, self.tokenizer)
+        return chat_prompt(list(req.messages), self.tokenizer, self.template)
 
     def generate(self, requests: Sequence[LLMRequest],
                  on_result: Callable[[LLMResult], None] | None = None) -> Iterator[LLMResult]:

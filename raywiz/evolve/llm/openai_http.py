@@ -14,7 +14,7 @@ import threading
 from typing import AsyncIterator, Callable, Iterator, Sequence
 
 from raywiz.evolve.llm import LLMBackend, LLMRequest, LLMResult
-from raywiz.inference.openai_backend import OpenAIClient, RateLimiter, Secret, estimate_tokens  # noqa: F401
+from raywiz.inference.openai_backend import OpenAIClient, RateLimiter, Secret, estimate_tokens  # noqa: F401 (re-exported)
 
 
 class OpenAIHTTPBackend(LLMBackend):
@@ -47,11 +47,10 @@ class OpenAIHTTPBackend(LLMBackend):
                     "api_key_env: null for a server that needs no key"
                 )
         # The limits are for the whole run: each of the workers takes its share.
-        share = num_workers or cfg.num_workers
-        rpm = cfg.requests_per_minute / share if cfg.requests_per_minute else None
-        tpm = cfg.tokens_per_minute / share if cfg.tokens_per_minute else None
-        return cls(cfg.base_url, cfg.model, api_key, cfg.concurrency, cfg.timeout_s, cfg.max_retries,
-                   cfg.backoff_base_s, cfg.backoff_max_s, rpm, tpm, cfg.rate_limit_window_s)
+        spec = cfg.engine_spec(workers_sharing_limits=num_workers or cfg.num_workers)
+        return cls(spec.base_url, spec.model, api_key, spec.concurrency, spec.timeout_s, spec.max_retries,
+                   spec.backoff_base_s, spec.backoff_max_s, spec.requests_per_minute, spec.tokens_per_minute,
+                   spec.rate_limit_window_s)
 
     async def agenerate(self, requests: Sequence[LLMRequest],
                         on_result: Callable[[LLMResult], None] | None = None) -> AsyncIterator[LLMResult]:
