@@ -553,8 +553,9 @@ def test_a_normal_users_files_are_protected(tmp_path):
 
 def test_without_isolation_it_refuses_unless_told(monkeypatch):
     from raywiz.benchmarks import sandbox
+    from raywiz.benchmarks.sandbox import probe
 
-    monkeypatch.setitem(sandbox._PROBES, SandboxSettings(landlock=False, run_as_uid=None), {"works": True, "isolated": False})
+    monkeypatch.setitem(probe._PROBES, SandboxSettings(landlock=False, run_as_uid=None), {"works": True, "isolated": False})
     monkeypatch.delenv(sandbox.ALLOW_UNISOLATED_ENV, raising=False)
     with pytest.raises(RuntimeError, match="NO ISOLATION"):
         sandbox.require_working_sandbox(SandboxSettings(landlock=False, run_as_uid=None))
