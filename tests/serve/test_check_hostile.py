@@ -175,3 +175,19 @@ def test_slow_headers_time_out(service, monkeypatch):
         finally:
             slow.close()
         assert cut and time.monotonic() - started < 30
+
+
+def test_ray_serves_proxy_gets_the_header_deadline_through_its_callback():
+    """Ray Serve's proxy builds the callback's middlewares before it starts uvicorn: building ours
+    switches uvicorn's protocols in that process to the ones with the deadline."""
+    import uvicorn.config
+    from uvicorn.importer import import_from_string
+
+    from raywiz.serve.http_server import PROXY_CALLBACK, HeaderTimeout, proxy_middlewares
+
+    assert import_from_string(PROXY_CALLBACK) is proxy_middlewares
+    [middleware] = proxy_middlewares()
+    assert middleware.cls is HeaderTimeout
+    HeaderTimeout(app=None)
+    for name in ("auto", "h11"):
+        assert hasattr(import_from_string(uvicorn.config.HTTP_PROTOCOLS[name]), "header_timeout_s"), name
