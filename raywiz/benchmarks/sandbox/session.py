@@ -135,7 +135,7 @@ class CandidateSession:
             if not isinstance(record, dict) or record.get("event") != "isolation":
                 raise ValueError(record)
             self.isolation = record
-            self._proc.read_control()
+            self._proc.isolated(record)
         except BaseException as e:
             reason = "the sandbox did not start in time" if isinstance(e, CandidateTimeout) else (
                 str(e) if isinstance(e, CandidateDied) else "the sandbox did not start")
@@ -210,6 +210,8 @@ class CandidateSession:
         except subprocess.TimeoutExpired:
             code = None
         tail = self.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+        if self._proc.cgroup is not None and self._proc.cgroup.oom_killed():
+            tail = ["out of memory (the sample's cgroup limit)"]
         how = f"killed by signal {-code}" if code is not None and code < 0 else (
             f"killed by signal {code - 128}" if code is not None and code >= 128 else f"exited (code {code})")
         return f"the sample's process {how}" + (f": {tail[0][:300]}" if tail else "")
@@ -229,8 +231,14 @@ class CandidateSession:
             frame = self._read_frame(deadline, cap)
         finally:
             self.spent += deadline.used()
+        self._check_disk()
         self.last_reply_bytes = len(frame)
         return self._envelope(frame)
+
+    def _check_disk(self) -> None:
+        if self._proc.over_disk_cap():
+            self._die(f"the sample's files passed its disk cap ({self.settings.disk_mb} MB)")
+            raise CandidateDied(self.dead)
 
     def _send(self, data: bytes) -> None:
         try:
@@ -323,6 +331,7 @@ class CandidateSession:
                 frame = self._read_frame(deadline, VALUE_BYTES_CAP)
             finally:
                 self.spent += deadline.used()
+        self._check_disk()
         self._pending -= 1
         reply = self._envelope(frame)
         if reply[0] == "exc" and len(reply) == 3:
