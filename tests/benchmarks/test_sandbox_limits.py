@@ -129,6 +129,32 @@ def test_open_descriptors_are_capped(settings):
     assert attack(settings, DESCRIPTORS, 50) == 50  # control
 
 
+PROCESSES = """
+def attack(n):
+    import os, signal, time
+    pids = []
+    for _ in range(n):
+        try:
+            pid = os.fork()
+        except OSError:
+            break
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return len(pids)
+"""
+
+
+def test_processes_are_capped(settings):
+    """RLIMIT_NPROC does not hold a sample whose real uid is root (no uid switch); the cgroup does."""
+    assert attack(settings, PROCESSES, 64) <= settings.max_processes + 2
+    assert attack(settings, PROCESSES, 2) == 2  # control
+
+
 # ----------------------------------------------------------------------------- sockets
 
 # The original socket class, as a sample gets it past any in-process guard (through the MRO).

@@ -47,7 +47,11 @@ def _remove_stale(parent: str) -> None:
     if parent in _SWEPT:
         return
     _SWEPT.add(parent)
-    for name in os.listdir(parent):
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
         pid = name.split("-")[2] if name.startswith("raywiz-sbx-") and name.count("-") >= 3 else ""
         if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
             try:
