@@ -15,8 +15,8 @@ import threading
 
 import pytest
 
-from raywiz.benchmarks.sandbox import (CandidateDied, CandidateSession, CandidateTimeout, SandboxSettings,
-                                       probe_isolation)
+from raywiz.benchmarks.sandbox import (ALLOW_UNISOLATED_ENV, CandidateDied, CandidateSession, CandidateTimeout,
+                                       SandboxSettings, probe_isolation, require_working_sandbox)
 
 pytestmark = pytest.mark.slow
 BASE = dict(memory_mb=512, disk_mb=64, file_size_mb=32, open_files=256, max_processes=8)
@@ -303,3 +303,16 @@ def test_without_landlock_a_root_evaluators_sample_writes_only_its_own_directory
             if os.path.exists(t):
                 os.unlink(t)
     assert probe_isolation(settings)["limits"]["writes"] == "its own directory only (other mounts read-only)"
+
+
+def test_where_nothing_refuses_sockets_it_says_so_and_refuses_to_run_unless_told(monkeypatch):
+    """No seccomp and no network namespace (an old kernel, a locked-down container): the probe names
+    the hole, and untrusted code runs only with the opt-in."""
+    settings = SandboxSettings(**BASE, namespaces=False, seccomp=False)
+    assert probe_isolation(settings)["limits"]["sockets"].startswith("NOT refused: pathname unix sockets, UDP")
+    monkeypatch.delenv(ALLOW_UNISOLATED_ENV, raising=False)
+    with pytest.raises(RuntimeError, match="NO SOCKET ISOLATION"):
+        require_working_sandbox(settings)
+    assert require_working_sandbox(CONFIGS["namespaces refused"])["works"]  # control: seccomp holds them
+    monkeypatch.setenv(ALLOW_UNISOLATED_ENV, "1")
+    assert require_working_sandbox(settings)["works"]
