@@ -352,6 +352,30 @@ def private_file_system(workdir: str, disk_bytes: int, writable: list[str]) -> d
     return {"disk": "tmpfs", "disk_bytes": disk_bytes, "read_only_mounts_failed": failed[:8]}
 
 
+# The namespaces to try, most first: a kernel or container may refuse some (user namespaces for a
+# non-root user, mount namespaces in some containers).
+NAMESPACE_CHOICES = (
+    (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWPID, ["user", "mnt", "net", "ipc", "pid"]),
+    (CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWPID, ["user", "net", "ipc", "pid"]),
+    (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET, ["user", "mnt", "net"]),
+    (CLONE_NEWUSER | CLONE_NEWNET, ["user", "net"]),
+    (CLONE_NEWNS | CLONE_NEWNET, ["mnt", "net"]),
+    (CLONE_NEWNET, ["net"]),
+)
+
+
+def _enter_namespaces() -> tuple[list[str], str | None]:
+    """Enter the first set of NAMESPACE_CHOICES the kernel grants: (their names, the last refusal)."""
+    error = None
+    for flags, names in NAMESPACE_CHOICES:
+        try:
+            _unshare(flags)
+            return names, None
+        except OSError as e:
+            error = str(e)
+    return [], error
+
+
 def isolate(cfg: dict, data_bytes: int = 0, results=None) -> dict:
     """Apply every layer the kernel allows; return a record of what was applied.
 
@@ -383,27 +407,13 @@ def isolate(cfg: dict, data_bytes: int = 0, results=None) -> dict:
         except OSError as e:  # e.g. a container without CAP_SETUID: carry on with the other layers
             applied["uid_error"] = str(e)
         applied["uid"] = os.getuid()
-    in_pid_namespace = False
     own_ids = os.getuid(), os.getgid()  # (inside a new user namespace they read as unmapped)
     arm_death_signal(cfg)  # (again: a uid switch clears it)
     if cfg.get("namespaces", True):
-        for flags, names in (
-            (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWPID, ["user", "mnt", "net", "ipc", "pid"]),
-            (CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWPID, ["user", "net", "ipc", "pid"]),
-            (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET, ["user", "mnt", "net"]),
-            (CLONE_NEWUSER | CLONE_NEWNET, ["user", "net"]),
-            (CLONE_NEWNS | CLONE_NEWNET, ["mnt", "net"]),
-            (CLONE_NEWNET, ["net"]),
-        ):
-            try:
-                _unshare(flags)
-            except OSError as e:
-                applied["namespace_error"] = str(e)
-                continue
-            applied["namespaces"] = names
-            applied.pop("namespace_error", None)
-            in_pid_namespace = "pid" in names
-            break
+        applied["namespaces"], error = _enter_namespaces()
+        if error:
+            applied["namespace_error"] = error
+    in_pid_namespace = "pid" in applied["namespaces"]
     if "net" not in applied["namespaces"]:
         applied["network"] = "guard"  # (and Landlock's TCP rules below, where the kernel has ABI 4)
     applied["disk"] = "watcher"  # (the evaluator's, where no private tmpfs could be mounted)
