@@ -171,12 +171,21 @@ class Engine:
         return f"ZeRO stage {self.zero_stage}" if self.kind == "deepspeed" else "FSDP2"
 
 
-def create_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_params: int | None = None) -> Engine:
+def grow_embeddings(model, n_tokens: int | None) -> None:
+    """Make room for tokens the training tokenizer added (a chat template's, e.g. ChatML's <|im_start|>):
+    the embeddings (and a tied or separate output layer) grow to the tokenizer's size, new rows at the
+    mean of the old ones (transformers' default). A model already large enough is left as it is."""
+    if n_tokens is not None and n_tokens > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(n_tokens)
+
+
+def create_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_params: int | None = None,
+                  n_tokens: int | None = None) -> Engine:
     """train.engine's engine: DeepSpeed (below), or FSDP2 (raywiz.train.fsdp2), behind one interface."""
     if train_cfg.engine == "fsdp2":
         from raywiz.train.fsdp2 import create_fsdp2_engine
 
-        return create_fsdp2_engine(model_cfg, train_cfg, on_gpu, device, n_params)
+        return create_fsdp2_engine(model_cfg, train_cfg, on_gpu, device, n_params, n_tokens)
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 
@@ -207,6 +216,7 @@ def create_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_pa
                             trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
                             seed=train_cfg.optim.seed, quantization_config=quantized,
                             device_map={"": str(device)} if quantized is not None else None)
+    grow_embeddings(model, n_tokens)
     if train_cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

@@ -137,12 +137,13 @@ class FSDP2Engine:
         return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items() if k not in tied}
 
 
-def create_fsdp2_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_params: int | None = None):
+def create_fsdp2_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_params: int | None = None,
+                        n_tokens: int | None = None):
     """Build the model whole on this rank's device in fp32, shard it, and wrap it with its optimizer."""
     import torch.distributed as dist
 
     from raywiz.modeling import build_model, model_config, torch_dtype
-    from raywiz.train.engine import Engine, make_optimizer
+    from raywiz.train.engine import Engine, grow_embeddings, make_optimizer
     from raywiz.train.kernels import resolve_attn_implementation, resolve_fused_loss
 
     if not dist.is_initialized():  # Ray Train initialises the process group; a single process may not have
@@ -160,6 +161,7 @@ def create_fsdp2_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device
         model = build_model(model_cfg.name_or_path, dtype=torch.float32, attn_implementation=attn,
                             trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
                             seed=train_cfg.optim.seed)
+    grow_embeddings(model, n_tokens)
     if train_cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

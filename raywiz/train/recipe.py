@@ -31,6 +31,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raywiz.artifacts import CheckpointDir, RunLayout, is_remote, write_json_atomic
 from raywiz.config import JobConfig
+from raywiz.data import fim
 from raywiz.data.pipeline import epoch_shuffle_args
 from raywiz.data.tokenize import IGNORE_INDEX
 from raywiz.log import get_logger
@@ -222,7 +223,8 @@ class FinetuneRecipe:
 
         self.tokenizer = load_tokenizer(self.job.model.name_or_path, self.job.model.tokenizer,
                                         self.job.model.trust_remote_code)
-        eng = self.eng = create_engine(self.job.model, tc, self.on_gpu, self.device, n_params=self.plan.n_params)
+        eng = self.eng = create_engine(self.job.model, tc, self.on_gpu, self.device, n_params=self.plan.n_params,
+                                       n_tokens=len(self.tokenizer))
         self.engine, self.model = eng.engine, eng.model
         self.fused, self.varlen = eng.fused_loss, eng.attn_implementation == kernels.VARLEN
         self.layers, self.width = model_shape(self.model.config)
@@ -371,7 +373,7 @@ class FinetuneRecipe:
                 sd = ckpt.consolidated_state_dict(self.eng)
                 if self.rank == 0:
                     meta = {"step": step, "run": self.job.name, "base_model": self.job.model.name_or_path,
-                            "template": tc.data.template.name, "final": final}
+                            "template": tc.data.template.name, "final": final, **fim.record(self.tokenizer)}
                     self._export(sd, CheckpointDir(local), meta)
                 del sd
             ckpt.seal_checkpoint(local, self.rank, self.world, meta={"step": step, "run": self.job.name, "final": final})
