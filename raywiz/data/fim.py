@@ -142,6 +142,13 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
 
 
+def prompt_ids(tokenizer, tokens: FimTokens, prefix: str, suffix: str, lead: list[int] | None = None) -> list[int]:
+    """The PSM prompt a model continues with the middle, as token ids: each part tokenized apart as in
+    training (text that spells a sentinel stays text), after `lead` (a BOS, for models that take one)."""
+    pre, suf, mid = (tokenizer.convert_tokens_to_ids(t) for t in (tokens.prefix, tokens.suffix, tokens.middle))
+    return [*(lead or []), pre, *_ids(tokenizer, prefix), suf, *_ids(tokenizer, suffix), mid]
+
+
 def undo(tokenizer, ids: list[int], tokens: FimTokens) -> str:
     """The document a FIM sample was made from (EOS dropped): the inverse of tokenize_code."""
     pre, suf, mid = (tokenizer.convert_tokens_to_ids(t) for t in (tokens.prefix, tokens.suffix, tokens.middle))
