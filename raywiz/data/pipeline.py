@@ -20,6 +20,7 @@ from raywiz.data import fim
 from raywiz.data import mix
 from raywiz.data import pack as packing
 from raywiz.data.shards import BadRowError, Row, _detect_format, _open_bytes, iter_rows, sample_id_of, validate, where
+from raywiz.data.template import with_chat_template
 from raywiz.data.tokenize import fit_to_length, tokenize_sample
 from raywiz.log import get_logger
 from raywiz.train.config import DataSourceConfig
@@ -180,11 +181,19 @@ def load_hf_dataset(name: str, split: str):
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(model_name: str, tokenizer: str | None, trust_remote_code: bool):
+def _tokenizer(model_name: str, tokenizer: str | None, trust_remote_code: bool, template: str = ""):
     """One tokenizer per Ray worker process: Ray reuses the process for the tasks of a map."""
     from raywiz.modeling import load_tokenizer
 
-    return load_tokenizer(model_name, tokenizer, trust_remote_code)
+    return with_chat_template(load_tokenizer(model_name, tokenizer, trust_remote_code), template)
+
+
+def training_tokenizer(model_cfg, data_cfg):
+    """The tokenizer training uses and saves in hf/: the model's, with a named chat template installed."""
+    from raywiz.modeling import load_tokenizer
+
+    tok = load_tokenizer(model_cfg.name_or_path, model_cfg.tokenizer, model_cfg.trust_remote_code)
+    return with_chat_template(tok, data_cfg.template.name)
 
 
 def tokenize_batch(batch: dict, model_name: str, tokenizer: str | None, template: str, custom: str | None,
@@ -198,7 +207,7 @@ def tokenize_batch(batch: dict, model_name: str, tokenizer: str | None, template
     A task function rather than an actor class: Ray Data's actor pools keep their constructor
     arguments in the object store, which Ray's core worker reports on the console for every run.
     """
-    tok = _tokenizer(model_name, tokenizer, trust_remote_code)
+    tok = _tokenizer(model_name, tokenizer, trust_remote_code, template)
     tokens = fim.FimTokens.from_dict(fim_tokens) if fim_tokens else None
     n = len(batch["sample_id"])
     ids_col, labels_col, status = [], [], []

@@ -28,6 +28,7 @@ from raywiz.eval.config import EvalConfig
 from raywiz.eval.generation import generate_texts
 from raywiz.benchmarks.postprocess import postprocess
 from raywiz.benchmarks.prompts import build_prompt, default_stop, instruction_for
+from raywiz.data.template import CHAT_STYLE_TEMPLATES
 from raywiz.eval.report import format_table, plot_pass_at_1, summarize, task_rows, write_jsonl, write_outputs
 from raywiz.benchmarks.score import read_samples, score_samples
 from raywiz.inference import EngineSpec, SamplingParams, checkpoint_info, make_engine
@@ -140,7 +141,7 @@ def generate_samples(tasks: list[Task], cfg: EvalConfig, generator) -> list[dict
     tokenizer = None
     # The template the checkpoint was trained with (its raywiz.json), for local models.
     trained = checkpoint_info(generator.spec.model) if cfg.generation.backend != "openai" else {}
-    if (cfg.prompt.style == "chat" or trained.get("template") == "chat") and cfg.generation.backend != "openai":
+    if (cfg.prompt.style == "chat" or trained.get("template") in CHAT_STYLE_TEMPLATES) and cfg.generation.backend != "openai":
         from raywiz.modeling import load_tokenizer
 
         tokenizer = load_tokenizer(generator.spec.model, generator.spec.tokenizer)  # for its chat template

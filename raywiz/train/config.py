@@ -17,10 +17,13 @@ class _Section(BaseModel):
 
 
 class TemplateConfig(_Section):
-    name: Literal["wizardcoder", "alpaca", "chat", "custom"] = Field(
+    name: Literal["wizardcoder", "alpaca", "chat", "model", "chatml", "custom"] = Field(
         "wizardcoder",
         description="wizardcoder: WizardCoder's Alpaca prompt (input ignored, as theirs); alpaca: adds the "
-        "'### Input:' variant when a row has input; chat: the tokenizer's chat template; custom: `prompt`.",
+        "'### Input:' variant when a row has input; model (or chat): the tokenizer's own chat template; chatml: "
+        "ChatML on any tokenizer (<|im_start|>/<|im_end|> added when missing, the model's embeddings grown, the "
+        "template saved with the tokenizer in hf/); custom: `prompt`. Chat templates render multi-turn "
+        "conversations with the loss on assistant turns only.",
     )
     prompt: str | None = Field(None, description="custom template with {instruction} and {input} fields")
 

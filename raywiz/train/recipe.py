@@ -32,10 +32,9 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from raywiz.artifacts import CheckpointDir, RunLayout, is_remote, write_json_atomic
 from raywiz.config import JobConfig
 from raywiz.data import fim
-from raywiz.data.pipeline import epoch_shuffle_args
+from raywiz.data.pipeline import epoch_shuffle_args, training_tokenizer
 from raywiz.data.tokenize import IGNORE_INDEX
 from raywiz.log import get_logger
-from raywiz.modeling import load_tokenizer
 from raywiz.train import checkpoint as ckpt
 from raywiz.train import kernels
 from raywiz.train.engine import create_engine, lr_at
@@ -221,8 +220,7 @@ class FinetuneRecipe:
         self.debug = DebugHook(tc.debug, self.layout, self.rank)
         self.debug.on_start()
 
-        self.tokenizer = load_tokenizer(self.job.model.name_or_path, self.job.model.tokenizer,
-                                        self.job.model.trust_remote_code)
+        self.tokenizer = training_tokenizer(self.job.model, tc.data)  # a named chat template's tokens added
         eng = self.eng = create_engine(self.job.model, tc, self.on_gpu, self.device, n_params=self.plan.n_params,
                                        n_tokens=len(self.tokenizer))
         self.engine, self.model = eng.engine, eng.model

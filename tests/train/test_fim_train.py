@@ -1,6 +1,7 @@
 """A short `raywiz train` on a code source with train.data.fim.rate 1.0 (tiny model, one CPU worker, a
 tokenizer with StarCoder's FIM tokens): it trains, the model grows to the tokenizer's size, and hf/
-records the FIM tokens in raywiz.json beside a tokenizer that has them."""
+records the FIM tokens in raywiz.json beside a tokenizer that has them; served, it answers a `suffix`
+request (the official openai SDK) with its FIM prompt, seen through echo + logprobs."""
 
 from __future__ import annotations
 
@@ -51,3 +52,9 @@ train:
     model = AutoModelForCausalLM.from_pretrained(hf)
     assert model.get_input_embeddings().weight.shape[0] == len(tok) == 2052  # 2,048 + the 4 FIM tokens
     assert tok.convert_tokens_to_ids(STARCODER.middle) == 2049
+
+    openai = pytest.importorskip("openai")
+    from tests.serve.test_fim_serve import check_fim_prompt_is_echoed, serve_run
+
+    with serve_run(tmp_path / "runs" / "fim") as url:
+        check_fim_prompt_is_echoed(openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0))
