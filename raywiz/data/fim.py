@@ -49,6 +49,10 @@ class FimTokens:
     def from_dict(cls, d: dict) -> "FimTokens":
         return cls(**{k: d.get(k) for k in ("family", "prefix", "suffix", "middle", "pad")})
 
+    def ids(self, tokenizer) -> tuple[int, int, int]:
+        """The prefix, suffix and middle sentinels' token ids in this tokenizer."""
+        return tuple(tokenizer.convert_tokens_to_ids(t) for t in (self.prefix, self.suffix, self.middle))
+
     def prompt(self, prefix: str, suffix: str, spm: bool = False) -> str:
         """The text a model continues with the middle (PSM, or SPM as trained above)."""
         if spm:
@@ -127,7 +131,7 @@ def tokenize_code(tokenizer, text: str, sample_id: str, seed: int, rate: float =
     if parts is None:
         ids = _ids(tokenizer, text)
     else:
-        pre, suf, mid = (tokenizer.convert_tokens_to_ids(t) for t in (tokens.prefix, tokens.suffix, tokens.middle))
+        pre, suf, mid = tokens.ids(tokenizer)
         prefix, middle, suffix = (_ids(tokenizer, s) for s in (parts.prefix, parts.middle, parts.suffix))
         if parts.spm:
             ids = [pre, suf, *suffix, mid, *prefix, *middle]
@@ -145,13 +149,13 @@ def _ids(tokenizer, text: str) -> list[int]:
 def prompt_ids(tokenizer, tokens: FimTokens, prefix: str, suffix: str, lead: list[int] | None = None) -> list[int]:
     """The PSM prompt a model continues with the middle, as token ids: each part tokenized apart as in
     training (text that spells a sentinel stays text), after `lead` (a BOS, for models that take one)."""
-    pre, suf, mid = (tokenizer.convert_tokens_to_ids(t) for t in (tokens.prefix, tokens.suffix, tokens.middle))
+    pre, suf, mid = tokens.ids(tokenizer)
     return [*(lead or []), pre, *_ids(tokenizer, prefix), suf, *_ids(tokenizer, suffix), mid]
 
 
 def undo(tokenizer, ids: list[int], tokens: FimTokens) -> str:
     """The document a FIM sample was made from (EOS dropped): the inverse of tokenize_code."""
-    pre, suf, mid = (tokenizer.convert_tokens_to_ids(t) for t in (tokens.prefix, tokens.suffix, tokens.middle))
+    pre, suf, mid = tokens.ids(tokenizer)
     ids = ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids
     if not ids or ids[0] != pre:
         return tokenizer.decode(ids)

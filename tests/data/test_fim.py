@@ -46,7 +46,7 @@ def test_split_is_characters_and_joins_back_exactly():
 
 @pytest.mark.parametrize("spm_rate", [0.0, 1.0])
 def test_sample_layout_and_exact_round_trip(tok, spm_rate):
-    pre, suf, mid = (tok.convert_tokens_to_ids(t) for t in (STARCODER.prefix, STARCODER.suffix, STARCODER.middle))
+    pre, suf, mid = STARCODER.ids(tok)
     for i in range(50):
         sid = f"doc-{i}"
         sample = fim.tokenize_code(tok, CODE, sid, seed=1, rate=1.0, spm_rate=spm_rate, tokens=STARCODER)
