@@ -88,3 +88,4 @@ train:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         r = client.chat.completions.create(model="latest", messages=messages, max_tokens=2, temperature=0)
     assert r.usage.prompt_tokens == len(tok(CHATML, add_special_tokens=False)["input_ids"])
+
