@@ -400,6 +400,7 @@ class ModelInfo:
     final: bool | None = None  # written by the last checkpoint of its run
     peft: str | None = None  # adapter/ only: lora | dora | qlora
     base_quantized: bool | None = None  # adapter/ only: the base trained in 4 bits (QLoRA)
+    fim: dict | None = None  # the fill-in-the-middle tokens it knows (raywiz.data.fim.FimTokens.to_dict())
 
     @staticmethod
     def path(model_dir: str) -> str:

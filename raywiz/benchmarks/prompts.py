@@ -18,7 +18,7 @@ instruction in the tokenizer's chat template.
 
 from __future__ import annotations
 
-from raywiz.data.template import format_prompt
+from raywiz.data.template import CHAT_STYLE_TEMPLATES, format_prompt
 from raywiz.benchmarks import Task
 
 STYLES = ("wizardcoder", "completion", "custom", "chat")
@@ -70,7 +70,7 @@ def build_prompt(task: Task, style: str = "wizardcoder", template: str | None = 
     if style == "wizardcoder":
         instruction = instruction_for(task).replace("    ", "\t")
         name, custom = (trained or {}).get("template"), (trained or {}).get("prompt")
-        if name == "chat" and tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        if name in CHAT_STYLE_TEMPLATES and tokenizer is not None and getattr(tokenizer, "chat_template", None):
             return format_prompt(instruction, template="chat", tokenizer=tokenizer)
         if name == "custom" and custom:
             return format_prompt(instruction, template="custom", custom=custom)

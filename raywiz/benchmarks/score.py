@@ -5,6 +5,7 @@
   humaneval+  evalplus: the solution's outputs on the base and plus inputs against the reference's,
   mbpp+       per-input limits max(1 s, 4 x reference time), atol, evalplus's special oracles.
               `passed` = base and plus both pass (evalplus's "+" line); `base_passed` = base alone.
+  humaneval-infill-*  human-eval-infilling: prompt + completion (the middle) + suffix, then HumanEval's check.
   ds1000      its test program (xlang: code_context + test_execution; HKUNLP: program.py + test_code.py),
               in a trusted checker process (ds1000_check), the solution in the sandbox.
 
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 from raywiz.benchmarks import groundtruth
-from raywiz.benchmarks import Task, canonical_name, read_jsonl
+from raywiz.benchmarks import INFILL_BENCHMARKS, Task, canonical_name, read_jsonl
 from raywiz.benchmarks.ds1000 import library_modules
 from raywiz.benchmarks.sandbox import (CandidateDied, CandidateSession, CandidateTimeout, SandboxSettings, encode,
                                        require_working_sandbox, run_in_sandbox)
@@ -68,10 +69,11 @@ class Verdict:
 
 
 def program_code(task: Task, completion: str | None = None, solution: str | None = None) -> str:
-    """The sample's code: an evalplus-style `solution` as is, else the prompt prefix + completion."""
+    """The sample's code: an evalplus-style `solution` as is, else the prompt prefix + completion
+    (+ the suffix after the middle, for infilling)."""
     if solution is not None:
         return solution
-    return task.completion_prefix + (completion or "")
+    return task.completion_prefix + (completion or "") + task.suffix
 
 
 # ----------------------------------------------------------------------------- per benchmark
@@ -175,6 +177,15 @@ def _trusted_module(name: str):
 def _check_humaneval(task: Task, code: str, settings: ScoreSettings) -> Verdict:
     return _check_with_tests(task.task_id, task.entry_point, code, task.prompt, f"{task.test}\ncheck({task.entry_point})", "",
                              settings.humaneval_timeout_s, settings, _preimport(code))
+
+
+def _check_infilling(task: Task, code: str, settings: ScoreSettings) -> Verdict:
+    """human-eval-infilling's rule (its execution.py: prompt + completion + suffix, the test, check(entry_point),
+    3 s): HumanEval's check. The benchmark's helpers the test calls (HumanEval/32's poly) are the reference
+    program's, as HumanEval takes them from its prompt: the infill prompt alone is cut mid-function."""
+    reference = task.prompt + task.solution + task.suffix
+    return _check_with_tests(task.task_id, task.entry_point, code, reference, f"{task.test}\ncheck({task.entry_point})",
+                             "", settings.humaneval_timeout_s, settings, _preimport(code))
 
 
 def _check_mbpp(task: Task, code: str, settings: ScoreSettings) -> Verdict:
@@ -480,6 +491,8 @@ def check_completion(benchmark: str, task: Task, completion: str | None = None, 
         return _check_humaneval(task, code, settings)
     if benchmark == "mbpp":
         return _check_mbpp(task, code, settings)
+    if benchmark in INFILL_BENCHMARKS:
+        return _check_infilling(task, code, settings)
     if benchmark == "ds1000":
         return _check_ds1000(task, code, settings)
     return _check_evalplus(task, code, settings, _payloads or _EvalplusPayloads(settings, keep=1))

@@ -38,6 +38,9 @@ SOURCES: dict[str, BenchmarkSource] = {s.benchmark: s for s in [
     BenchmarkSource("mbpp+", "RAYWIZ_MBPPPLUS_PATH"),
     BenchmarkSource("mbpp+prompts", "RAYWIZ_MBPPPLUS_PROMPTS_PATH"),
     BenchmarkSource("ds1000", "RAYWIZ_DS1000_PATH"),
+    BenchmarkSource("humaneval-infill-single", "RAYWIZ_HUMANEVAL_INFILL_SINGLE_PATH"),
+    BenchmarkSource("humaneval-infill-multi", "RAYWIZ_HUMANEVAL_INFILL_MULTI_PATH"),
+    BenchmarkSource("humaneval-infill-span", "RAYWIZ_HUMANEVAL_INFILL_SPAN_PATH"),
 ]}
 
 

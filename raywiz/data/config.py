@@ -14,10 +14,13 @@ from raywiz.config_base import ConfigSection
 
 
 class TemplateConfig(ConfigSection):
-    name: Literal["wizardcoder", "alpaca", "chat", "custom"] = Field(
+    name: Literal["wizardcoder", "alpaca", "chat", "model", "chatml", "custom"] = Field(
         "wizardcoder",
         description="wizardcoder: WizardCoder's Alpaca prompt (input ignored, as theirs); alpaca: adds the "
-        "'### Input:' variant when a row has input; chat: the tokenizer's chat template; custom: `prompt`.",
+        "'### Input:' variant when a row has input; model (or chat): the tokenizer's own chat template; chatml: "
+        "ChatML on any tokenizer (<|im_start|>/<|im_end|> added when missing, the model's embeddings grown, the "
+        "template saved with the tokenizer in hf/); custom: `prompt`. Chat templates render multi-turn "
+        "conversations with the loss on assistant turns only.",
     )
     prompt: str | None = Field(None, description="custom template with {instruction} and {input} fields")
 
@@ -37,9 +40,11 @@ class DataSourceConfig(ConfigSection):
     hf_dataset: str | None = Field(
         None, description="a Hugging Face dataset: a hub name (online) or a directory written by save_to_disk")
     split: str = "train"
-    formatting: Literal["alpaca", "sharegpt", "messages"] = Field(
+    formatting: Literal["alpaca", "sharegpt", "messages", "code"] = Field(
         "alpaca", description="alpaca: instruction/input/output; sharegpt: conversations [{from, value}]; "
-        "messages: OpenAI-style [{role, content}]. The loss falls on assistant turns only.")
+        "messages: OpenAI-style [{role, content}]. The loss falls on assistant turns only. code: plain code "
+        "(each plain text file is one sample, or a `content` column of JSONL/Parquet/a HF dataset), learned "
+        "whole; train.data.fim rearranges it for fill-in-the-middle")
     weight: float = Field(1.0, gt=0, description="relative share of the mix (see raywiz/data/mix.py)")
 
     @model_validator(mode="after")
@@ -51,6 +56,15 @@ class DataSourceConfig(ConfigSection):
     @property
     def name(self) -> str:
         return self.path or f"{self.hf_dataset}[{self.split}]"
+
+
+class FimConfig(ConfigSection):
+    """Fill-in-the-middle on `formatting: code` sources (raywiz/data/fim.py: bigcode's transformation)."""
+
+    rate: float = Field(0.5, ge=0, le=1, description="share of code samples turned into FIM samples "
+                        "(StarCoder: 0.5)")
+    spm_rate: float = Field(0.5, ge=0, le=1, description="share of those laid out suffix-prefix-middle "
+                            "instead of prefix-suffix-middle (StarCoder: 0.5)")
 
 
 class DataConfig(ConfigSection):
@@ -66,6 +80,8 @@ class DataConfig(ConfigSection):
         "one-source form (alpaca formatting, weight 1)")
     format: Literal["auto", "parquet", "jsonl"] = "auto"
     template: TemplateConfig = Field(default_factory=TemplateConfig)
+    fim: FimConfig | None = Field(None, description="fill-in-the-middle for code sources, with the model's own "
+                                  "FIM tokens (a tokenizer without them is refused); none: code is learned as is")
     max_length: int = Field(2048, ge=16, description="tokens per sample and per packed row")
     overlong: Literal["drop", "truncate"] = Field("drop", description="samples longer than max_length")
     pack: bool = Field(True, description="pack samples into rows of max_length tokens (no cross-sample attention)")

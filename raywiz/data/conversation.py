@@ -10,8 +10,10 @@ How a conversation becomes text:
 - one exchange (an optional system prompt, one user turn, one assistant turn) with a text template
   (``wizardcoder``, ``alpaca``, ``custom``) uses that template, as instruction rows do; a system prompt
   takes the place of the template's opening sentence;
-- several exchanges, or ``template: chat``, use the tokenizer's chat template. Each assistant turn is
-  found by rendering the conversation up to it, so the mask follows the template exactly.
+- several exchanges, or a chat template (``model``/``chat``: the tokenizer's own; a named one such as
+  ``chatml``, installed on any tokenizer by raywiz.data.template.with_chat_template), use the
+  tokenizer's chat template. Each assistant turn is found by rendering the conversation up to it,
+  so the mask follows the template exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from raywiz.data.template import WIZARDCODER_PROMPT, format_prompt
+from raywiz.data.template import CHAT_STYLE_TEMPLATES, WIZARDCODER_PROMPT, format_prompt
 from raywiz.data.tokenize import IGNORE_INDEX, TokenizedSample
 
 FORMATTINGS = ("alpaca", "sharegpt", "messages")
@@ -100,11 +102,12 @@ def is_single_exchange(turns: list[Turn]) -> bool:
 def tokenize_conversation(tokenizer, turns: list[Turn], template: str = "wizardcoder",
                           custom: str | None = None) -> TokenizedSample:
     """input_ids and labels: -100 everywhere but the assistant turns and the final EOS."""
-    if template != "chat" and is_single_exchange(turns):
+    if template not in CHAT_STYLE_TEMPLATES and is_single_exchange(turns):
         return _single_exchange(tokenizer, turns, template, custom)
     if not getattr(tokenizer, "chat_template", None):
-        raise BadConversation("a multi-turn conversation needs a tokenizer with a chat template "
-                              "(a model's own, or train.data.template.name: chat)")
+        raise BadConversation("a multi-turn conversation needs a tokenizer with a chat template: a model's own "
+                              "(train.data.template.name: model), or a named one for any tokenizer "
+                              "(train.data.template.name: chatml)")
     return _with_chat_template(tokenizer, turns)
 
 
@@ -133,6 +136,11 @@ def _with_chat_template(tokenizer, turns: list[Turn]) -> TokenizedSample:
                                   "its assistant turns cannot be masked")
         segments += [(before[len(done):], False), (through[len(before):], True)]
         done = through
+    last = segments[-1][0]
+    if tokenizer.eos_token and last.rstrip().endswith(tokenizer.eos_token):
+        # The template ends the turn with EOS itself (ChatML's <|im_end|>): learn to stop there, not to
+        # write the newline after it and a second EOS.
+        segments[-1] = (last.rstrip(), True)
     return _segments(tokenizer, segments)
 
 

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raywiz.data import conversation as conv
+from raywiz.data import fim
 from raywiz.data import mix
 from raywiz.data import pack as packing
-from raywiz.data.shards import BadRowError, Row, iter_rows, sample_id_of, validate, where
+from raywiz.data.shards import BadRowError, Row, _detect_format, _open_bytes, iter_rows, sample_id_of, validate, where
+from raywiz.data.template import with_chat_template
 from raywiz.data.tokenize import fit_to_length, tokenize_sample
 from raywiz.log import get_logger
 from raywiz.data.config import DataSourceConfig
@@ -60,27 +62,49 @@ class Source:
     files: list[str]
 
 
-TEXT_COLUMNS = ("sample_id", "source", "instruction", "input", "output", "conversation", "where", "bad_reason")
+TEXT_COLUMNS = ("sample_id", "source", "instruction", "input", "output", "conversation", "code", "where",
+                "bad_reason")
+
+
+def _code_problem(rec: dict) -> str:
+    """Why a `formatting: code` row cannot train ("" when it can): it needs non-empty text in `content`."""
+    content = rec.get("content")
+    if content is None:
+        return "missing field 'content' (formatting: code)"
+    if not isinstance(content, str):
+        return f"field 'content' is {type(content).__name__}, expected text"
+    if not content.strip():
+        return "empty 'content'"
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError:
+        return "field 'content' holds undecodable text (lone surrogates)"
+    return ""
 
 
 def _text_row(out: dict, row, formatting: str, source: int) -> None:
     """Validate one row in its formatting and add it to the batch (bad rows too, with their reason)."""
     rec = row.record or {}
-    conversation = ""
+    conversation = code = ""
     if formatting == "alpaca":
         validate(row)
+    elif formatting == "code":
+        row.bad_reason = row.bad_reason or _code_problem(rec)
+        code = rec.get("content") if not row.bad_reason else ""
     elif not row.bad_reason:
         try:
             conversation = conv.to_json(conv.parse(rec, formatting))
         except conv.BadConversation as e:
             row.bad_reason = str(e)
     ok = not row.bad_reason
-    out["sample_id"].append(sample_id_of(row, conversation) if ok else "")
+    instruction_row = ok and formatting == "alpaca"
+    out["sample_id"].append(sample_id_of(row, conversation or code) if ok else "")
     out["source"].append(source)
-    out["instruction"].append(rec.get("instruction") if ok and not conversation else "")
-    out["input"].append((rec.get("input") or "") if ok and not conversation else "")
-    out["output"].append(rec.get("output") if ok and not conversation else "")
+    out["instruction"].append(rec.get("instruction") if instruction_row else "")
+    out["input"].append((rec.get("input") or "") if instruction_row else "")
+    out["output"].append(rec.get("output") if instruction_row else "")
     out["conversation"].append(conversation)
+    out["code"].append(code)
     out["where"].append(where(row))
     out["bad_reason"].append(row.bad_reason)
 
@@ -89,9 +113,28 @@ def read_shard_batch(batch: dict, fmt: str, formatting: str = "alpaca", source: 
     """Ray Data map_batches fn: one batch of file paths -> validated text rows with their location."""
     out: dict[str, list] = {k: [] for k in TEXT_COLUMNS}
     for path in batch["path"]:
-        for row in iter_rows(str(path), fmt):
+        rows = [_text_file_row(str(path))] if formatting == "code" and _is_text_file(str(path), fmt) else \
+            iter_rows(str(path), fmt)
+        for row in rows:
             _text_row(out, row, formatting, source)
     return out
+
+
+def _is_text_file(path: str, fmt: str) -> bool:
+    """A code source's plain file (a .py, .rs, ...), not a JSONL/JSON/Parquet shard of `content` rows."""
+    try:
+        _detect_format(path, fmt)
+        return False
+    except ValueError:
+        return True
+
+
+def _text_file_row(path: str) -> Row:
+    """A whole text file as one code sample."""
+    try:
+        return Row(path, 0, {"content": _open_bytes(path).decode("utf-8")})
+    except UnicodeDecodeError as e:
+        return Row(path, 0, None, f"undecodable text (not UTF-8): {e.reason} at byte {e.start}")
 
 
 def read_record_batch(batch: dict, origin: str, formatting: str, source: int) -> dict:
@@ -138,23 +181,34 @@ def load_hf_dataset(name: str, split: str):
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(model_name: str, tokenizer: str | None, trust_remote_code: bool):
+def _tokenizer(model_name: str, tokenizer: str | None, trust_remote_code: bool, template: str = ""):
     """One tokenizer per Ray worker process: Ray reuses the process for the tasks of a map."""
     from raywiz.modeling import load_tokenizer
 
-    return load_tokenizer(model_name, tokenizer, trust_remote_code)
+    return with_chat_template(load_tokenizer(model_name, tokenizer, trust_remote_code), template)
+
+
+def training_tokenizer(model_cfg, data_cfg):
+    """The tokenizer training uses and saves in hf/: the model's, with a named chat template installed."""
+    from raywiz.modeling import load_tokenizer
+
+    tok = load_tokenizer(model_cfg.name_or_path, model_cfg.tokenizer, model_cfg.trust_remote_code)
+    return with_chat_template(tok, data_cfg.template.name)
 
 
 def tokenize_batch(batch: dict, model_name: str, tokenizer: str | None, template: str, custom: str | None,
-                   max_length: int, overlong: str, trust_remote_code: bool = False) -> dict:
+                   max_length: int, overlong: str, trust_remote_code: bool = False, seed: int = 0,
+                   fim_rate: float = 0.0, fim_spm_rate: float = 0.0, fim_tokens: dict | None = None) -> dict:
     """Ray Data map_batches fn: template, tokenize and fit each row (bad rows pass through, marked).
 
-    Instruction rows use the template (prompt masked); conversations mask all but assistant turns.
+    Instruction rows use the template (prompt masked); conversations mask all but assistant turns;
+    code rows are learned whole, FIM-transformed at `fim_rate` (raywiz.data.fim, keyed by seed and sample id).
 
     A task function rather than an actor class: Ray Data's actor pools keep their constructor
     arguments in the object store, which Ray's core worker reports on the console for every run.
     """
-    tok = _tokenizer(model_name, tokenizer, trust_remote_code)
+    tok = _tokenizer(model_name, tokenizer, trust_remote_code, template)
+    tokens = fim.FimTokens.from_dict(fim_tokens) if fim_tokens else None
     n = len(batch["sample_id"])
     ids_col, labels_col, status = [], [], []
     bad_reason = list(batch["bad_reason"])
@@ -163,7 +217,10 @@ def tokenize_batch(batch: dict, model_name: str, tokenizer: str | None, template
             ids_col.append([]), labels_col.append([]), status.append("bad")
             continue
         try:
-            if batch["conversation"][i]:
+            if batch["code"][i]:
+                sample = fim.tokenize_code(tok, str(batch["code"][i]), str(batch["sample_id"][i]), seed, fim_rate,
+                                           fim_spm_rate, tokens)
+            elif batch["conversation"][i]:
                 sample = conv.tokenize_conversation(tok, conv.from_json(str(batch["conversation"][i])), template,
                                                     custom)
             else:
@@ -247,6 +304,17 @@ def mix_sources(good, sources: list[Source], seed: int, report: "DataReport"):
     return good.map_batches(mix.expand, fn_kwargs={"copies": copies}, batch_size=1024)
 
 
+def fim_arguments(sources: list[Source], data_cfg, model_cfg) -> dict:
+    """tokenize_batch's FIM arguments; the model's FIM tokens, checked here on the driver before any work
+    (FimUnavailable names train.data.fim) when a code source will be FIM-transformed."""
+    cfg = data_cfg.fim
+    if cfg is None or cfg.rate == 0 or not any(s.config.formatting == "code" for s in sources):
+        return {}
+    tokenizer = _tokenizer(model_cfg.name_or_path, model_cfg.tokenizer, model_cfg.trust_remote_code)
+    tokens = fim.require_tokens(tokenizer)
+    return {"fim_rate": cfg.rate, "fim_spm_rate": cfg.spm_rate, "fim_tokens": tokens.to_dict()}
+
+
 def prepare_packed_dataset(sources: list[Source] | list[str], data_cfg, model_cfg, seed: int, num_cpus: int):
     """Build the materialized packed dataset and its report. Raises BadRowError with on_bad_row=error.
 
@@ -264,6 +332,7 @@ def prepare_packed_dataset(sources: list[Source] | list[str], data_cfg, model_cf
     if sources and isinstance(sources[0], str):
         sources = [Source(DataSourceConfig(path=sources[0]), list(sources))]
     files = [f for s in sources for f in s.files] or [s.config.name for s in sources]
+    fim_kwargs = fim_arguments(sources, data_cfg, model_cfg)
     text = read_sources(sources, data_cfg, num_cpus)
 
     tokenizer_name = model_cfg.tokenizer
@@ -272,7 +341,7 @@ def prepare_packed_dataset(sources: list[Source] | list[str], data_cfg, model_cf
         fn_kwargs=dict(
             model_name=model_cfg.name_or_path, tokenizer=tokenizer_name, template=data_cfg.template.name,
             custom=data_cfg.template.prompt, max_length=data_cfg.max_length, overlong=data_cfg.overlong,
-            trust_remote_code=model_cfg.trust_remote_code,
+            trust_remote_code=model_cfg.trust_remote_code, seed=seed, **fim_kwargs,
         ),
         batch_size=data_cfg.tokenize_batch_size,
         compute=ray.data.TaskPoolStrategy(size=max(1, num_cpus)),

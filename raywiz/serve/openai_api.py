@@ -1,5 +1,8 @@
 """OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions (SSE streaming), /v1/models.
 
+/v1/completions with `suffix` fills in the middle: the prompt is the code before the cursor, the
+suffix the code after it, and the model sees its own FIM prompt (raywiz.data.fim).
+
 Request and response shapes follow OpenAI's; the `model` field names a checkpoint ("latest" or no
 model: the one currently served). Every bad request gets a 4xx with OpenAI's error body
 ``{"error": {"message", "type", "param", "code"}}``; a 500 means a bug or a failing device, never
@@ -24,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from raywiz.serve.errors import ApiError, error_body
+from raywiz.data import fim
 from raywiz.serve.config import ServeLimits
 from raywiz.inference import Delta, SamplingParams
 from raywiz.serve.pool import CheckpointRefused, LoadedModel, UnknownModel
@@ -32,18 +37,6 @@ from raywiz.serve.service import CURRENT_ALIASES, ModelService
 
 
 # ---------------------------------------------------------------- errors
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 type: str = "invalid_request_error", code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
-
-
-def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -225,9 +218,8 @@ def build_openai_router(service: ModelService, limits: ServeLimits) -> APIRouter
     @router.post("/v1/completions")
     async def completions(request: Request):
         req = await read_body(request, CompletionRequest, limits.max_request_bytes)
-        for name, bad in (("suffix", req.suffix is not None), ("best_of", req.best_of not in (None, 1, req.n))):
-            if bad:
-                raise ApiError(400, f"{name} is not supported by this server", param=name)
+        if req.best_of not in (None, 1, req.n):
+            raise ApiError(400, "best_of is not supported by this server", param="best_of")
         if req.max_tokens == 0 and not req.echo:
             raise ApiError(400, "max_tokens 0 needs echo (scoring the prompt alone)", param="max_tokens")
         if req.stream and (len(req.prompts) > 1 or req.logprobs is not None or req.echo):
@@ -313,10 +305,15 @@ def _prepare(loaded: LoadedModel, limits: ServeLimits, req, chat: bool):
     else:
         texts = req.prompts
     special = uses_special_tokens(loaded.template, chat)
+    fim_tokens = None if chat or req.suffix is None else _fim_tokens(loaded, req)
     vocab = len(loaded.tokenizer)
     prompts = []
     for k, text in enumerate(texts):
-        if isinstance(text, str):
+        if fim_tokens is not None:  # fill in the middle: the model's own prompt around prefix and suffix
+            lead = loaded.tokenizer("", add_special_tokens=special)["input_ids"]  # a BOS where the model takes one
+            ids = fim.prompt_ids(loaded.tokenizer, fim_tokens, text, req.suffix, lead)
+            text = fim_tokens.prompt(text, req.suffix)
+        elif isinstance(text, str):
             ids = loaded.tokenizer(text, add_special_tokens=special)["input_ids"]
         else:  # token ids, as lm-evaluation-harness sends them
             if any(not 0 <= t < vocab for t in text):
@@ -337,6 +334,19 @@ def _prepare(loaded: LoadedModel, limits: ServeLimits, req, chat: bool):
     params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, n=req.n,
                             stop=req.stop_list, seed=req.seed)
     return prompts, params, generate
+
+
+def _fim_tokens(loaded: LoadedModel, req) -> "fim.FimTokens":
+    """The FIM tokens the model was trained with (hf/raywiz.json), else a known set in its tokenizer."""
+    if any(not isinstance(p, str) for p in req.prompts):
+        raise ApiError(400, "suffix needs a text prompt (the code before the cursor), not token ids", param="suffix")
+    recorded = loaded.info.get("fim")
+    tokens = fim.FimTokens.from_dict(recorded) if isinstance(recorded, dict) else fim.find_tokens(loaded.tokenizer)
+    if tokens is None:
+        raise ApiError(400, f"suffix: model {loaded.name!r} has no fill-in-the-middle tokens (its tokenizer has "
+                       "none of <fim_prefix>/<fim_suffix>/<fim_middle> or another known set); send the prompt "
+                       "without suffix", param="suffix")
+    return tokens
 
 
 def _choice(chat: bool, index: int, text: str, finish_reason: str | None, stream: bool, first: bool = False) -> dict:

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from raywiz.data.template import CHAT_STYLE_TEMPLATES
 from raywiz.serve.guard import RequestPolicy, request_guard
 from raywiz.serve.openai_api import ApiError, read_body
 from raywiz.serve.pool import CheckpointRefused, UnknownModel
@@ -122,7 +123,9 @@ def build_page_routers(service: ModelService, catalog: TaskCatalog, max_request_
                    model: str | None = None):
         item = await _run(catalog.get, benchmark, task_id, what="task")
         template = await _template_of(model)
-        prompt, stop = catalog.model_prompt(item, template)
+        chat = template in CHAT_STYLE_TEMPLATES
+        tokenizer = await _run(service.tokenizer_of, model, what="model") if chat else None
+        prompt, stop = catalog.model_prompt(item, template, tokenizer)
         return {"benchmark": benchmark, "task_id": task_id, "prompt": item.prompt, "model_prompt": prompt,
                 "stop": stop, "template": template}
 

@@ -258,6 +258,11 @@ class ModelService:
         ref = self._find(name)
         return ModelInfo.read(ref.path).template if ref is not None else None
 
+    def tokenizer_of(self, name: str | None):
+        """A model's tokenizer (it renders the chat template the model was trained with); loads the model."""
+        with self.acquire(name) as loaded:
+            return loaded.tokenizer
+
     # ---------------------------------------------------------------- helpers
 
     def _find(self, name: str) -> CheckpointRef | None:

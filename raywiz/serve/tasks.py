@@ -17,13 +17,15 @@ from raywiz.benchmarks import load_tasks
 from raywiz.benchmarks.postprocess import postprocess
 from raywiz.benchmarks.prompts import build_prompt, default_stop
 from raywiz.benchmarks.score import check_completion
+from raywiz.data.template import CHAT_STYLE_TEMPLATES
 from raywiz.serve.prompts import INSTRUCTION_TEMPLATES
 
 
 def prompt_style(template: str | None) -> str:
     """Eval's prompt style for a served model: WizardCoder's instruction prompting for models trained
-    with a raywiz instruction template, the benchmark's text to continue for any other model."""
-    return "wizardcoder" if template in INSTRUCTION_TEMPLATES else "completion"
+    with a raywiz instruction or chat template (the latter rendered by their tokenizer's chat template,
+    as eval does), the benchmark's text to continue for any other model."""
+    return "wizardcoder" if template in INSTRUCTION_TEMPLATES or template in CHAT_STYLE_TEMPLATES else "completion"
 
 
 class TasksUnavailable(RuntimeError):
@@ -57,10 +59,11 @@ class TaskCatalog:
         raise KeyError(task_id)
 
     @staticmethod
-    def model_prompt(task: Any, template: str | None) -> tuple[str, list[str]]:
-        """(prompt, stop sequences), exactly as `raywiz eval` builds them (raywiz.benchmarks.prompts)."""
+    def model_prompt(task: Any, template: str | None, tokenizer=None) -> tuple[str, list[str]]:
+        """(prompt, stop sequences), exactly as `raywiz eval` builds them (raywiz.benchmarks.prompts);
+        the tokenizer renders a chat template the model was trained with."""
         style = prompt_style(template)
-        return build_prompt(task, style), default_stop(style)
+        return build_prompt(task, style, tokenizer=tokenizer, trained={"template": template}), default_stop(style)
 
     @staticmethod
     def completion_for(text: str, template: str | None, task: Any = None) -> str:

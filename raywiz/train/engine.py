@@ -21,9 +21,11 @@ from raywiz.train.fsdp2 import FSDP2TrainEngine
 ENGINES: dict[str, type[TrainEngine]] = {"deepspeed": DeepSpeedTrainEngine, "fsdp2": FSDP2TrainEngine}
 
 
-def create_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_params: int | None = None) -> TrainEngine:
-    """train.engine's engine, with the set-up both share (dtype, attention, fused loss) resolved once."""
-    setup = EngineSetup.resolve(model_cfg, train_cfg, on_gpu, device, n_params)
+def create_engine(model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_params: int | None = None,
+                  n_tokens: int | None = None) -> TrainEngine:
+    """train.engine's engine, with the set-up both share (dtype, attention, fused loss) resolved once.
+    `n_tokens`: the training tokenizer's size (the embeddings grow to it when it added tokens)."""
+    setup = EngineSetup.resolve(model_cfg, train_cfg, on_gpu, device, n_params, n_tokens)
     return ENGINES[train_cfg.engine].create(model_cfg, train_cfg, setup)
 
 

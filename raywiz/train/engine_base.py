@@ -32,9 +32,11 @@ class EngineSetup:
     gpu_bytes: int | None  # one card's memory
     attn_implementation: str
     fused_loss: str  # liger | chunked | off (raywiz.train.kernels)
+    n_tokens: int | None = None  # the training tokenizer's size, when it added tokens the model lacks
 
     @classmethod
-    def resolve(cls, model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_params: int | None) -> "EngineSetup":
+    def resolve(cls, model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_params: int | None,
+                n_tokens: int | None = None) -> "EngineSetup":
         from raywiz.train.kernels import resolve_attn_implementation, resolve_fused_loss
 
         dtype = torch_dtype(model_cfg.dtype, on_gpu)
@@ -44,12 +46,20 @@ class EngineSetup:
                    gpu_bytes=torch.cuda.get_device_properties(device).total_memory if on_gpu else None,
                    attn_implementation=resolve_attn_implementation(model_cfg.attn_implementation, model_type, on_gpu,
                                                                    dtype),
-                   fused_loss=resolve_fused_loss(train_cfg.fused_loss, model_type, on_gpu))
+                   fused_loss=resolve_fused_loss(train_cfg.fused_loss, model_type, on_gpu), n_tokens=n_tokens)
 
 
 def weights_are_small(on_gpu: bool, param_bytes: int | None, gpu_bytes: int | None) -> bool:
     """Small next to one GPU: keeping them whole on every worker costs less than gathering them per layer."""
     return bool(on_gpu and param_bytes and gpu_bytes and param_bytes <= RESIDENT_PARAMS_MAX_FRACTION * gpu_bytes)
+
+
+def grow_embeddings(model, n_tokens: int | None) -> None:
+    """Make room for tokens the training tokenizer added (a chat template's, e.g. ChatML's <|im_start|>):
+    the embeddings (and a tied or separate output layer) grow to the tokenizer's size, new rows at the
+    mean of the old ones (transformers' default). A model already large enough is left as it is."""
+    if n_tokens is not None and n_tokens > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(n_tokens)
 
 
 def build_training_model(model_cfg, train_cfg, setup: EngineSetup, dtype: torch.dtype, on_device: bool,
@@ -61,6 +71,7 @@ def build_training_model(model_cfg, train_cfg, setup: EngineSetup, dtype: torch.
         model = build_model(model_cfg.name_or_path, dtype=dtype, attn_implementation=setup.attn_implementation,
                             trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
                             seed=train_cfg.optim.seed, **build_kwargs)
+    grow_embeddings(model, setup.n_tokens)
     if train_cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

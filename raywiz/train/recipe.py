@@ -31,10 +31,10 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raywiz.artifacts import CheckpointDir, ModelInfo, RunLayout, is_remote, write_json_atomic
 from raywiz.config import JobConfig
-from raywiz.data.pipeline import epoch_shuffle_args
+from raywiz.data import fim
+from raywiz.data.pipeline import epoch_shuffle_args, training_tokenizer
 from raywiz.data.tokenize import IGNORE_INDEX
 from raywiz.log import get_logger
-from raywiz.modeling import load_tokenizer
 from raywiz.train import checkpoint as ckpt
 from raywiz.train import kernels
 from raywiz.train.engine import create_engine
@@ -221,9 +221,9 @@ class FinetuneRecipe:
         self.debug = DebugHook(tc.debug, self.layout, self.rank)
         self.debug.on_start()
 
-        self.tokenizer = load_tokenizer(self.job.model.name_or_path, self.job.model.tokenizer,
-                                        self.job.model.trust_remote_code)
-        eng = self.eng = create_engine(self.job.model, tc, self.on_gpu, self.device, n_params=self.plan.n_params)
+        self.tokenizer = training_tokenizer(self.job.model, tc.data)  # a named chat template's tokens added
+        eng = self.eng = create_engine(self.job.model, tc, self.on_gpu, self.device, n_params=self.plan.n_params,
+                                       n_tokens=len(self.tokenizer))
         self.driver, self.model = eng.driver, eng.model  # the loop drives `driver` (DeepSpeed's engine, or FSDP2's)
         self.fused, self.varlen = eng.fused_loss, eng.attn_implementation == kernels.VARLEN
         self.layers, self.width = model_shape(self.model.config)
@@ -372,7 +372,8 @@ class FinetuneRecipe:
                 sd = self.eng.full_state_dict()
                 if self.rank == 0:
                     info = ModelInfo(step=step, run=self.job.name, base_model=self.job.model.name_or_path,
-                                     template=tc.data.template.name, prompt=tc.data.template.prompt, final=final)
+                                     template=tc.data.template.name, prompt=tc.data.template.prompt, final=final,
+                                     fim=fim.record(self.tokenizer).get("fim"))
                     self._export(sd, CheckpointDir(local), info)
                 del sd
             ckpt.seal_checkpoint(local, self.rank, self.world, meta={"step": step, "run": self.job.name, "final": final})

@@ -1,0 +1,91 @@
+"""A LoRA run with train.data.template.name: chatml on raywiz's test tokenizer (which has no chat template)
+over a mix of multi-turn ShareGPT and Alpaca sources: it trains, exports a small adapter and a merged hf/
+that transformers loads, whose tokenizer carries ChatML (tokens added, embeddings grown), and whose chat
+endpoint, served, renders ChatML."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from raywiz.artifacts import Kind, RunLayout, check_manifest
+from tests.train.test_train_e2e import _finish, _start
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 8
+CHATML = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+          "<|im_start|>assistant\n")
+
+
+def _write_sources(tmp: Path) -> tuple[Path, Path]:
+    chats = tmp / "chats.jsonl"
+    rows = [{"conversations": [{"from": "human", "value": f"Write f{i}."}, {"from": "gpt", "value": f"def f{i}(): pass"},
+                               {"from": "human", "value": "Add a docstring."},
+                               {"from": "gpt", "value": f'def f{i}():\n    """f{i}."""'}]} for i in range(4)]
+    chats.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    alpaca = tmp / "alpaca.jsonl"
+    alpaca.write_text("".join(json.dumps({"instruction": f"Return {i}.", "output": f"return {i}"}) + "\n"
+                              for i in range(4)))
+    return chats, alpaca
+
+
+def test_lora_with_chatml_on_a_tokenizer_without_it(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from raywiz.modeling import build_model
+
+    base = tmp_path / "base"
+    build_model("tiny-gpt-bigcode", seed=3).save_pretrained(base)
+    chats, alpaca = _write_sources(tmp_path)
+    job = tmp_path / "chatml.yaml"
+    job.write_text(f"""
+name: chatml
+storage: {tmp_path / 'runs'}
+model: {{name_or_path: {base}, tokenizer: {REPO / 'raywiz/assets/tokenizer'}}}
+train:
+  data:
+    sources: [{{path: {chats}, formatting: sharegpt}}, {{path: {alpaca}}}]
+    template: {{name: chatml}}
+    max_length: 128
+    pack: false
+    on_bad_row: error
+  optim: {{max_steps: {STEPS}, epochs: 10, global_batch_size: 2, micro_batch_size: 2, lr: 1.0e-2, warmup_steps: 1}}
+  scaling: {{num_workers: 1}}
+  checkpoint: {{every_n_steps: {STEPS}, num_to_keep: 1}}
+  peft: {{method: lora, r: 4, alpha: 16, dropout: 0.0}}
+""")
+    _finish(_start(job, tmp_path / "chatml.log"), tmp_path / "chatml.log")
+    layout = RunLayout(str(tmp_path / "runs" / "chatml"))
+    report = json.loads(Path(layout.data_report).read_text())
+    assert report["n_bad"] == 0 and report["n_samples"] == 8  # every multi-turn row trains
+    losses = [json.loads(line)["loss"] for line in open(layout.metrics)]
+    assert len(losses) == STEPS and losses[-1] < losses[0], losses
+
+    ckpt = layout.latest_checkpoint()
+    assert check_manifest(ckpt.adapter, kind=Kind.ADAPTER_EXPORT).complete
+    assert check_manifest(ckpt.hf, kind=Kind.HF_EXPORT).complete
+    adapter_bytes = os.path.getsize(os.path.join(ckpt.adapter, "adapter_model.safetensors"))
+    assert adapter_bytes < os.path.getsize(os.path.join(ckpt.hf, "model.safetensors"))
+    assert json.loads(Path(ckpt.hf, "raywiz.json").read_text())["template"] == "chatml"
+
+    tok = AutoTokenizer.from_pretrained(ckpt.hf)
+    model = AutoModelForCausalLM.from_pretrained(ckpt.hf)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert len(tok) == 2050 == model.get_input_embeddings().weight.shape[0]
+    assert tok.eos_token == "<|im_end|>" and GenerationConfig.from_pretrained(ckpt.hf).eos_token_id == end
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == CHATML
+
+    # Served: the chat endpoint renders ChatML (its prompt is exactly CHATML's tokens).
+    openai = pytest.importorskip("openai")
+    from tests.serve.test_fim_serve import serve_run
+
+    with serve_run(tmp_path / "runs" / "chatml") as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        r = client.chat.completions.create(model="latest", messages=messages, max_tokens=2, temperature=0)
+    assert r.usage.prompt_tokens == len(tok(CHATML, add_special_tokens=False)["input_ids"])
+
