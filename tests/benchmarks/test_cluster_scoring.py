@@ -38,3 +38,25 @@ def test_node_killed_mid_run_every_verdict_written_once(tmp_path, have_shared_da
     assert [[row["passed"], row["result"]] for row in sorted(rows, key=lambda r: r["_index"])] == out["single"]
     passed = [p for p, _ in out["single"]]
     assert passed == [True, False, False] * (len(passed) // 3)  # canonical passes; wrong and sys.exit(0) fail
+
+
+@pytest.mark.slow
+def test_eval_score_cli_on_a_cluster_equals_single_process(tmp_path, have_shared_data):
+    from raywiz.benchmarks import load_tasks
+    from tests.benchmarks.two_node_scoring import samples_for
+
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in samples_for(load_tasks("humaneval")[:3])))
+    results = {}
+    for mode, flags in (("single", []), ("cluster", ["--cluster", "--workers", "2"])):
+        r = subprocess.run([sys.executable, "-m", "raywiz.cli", "eval", "score", "--benchmark", "humaneval",
+                            str(samples), "--partial", "--out", str(tmp_path / mode), *flags], cwd=REPO,
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": REPO, "RAY_ADDRESS": ""})
+        assert r.returncode == 0, r.stderr[-3000:]
+        results[mode] = [json.loads(line) for line in (tmp_path / mode / "results.jsonl").read_text().splitlines()]
+        assert not (tmp_path / mode / "results.partial.jsonl").exists()  # removed once results.jsonl is whole
+    assert "scored on 1 nodes by 2 sandbox workers" in r.stderr + r.stdout
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert strip(results["cluster"]) == strip(results["single"])
+    assert [row["passed"] for row in results["single"]] == [True, False, False] * 3
