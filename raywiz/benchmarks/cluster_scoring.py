@@ -216,6 +216,16 @@ class ClusterScorer:
                         self.node_of.get(worker, "?")[:12], type(error).__name__)
 
 
+def connect(address: str | None) -> None:
+    """Ray for scoring: the cluster at `address` ('auto', 'ray://...'), or None: a local one (raywiz.runtime)."""
+    from types import SimpleNamespace
+
+    from raywiz.config import ClusterConfig
+    from raywiz.runtime import init_ray
+
+    init_ray(SimpleNamespace(cluster=ClusterConfig(address=address)))
+
+
 def score_on_cluster(benchmark: str, tasks: list[Task], samples: list[dict], settings: ScoreSettings,
                      workers: int | None = None, workers_per_node: int | None = None,
                      **kwargs) -> tuple[list[Verdict], ScoringStats]:

@@ -135,15 +135,11 @@ def _cluster_address(args: argparse.Namespace) -> str | None:
 
 def _score_on_cluster(args: argparse.Namespace, benchmark, tasks, samples, settings, **kwargs):
     """The distributed scorer (raywiz.benchmarks.cluster_scoring): sandbox workers on every node."""
-    from types import SimpleNamespace
-
-    from raywiz.benchmarks.cluster_scoring import score_on_cluster
-    from raywiz.config import ClusterConfig
+    from raywiz.benchmarks.cluster_scoring import connect, score_on_cluster
     from raywiz.eval.config import EvalConfig
-    from raywiz.runtime import init_ray
 
     address = _cluster_address(args)
-    init_ray(SimpleNamespace(cluster=ClusterConfig(address=None if address == "local" else address)))
+    connect(None if address == "local" else address)
     verdicts, stats = score_on_cluster(benchmark, tasks, samples, settings, workers=args.workers,
                                        workers_per_node=EvalConfig().sandbox.workers_per_node, **kwargs)
     if not args.json:
