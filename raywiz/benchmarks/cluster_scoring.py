@@ -4,8 +4,9 @@ Each verdict is `score.check_completion`'s, computed in a `ScoringWorker` (plain
 sandbox and trusted checker as the single-process scorer), so honest samples get the same verdicts.
 This module only places the work:
 
-  - workers: Ray actors pinned to nodes, `workers_per_node` on each alive node with CPUs (default:
-    one per CPU), each reserving one CPU; `workers` caps the total (spread round-robin over nodes);
+  - workers: Ray actors placed on nodes, `workers_per_node` on each alive node with CPUs (default:
+    one per CPU not held by other actors), each reserving one CPU; `workers` caps the total (spread
+    round-robin over nodes; a worker whose node is full goes to another);
   - a bounded queue: each worker holds at most `in_flight_per_worker` samples (one running, the next
     ready), the rest wait on the driver, so a slow node never hoards work;
   - verdicts come back in order of completion and go to `on_verdict(index, verdict)` at once (the
@@ -101,11 +102,14 @@ class ClusterScorer:
 
         self.settings, self.in_flight_per_worker, self.max_attempts = settings, in_flight_per_worker, max_attempts
         self.stats = ScoringStats()
+        if workers is None and workers_per_node is None:  # one per CPU, of those not held by other actors
+            workers = max(1, int(ray.available_resources().get("CPU", 0)))
         plan = plan_workers(_alive_cpu_nodes(), workers, workers_per_node)
         if not plan:
             raise RuntimeError("the Ray cluster has no node with a CPU for sandbox workers")
         remote = ray.remote(num_cpus=1, max_restarts=0, max_concurrency=1)(ScoringWorker)
-        self.workers = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+        # Soft: a worker whose node is full goes where a CPU is free rather than waiting.
+        self.workers = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True))
                         .remote(settings) for node in plan]
         try:  # every worker is placed and has a working sandbox before any sample goes out
             self.node_of = dict(zip(self.workers, ray.get([w.ready.remote() for w in self.workers],

@@ -93,11 +93,8 @@ def _decontam(args) -> int:
     decontaminator = Decontaminator.from_config(cfg)
     try:
         report = decontaminate_file(args.datasets, decontaminator, args.format, args.clean_output)
-    except ValueError as e:
+    except ValueError as e:  # a bad row: its file and line, no traceback
         raise ConfigError(str(e)) from None
-    finally:
-        if decontaminator.executor is not None:
-            decontaminator.executor.close()
     if args.report:
         from raywiz.artifacts import write_json_atomic
 

@@ -138,8 +138,7 @@ class ExecDecontaminator:
         self.indexes = [_TaskIndex(b, tasks, {t.task_id: s for t in tasks if (s := task_signature(t))})
                         for b, tasks in tasks_by_benchmark.items()]
         self.skipped = dict(skipped or {})
-        self.stats = {"answers": 0, "answers_with_functions": 0, "executions": 0, "passed": 0}
-        self._scorer = None
+        self.stats = {"answers": 0, "answers_with_functions": 0, "executions": 0, "answers_passed": 0}
 
     @classmethod
     def from_config(cls, cfg) -> "ExecDecontaminator":
@@ -174,36 +173,39 @@ class ExecDecontaminator:
                     for task in index.matching(fn, self.match):
                         samples.append({"task_id": task.task_id, "solution": candidate_program(task, code, fn.name)})
                         owners.append((i, fn.name))
-        for index in self.indexes:
-            samples, owners = work.get(index.benchmark, ([], []))
-            if not samples:
-                continue
-            self.stats["executions"] += len(samples)
-            for sample, (i, function), verdict in zip(samples, owners, self._score(index, samples)):
-                if verdict.passed and found[i] is None:
-                    self.stats["passed"] += 1
-                    found[i] = Contamination(index.benchmark, sample["task_id"], f"tests (function {function})",
-                                             1.0, "exec")
+        scorer = self._cluster_scorer() if any(samples for samples, _ in work.values()) else None
+        try:
+            for index in self.indexes:
+                samples, owners = work.get(index.benchmark, ([], []))
+                if not samples:
+                    continue
+                self.stats["executions"] += len(samples)
+                for sample, (i, function), verdict in zip(samples, owners, self._score(scorer, index, samples)):
+                    if verdict.passed and found[i] is None:
+                        self.stats["answers_passed"] += 1
+                        found[i] = Contamination(index.benchmark, sample["task_id"], f"tests (function {function})",
+                                                 1.0, "exec")
+        finally:
+            if scorer is not None:
+                scorer.close()  # its workers hold CPUs: give them back between batches and rounds
         return found
 
-    def _score(self, index: _TaskIndex, samples: list[dict]):
-        """The distributed scorer when Ray is up (evolve, or a cluster), else the single-process one."""
+    def _cluster_scorer(self):
+        """The distributed scorer's workers when Ray is up (evolve, or a cluster), else None."""
         import ray
 
-        if ray.is_initialized():
-            if self._scorer is None:
-                from raywiz.benchmarks.cluster_scoring import ClusterScorer
+        if not ray.is_initialized():
+            return None
+        from raywiz.benchmarks.cluster_scoring import ClusterScorer
 
-                self._scorer = ClusterScorer(self.settings)
-            return self._scorer.score(index.benchmark, index.tasks, samples, allow_partial=True)
+        return ClusterScorer(self.settings)
+
+    def _score(self, scorer, index: _TaskIndex, samples: list[dict]):
+        if scorer is not None:
+            return scorer.score(index.benchmark, index.tasks, samples, allow_partial=True)
         from raywiz.benchmarks.score import score_samples
 
         return score_samples(index.benchmark, index.tasks, samples, self.settings, allow_partial=True)
-
-    def close(self) -> None:
-        if self._scorer is not None:
-            self._scorer.close()
-            self._scorer = None
 
     def report(self) -> dict:
         return {"match": self.match, "answer_columns": [*ANSWER_COLUMNS, "messages"],

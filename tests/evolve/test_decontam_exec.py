@@ -71,7 +71,7 @@ def test_cli_exec_decontam_finds_solutions_under_other_words(tmp_path, shared_da
     report = json.loads(report_path.read_text())
     found = {f["where"].rsplit(" ", 1)[1]: (f["task_id"], f["method"]) for f in report["flagged"]}
     assert found == {"1": ("HumanEval/0", "exec"), "2": ("14", "exec")}
-    assert report["contaminated_rows"] == 2 and report["exec"]["passed"] == 2
+    assert report["contaminated_rows"] == 2 and report["exec"]["answers_passed"] == 2
     assert report["exec"]["answers_with_functions"] == 5 and report["exec"]["executions"] >= 5
     assert report["exec"]["benchmarks_not_run"] == {}
     kept = [json.loads(line)["instruction"] for line in clean.read_text().splitlines()]
@@ -87,3 +87,27 @@ def test_hostile_answers_fail_every_matched_task(shared_data):
     right = next(t for t in tasks["mbpp"] if t.task_id == "20").solution
     assert [h and h.task_id for h in decon.check([ALWAYS_EQUAL, EXITS_0, right])] == [None, None, "20"]
     assert decon.stats["executions"] == 6  # each function against both tasks
+
+
+@pytest.mark.slow
+def test_evolve_drops_seeds_whose_answer_passes_benchmark_tests(tmp_path, ray_local, fake_llm, shared_data):
+    """evolve.decontam.exec inside the stage (seeds are screened like every round's samples)."""
+    import os
+
+    from raywiz.config import parse_job
+    from raywiz.evolve.recipe import run_evolve
+    from tests.evolve.helpers import seed_records, write_jsonl
+
+    mbpp_path = tmp_path / "mbpp.jsonl"
+    mbpp_path.write_text("\n".join((shared_data / "mbpp/mbpp.test.jsonl").read_text().splitlines()[:12]) + "\n")
+    records = seed_records()[:3] + [{"instruction": "Write a function for the volume of a box-like shape.",
+                                     "output": f"```python\n{RENAMED_MBPP_14}```"}]
+    spec = {"seeds": {"paths": [write_jsonl(tmp_path / "seeds.jsonl", records)]}, "rounds": 0,
+            "llm": {"base_url": fake_llm.base_url, "model": "fake"},
+            "decontam": {"benchmarks": ["mbpp"], "data_paths": {"mbpp": str(mbpp_path)}, "exec": True}}
+    job = parse_job({"name": "run1", "storage": str(tmp_path / "runs"), "evolve": spec})
+    run_evolve(job)
+    report = json.load(open(os.path.join(job.run_dir, "evolve_report", "report.json")))
+    assert {r["round"]: r["dropped"] for r in report["rounds"]}[0] == {"decontam:mbpp": 1}
+    dropped = [json.loads(line) for line in open(os.path.join(job.run_dir, "evolve_report", "dropped.jsonl"))]
+    assert [(d["detail"]["task_id"], d["detail"]["method"]) for d in dropped] == [("14", "exec")]
