@@ -266,10 +266,11 @@ def decontaminate_file(paths: Sequence[str], decontaminator: Decontaminator, fmt
     for f in flagged:
         tasks_hit[f["benchmark"]].add(f["task_id"])
     checked = decontaminator.benchmarks_checked()
+    executed = decontaminator.executor.report()["benchmark_tasks"] if decontaminator.executor else {}
     report = {
         "rows": n_rows,
         "contaminated_rows": len(flagged),
-        "benchmark_tasks_hit": {b: len(tasks_hit.get(b, ())) for b in checked},
+        "benchmark_tasks_hit": {b: len(tasks_hit.get(b, ())) for b in sorted({**checked, **executed})},
         "benchmark_tasks_checked": checked,
         "benchmarks_skipped": decontaminator.skipped,
         "ngram": decontaminator.ngram_index.n,

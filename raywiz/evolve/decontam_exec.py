@@ -194,8 +194,8 @@ class ExecDecontaminator:
         """The distributed scorer's workers when Ray is up (evolve, or a cluster), else None."""
         import ray
 
-        if not ray.is_initialized():
-            return None
+        if not ray.is_initialized() or ray.available_resources().get("CPU", 0) < 1:
+            return None  # no Ray, or every CPU held by other actors: score in this process
         from raywiz.benchmarks.cluster_scoring import ClusterScorer
 
         return ClusterScorer(self.settings)

@@ -74,6 +74,7 @@ def test_cli_exec_decontam_finds_solutions_under_other_words(tmp_path, shared_da
     assert report["contaminated_rows"] == 2 and report["exec"]["answers_passed"] == 2
     assert report["exec"]["answers_with_functions"] == 5 and report["exec"]["executions"] >= 5
     assert report["exec"]["benchmarks_not_run"] == {}
+    assert report["benchmark_tasks_hit"] == {"humaneval": 1, "mbpp": 1}
     kept = [json.loads(line)["instruction"] for line in clean.read_text().splitlines()]
     assert kept == ["Greet someone.", "Check a number.", "Find duplicates."]  # hostile rows do not pass
 
