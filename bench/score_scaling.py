@@ -4,7 +4,9 @@ HumanEval+ samples, canonical and wrong mixed (every other sample is a wrong var
 on some inputs, or an exception at import), are scored on one Ray cluster (a local one with one
 logical CPU per core, or --address) by raywiz.benchmarks.cluster_scoring with 1, 2, 4, 8, 16 sandbox
 workers, the same samples each time; the workers start before the clock starts. The baseline is the
-single-process scorer that `raywiz eval score` runs without a cluster (score_samples, one worker).
+single-process scorer that `raywiz eval score` runs without a cluster (score_samples, one worker),
+timed in this process; `eval_score_cli_executions_per_s` is the command itself (`--workers 1`),
+process start and loading included.
 Ground truth is computed once first (cached), so every timed run has warm caches.
 
 Writes bench/results/score_scaling.json: machine, cpus, load averages, single_process_executions_per_s,
@@ -49,6 +51,23 @@ def mixed_samples(tasks, repeat: int) -> list[dict]:
     return rows
 
 
+def time_eval_score_cli(samples: list[dict], partial: bool) -> float:
+    """Wall time of `raywiz eval score --workers 1` on the samples, as a user runs it (process start,
+    loading the tasks and the ground truth included)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "samples.jsonl")
+        with open(path, "w") as f:
+            f.writelines(json.dumps(s) + "\n" for s in samples)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "raywiz.cli", "eval", "score", "--benchmark", "humaneval+", path,
+                        "--workers", "1", "--json", "--out", tmp, *(["--partial"] if partial else [])],
+                       check=True, capture_output=True, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""})
+        return time.perf_counter() - started
+
+
 def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -87,6 +106,9 @@ def main() -> None:
     single_s = time.perf_counter() - started
     single_rate = len(samples) / single_s
     print(f"single process: {single_rate:.2f} executions/s ({single_s:.1f} s)", flush=True)
+    cli_s = time_eval_score_cli(samples, args.tasks is not None)
+    print(f"raywiz eval score --workers 1: {len(samples) / cli_s:.2f} executions/s ({cli_s:.1f} s, "
+          "process start included)", flush=True)
 
     cpus = os.cpu_count() or 1
     if args.address:
@@ -121,6 +143,7 @@ def main() -> None:
         "passed": sum(v.passed for v in single),
         "ground_truth_and_warmup_s": round(warm_s, 1),
         "single_process_executions_per_s": round(single_rate, 3),
+        "eval_score_cli_executions_per_s": round(len(samples) / cli_s, 3),
         "single_worker_vs_single_process": (round(results["1"]["executions_per_s"] / single_rate, 3)
                                             if "1" in results else None),
         "efficiency_base_workers": counts[0],
