@@ -35,6 +35,8 @@ def register(subparsers) -> None:
                        "cluster: eval.sandbox.workers_per_node on every node, one per CPU)")
     score.add_argument("--cluster", action="store_true", help="score on a Ray cluster: RAY_ADDRESS's, else a "
                        "local one started for this run (the default when RAY_ADDRESS is set)")
+    score.add_argument("--workers-per-node", type=int, default=None, help="on a cluster: sandbox workers per node "
+                       "(eval.sandbox.workers_per_node; default: one per free CPU)")
     score.add_argument("--address", default=None, help="score on the Ray cluster at this address ('auto': the "
                        "one running here; implies --cluster)")
     score.add_argument("--partial", action="store_true", help="allow samples for only some tasks")
@@ -68,6 +70,9 @@ def _score(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(f"--benchmark: {e}") from None
     ks = _parse_k(args.k)
+    for flag, value in (("--workers", args.workers), ("--workers-per-node", args.workers_per_node)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: must be at least 1")
     if not os.path.isfile(args.samples):
         raise ConfigError(f"{args.samples}: samples file not found")
     try:
@@ -140,8 +145,9 @@ def _score_on_cluster(args: argparse.Namespace, benchmark, tasks, samples, setti
 
     address = _cluster_address(args)
     connect(None if address == "local" else address)
+    per_node = args.workers_per_node or EvalConfig().sandbox.workers_per_node
     verdicts, stats = score_on_cluster(benchmark, tasks, samples, settings, workers=args.workers,
-                                       workers_per_node=EvalConfig().sandbox.workers_per_node, **kwargs)
+                                       workers_per_node=per_node, **kwargs)
     if not args.json:
         say(f"scored on {len(stats.per_node)} nodes by {stats.workers_started} sandbox workers"
             + (f" ({stats.workers_lost} lost, {stats.reruns} samples re-run)" if stats.workers_lost else ""))

@@ -48,7 +48,7 @@ def test_eval_score_cli_on_a_cluster_equals_single_process(tmp_path, have_shared
     samples = tmp_path / "samples.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in samples_for(load_tasks("humaneval")[:3])))
     results = {}
-    for mode, flags in (("single", []), ("cluster", ["--cluster", "--workers", "2"])):
+    for mode, flags in (("single", []), ("cluster", ["--cluster", "--workers-per-node", "2"])):
         r = subprocess.run([sys.executable, "-m", "raywiz.cli", "eval", "score", "--benchmark", "humaneval",
                             str(samples), "--partial", "--out", str(tmp_path / mode), *flags], cwd=REPO,
                            capture_output=True, text=True, timeout=300,
