@@ -32,7 +32,14 @@ def register(subparsers) -> None:
     score.add_argument("--data", default=None, help="the benchmark file to use (default: env var, cache, download)")
     score.add_argument("--out", default=None, help="directory for results.jsonl and summary.json "
                        "(default: beside SAMPLES, as SAMPLES_results.jsonl / SAMPLES_summary.json)")
-    score.add_argument("--workers", type=int, default=None, help="samples run at once (default: CPU count)")
+    score.add_argument("--workers", type=int, default=None, help="samples run at once (default: CPU count; on a "
+                       "cluster: eval.sandbox.workers_per_node on every node, one per CPU)")
+    score.add_argument("--cluster", action="store_true", help="score on a Ray cluster: RAY_ADDRESS's, else a "
+                       "local one started for this run (the default when RAY_ADDRESS is set)")
+    score.add_argument("--workers-per-node", type=int, default=None, help="on a cluster: sandbox workers per node "
+                       "(eval.sandbox.workers_per_node; default: one per free CPU)")
+    score.add_argument("--address", default=None, help="score on the Ray cluster at this address ('auto': the "
+                       "one running here; implies --cluster)")
     score.add_argument("--partial", action="store_true", help="allow samples for only some tasks")
     score.add_argument("--json", action="store_true", help="print the summary JSON on stdout (nothing else)")
     score.set_defaults(handler=_score)
@@ -65,6 +72,9 @@ def _score(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(f"--benchmark: {e}") from None
     ks = _parse_k(args.k)
+    for flag, value in (("--workers", args.workers), ("--workers-per-node", args.workers_per_node)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: must be at least 1")
     if not os.path.isfile(args.samples):
         raise ConfigError(f"{args.samples}: samples file not found")
     try:
@@ -98,8 +108,12 @@ def _score(args: argparse.Namespace) -> int:
         display.update(done=done)
 
     try:
-        verdicts = score_samples(benchmark, tasks, samples, settings, progress=progress, allow_partial=args.partial,
-                                 done=done, on_verdict=save)
+        if _cluster_address(args):
+            verdicts = _score_on_cluster(args, benchmark, tasks, samples, settings, progress=progress,
+                                         allow_partial=args.partial, done=done, on_verdict=save)
+        else:
+            verdicts = score_samples(benchmark, tasks, samples, settings, progress=progress,
+                                     allow_partial=args.partial, done=done, on_verdict=save)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     finally:
@@ -114,6 +128,31 @@ def _score(args: argparse.Namespace) -> int:
         print(format_table([summary], ks))
         print(f"results: {outputs.results}")
     return 0
+
+
+def _cluster_address(args: argparse.Namespace) -> str | None:
+    """Where to score: a Ray address, "local" (start one), or None (this process, no Ray)."""
+    if args.address:
+        return args.address
+    if args.cluster or os.environ.get("RAY_ADDRESS"):
+        return os.environ.get("RAY_ADDRESS") or "local"
+    return None
+
+
+def _score_on_cluster(args: argparse.Namespace, benchmark, tasks, samples, settings, **kwargs):
+    """The distributed scorer (raywiz.benchmarks.cluster_scoring): sandbox workers on every node."""
+    from raywiz.benchmarks.cluster_scoring import connect, score_on_cluster
+    from raywiz.eval.config import EvalConfig
+
+    address = _cluster_address(args)
+    connect(None if address == "local" else address)
+    per_node = args.workers_per_node or EvalConfig().sandbox.workers_per_node
+    verdicts, stats = score_on_cluster(benchmark, tasks, samples, settings, workers=args.workers,
+                                       workers_per_node=per_node, **kwargs)
+    if not args.json:
+        say(f"scored on {len(stats.per_node)} nodes by {stats.workers_started} sandbox workers"
+            + (f" ({stats.workers_lost} lost, {stats.reruns} samples re-run)" if stats.workers_lost else ""))
+    return verdicts
 
 
 def _check_writable(directory: str, what: str) -> None:

@@ -49,6 +49,9 @@ class GenerationSection(EngineConfig):
 
 class SandboxSection(_Section):
     workers: int | None = Field(None, ge=1, description="samples executed at once (default: CPU count)")
+    workers_per_node: int | None = Field(
+        None, ge=1, description="scoring on a Ray cluster: sandbox workers (Ray actors, one CPU each) per node "
+        "(default: one per CPU of the node)")
     memory_mb: int = Field(4096, ge=0, description="address-space cap per sample process (0: none)")
     file_size_mb: int = Field(64, ge=0)
     max_processes: int = Field(8, ge=1, description="processes a sample may run at once")

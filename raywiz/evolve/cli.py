@@ -13,7 +13,7 @@ log = get_logger(__name__)
 USAGE = """raywiz evolve JOB.yaml [--set KEY=VALUE ...]
        raywiz evolve decontam DATASET [DATASET ...] [--benchmarks humaneval,mbpp,ds1000]
                               [--data-path NAME=FILE] [--ngram 10] [--threshold 0.5] [--embedding-model M]
-                              [--report FILE] [--clean-output FILE]"""
+                              [--exec [--all-tasks]] [--report FILE] [--clean-output FILE]"""
 
 
 def register(subparsers) -> None:
@@ -37,6 +37,10 @@ def register(subparsers) -> None:
     group.add_argument("--embedding-model", default=None)
     group.add_argument("--embedding-threshold", type=float, default=0.95)
     group.add_argument("--strict", action="store_true", help="fail when a benchmark's data can't be loaded")
+    group.add_argument("--exec", action="store_true", help="also run each answer that defines a function against "
+                       "the tests of the HumanEval(+)/MBPP(+) tasks with its name or argument count, in the sandbox "
+                       "(on the Ray cluster when RAY_ADDRESS is set); one that passes is contamination")
+    group.add_argument("--all-tasks", action="store_true", help="--exec: run each function against every task")
     group.add_argument("--report", default=None, help="write the full report (JSON) here")
     group.add_argument("--clean-output", default=None, help="write the rows that pass as JSONL here")
     parser.set_defaults(handler=_handle)
@@ -75,12 +79,22 @@ def _decontam(args) -> int:
             benchmarks=[b.strip() for b in args.benchmarks.split(",") if b.strip()], data_paths=data_paths,
             on_missing_benchmark="error" if args.strict else "warn", ngram=args.ngram, threshold=args.threshold,
             min_tokens=args.min_tokens, embedding_model=args.embedding_model,
-            embedding_threshold=args.embedding_threshold,
+            embedding_threshold=args.embedding_threshold, exec=args.exec,
+            exec_match="all" if args.all_tasks else "signature",
         )
     except ValueError as e:
         raise ConfigError(f"raywiz evolve decontam: {e}") from None
+    if args.all_tasks and not args.exec:
+        raise ConfigError("raywiz evolve decontam: --all-tasks goes with --exec")
+    if args.exec and os.environ.get("RAY_ADDRESS"):
+        from raywiz.benchmarks.cluster_scoring import connect
+
+        connect(os.environ["RAY_ADDRESS"])  # the answers then run on the cluster's sandbox workers
     decontaminator = Decontaminator.from_config(cfg)
-    report = decontaminate_file(args.datasets, decontaminator, args.format, args.clean_output)
+    try:
+        report = decontaminate_file(args.datasets, decontaminator, args.format, args.clean_output)
+    except ValueError as e:  # a bad row: its file and line, no traceback
+        raise ConfigError(str(e)) from None
     if args.report:
         from raywiz.artifacts import write_json_atomic
 

@@ -134,6 +134,12 @@ class DecontamConfig(_Section):
         None, description="optional: a transformers model for embedding similarity (mean-pooled)"
     )
     embedding_threshold: float = Field(0.95, gt=0, le=1)
+    exec: bool = Field(
+        False, description="also run every answer that defines a function against the tests of the HumanEval(+)/"
+        "MBPP(+) tasks it could answer, in the sandbox: one that passes is contamination (evolve/decontam_exec.py)")
+    exec_match: Literal["name", "signature", "all"] = Field(
+        "signature", description="exec: which tasks an answer's function is run against: same entry point name; "
+        "that or the same number of positional arguments; or every task")
 
     def resolve_paths(self, fix: Callable[[str], str]) -> None:
         self.data_paths = {k: fix(v) for k, v in self.data_paths.items()}

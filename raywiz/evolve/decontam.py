@@ -14,7 +14,10 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from raywiz.evolve.decontam_exec import ExecDecontaminator
 
 TOKEN = re.compile(r"\w+")
 
@@ -176,6 +179,7 @@ class Decontaminator:
     embedding_index: EmbeddingIndex | None = None
     embedding_threshold: float = 0.95
     skipped: dict[str, str] = field(default_factory=dict)
+    executor: "ExecDecontaminator | None" = None  # decontam.exec: answers run against benchmark tests
 
     @classmethod
     def from_config(cls, cfg, references: Sequence[ReferenceText] | None = None) -> "Decontaminator":
@@ -183,11 +187,25 @@ class Decontaminator:
         if references is None:
             references, skipped = load_references(cfg.benchmarks, cfg.data_paths, cfg.on_missing_benchmark)
         embedding = EmbeddingIndex(cfg.embedding_model, references) if cfg.embedding_model else None
-        return cls(NgramIndex(references, cfg.ngram, cfg.min_tokens), cfg.threshold, embedding,
-                   cfg.embedding_threshold, skipped)
+        executor = None
+        if cfg.exec:
+            from raywiz.evolve.decontam_exec import ExecDecontaminator
 
-    def check(self, texts: Sequence[str]) -> list[Contamination | None]:
-        """The strongest contamination of each text, or None."""
+            executor = ExecDecontaminator.from_config(cfg)
+        return cls(NgramIndex(references, cfg.ngram, cfg.min_tokens), cfg.threshold, embedding,
+                   cfg.embedding_threshold, skipped, executor)
+
+    def check(self, texts: Sequence[str], answers: Sequence[str | None] | None = None) -> list[Contamination | None]:
+        """The strongest contamination of each text, or None. With an executor, the `answers` (each
+        text's answer) that pass a benchmark task's tests are contamination first: that is proof."""
+        if self.executor is not None and answers is not None:
+            passed = self.executor.check(answers)
+            texts_left = [t for t, hit in zip(texts, passed) if hit is None]
+            rest = iter(self._check_text(texts_left))
+            return [hit if hit is not None else next(rest) for hit in passed]
+        return self._check_text(texts)
+
+    def _check_text(self, texts: Sequence[str]) -> list[Contamination | None]:
         found: list[Contamination | None] = []
         for text in texts:
             hits = self.ngram_index.matches(text, self.threshold)
@@ -207,7 +225,10 @@ class Decontaminator:
 
 
 def sample_text(record: dict) -> str:
-    return "\n".join(str(record.get(k) or "") for k in ("instruction", "input", "output"))
+    """A row's instruction, input and answer (the first of its answer columns, see decontam_exec)."""
+    from raywiz.evolve.decontam_exec import answer_text
+
+    return "\n".join([str(record.get(k) or "") for k in ("instruction", "input")] + [answer_text(record) or ""])
 
 
 def decontaminate_file(paths: Sequence[str], decontaminator: Decontaminator, fmt: str = "auto",
@@ -215,6 +236,7 @@ def decontaminate_file(paths: Sequence[str], decontaminator: Decontaminator, fmt
     """Check every row of a dataset; returns the report (and writes the clean rows if asked)."""
     from raywiz.artifacts import expand_paths, write_bytes_atomic
     from raywiz.data.shards import iter_rows, where
+    from raywiz.evolve.decontam_exec import answer_text
 
     flagged: list[dict] = []
     kept: list[dict] = []
@@ -222,7 +244,8 @@ def decontaminate_file(paths: Sequence[str], decontaminator: Decontaminator, fmt
     pending: list[tuple[str, dict]] = []
 
     def flush() -> None:
-        hits = decontaminator.check([sample_text(rec) for _, rec in pending])
+        hits = decontaminator.check([sample_text(rec) for _, rec in pending],
+                                    answers=[answer_text(rec) for _, rec in pending])
         for (place, rec), hit in zip(pending, hits):
             if hit is None:
                 kept.append(rec)
@@ -243,16 +266,19 @@ def decontaminate_file(paths: Sequence[str], decontaminator: Decontaminator, fmt
     for f in flagged:
         tasks_hit[f["benchmark"]].add(f["task_id"])
     checked = decontaminator.benchmarks_checked()
+    executed = decontaminator.executor.report()["benchmark_tasks"] if decontaminator.executor else {}
     report = {
         "rows": n_rows,
         "contaminated_rows": len(flagged),
-        "benchmark_tasks_hit": {b: len(tasks_hit.get(b, ())) for b in checked},
+        "benchmark_tasks_hit": {b: len(tasks_hit.get(b, ())) for b in sorted({**checked, **executed})},
         "benchmark_tasks_checked": checked,
         "benchmarks_skipped": decontaminator.skipped,
         "ngram": decontaminator.ngram_index.n,
         "threshold": decontaminator.threshold,
         "flagged": flagged,
     }
+    if decontaminator.executor is not None:
+        report["exec"] = decontaminator.executor.report()
     if clean_output:
         import json
 

@@ -50,7 +50,8 @@ class Screen:
             log.warning("evolve: not decontaminating against %s (no data): %s", name, why.splitlines()[0])
 
     def __call__(self, samples: list[Sample]) -> tuple[list[Sample], list[Dropped]]:
-        hits = self.decontaminator.check([s.text + "\n" + s.output for s in samples]) if self.decontaminator \
+        hits = self.decontaminator.check([s.text + "\n" + s.output for s in samples],
+                                         answers=[s.output for s in samples]) if self.decontaminator \
             else [None] * len(samples)
         kept, dropped = [], []
         for sample, hit in zip(samples, hits):

@@ -1,0 +1,161 @@
+"""Scoring scaling: sandbox executions per second of the distributed scorer, 1 to 16 workers.
+
+HumanEval+ samples, canonical and wrong mixed (every other sample is a wrong variant: wrong outputs
+on some inputs, or an exception at import), are scored on one Ray cluster (a local one with one
+logical CPU per core, or --address) by raywiz.benchmarks.cluster_scoring with 1, 2, 4, 8, 16 sandbox
+workers, the same samples each time; the workers start before the clock starts. The baseline is the
+single-process scorer that `raywiz eval score` runs without a cluster (score_samples, one worker),
+timed in this process; `eval_score_cli_executions_per_s` is the command itself (`--workers 1`),
+process start and loading included.
+Ground truth is computed once first (cached), so every timed run has warm caches.
+
+Writes bench/results/score_scaling.json: machine, cpus, load averages, single_process_executions_per_s,
+workers: {"1": {"executions_per_s", "seconds", "efficiency"}, ...} (efficiency = rate / (n x rate of
+1 worker)), single_worker_vs_single_process (1-worker rate / single-process rate), and whether every
+run gave the same verdicts. Needs the data (`raywiz data fetch`); no GPU.
+
+    python bench/score_scaling.py                                   # 1,2,4,8,16 workers, all 164 tasks
+    python bench/score_scaling.py --workers 1,2 --tasks 20 --machine "2-core dev machine" \
+        --out bench/results/score_scaling_2core.json                # a quick check on a small machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from raywiz.benchmarks import load_tasks  # noqa: E402
+from raywiz.benchmarks.cluster_scoring import ClusterScorer  # noqa: E402
+from raywiz.benchmarks.score import score_samples  # noqa: E402
+from raywiz.eval.config import EvalConfig  # noqa: E402
+
+
+def mixed_samples(tasks, repeat: int) -> list[dict]:
+    """Per task and repeat: the canonical solution and one wrong variant (alternating kinds)."""
+    rows = []
+    for r in range(repeat):
+        for i, t in enumerate(tasks):
+            ref = t.prompt + t.solution
+            wrong = (ref + f"\n_ref = {t.entry_point}\ndef {t.entry_point}(*args):\n    out = _ref(*args)\n"
+                     "    return None if len(repr(args)) % 3 == 0 else out\n") if (i + r) % 2 == 0 else \
+                "raise RuntimeError('broken at import')\n" + ref
+            rows += [{"task_id": t.task_id, "solution": ref}, {"task_id": t.task_id, "solution": wrong}]
+    return rows
+
+
+def time_eval_score_cli(samples: list[dict], partial: bool) -> float:
+    """Wall time of `raywiz eval score --workers 1` on the samples, as a user runs it (process start,
+    loading the tasks and the ground truth included)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "samples.jsonl")
+        with open(path, "w") as f:
+            f.writelines(json.dumps(s) + "\n" for s in samples)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "raywiz.cli", "eval", "score", "--benchmark", "humaneval+", path,
+                        "--workers", "1", "--json", "--out", tmp, *(["--partial"] if partial else [])],
+                       check=True, capture_output=True, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""})
+        return time.perf_counter() - started
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", default="1,2,4,8,16", help="worker counts, comma-separated")
+    ap.add_argument("--tasks", type=int, default=None, help="only the first N HumanEval+ tasks")
+    ap.add_argument("--repeat", type=int, default=1, help="sample sets per task (more work per run)")
+    ap.add_argument("--address", default=None, help="a running Ray cluster (default: start a local one)")
+    ap.add_argument("--machine", default=None, help="how to name this machine in the results")
+    ap.add_argument("--out", default=str(REPO / "bench/results/score_scaling.json"))
+    args = ap.parse_args()
+    counts = [int(n) for n in args.workers.split(",")]
+
+    import ray
+
+    tasks = load_tasks("humaneval+")[: args.tasks]
+    samples = mixed_samples(tasks, args.repeat)
+    settings = EvalConfig().score_settings()
+    settings.workers = 1
+    load_before = os.getloadavg()
+
+    # Ground truth into the cache (untimed), then the single-process baseline: `raywiz eval score`'s path.
+    started = time.perf_counter()
+    warm = score_samples("humaneval+", tasks, samples[:2 * len(tasks)], EvalConfig().score_settings())
+    warm_s = time.perf_counter() - started
+    started = time.perf_counter()
+    single = score_samples("humaneval+", tasks, samples, settings)
+    single_s = time.perf_counter() - started
+    single_rate = len(samples) / single_s
+    print(f"single process: {single_rate:.2f} executions/s ({single_s:.1f} s)", flush=True)
+    cli_s = time_eval_score_cli(samples, args.tasks is not None)
+    print(f"raywiz eval score --workers 1: {len(samples) / cli_s:.2f} executions/s ({cli_s:.1f} s, "
+          "process start included)", flush=True)
+
+    cpus = os.cpu_count() or 1
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(cpus, max(counts)), include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    results, identical = {}, True
+    for n in counts:
+        t0 = time.perf_counter()
+        with ClusterScorer(settings, workers=n) as scorer:
+            start_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            verdicts = scorer.score("humaneval+", tasks, samples)
+            seconds = time.perf_counter() - t0
+        identical &= [v.passed for v in verdicts] == [v.passed for v in single]
+        results[str(n)] = {"executions_per_s": round(len(samples) / seconds, 3), "seconds": round(seconds, 2),
+                           "workers_start_s": round(start_s, 2)}
+        print(f"{n} workers: {len(samples) / seconds:.2f} executions/s ({seconds:.1f} s)", flush=True)
+    ray.shutdown()
+    base = results[str(counts[0])]["executions_per_s"] / counts[0]
+    for n in counts:
+        results[str(n)]["efficiency"] = round(results[str(n)]["executions_per_s"] / (n * base), 3)
+    out = {
+        "machine": args.machine or f"{platform.node()} ({cpu_model()})",
+        "cpus": cpus,
+        "cpu_model": cpu_model(),
+        "benchmark": "humaneval+",
+        "tasks": len(tasks),
+        "executions": len(samples),
+        "samples": "canonical and wrong mixed (wrong outputs on some inputs, or an exception at import)",
+        "passed": sum(v.passed for v in single),
+        "ground_truth_and_warmup_s": round(warm_s, 1),
+        "single_process_executions_per_s": round(single_rate, 3),
+        "eval_score_cli_executions_per_s": round(len(samples) / cli_s, 3),
+        "single_worker_vs_single_process": (round(results["1"]["executions_per_s"] / single_rate, 3)
+                                            if "1" in results else None),
+        "efficiency_base_workers": counts[0],
+        "workers": results,
+        "verdicts_identical_across_runs": identical and [v.passed for v in warm] == [v.passed for v in single[:len(warm)]],
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
