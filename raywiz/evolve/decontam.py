@@ -16,6 +16,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from raywiz.evolve.contamination import Contamination
+
 if TYPE_CHECKING:
     from raywiz.evolve.decontam_exec import ExecDecontaminator
 
@@ -28,19 +30,6 @@ class ReferenceText:
     task_id: str
     field: str  # "prompt" or "solution"
     text: str
-
-
-@dataclass
-class Contamination:
-    benchmark: str
-    task_id: str
-    field: str
-    score: float  # n-gram overlap fraction, or cosine similarity
-    method: str  # "ngram" or "embedding"
-
-    def to_dict(self) -> dict:
-        return dict(benchmark=self.benchmark, task_id=self.task_id, field=self.field,
-                    score=round(self.score, 4), method=self.method)
 
 
 def tokens(text: str) -> list[str]:

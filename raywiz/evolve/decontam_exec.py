@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from raywiz.benchmarks import Task
-from raywiz.evolve.decontam import Contamination
+from raywiz.evolve.contamination import Contamination
 from raywiz.log import get_logger
 
 log = get_logger(__name__)
