@@ -43,3 +43,12 @@ def test_1b_single_gpu():
     assert job.model.name_or_path == "bigcode/starcoderbase-1b"
     assert train_bundles(job) == [{"CPU": 4.0, "GPU": 1.0}]
     assert job.train.optim.lr == 2e-5 and job.train.optim.warmup_steps == 30 and job.train.data.max_length == 2048
+
+
+@pytest.mark.parametrize("path", JOBS, ids=[p.name for p in JOBS])
+def test_a_job_served_beyond_loopback_names_its_token(path):
+    """Beyond loopback serve refuses /v1 and /api POSTs without a bearer token (raywiz.serve.guard): a
+    ready-made job that listens on 0.0.0.0 with no api_key_env would answer every request 403."""
+    job = load_job(path)
+    if job.serve is not None and job.serve.host not in ("127.0.0.1", "localhost", "::1"):
+        assert job.serve.api_key_env, f"{path.name}: serve.host {job.serve.host} needs serve.api_key_env"
