@@ -167,6 +167,103 @@ def _cheat(*args):
     assert not verdict.passed, verdict.result
 
 
+# ----------------------------------------------------------------------------- the test's names (issue 20)
+# Before: every name the test referenced that the sample defined was forwarded to the test, so a
+# module-level `abs` changed what the trusted test computed, and a name bound to a module made the
+# evaluator import that module.
+
+def _square(test_body: str) -> Task:
+    return Task(benchmark="humaneval", task_id="Hostile/square", prompt='def square(x):\n    """x * x"""\n',
+                solution="    return x * x\n", entry_point="square",
+                test="def check(candidate):\n" + textwrap.indent(textwrap.dedent(test_body), "    "))
+
+
+BUILTIN_SHADOWS = {  # the builtin the test uses around the answer: (the test, the sample's own version)
+    "abs": ("assert abs(candidate(2.0) - 4.0) < 1e-6", "def abs(x):\n    return 0"),
+    "range": ("for x in range(1, 4):\n    assert candidate(x) == x * x", "def range(*a):\n    return []"),
+    "tuple": ("assert tuple([candidate(2)]) == (4,)", "def tuple(x):\n    return (4,)"),
+    "len": ("assert len([x for x in (1, 2, 3) if candidate(x) != x * x]) == 0", "def len(x):\n    return 0"),
+    "sorted": ("assert sorted([candidate(3), candidate(-3)]) == [9, 9]", "def sorted(x):\n    return [9, 9]"),
+}
+
+
+@pytest.mark.parametrize("builtin", list(BUILTIN_SHADOWS))
+def test_a_module_level_builtin_does_not_change_the_test(builtin):
+    test, shadow = BUILTIN_SHADOWS[builtin]
+    task = _square(test)
+    assert humaneval("    return x * x\n", task).passed  # honest control
+    assert humaneval(f"    return x * x\n\n{shadow}\n", task).passed  # its own `abs`, a right answer
+    verdict = humaneval(f"    return 0\n\n{shadow}\n", task)
+    assert not verdict.passed, verdict.result
+
+
+@pytest.mark.parametrize("module", ["this", "antigravity"])
+def test_a_name_bound_to_a_module_imports_nothing_in_the_evaluator(module, capfd, monkeypatch):
+    monkeypatch.setenv("BROWSER", "true")  # (were `antigravity` imported here after all)
+    if module in sys.modules:
+        pytest.skip(f"{module} is already imported in this process")
+    capfd.readouterr()
+    verdict = humaneval(f"    return x * x\n\nimport {module} as abs\n",
+                        _square("assert abs(candidate(2.0) - 4.0) < 1e-6"))
+    assert module not in sys.modules and "webbrowser" not in sys.modules
+    assert capfd.readouterr().out == ""  # `this` printed the Zen of Python here, breaking --json
+    assert verdict.passed, verdict.result  # the test's `abs` is the builtin: a right answer passes
+    # MBPP's tests may use the program's own `import math`: the evaluator's copy, under that name only.
+    mbpp = Task(benchmark="mbpp", task_id="Hostile/isclose", prompt="", solution="", entry_point="square",
+                test_list=["assert math.isclose(square(1.5), 2.25)"])
+    honest = check_completion("mbpp", mbpp, "import math\ndef square(x):\n    return x * x\n", settings=SETTINGS)
+    assert honest.passed, honest.result
+    disguised = check_completion("mbpp", mbpp, f"import {module} as math\ndef square(x):\n    return x * x\n",
+                                 settings=SETTINGS)
+    assert not disguised.passed and module not in sys.modules and capfd.readouterr().out == ""
+
+
+FIND_ZERO = Task(
+    benchmark="humaneval+", task_id="Hostile/find_zero",
+    prompt='import math\n\n\ndef poly(xs: list, x: float):\n    return sum([c * math.pow(x, i) for i, c in enumerate(xs)])\n\n\n'
+           'def find_zero(xs: list):\n    """A zero of poly(xs)."""\n',
+    solution="    begin, end = -1.0, 1.0\n    while poly(xs, begin) * poly(xs, end) > 0:\n        begin *= 2.0\n"
+             "        end *= 2.0\n    while end - begin > 1e-10:\n        center = (begin + end) / 2.0\n"
+             "        if poly(xs, center) * poly(xs, begin) > 0:\n            begin = center\n"
+             "        else:\n            end = center\n    return begin\n",
+    entry_point="find_zero", base_input=[[[1, 2]], [[-6, 11, -6, 1]]], plus_input=[[[2, -3, 0, 1, 0, 3]]], atol=1e-6)
+SURFACE = Task(benchmark="mbpp+", task_id="Hostile/surface", prompt="",
+               solution="def surface_Area(b, s):\n    return 2 * b * s + pow(b, 2)\n", entry_point="surface_Area",
+               base_input=[[3, 4], [4, 5]], plus_input=[[1, 2], [10, 20]])
+REWRITES_ITS_ARGUMENTS = {  # the wrong answer 0, and the input rewritten so that an oracle reading it agrees
+    "its caller's argument list": """
+        import sys
+        def {name}(*args):
+            frame = sys._getframe(1)
+            while frame is not None and "args" not in frame.f_locals:
+                frame = frame.f_back
+            frame.f_locals["args"][:] = {fake}
+            return 0
+    """,
+    "its argument in place": """
+        def {name}(*args):
+            if isinstance(args[0], list):
+                args[0][:] = {fake}[0]
+            return 0
+    """,
+}
+
+
+@pytest.mark.parametrize("how", list(REWRITES_ITS_ARGUMENTS))
+def test_oracles_read_the_evaluators_own_inputs(how):
+    """HumanEval+/32's find_zero and MBPP+'s surface_Area oracles read the input after the call:
+    before, the copy that came back from the sample's process."""
+    assert evalplus(FIND_ZERO.prompt + FIND_ZERO.solution, FIND_ZERO).passed  # honest controls
+    surface = check_completion("mbpp+", SURFACE, solution=SURFACE.solution, settings=SETTINGS)
+    assert surface.passed, surface.result
+    hack = textwrap.dedent(REWRITES_ITS_ARGUMENTS[how])
+    zero = evalplus(hack.format(name="find_zero", fake="[[0.0, 1.0]]"), FIND_ZERO)  # poly([0, 1], 0) == 0
+    assert not zero.base_passed, zero.result
+    area = check_completion("mbpp+", SURFACE, solution=hack.format(name="surface_Area", fake="[0, 0]"),
+                            settings=SETTINGS)
+    assert not area.base_passed, area.result
+
+
 # ----------------------------------------------------------------------------- DS-1000's verdicts
 # Problem 0 of the fixture (NumPy: result = np.diag(a)); each answer below is wrong, plus a forgery.
 # Before: the test ran in the candidate's process (xlang), or next to the HKUNLP problem's answer
