@@ -6,6 +6,7 @@ asserts the sample's verdict (or the state of what it attacked), never a tight w
 import importlib.util
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -262,6 +263,42 @@ def test_oracles_read_the_evaluators_own_inputs(how):
     area = check_completion("mbpp+", SURFACE, solution=hack.format(name="surface_Area", fake="[0, 0]"),
                             settings=SETTINGS)
     assert not area.base_passed, area.result
+
+
+def _doubling(task_id: str, factor: int) -> Task:
+    return Task(benchmark="humaneval+", task_id=task_id, prompt='def double(x):\n    """2 x"""\n',
+                solution=f"    return {factor} * x\n", entry_point="double", base_input=[[1.0], [2.0]], plus_input=[[3.0]])
+
+
+def test_a_poisoned_groundtruth_cache_is_detected_and_recomputed():
+    """Before: a sample that could write the cache (no Landlock, the cache owned by its uid) rewrote
+    the expected outputs; honest solutions then failed and wrong ones passed, in later runs too."""
+    from raywiz.benchmarks import groundtruth
+    from raywiz.benchmarks.sandbox_harness import encode
+
+    task, other = _doubling("Hostile/double", 2), _doubling("Hostile/triple", 3)
+    honest, wrong = "def double(x):\n    return 2 * x\n", "def double(x):\n    return 3 * x\n"
+    groundtruth.load(task, SANDBOX)
+    groundtruth.load(other, SANDBOX)
+    path, other_path = groundtruth.cache_path(task), groundtruth.cache_path(other)
+    good = open(path, "rb").read()
+    rewritten = good.replace(encode([2.0, 4.0]), encode([3.0, 6.0]))
+    assert rewritten != good
+    poisons = {
+        "outputs rewritten in place": rewritten,
+        "another task's entry": open(other_path, "rb").read(),
+        "a bare pickle of wrong outputs": pickle.dumps(groundtruth.load(other, SANDBOX)),
+    }
+    for how, poison in poisons.items():
+        with open(path, "wb") as f:
+            f.write(poison)
+        assert not evalplus(wrong, task).base_passed, how  # (this one recomputes the entry)
+        with open(path, "wb") as f:
+            f.write(poison)
+        verdict = evalplus(honest, task)
+        assert verdict.passed, (how, verdict.result)
+        assert not evalplus("def double(x):\n    return None\n", task).base_passed, how
+        assert groundtruth.expected(groundtruth.load(task, SANDBOX), "base") == [2.0, 4.0], how
 
 
 # ----------------------------------------------------------------------------- DS-1000's verdicts
