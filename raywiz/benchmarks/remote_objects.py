@@ -5,7 +5,7 @@ A Matplotlib problem's test inspects the figures of the process that drew them (
 test itself, on proxies: the candidate's drawing code runs in a child of its sandboxed process
 (CandidateSession.run with ``objects``), which then stays and serves its objects. Every attribute
 read, call, operator, iteration, ``len``, comparison or conversion the test does on a proxy is one
-request to that child (sandbox_harness._serve_objects), which does it on the real object and replies
+request to that child (sandbox/harness.py, _serve_objects), which does it on the real object and replies
 a plain value (the bounded codec, never a pickle of the candidate's objects) or a handle, which
 becomes a new proxy here. Lists and dicts of artists come back as local lists and dicts of proxies.
 
@@ -30,7 +30,7 @@ import re
 import sys
 from typing import Callable
 
-from raywiz.benchmarks.sandbox import _exception
+from raywiz.benchmarks.sandbox import candidate_exception
 
 MAX_REQUESTS = 20_000
 MAX_REPLY_BYTES = 64 << 20
@@ -139,7 +139,7 @@ class RemoteObjects:
         if reply[0] == "big" or self.reply_bytes > self.max_reply_bytes:
             raise RemoteLimitExceeded(f"the sample's objects replied more than {self.max_reply_bytes} bytes")
         if reply[0] == "exc":
-            raise _exception(reply[1], reply[2] if len(reply) > 2 and isinstance(reply[2], str) else "")
+            raise candidate_exception(reply[1], reply[2] if len(reply) > 2 and isinstance(reply[2], str) else "")
         return reply[1]
 
     def encode(self, value) -> bytes:

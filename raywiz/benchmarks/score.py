@@ -33,9 +33,8 @@ from typing import Callable, Iterable
 from raywiz.benchmarks import groundtruth
 from raywiz.benchmarks import Task, canonical_name, read_jsonl
 from raywiz.benchmarks.ds1000 import library_modules
-from raywiz.benchmarks.sandbox_harness import encode
-from raywiz.benchmarks.sandbox import (CandidateDied, CandidateSession, CandidateTimeout, SandboxSettings,
-                                 require_working_sandbox, run_in_sandbox)
+from raywiz.benchmarks.sandbox import (CandidateDied, CandidateSession, CandidateTimeout, SandboxSettings, encode,
+                                       require_working_sandbox, run_in_sandbox)
 from raywiz.log import get_logger
 
 PASS, FAIL, TIMEOUT = "pass", "fail", "timeout"
@@ -130,7 +129,7 @@ def _test_namespace(test: str, trusted_prefix: str, candidate_names: set[str], d
     `candidate_names` (the entry point, MBPP's setup objects): a function becomes a remote call, any
     other value a reference. Anything else the candidate defined, a module-level `abs` or `range`
     included, is not seen by the test: the test's `abs` is the builtin."""
-    from raywiz.benchmarks.sandbox_harness import RemoteRef
+    from raywiz.benchmarks.sandbox import RemoteRef
 
     ns: dict = {"__name__": "__test__", "print": lambda *a, **k: None}
     if trusted_prefix:

@@ -26,6 +26,7 @@ from ray import serve
 from raywiz.log import get_logger, say
 from raywiz.serve.checkpoints import resolve_target, verify
 from raywiz.serve.config import ServeConfig
+from raywiz.serve.http_server import PROXY_CALLBACK, PROXY_CALLBACK_ENV
 from raywiz.serve.openai_api import build_api
 from raywiz.serve.page import CheckPolicy, build_page_routers
 from raywiz.serve.service import ModelService, ServiceSettings
@@ -49,9 +50,10 @@ class ModelServer:
     def __serve_build_asgi_app__(self):
         cfg = self.settings.serve
         catalog = TaskCatalog(cfg.benchmarks)
-        api_routes, page = build_page_routers(self.service, catalog, cfg.limits.max_request_bytes,
-                                              CheckPolicy.from_config(cfg, self.api_key))
-        return build_api(self.service, cfg.limits, self.api_key, extra_routers=[api_routes], public_routers=[page])
+        policy = CheckPolicy.from_config(cfg, self.api_key)
+        api_routes, page = build_page_routers(self.service, catalog, cfg.limits.max_request_bytes, policy)
+        return build_api(self.service, cfg.limits, self.api_key, extra_routers=[api_routes], public_routers=[page],
+                         policy=policy)
 
     async def reconfigure(self, user_config: dict) -> None:
         """Serve this checkpoint (a path, a run, or None: follow the job's run). Returns at once when a
@@ -140,6 +142,8 @@ def run_serve(job, checkpoint: str | None = None, blocking: bool = True) -> str:
     cfg = settings.serve
     if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
         raise ConfigError(f"serve.api_key_env: environment variable {cfg.api_key_env} is not set")
+    # The proxy's uvicorn gets a header deadline (slowloris); its process inherits this cluster's environment.
+    os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
     init_ray(job)
     # Serve has one HTTP proxy per cluster: the first start decides host and port, later apps share it
     # (serve.start then keeps the running one). Private: no public API says where the proxy listens.

@@ -44,7 +44,8 @@ class ServeConfig(_Section):
     )
 
     # Where the HTTP API listens (Ray Serve's proxy; one per cluster, so the first app to start sets it).
-    host: str = Field("127.0.0.1", description="0.0.0.0 to accept connections from other machines")
+    host: str = Field("127.0.0.1", description="0.0.0.0 to accept connections from other machines (then routes "
+                      "that run the model or code need api_key_env, and clients' Host names go in allowed_hosts)")
     port: int = Field(8000, ge=0, le=65535, description="0: pick a free port")
     route_prefix: str = "/"
     app_name: str = Field("raywiz", description="Ray Serve application name")
@@ -54,13 +55,13 @@ class ServeConfig(_Section):
         "request needs `Authorization: Bearer <token>` (the token itself never goes in the YAML)",
     )
 
-    # Who may run code through the page's /api/check (see raywiz.serve.page.CheckPolicy).
+    # Who may use serve's /v1 and /api routes (raywiz.serve.guard); how many /api/check run at once.
     allowed_hosts: list[str] = Field(
         default_factory=list, description="Host header names accepted besides loopback and `host` (DNS rebinding "
         "guard): list the names clients use when `host` is 0.0.0.0")
     check_allowed_origins: list[str] = Field(
-        default_factory=list, description="web origins besides the page's own that may post checks, e.g. "
-        "https://lab.example:8443")
+        default_factory=list, description="web origins besides the page's own that may use /v1 and /api (run "
+        "the model, post checks), e.g. https://lab.example:8443")
     checks_per_client: int = Field(2, ge=1, description="checks one client may have running at once (429 beyond)")
     check_workers: int = Field(2, ge=1, description="checks run at once; they have their own threads, so slow "
                                "ones never hold up /v1 or /api/status")

@@ -458,12 +458,19 @@ async def _sse(loaded: LoadedModel, prompt_ids, params: SamplingParams, request_
 
 
 def build_api(service: ModelService, limits: ServeLimits, api_key: str | None = None,
-              extra_routers: list[APIRouter] | None = None, public_routers: list[APIRouter] | None = None) -> FastAPI:
-    """The whole HTTP app: OpenAI routes and any extra (page) routes, behind optional bearer auth."""
+              extra_routers: list[APIRouter] | None = None, public_routers: list[APIRouter] | None = None,
+              policy=None) -> FastAPI:
+    """The whole HTTP app: OpenAI routes and any extra (page) routes, behind optional bearer auth and
+    `policy` (a guard.RequestPolicy: Host, Origin, JSON bodies; default: loopback only)."""
+    from raywiz.serve.guard import RequestPolicy, request_guard
+    from raywiz.serve.http_server import install_header_timeout
+
+    install_header_timeout()  # (this process's uvicorn: tests and single-process runs)
     app = FastAPI(title="raywiz serve", docs_url="/docs", redoc_url=None)
     install_error_handlers(app)
     auth = [Depends(bearer_auth(api_key))]
-    app.include_router(build_openai_router(service, limits), dependencies=auth)
+    guard = Depends(request_guard(policy or RequestPolicy(has_token=api_key is not None)))
+    app.include_router(build_openai_router(service, limits), dependencies=[*auth, guard])
     for router in extra_routers or []:
         app.include_router(router, dependencies=auth)
     for router in public_routers or []:

@@ -4,27 +4,25 @@ The page itself (web/index.html) is static and talks to the same OpenAI routes a
 so what it shows is what the API serves. The /api routes add what OpenAI's API has no words for:
 the run's checkpoints and their state, benchmark tasks, and running a task's tests.
 
-/api/check runs code, so it is not for any web page that can reach the port (CheckPolicy): JSON
-bodies only (no CORS-free form or text/plain posts), the Host must be this server (no DNS
-rebinding), a browser's Origin must be this page's or allowed, a bearer token is required once
-serve listens beyond loopback, each client has at most a few checks running, and checks run in a
-pool of their own so that slow ones never hold up /v1 or the other /api routes.
+Every /api route is behind serve's request guard (raywiz.serve.guard: Host, Origin, JSON bodies, the
+token beyond loopback), as /v1 is. /api/check runs code, so besides (CheckPolicy): each client has at
+most a few checks running, and checks run in a pool of their own so that slow ones never hold up /v1
+or the other /api routes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from raywiz.serve.guard import RequestPolicy, request_guard
 from raywiz.serve.openai_api import ApiError, read_body
 from raywiz.serve.pool import CheckpointRefused, UnknownModel
 from raywiz.serve.service import ModelService
@@ -42,26 +40,10 @@ class CheckRequest(BaseModel):
     model: str | None = None  # whose prompt produced the completion (decides how it is read)
 
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 @dataclass
-class CheckPolicy:
-    """Who may run code through /api/check, and how much at once (from ServeConfig)."""
+class CheckPolicy(RequestPolicy):
+    """serve's RequestPolicy, and how many /api/check runs at once (from ServeConfig)."""
 
-    bind_host: str = "127.0.0.1"
-    has_token: bool = False
-    allowed_origins: list[str] = field(default_factory=list)  # e.g. "https://lab.example:8443"
-    allowed_hosts: list[str] = field(default_factory=list)  # Host names besides loopback and bind_host
     per_client: int = 2
     workers: int = 2
     queue: int = 8  # checks waiting for a worker, all clients together
@@ -72,15 +54,9 @@ class CheckPolicy:
                    allowed_hosts=list(cfg.allowed_hosts), per_client=cfg.checks_per_client,
                    workers=cfg.check_workers)
 
-    def hosts(self) -> set[str]:
-        names = {*LOOPBACK_NAMES, *(h.lower() for h in self.allowed_hosts)}
-        if self.bind_host not in ("0.0.0.0", "::", ""):
-            names.add(self.bind_host.lower())
-        return names
-
 
 class CheckGate:
-    """Enforces a CheckPolicy on each /api/check request and runs the checks in its own pool."""
+    """Bounds the /api/check runs of each client and in all, and runs them in its own pool."""
 
     def __init__(self, policy: CheckPolicy):
         self.policy = policy
@@ -88,28 +64,6 @@ class CheckGate:
         self._lock = threading.Lock()
         self._per_client: dict[str, int] = {}
         self._in_flight = 0
-
-    def admit(self, request: Request) -> None:
-        p = self.policy
-        host_header = request.headers.get("host", "")
-        host = (urlsplit(f"//{host_header}").hostname or "").lower()
-        if host not in p.hosts():
-            raise ApiError(403, f"Host {host_header!r} is not this server (add it to serve.allowed_hosts)",
-                           type="permission_error", code="host_not_allowed")
-        origin = request.headers.get("origin")
-        if origin is not None:
-            parts = urlsplit(origin)
-            same = parts.scheme in ("http", "https") and parts.netloc.lower() == host_header.lower()
-            if not same and origin.rstrip("/") not in [o.rstrip("/") for o in p.allowed_origins]:
-                raise ApiError(403, f"Origin {origin!r} may not run checks (add it to serve.check_allowed_origins)",
-                               type="permission_error", code="origin_not_allowed")
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            raise ApiError(415, "send the check as JSON (Content-Type: application/json)",
-                           type="invalid_request_error", code="unsupported_media_type")
-        if not is_loopback(p.bind_host) and not p.has_token:
-            raise ApiError(403, "serve listens beyond loopback without a bearer token: checks run code, so set "
-                           "serve.api_key_env to enable them", type="permission_error", code="token_required")
 
     def acquire(self, client: str) -> None:
         p = self.policy
@@ -136,9 +90,9 @@ class CheckGate:
 def build_page_routers(service: ModelService, catalog: TaskCatalog, max_request_bytes: int,
                        check_policy: CheckPolicy | None = None) -> tuple[APIRouter, APIRouter]:
     """(protected /api routes, the public page)."""
-    api = APIRouter(prefix="/api")
-    public = APIRouter()
     gate = CheckGate(check_policy or CheckPolicy())
+    api = APIRouter(prefix="/api", dependencies=[Depends(request_guard(gate.policy))])
+    public = APIRouter()
 
     @public.get("/", response_class=HTMLResponse)
     async def page():
@@ -174,7 +128,6 @@ def build_page_routers(service: ModelService, catalog: TaskCatalog, max_request_
 
     @api.post("/check")
     async def check(request: Request):
-        gate.admit(request)
         req = await read_body(request, CheckRequest, max_request_bytes)
         item = await _run(catalog.get, req.benchmark, req.task_id, what="task")
         code = catalog.completion_for(req.completion, await _template_of(req.model))

@@ -1,11 +1,11 @@
-"""The plain-value codec (sandbox_harness.encode/decode) on DS-1000's values: they come back equal
+"""The plain-value codec (sandbox.protocol encode/decode) on DS-1000's values: they come back equal
 and of the same type, and only where the evaluator asks for them (decode(..., extended=True))."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from raywiz.benchmarks.sandbox_harness import decode, encode
+from raywiz.benchmarks.sandbox import decode, encode
 
 sparse = pytest.importorskip("scipy.sparse")
 torch = pytest.importorskip("torch")
@@ -55,7 +55,7 @@ def test_ds1000_values_round_trip_only_where_asked(value):
 def test_hostile_ds1000_values_are_decode_errors():
     import msgpack
 
-    from raywiz.benchmarks import sandbox_harness as h
+    from raywiz.benchmarks.sandbox import protocol as h
 
     def ext(code, parts):
         return msgpack.packb(msgpack.ExtType(code, msgpack.packb(parts, use_bin_type=True)), use_bin_type=True)

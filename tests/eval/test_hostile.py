@@ -274,7 +274,7 @@ def test_a_poisoned_groundtruth_cache_is_detected_and_recomputed():
     """Before: a sample that could write the cache (no Landlock, the cache owned by its uid) rewrote
     the expected outputs; honest solutions then failed and wrong ones passed, in later runs too."""
     from raywiz.benchmarks import groundtruth
-    from raywiz.benchmarks.sandbox_harness import encode
+    from raywiz.benchmarks.sandbox import encode
 
     task, other = _doubling("Hostile/double", 2), _doubling("Hostile/triple", 3)
     honest, wrong = "def double(x):\n    return 2 * x\n", "def double(x):\n    return 3 * x\n"
@@ -687,8 +687,9 @@ def test_a_normal_users_files_are_protected(tmp_path):
 
 def test_without_isolation_it_refuses_unless_told(monkeypatch):
     from raywiz.benchmarks import sandbox
+    from raywiz.benchmarks.sandbox import probe
 
-    monkeypatch.setitem(sandbox._PROBES, SandboxSettings(landlock=False, run_as_uid=None), {"works": True, "isolated": False})
+    monkeypatch.setitem(probe._PROBES, SandboxSettings(landlock=False, run_as_uid=None), {"works": True, "isolated": False})
     monkeypatch.delenv(sandbox.ALLOW_UNISOLATED_ENV, raising=False)
     with pytest.raises(RuntimeError, match="NO ISOLATION"):
         sandbox.require_working_sandbox(SandboxSettings(landlock=False, run_as_uid=None))
