@@ -76,13 +76,13 @@ from raywiz.benchmarks.sandbox.process import (ALLOW_UNISOLATED_ENV, NOBODY, San
                                                make_workdir, remove_workdir,
                                                descendants_cpu_s, remove_stale_sandbox_dirs, run_in_sandbox,
                                                run_program, sandbox_root)
-from raywiz.benchmarks.sandbox.protocol import RemoteRef, Unencodable, decode, encode
+from raywiz.benchmarks.sandbox.protocol import RemoteRef, Unencodable, decode, encode, hashable_safely
 from raywiz.benchmarks.sandbox.session import (CandidateDied, CandidateError, CandidateSession, CandidateTimeout,
                                                NotPlainValue, Unavailable, candidate_exception)
 
 __all__ = [
     "ALLOW_UNISOLATED_ENV", "NOBODY", "CandidateDied", "CandidateError", "CandidateSession", "CandidateTimeout",
     "NotPlainValue", "RemoteRef", "SandboxRun", "SandboxSettings", "StageDeadline", "Unavailable", "Unencodable",
-    "candidate_exception", "decode", "descendants_cpu_s", "encode", "probe_isolation", "make_workdir", "remove_stale_sandbox_dirs", "remove_workdir",
+    "candidate_exception", "decode", "descendants_cpu_s", "encode", "hashable_safely", "probe_isolation", "make_workdir", "remove_stale_sandbox_dirs", "remove_workdir",
     "require_working_sandbox", "run_in_sandbox", "run_program", "sandbox_root",
 ]

@@ -8,6 +8,7 @@ import os
 import selectors
 import subprocess
 import sys
+import time
 
 from . import protocol
 from .process import (RESULT_BYTES_CAP, STDERR_KEEP, VALUE_BYTES_CAP, SandboxSettings, StageDeadline, make_workdir,
@@ -117,6 +118,7 @@ class CandidateSession:
         self.settings = settings
         self.extended = extended  # accept DS-1000's values (pandas, sparse, torch: protocol.decode)
         self.spent = 0.0
+        self.cpu_budget_s = cpu_budget_s  # (also the most one decode of its replies may take)
         self.runs = 0  # `run` requests so far (each one's child replaces the last's)
         self.last_reply_bytes = 0
         self.dead: str | None = None
@@ -245,7 +247,8 @@ class CandidateSession:
         import msgpack
 
         try:
-            reply = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=False,
+            # strict_map_key: names are str (whose hash is salted): no crafted int keys to collide.
+            reply = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True,
                                     ext_hook=_no_extensions, max_bin_len=VALUE_BYTES_CAP)
         except Exception:  # noqa: BLE001 - whatever msgpack raises on hostile bytes
             reply = None
@@ -255,12 +258,17 @@ class CandidateSession:
         return reply
 
     def _decode(self, data, handles=None) -> object:
+        """A value of the sample's, by the bounded decoder (protocol.decode). Decoding is the sample's
+        time: this thread's CPU time for it counts in `spent`, and it stops past the sample's budget."""
         if not isinstance(data, bytes):
             raise NotPlainValue("malformed reply")
+        started = time.thread_time()
         try:
-            return self._codec.decode(data, extended=self.extended, handles=handles)
+            return self._codec.decode(data, extended=self.extended, handles=handles, cpu_s=self.cpu_budget_s)
         except ValueError as e:
             raise NotPlainValue(str(e)) from None
+        finally:
+            self.spent += time.thread_time() - started
 
     # -- the API
 
