@@ -227,6 +227,7 @@ def _check_ds1000(task: Task, code: str, settings: ScoreSettings) -> Verdict:
            "objects": library.lower() == "matplotlib",
            "sandbox": asdict(settings.sandbox), "evaluator_pid": os.getpid()}
     budget = (cases * (per_case + 1) + 30 if hkunlp else settings.ds1000_timeout_s + 1.0)
+    job["cpu_s"] = budget  # the checker's own CPU time: no more than the sample may take
     result = _run_trusted_checker(job, budget + 2 * settings.sandbox.startup_timeout_s + 60.0)
     return Verdict(task.task_id, result == "passed", result, seconds=time.monotonic() - started)
 

@@ -301,6 +301,39 @@ def test_a_poisoned_groundtruth_cache_is_detected_and_recomputed():
         assert groundtruth.expected(groundtruth.load(task, SANDBOX), "base") == [2.0, 4.0], how
 
 
+# ----------------------------------------------------------------------------- replies that cost more than they weigh (issue 20)
+
+EQUAL_HASH_REPLY = """
+    import sys, msgpack
+    _harness = sys.modules["__main__"]
+    _modulus = (1 << 61) - 1  # hash(1 + k * _modulus) == 1 for every k
+    _items = [msgpack.ExtType({bigint}, (1 + k * _modulus).to_bytes(16, "big", signed=True)) for k in range(1, 70000)]
+    _reply = msgpack.packb(msgpack.ExtType({set_}, msgpack.packb(_items)))  # ~1.3 MB: a set of 70k
+    _encode = _harness.encode
+    _harness.encode = lambda value, *a, **k: _reply if value == "the set" else _encode(value, *a, **k)
+
+    def add(a, b):
+        return "the set"
+"""
+
+
+def test_a_set_of_equal_hashes_fails_fast_and_stalls_no_other_sample():
+    """Before: decoding this reply took 44 s of the evaluator's CPU with the GIL held, and an honest
+    sample of another task in flight was reported "timed out"."""
+    from raywiz.benchmarks.sandbox import protocol
+
+    bomb = Task(benchmark="humaneval", task_id="Hostile/bomb", prompt=ADD.prompt, solution=ADD.solution,
+                entry_point="add", test=ADD.test)
+    hostile = textwrap.dedent(EQUAL_HASH_REPLY).format(bigint=protocol.EXT_BIGINT, set_=protocol.EXT_SET)
+    samples = [{"task_id": bomb.task_id, "solution": hostile}, {"task_id": ADD.task_id, "completion": "    return a + b\n"},
+               {"task_id": ADD.task_id, "completion": "    return a + b\n"}]
+    settings = ScoreSettings(sandbox=SANDBOX, workers=2, humaneval_timeout_s=1.0)
+    verdicts = score_samples("humaneval", [bomb, ADD], samples, settings)
+    assert not verdicts[0].passed and "one hash" in verdicts[0].result, verdicts[0].result
+    assert verdicts[0].seconds < 30, verdicts[0]  # generous: building the reply in the sandbox is most of it
+    assert verdicts[1].passed and verdicts[2].passed, verdicts[1:]
+
+
 # ----------------------------------------------------------------------------- DS-1000's verdicts
 # Problem 0 of the fixture (NumPy: result = np.diag(a)); each answer below is wrong, plus a forgery.
 # Before: the test ran in the candidate's process (xlang), or next to the HKUNLP problem's answer
