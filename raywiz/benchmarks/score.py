@@ -15,6 +15,16 @@ The tests and the comparison run in the evaluator (DS-1000's in its trusted chec
 values that come back from the sample's process (CandidateSession), and for DS-1000's Matplotlib
 problems on proxies of the objects of the process that drew (raywiz.benchmarks.remote_objects):
 nothing that process does makes a verdict.
+
+The test's names are the benchmark's (_test_namespace): builtins, the prompt's helpers, standard
+library modules as the test's module would see them, and of the candidate only its entry point (and
+MBPP's setup objects), each use a request to its process. evalplus's oracles read the evaluator's
+own inputs, never the copy the call left behind.
+Not covered: decoding runs on the scoring thread (linear, bounded, its CPU time the sample's, but a
+flat list of primitives is decoded by msgpack in C with the GIL held: about a second per 100 MB, under
+the 1 GB reply cap); the benchmark's own test code may hash what the candidate returned (a test's
+``set(candidate(x))`` on a list of equal-hash ints is quadratic in that test, within its deadline
+only as far as the GIL lets the deadline's thread run).
 """
 
 from __future__ import annotations
@@ -366,8 +376,8 @@ def _is_floats(x) -> bool:
 
 def same_elements(out, exp) -> bool:
     """evalplus's `set(out) == set(exp)`, without hashing what the sample chose in a way that can go
-    quadratic: its elements are checked first (sandbox.hashable_safely)."""
-    from raywiz.benchmarks.sandbox import hashable_safely
+    quadratic: its elements are checked first (sandbox.protocol.hashable_safely)."""
+    from raywiz.benchmarks.sandbox.protocol import hashable_safely
 
     try:
         items = list(out)

@@ -107,7 +107,7 @@ def test_equal_hash_sets_and_dict_keys_are_refused_in_linear_time():
     # Honest controls: sets and dicts of plain values, -1 and -2 (one hash) among them, come back.
     honest = [{-1, -2, 3, (1, "a"), frozenset({2.5})}, {1: "a", -1: "b", -2: "c", (1, 2): None}, set(range(100_000))]
     assert decode(encode(honest)) == honest
-    from raywiz.benchmarks.sandbox import hashable_safely
+    from raywiz.benchmarks.sandbox.protocol import hashable_safely
 
     assert hashable_safely(list(range(1000))) and not hashable_safely([[1]]) and not hashable_safely(
         [1 + k * ((1 << 61) - 1) for k in range(100)])

@@ -52,6 +52,20 @@ calls name coming back as bytes next to the reference image, which the candidate
 out is its own pipe to the serving parent, which relays and bounds its replies (stderr stays, as
 diagnostics, 8 KB of it kept).
 
+What a test sees and what a reply costs (raywiz.benchmarks.score, protocol.decode). The trusted test
+sees the benchmark's names only: builtins, the prompt's own helpers (run in the evaluator), a standard
+library module the program imported under its own name (the evaluator's copy, only if already loaded:
+a sample's name never makes the evaluator import anything), and of the candidate's names only the
+entry point and MBPP's setup objects (a module-level ``abs`` or ``range`` of the sample's is not
+seen). evalplus's oracles that read an input read the evaluator's own copy. A reply is decoded in
+linear time: bytes (the frame cap), depth, containers (one per 2 bytes above a floor) and CPU time
+(the session's budget; the time is counted as the sample's); sets and dict keys arrive as lists and
+are hashed only when plain and free of hash collisions (``hashable_safely``); DS-1000 values that
+would expand beyond their bytes (sparse shapes, zero-size items, RangeIndex lengths) are refused
+before they are built, and DS-1000's checker runs under the sample's memory limit and a CPU deadline.
+HumanEval+/MBPP+ expected outputs are computed under a uid of their own (as root) and cached with
+the task's and the outputs' checksums under an HMAC (raywiz.benchmarks.groundtruth).
+
 What it does not cover.
   - DS-1000's Matplotlib replies are what the candidate's process says about its own objects: a
     sample can set what its own artists report (patch ``get_xdata`` to return the expected data),
@@ -76,13 +90,13 @@ from raywiz.benchmarks.sandbox.process import (ALLOW_UNISOLATED_ENV, NOBODY, San
                                                make_workdir, remove_workdir,
                                                descendants_cpu_s, remove_stale_sandbox_dirs, run_in_sandbox,
                                                run_program, sandbox_root)
-from raywiz.benchmarks.sandbox.protocol import RemoteRef, Unencodable, decode, encode, hashable_safely
+from raywiz.benchmarks.sandbox.protocol import RemoteRef, Unencodable, decode, encode
 from raywiz.benchmarks.sandbox.session import (CandidateDied, CandidateError, CandidateSession, CandidateTimeout,
                                                NotPlainValue, Unavailable, candidate_exception)
 
 __all__ = [
     "ALLOW_UNISOLATED_ENV", "NOBODY", "CandidateDied", "CandidateError", "CandidateSession", "CandidateTimeout",
     "NotPlainValue", "RemoteRef", "SandboxRun", "SandboxSettings", "StageDeadline", "Unavailable", "Unencodable",
-    "candidate_exception", "decode", "descendants_cpu_s", "encode", "hashable_safely", "probe_isolation", "make_workdir", "remove_stale_sandbox_dirs", "remove_workdir",
+    "candidate_exception", "decode", "descendants_cpu_s", "encode", "probe_isolation", "make_workdir", "remove_stale_sandbox_dirs", "remove_workdir",
     "require_working_sandbox", "run_in_sandbox", "run_program", "sandbox_root",
 ]
