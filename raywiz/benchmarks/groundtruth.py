@@ -31,6 +31,7 @@ import secrets
 import stat
 import sys
 import tempfile
+import threading
 
 from raywiz.artifacts import write_bytes_atomic
 from raywiz.benchmarks import Task
@@ -84,28 +85,46 @@ def _own_directory(path: str) -> None:
     os.chmod(path, 0o700)
 
 
+_KEYS: dict[str, bytes] = {}  # per cache root: read or made once per process
+_KEYS_LOCK = threading.Lock()
+
+
 def _mac_key() -> bytes:
-    """The cache's HMAC key: made here, readable by the evaluator's uid only. A key that someone
-    else could have written is replaced (every entry it signed is then recomputed)."""
+    """The cache's HMAC key: made here, readable by the evaluator's uid only."""
     root = _root()
-    _own_directory(root)
-    path = os.path.join(root, ".key")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            key = f.read(65)
-        if st.st_uid == os.geteuid() and not st.st_mode & 0o077 and len(key) == 64:
-            return key
-    except OSError:
-        pass
-    key = secrets.token_bytes(64)
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-    os.replace(tmp, path)
-    return key
+    with _KEYS_LOCK:
+        if root not in _KEYS:
+            _own_directory(root)
+            _KEYS[root] = _read_or_make_key(os.path.join(root, ".key"))
+        return _KEYS[root]
+
+
+def _read_or_make_key(path: str) -> bytes:
+    """The key at `path`; one that someone else could have written is replaced (every entry it
+    signed is then recomputed). Made whole under another name and linked into place, so that a
+    concurrent evaluator reads either no key or all of it, and both use the first one made."""
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                st, key = os.fstat(f.fileno()), f.read(65)
+            if st.st_uid == os.geteuid() and stat.S_ISREG(st.st_mode) and not st.st_mode & 0o077 and len(key) == 64:
+                return key
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError:  # e.g. a symbolic link (O_NOFOLLOW)
+            os.unlink(path)
+        tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(secrets.token_bytes(64))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another evaluator's came first: read it
+        finally:
+            os.unlink(tmp)
+    raise RuntimeError(f"{path}: could not make the ground-truth cache's key")
 
 
 def _outputs_digest(truth: dict) -> str:

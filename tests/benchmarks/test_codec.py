@@ -23,6 +23,7 @@ VALUES = [
     pd.Index([1.5, 2.5], name="q"),
     pd.DataFrame(),
     pd.Timestamp("2020-01-01 10:00", tz="UTC"), pd.Timedelta("1D"),
+    {pd.Timestamp("2020-01-01"): 1.5, pd.Timedelta("1D"): 2},  # (e.g. a Series' to_dict())
     np.array([1, "a", None], dtype=object),
     sparse.csr_matrix(np.eye(3)), sparse.coo_array(np.eye(2)), sparse.lil_matrix(np.eye(2)),
     torch.tensor([[1.0, 2.0]]), torch.arange(3), torch.ones(2, requires_grad=True),

@@ -299,6 +299,12 @@ def test_a_poisoned_groundtruth_cache_is_detected_and_recomputed():
         assert verdict.passed, (how, verdict.result)
         assert not evalplus("def double(x):\n    return None\n", task).base_passed, how
         assert groundtruth.expected(groundtruth.load(task, SANDBOX), "base") == [2.0, 4.0], how
+    # A key that others could have written (and signed with) is replaced, and its entries recomputed.
+    key_path = os.path.join(os.path.dirname(os.path.dirname(path)), ".key")
+    os.chmod(key_path, 0o666)
+    groundtruth._KEYS.clear()
+    assert groundtruth.expected(groundtruth.load(task, SANDBOX), "base") == [2.0, 4.0]
+    assert os.stat(key_path).st_mode & 0o777 == 0o600
 
 
 # ----------------------------------------------------------------------------- replies that cost more than they weigh (issue 20)

@@ -146,14 +146,17 @@ _CLOCK_EVERY = 1024  # hooks between looks at the CPU clock
 
 def _hashable_plain(x, depth: int = 0) -> bool:
     """A value whose hash and equality run no code of the sample's: a primitive, or a tuple or
-    frozenset of them (numpy scalars of the codec's dtypes included)."""
+    frozenset of them (numpy scalars of the codec's dtypes and pandas' time scalars included: a
+    DataFrame's to_dict() may be keyed by Timestamps)."""
     t = type(x)
     if t in (str, bytes, int, float, bool, complex) or x is None:
         return True
     if t in (tuple, frozenset) and depth < MAX_EXT_DEPTH:
         return all(_hashable_plain(i, depth + 1) for i in x)
-    np = sys.modules.get("numpy")
-    return np is not None and isinstance(x, np.generic) and x.dtype.kind in _NP_KINDS
+    np, pd = sys.modules.get("numpy"), sys.modules.get("pandas")
+    if np is not None and isinstance(x, np.generic):
+        return x.dtype.kind in _NP_KINDS
+    return pd is not None and (t in (pd.Timestamp, pd.Timedelta) or x is pd.NaT)
 
 
 def hashable_safely(items: list) -> bool:
