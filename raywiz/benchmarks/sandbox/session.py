@@ -101,6 +101,9 @@ def _copy_back(orig, new):
     return new if type(orig) is not tuple else orig  # tuples and scalars cannot change
 
 
+DECODE_FREE_BYTES_PER_S = 8 << 20  # free decoding per reply byte (Mbpp/255: 800 MB, 51 s of CPU under load)
+
+
 class CandidateSession:
     """One sandboxed process that runs a candidate's code for the evaluator.
 
@@ -258,17 +261,22 @@ class CandidateSession:
         return reply
 
     def _decode(self, data, handles=None) -> object:
-        """A value of the sample's, by the bounded decoder (protocol.decode). Decoding is the sample's
-        time: this thread's CPU time for it counts in `spent`, and it stops past the sample's budget."""
+        """A value of the sample's, by the bounded decoder (protocol.decode). Decoding costs what the
+        reply weighs: up to DECODE_FREE_BYTES_PER_S it is the evaluator's time (an honest 800 MB
+        output of Mbpp/255 takes ~50 s of CPU to decode, which evalplus, in one process, never
+        spends); beyond that this thread's CPU time counts in `spent`, the sample's time, and the
+        decode stops past the sample's budget."""
         if not isinstance(data, bytes):
             raise NotPlainValue("malformed reply")
+        allowance = len(data) / DECODE_FREE_BYTES_PER_S
         started = time.thread_time()
         try:
-            return self._codec.decode(data, extended=self.extended, handles=handles, cpu_s=self.cpu_budget_s)
+            return self._codec.decode(data, extended=self.extended, handles=handles,
+                                      cpu_s=self.cpu_budget_s + allowance)
         except ValueError as e:
             raise NotPlainValue(str(e)) from None
         finally:
-            self.spent += time.thread_time() - started
+            self.spent += max(0.0, time.thread_time() - started - allowance)
 
     # -- the API
 
