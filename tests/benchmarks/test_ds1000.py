@@ -40,3 +40,31 @@ def test_references_pass_and_broken_answers_fail(tmp_path, writer):
     # the loop answer computes the right numbers: only the string test rejects it
     loop = next(v for s, v in zip(samples, verdicts) if "for row in a" in s["completion"])
     assert "string test" in loop.result or "AssertionError" in loop.result or loop.result == "failed: "
+
+
+def test_the_checker_has_the_samples_memory_limit_and_a_cpu_deadline():
+    """Before: the trusted checker had no limits (a sample's value of gigabytes took 3 GB and 35 s there)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    program = """if True:
+        from raywiz.benchmarks.ds1000_check import limit_resources
+        limit_resources({"sandbox": {"memory_mb": 256}, "cpu_s": 2, "preimport": ["numpy"]})
+        import numpy as np
+        small = np.ones(1 << 22)  # 32 MB: within the sample's 256 MB
+        print("small ok", flush=True)
+        try:
+            np.ones(1 << 28)  # 2 GB
+            print("built", flush=True)
+        except MemoryError:
+            print("refused", flush=True)
+        while True:
+            pass
+    """
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert proc.stdout.split("\n")[:2] == ["small ok", "refused"], (proc.stdout, proc.stderr[-500:])
+    assert proc.returncode == -signal.SIGXCPU, proc.returncode

@@ -6,6 +6,7 @@ asserts the sample's verdict (or the state of what it attacked), never a tight w
 import importlib.util
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -165,6 +166,178 @@ def _cheat(*args):
     assert check_completion("humaneval", task, task.solution, settings=SETTINGS).passed
     verdict = check_completion("humaneval", task, cheat, settings=SETTINGS)
     assert not verdict.passed, verdict.result
+
+
+# ----------------------------------------------------------------------------- the test's names (issue 20)
+# Before: every name the test referenced that the sample defined was forwarded to the test, so a
+# module-level `abs` changed what the trusted test computed, and a name bound to a module made the
+# evaluator import that module.
+
+def _square(test_body: str) -> Task:
+    return Task(benchmark="humaneval", task_id="Hostile/square", prompt='def square(x):\n    """x * x"""\n',
+                solution="    return x * x\n", entry_point="square",
+                test="def check(candidate):\n" + textwrap.indent(textwrap.dedent(test_body), "    "))
+
+
+BUILTIN_SHADOWS = {  # the builtin the test uses around the answer: (the test, the sample's own version)
+    "abs": ("assert abs(candidate(2.0) - 4.0) < 1e-6", "def abs(x):\n    return 0"),
+    "range": ("for x in range(1, 4):\n    assert candidate(x) == x * x", "def range(*a):\n    return []"),
+    "tuple": ("assert tuple([candidate(2)]) == (4,)", "def tuple(x):\n    return (4,)"),
+    "len": ("assert len([x for x in (1, 2, 3) if candidate(x) != x * x]) == 0", "def len(x):\n    return 0"),
+    "sorted": ("assert sorted([candidate(3), candidate(-3)]) == [9, 9]", "def sorted(x):\n    return [9, 9]"),
+}
+
+
+@pytest.mark.parametrize("builtin", list(BUILTIN_SHADOWS))
+def test_a_module_level_builtin_does_not_change_the_test(builtin):
+    test, shadow = BUILTIN_SHADOWS[builtin]
+    task = _square(test)
+    assert humaneval("    return x * x\n", task).passed  # honest control
+    assert humaneval(f"    return x * x\n\n{shadow}\n", task).passed  # its own `abs`, a right answer
+    verdict = humaneval(f"    return 0\n\n{shadow}\n", task)
+    assert not verdict.passed, verdict.result
+
+
+@pytest.mark.parametrize("module", ["this", "antigravity"])
+def test_a_name_bound_to_a_module_imports_nothing_in_the_evaluator(module, capfd, monkeypatch):
+    monkeypatch.setenv("BROWSER", "true")  # (were `antigravity` imported here after all)
+    if module in sys.modules:
+        pytest.skip(f"{module} is already imported in this process")
+    capfd.readouterr()
+    verdict = humaneval(f"    return x * x\n\nimport {module} as abs\n",
+                        _square("assert abs(candidate(2.0) - 4.0) < 1e-6"))
+    assert module not in sys.modules and "webbrowser" not in sys.modules
+    assert capfd.readouterr().out == ""  # `this` printed the Zen of Python here, breaking --json
+    assert verdict.passed, verdict.result  # the test's `abs` is the builtin: a right answer passes
+    # MBPP's tests may use the program's own `import math`: the evaluator's copy, under that name only.
+    mbpp = Task(benchmark="mbpp", task_id="Hostile/isclose", prompt="", solution="", entry_point="square",
+                test_list=["assert math.isclose(square(1.5), 2.25)"])
+    honest = check_completion("mbpp", mbpp, "import math\ndef square(x):\n    return x * x\n", settings=SETTINGS)
+    assert honest.passed, honest.result
+    disguised = check_completion("mbpp", mbpp, f"import {module} as math\ndef square(x):\n    return x * x\n",
+                                 settings=SETTINGS)
+    assert not disguised.passed and module not in sys.modules and capfd.readouterr().out == ""
+
+
+FIND_ZERO = Task(
+    benchmark="humaneval+", task_id="Hostile/find_zero",
+    prompt='import math\n\n\ndef poly(xs: list, x: float):\n    return sum([c * math.pow(x, i) for i, c in enumerate(xs)])\n\n\n'
+           'def find_zero(xs: list):\n    """A zero of poly(xs)."""\n',
+    solution="    begin, end = -1.0, 1.0\n    while poly(xs, begin) * poly(xs, end) > 0:\n        begin *= 2.0\n"
+             "        end *= 2.0\n    while end - begin > 1e-10:\n        center = (begin + end) / 2.0\n"
+             "        if poly(xs, center) * poly(xs, begin) > 0:\n            begin = center\n"
+             "        else:\n            end = center\n    return begin\n",
+    entry_point="find_zero", base_input=[[[1, 2]], [[-6, 11, -6, 1]]], plus_input=[[[2, -3, 0, 1, 0, 3]]], atol=1e-6)
+SURFACE = Task(benchmark="mbpp+", task_id="Hostile/surface", prompt="",
+               solution="def surface_Area(b, s):\n    return 2 * b * s + pow(b, 2)\n", entry_point="surface_Area",
+               base_input=[[3, 4], [4, 5]], plus_input=[[1, 2], [10, 20]])
+REWRITES_ITS_ARGUMENTS = {  # the wrong answer 0, and the input rewritten so that an oracle reading it agrees
+    "its caller's argument list": """
+        import sys
+        def {name}(*args):
+            frame = sys._getframe(1)
+            while frame is not None and "args" not in frame.f_locals:
+                frame = frame.f_back
+            frame.f_locals["args"][:] = {fake}
+            return 0
+    """,
+    "its argument in place": """
+        def {name}(*args):
+            if isinstance(args[0], list):
+                args[0][:] = {fake}[0]
+            return 0
+    """,
+}
+
+
+@pytest.mark.parametrize("how", list(REWRITES_ITS_ARGUMENTS))
+def test_oracles_read_the_evaluators_own_inputs(how):
+    """HumanEval+/32's find_zero and MBPP+'s surface_Area oracles read the input after the call:
+    before, the copy that came back from the sample's process."""
+    assert evalplus(FIND_ZERO.prompt + FIND_ZERO.solution, FIND_ZERO).passed  # honest controls
+    surface = check_completion("mbpp+", SURFACE, solution=SURFACE.solution, settings=SETTINGS)
+    assert surface.passed, surface.result
+    hack = textwrap.dedent(REWRITES_ITS_ARGUMENTS[how])
+    zero = evalplus(hack.format(name="find_zero", fake="[[0.0, 1.0]]"), FIND_ZERO)  # poly([0, 1], 0) == 0
+    assert not zero.base_passed, zero.result
+    area = check_completion("mbpp+", SURFACE, solution=hack.format(name="surface_Area", fake="[0, 0]"),
+                            settings=SETTINGS)
+    assert not area.base_passed, area.result
+
+
+def _doubling(task_id: str, factor: int) -> Task:
+    return Task(benchmark="humaneval+", task_id=task_id, prompt='def double(x):\n    """2 x"""\n',
+                solution=f"    return {factor} * x\n", entry_point="double", base_input=[[1.0], [2.0]], plus_input=[[3.0]])
+
+
+def test_a_poisoned_groundtruth_cache_is_detected_and_recomputed():
+    """Before: a sample that could write the cache (no Landlock, the cache owned by its uid) rewrote
+    the expected outputs; honest solutions then failed and wrong ones passed, in later runs too."""
+    from raywiz.benchmarks import groundtruth
+    from raywiz.benchmarks.sandbox import encode
+
+    task, other = _doubling("Hostile/double", 2), _doubling("Hostile/triple", 3)
+    honest, wrong = "def double(x):\n    return 2 * x\n", "def double(x):\n    return 3 * x\n"
+    groundtruth.load(task, SANDBOX)
+    groundtruth.load(other, SANDBOX)
+    path, other_path = groundtruth.cache_path(task), groundtruth.cache_path(other)
+    good = open(path, "rb").read()
+    rewritten = good.replace(encode([2.0, 4.0]), encode([3.0, 6.0]))
+    assert rewritten != good
+    poisons = {
+        "outputs rewritten in place": rewritten,
+        "another task's entry": open(other_path, "rb").read(),
+        "a bare pickle of wrong outputs": pickle.dumps(groundtruth.load(other, SANDBOX)),
+    }
+    for how, poison in poisons.items():
+        with open(path, "wb") as f:
+            f.write(poison)
+        assert not evalplus(wrong, task).base_passed, how  # (this one recomputes the entry)
+        with open(path, "wb") as f:
+            f.write(poison)
+        verdict = evalplus(honest, task)
+        assert verdict.passed, (how, verdict.result)
+        assert not evalplus("def double(x):\n    return None\n", task).base_passed, how
+        assert groundtruth.expected(groundtruth.load(task, SANDBOX), "base") == [2.0, 4.0], how
+    # A key that others could have written (and signed with) is replaced, and its entries recomputed.
+    key_path = os.path.join(os.path.dirname(os.path.dirname(path)), ".key")
+    os.chmod(key_path, 0o666)
+    groundtruth._KEYS.clear()
+    assert groundtruth.expected(groundtruth.load(task, SANDBOX), "base") == [2.0, 4.0]
+    assert os.stat(key_path).st_mode & 0o777 == 0o600
+
+
+# ----------------------------------------------------------------------------- replies that cost more than they weigh (issue 20)
+
+EQUAL_HASH_REPLY = """
+    import sys, msgpack
+    _harness = sys.modules["__main__"]
+    _modulus = (1 << 61) - 1  # hash(1 + k * _modulus) == 1 for every k
+    _items = [msgpack.ExtType({bigint}, (1 + k * _modulus).to_bytes(16, "big", signed=True)) for k in range(1, 70000)]
+    _reply = msgpack.packb(msgpack.ExtType({set_}, msgpack.packb(_items)))  # ~1.3 MB: a set of 70k
+    _encode = _harness.encode
+    _harness.encode = lambda value, *a, **k: _reply if value == "the set" else _encode(value, *a, **k)
+
+    def add(a, b):
+        return "the set"
+"""
+
+
+def test_a_set_of_equal_hashes_fails_fast_and_stalls_no_other_sample():
+    """Before: decoding this reply took 44 s of the evaluator's CPU with the GIL held, and an honest
+    sample of another task in flight was reported "timed out"."""
+    from raywiz.benchmarks.sandbox import protocol
+
+    bomb = Task(benchmark="humaneval", task_id="Hostile/bomb", prompt=ADD.prompt, solution=ADD.solution,
+                entry_point="add", test=ADD.test)
+    hostile = textwrap.dedent(EQUAL_HASH_REPLY).format(bigint=protocol.EXT_BIGINT, set_=protocol.EXT_SET)
+    samples = [{"task_id": bomb.task_id, "solution": hostile}, {"task_id": ADD.task_id, "completion": "    return a + b\n"},
+               {"task_id": ADD.task_id, "completion": "    return a + b\n"}]
+    settings = ScoreSettings(sandbox=SANDBOX, workers=2, humaneval_timeout_s=1.0)
+    verdicts = score_samples("humaneval", [bomb, ADD], samples, settings)
+    assert not verdicts[0].passed and "one hash" in verdicts[0].result, verdicts[0].result
+    assert verdicts[0].seconds < 30, verdicts[0]  # generous: building the reply in the sandbox is most of it
+    assert verdicts[1].passed and verdicts[2].passed, verdicts[1:]
 
 
 # ----------------------------------------------------------------------------- DS-1000's verdicts

@@ -68,6 +68,20 @@ calls name coming back as bytes next to the reference image, which the candidate
 out is its own pipe to the serving parent, which relays and bounds its replies (stderr stays, as
 diagnostics, 8 KB of it kept).
 
+What a test sees and what a reply costs (raywiz.benchmarks.score, protocol.decode). The trusted test
+sees the benchmark's names only: builtins, the prompt's own helpers (run in the evaluator), a standard
+library module the program imported under its own name (the evaluator's copy, only if already loaded:
+a sample's name never makes the evaluator import anything), and of the candidate's names only the
+entry point and MBPP's setup objects (a module-level ``abs`` or ``range`` of the sample's is not
+seen). evalplus's oracles that read an input read the evaluator's own copy. A reply is decoded in
+linear time: bytes (the frame cap), depth, containers (one per 2 bytes above a floor) and CPU time
+(the session's budget; the time is counted as the sample's); sets and dict keys arrive as lists and
+are hashed only when plain and free of hash collisions (``hashable_safely``); DS-1000 values that
+would expand beyond their bytes (sparse shapes, zero-size items, RangeIndex lengths) are refused
+before they are built, and DS-1000's checker runs under the sample's memory limit and a CPU deadline.
+HumanEval+/MBPP+ expected outputs are computed under a uid of their own (as root) and cached with
+the task's and the outputs' checksums under an HMAC (raywiz.benchmarks.groundtruth).
+
 What it does not cover.
   - DS-1000's Matplotlib replies are what the candidate's process says about its own objects: a
     sample can set what its own artists report (patch ``get_xdata`` to return the expected data),

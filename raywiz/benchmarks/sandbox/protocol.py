@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 FRAME_HEADER = 4  # bytes: big-endian length of each frame on both channels
 
@@ -132,17 +133,91 @@ def encode(value, ref=None, handle=None) -> bytes:
     return pack(value)
 
 
-def decode(data: bytes, refs: dict | None = None, extended: bool = False, handles=None):
+# What one decode may cost, so that a reply costs what it weighs: containers (lists, dicts, tuples,
+# sets...) at most one per DECODE_BYTES_PER_CONTAINER bytes of the reply above a floor (an empty list
+# is one byte on the wire and 56 in memory; a list of one-item lists is two bytes each), CPU time
+# under the caller's limit, and no hashing that can go quadratic (hashable_safely).
+DECODE_BYTES_PER_CONTAINER = 2
+DECODE_MIN_CONTAINERS = 1 << 16
+MAX_HASHED = 1 << 22  # elements of one set, keys of one dict
+MAX_EQUAL_HASHES = 8  # distinct values of one hash in one set or dict: more is a collision attack
+_CLOCK_EVERY = 1024  # hooks between looks at the CPU clock
+
+
+def _hashable_plain(x, depth: int = 0) -> bool:
+    """A value whose hash and equality run no code of the sample's: a primitive, or a tuple or
+    frozenset of them (numpy scalars of the codec's dtypes and pandas' time scalars included: a
+    DataFrame's to_dict() may be keyed by Timestamps)."""
+    t = type(x)
+    if t in (str, bytes, int, float, bool, complex) or x is None:
+        return True
+    if t in (tuple, frozenset) and depth < MAX_EXT_DEPTH:
+        return all(_hashable_plain(i, depth + 1) for i in x)
+    np, pd = sys.modules.get("numpy"), sys.modules.get("pandas")
+    if np is not None and isinstance(x, np.generic):
+        return x.dtype.kind in _NP_KINDS
+    return pd is not None and (t in (pd.Timestamp, pd.Timedelta) or x is pd.NaT)
+
+
+def hashable_safely(items: list) -> bool:
+    """Whether a set (or a dict's keys) can be built from `items` in linear time: at most MAX_HASHED
+    plain values, and at most MAX_EQUAL_HASHES distinct ones per hash value (ints, floats and tuples
+    of them hash predictably: 100k distinct ints of one hash made a 1 MB reply cost 44 s of CPU with
+    the GIL held). Hash values are ints that do not collide with each other, so the grouping is linear."""
+    if len(items) > MAX_HASHED:
+        return False
+    groups: dict[int, list] = {}
+    for x in items:
+        if not _hashable_plain(x):
+            return False
+        same = groups.setdefault(hash(x), [])
+        if not any(x is y or x == y for y in same):
+            if len(same) >= MAX_EQUAL_HASHES:
+                return False
+            same.append(x)
+    return True
+
+
+def decode(data: bytes, refs: dict | None = None, extended: bool = False, handles=None, *,
+           cpu_s: float | None = None, max_containers: int | None = None):
     """The inverse of `encode`, safe on hostile bytes: raises ValueError (or TypeError) for anything else.
     `refs` (the candidate's side only) resolves RemoteRef names; the evaluator passes None.
     `extended`: also DS-1000's values (pandas, scipy sparse, torch, numpy object arrays).
     `handles(id, type_names)` (the evaluator's side, DS-1000's Matplotlib problems): the proxy for a
-    handle, which is checked first (an id, at most 16 names of at most 200 characters)."""
+    handle, which is checked first (an id, at most 16 names of at most 200 characters).
+
+    Bounded: bytes (the caller's cap on the frame), depth (msgpack's stack, MAX_EXT_DEPTH extensions),
+    containers (`max_containers`, by default one per DECODE_BYTES_PER_CONTAINER bytes), CPU time of
+    this thread (`cpu_s`); sets and dict keys arrive as lists, are checked with hashable_safely, and
+    only then are hashed. All in linear time: decoding cannot hold the GIL for long per byte."""
     import msgpack
 
     depth = [0]
+    left = [max_containers if max_containers is not None else
+            max(DECODE_MIN_CONTAINERS, len(data) // DECODE_BYTES_PER_CONTAINER)]
+    hooks = [0]
+    cpu_deadline = time.thread_time() + cpu_s if cpu_s is not None else None
+
+    def spend() -> None:  # one container more
+        left[0] -= 1
+        if left[0] < 0:
+            raise ValueError("more containers than its size allows")
+        hooks[0] += 1
+        if cpu_deadline is not None and hooks[0] % _CLOCK_EVERY == 0 and time.thread_time() > cpu_deadline:
+            raise ValueError("decoding it took longer than the sample's time")
+
+    def on_list(lst):
+        spend()
+        return lst
+
+    def on_map(pairs):
+        spend()
+        if not hashable_safely([k for k, _ in pairs]):
+            raise ValueError("dict keys that are not plain, or too many of one hash")
+        return dict(pairs)
 
     def hook(code, payload):
+        spend()
         depth[0] += 1
         try:
             if depth[0] > MAX_EXT_DEPTH:
@@ -164,8 +239,12 @@ def decode(data: bytes, refs: dict | None = None, extended: bool = False, handle
                 if handles is None:
                     raise ValueError("a handle is not accepted here")
                 return handles(*_checked_handle(inner))
-            if code in (EXT_TUPLE, EXT_SET, EXT_FROZENSET) and type(inner) is list:
-                return {EXT_TUPLE: tuple, EXT_SET: set, EXT_FROZENSET: frozenset}[code](inner)
+            if code == EXT_TUPLE and type(inner) is list:
+                return tuple(inner)
+            if code in (EXT_SET, EXT_FROZENSET) and type(inner) is list:
+                if refs is None and not hashable_safely(inner):  # (the candidate's side may hold its refs)
+                    raise ValueError("a set whose elements are not plain, or too many of one hash")
+                return set(inner) if code == EXT_SET else frozenset(inner)
             if code == EXT_COMPLEX and type(inner) is list and len(inner) == 2 and all(type(x) is float for x in inner):
                 return complex(*inner)
             if code in (EXT_NDARRAY, EXT_NPSCALAR):
@@ -175,12 +254,13 @@ def decode(data: bytes, refs: dict | None = None, extended: bool = False, handle
             depth[0] -= 1
 
     def unpack(b):
-        return msgpack.unpackb(b, ext_hook=hook, strict_map_key=False, raw=False, use_list=True,
-                               unicode_errors="surrogatepass")
+        # Maps come as pairs (on_map), so msgpack itself hashes no key.
+        return msgpack.unpackb(b, ext_hook=hook, list_hook=on_list, object_pairs_hook=on_map, strict_map_key=False,
+                               raw=False, use_list=True, unicode_errors="surrogatepass")
 
     try:
         return unpack(data)
-    except (ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError, RecursionError, MemoryError) as e:
         raise ValueError(f"malformed value: {e}") from None
     except Exception as e:  # noqa: BLE001 - msgpack's ExtraData/FormatError/StackError
         raise ValueError(f"malformed value: {type(e).__name__} {e}") from None
@@ -218,14 +298,16 @@ def _decode_numpy(code: int, inner):
     count = 1
     for n in shape:
         count *= n
-    if count * dtype.itemsize != len(inner[2]):
-        raise ValueError("numpy data does not match its shape")
+    if count * dtype.itemsize != len(inner[2]) or (dtype.itemsize == 0 and count > 0):
+        raise ValueError("numpy data does not match its shape")  # (zero-size items: any shape, no bytes)
     return np.frombuffer(inner[2], dtype=dtype).reshape(shape).copy()
 
 
 # DS-1000's values. Encoding (the candidate's side) reads only public attributes; decoding (the
 # evaluator's) rebuilds each value with the library's own constructors from plain parts: arrays,
 # strings checked against a pattern, ints. Anything else is a ValueError, i.e. "not a plain value".
+MAX_SPARSE_DIMS = 1 << 20  # rows + columns of a sparse matrix with few entries
+MAX_RANGE_INDEX = 1 << 24
 _PD_DTYPE = r"[A-Za-z][A-Za-z0-9_\[\], :/+\-]{0,63}"
 _TZ = r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){0,2}"
 
@@ -321,6 +403,10 @@ def _decode_extended(code: int, inner):
         name, shape, row, col, data = inner
         if not all(isinstance(a, np.ndarray) and a.ndim == 1 for a in (row, col, data)):
             raise ValueError("malformed sparse matrix")
+        if not all(type(n) is int and n >= 0 for n in shape) or sum(shape) > max(MAX_SPARSE_DIMS, 16 * (len(data) + 1)):
+            # CSR/CSC conversion allocates one int per row or column: a 60-byte description of a
+            # huge empty matrix became 3 GB in the checker. The dims may exceed its entries 16-fold.
+            raise ValueError("a sparse matrix whose shape is out of proportion to its entries")
         coo_type = sparse.coo_array if name.endswith("_array") else sparse.coo_matrix
         coo = coo_type((data, (row, col)), shape=tuple(shape))
         return coo if name.startswith("coo") else getattr(sparse, name)(coo)
@@ -398,6 +484,8 @@ def _pd_index_decode(part, pd):
         raise ValueError("malformed pandas index")
     kind = part[0]
     if kind == "range" and len(part) == 5 and all(type(x) is int for x in part[1:4]):
+        if part[3] == 0 or len(range(part[1], part[2], part[3])) > MAX_RANGE_INDEX:
+            raise ValueError("a RangeIndex longer than any DS-1000 value")  # three ints, any length
         return pd.RangeIndex(part[1], part[2], part[3], name=part[4])
     if kind == "multi" and len(part) == 4 and all(type(x) is list for x in part[1:]):
         levels = [_pd_index_decode(level, pd) for level in part[1]]

@@ -8,6 +8,7 @@ import os
 import selectors
 import subprocess
 import sys
+import time
 
 from . import protocol
 from .process import (RESULT_BYTES_CAP, STDERR_KEEP, VALUE_BYTES_CAP, SandboxSettings, StageDeadline, make_workdir,
@@ -100,6 +101,9 @@ def _copy_back(orig, new):
     return new if type(orig) is not tuple else orig  # tuples and scalars cannot change
 
 
+DECODE_FREE_BYTES_PER_S = 8 << 20  # free decoding per reply byte (Mbpp/255: 800 MB, 51 s of CPU under load)
+
+
 class CandidateSession:
     """One sandboxed process that runs a candidate's code for the evaluator.
 
@@ -117,6 +121,7 @@ class CandidateSession:
         self.settings = settings
         self.extended = extended  # accept DS-1000's values (pandas, sparse, torch: protocol.decode)
         self.spent = 0.0
+        self.cpu_budget_s = cpu_budget_s  # (also the most one decode of its replies may take)
         self.runs = 0  # `run` requests so far (each one's child replaces the last's)
         self.last_reply_bytes = 0
         self.dead: str | None = None
@@ -253,7 +258,8 @@ class CandidateSession:
         import msgpack
 
         try:
-            reply = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=False,
+            # strict_map_key: names are str (whose hash is salted): no crafted int keys to collide.
+            reply = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True,
                                     ext_hook=_no_extensions, max_bin_len=VALUE_BYTES_CAP)
         except Exception:  # noqa: BLE001 - whatever msgpack raises on hostile bytes
             reply = None
@@ -263,12 +269,22 @@ class CandidateSession:
         return reply
 
     def _decode(self, data, handles=None) -> object:
+        """A value of the sample's, by the bounded decoder (protocol.decode). Decoding costs what the
+        reply weighs: up to DECODE_FREE_BYTES_PER_S it is the evaluator's time (an honest 800 MB
+        output of Mbpp/255 takes ~50 s of CPU to decode, which evalplus, in one process, never
+        spends); beyond that this thread's CPU time counts in `spent`, the sample's time, and the
+        decode stops past the sample's budget."""
         if not isinstance(data, bytes):
             raise NotPlainValue("malformed reply")
+        allowance = len(data) / DECODE_FREE_BYTES_PER_S
+        started = time.thread_time()
         try:
-            return self._codec.decode(data, extended=self.extended, handles=handles)
+            return self._codec.decode(data, extended=self.extended, handles=handles,
+                                      cpu_s=self.cpu_budget_s + allowance)
         except ValueError as e:
             raise NotPlainValue(str(e)) from None
+        finally:
+            self.spent += max(0.0, time.thread_time() - started - allowance)
 
     # -- the API
 
