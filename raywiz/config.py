@@ -15,15 +15,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from raywiz.config_base import ConfigSection
+from raywiz.config_base import ConfigError, ConfigSection  # noqa: F401  (ConfigError: re-exported)
 from raywiz.eval.config import EvalConfig
 from raywiz.evolve.config import EvolveConfig
 from raywiz.serve.config import ServeConfig
 from raywiz.train.config import TrainConfig
-
-
-class ConfigError(ValueError):
-    """A job config that cannot run; the message names the file and the field."""
 
 
 class ModelConfig(ConfigSection):

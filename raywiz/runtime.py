@@ -16,7 +16,15 @@ FORWARDED_ENV_VARS = ("PYTHONPATH", "WANDB_MODE", "HF_HOME", "HF_HUB_OFFLINE", *
 
 
 def init_ray(job, extra_cpus_needed: float = 0) -> None:
-    """Connect to the job's Ray cluster, or start a local one; workers keep raywiz's console mode.
+    """Connect to the job's Ray cluster (``job.cluster``), or start a local one (see connect_ray)."""
+    c = job.cluster
+    connect_ray(c.address, c.num_cpus, c.num_gpus, extra_cpus_needed)
+
+
+def connect_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+                extra_cpus_needed: float = 0) -> None:
+    """Connect to the Ray cluster at `address` (else RAY_ADDRESS), or start a local one; workers keep
+    raywiz's console mode.
 
     Unless verbose, workers' output stays in Ray's log files (``/tmp/ray/session_latest/logs``):
     raywiz's own progress comes from the driver.
@@ -25,7 +33,7 @@ def init_ray(job, extra_cpus_needed: float = 0) -> None:
 
     if ray.is_initialized():
         return
-    address = job.cluster.address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     env_vars = {k: os.environ[k] for k in FORWARDED_ENV_VARS if k in os.environ}
     runtime_env = {"env_vars": env_vars} if env_vars else None
     if address:
@@ -33,8 +41,8 @@ def init_ray(job, extra_cpus_needed: float = 0) -> None:
         return
     # A busy laptop can take longer than Ray's default to register the local raylet.
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-    num_cpus = job.cluster.num_cpus or max(os.cpu_count() or 1, int(extra_cpus_needed + 0.999) + 2)
-    ray.init(num_cpus=num_cpus, num_gpus=job.cluster.num_gpus, include_dashboard=False,
+    num_cpus = num_cpus or max(os.cpu_count() or 1, int(extra_cpus_needed + 0.999) + 2)
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
              runtime_env=runtime_env, **ray_log_settings())
     log.debug("started a local Ray cluster with %s logical CPUs", num_cpus)
 

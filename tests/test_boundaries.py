@@ -101,6 +101,26 @@ def test_no_stage_imports_another_and_no_library_imports_a_stage():
     assert not bad, "stages import libraries, never each other:\n" + "\n".join(bad)
 
 
+def test_no_library_reaches_a_stage_through_other_modules():
+    """data/, benchmarks/ and inference/ never load a stage, not even through a shared module (raywiz.config
+    aggregates every stage's config section: a library that imported it would load all the stages)."""
+    graph: dict[str, set[str]] = {}
+    for imp in ALL_IMPORTS:
+        graph.setdefault(imp.importer, set()).add(imp.imported)
+    bad = []
+    for start in sorted(m for m in MODULES if package_of(m) in LIBRARIES):
+        seen, todo = {start}, [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        stages = sorted(m for m in seen if package_of(m) in STAGES)
+        if stages:
+            bad.append(f"{start} reaches {stages[0]}")
+    assert not bad, "libraries reach stages:\n" + "\n".join(bad)
+
+
 def import_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components of more than one module (or a module importing itself): Tarjan's."""
     index: dict[str, int] = {}

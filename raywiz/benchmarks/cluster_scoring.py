@@ -234,12 +234,9 @@ class ClusterScorer:
 
 def connect(address: str | None) -> None:
     """Ray for scoring: the cluster at `address` ('auto', 'ray://...'), or None: a local one (raywiz.runtime)."""
-    from types import SimpleNamespace
+    from raywiz.runtime import connect_ray
 
-    from raywiz.config import ClusterConfig
-    from raywiz.runtime import init_ray
-
-    init_ray(SimpleNamespace(cluster=ClusterConfig(address=address)))
+    connect_ray(address)
 
 
 def score_on_cluster(benchmark: str, tasks: list[Task], samples: list[dict], settings: ScoreSettings,

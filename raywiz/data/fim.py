@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from raywiz.config import ConfigError
+from raywiz.config_base import ConfigError
 from raywiz.data.tokenize import TokenizedSample
 
 FIELD = "train.data.fim"
