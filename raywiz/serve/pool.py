@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from raywiz.serve.checkpoints import CheckpointRef, fetch_to_local
+from raywiz.serve.config import ServeEngineConfig
 from raywiz.inference import ModelLoadError, make_engine
 from raywiz.inference.config import EngineConfig
 from raywiz.inference.transformers_backend import TransformersEngine
