@@ -88,25 +88,23 @@ class LocalChat:
     WizardCoder's by default), and requests with equal parameters go to ``generate`` together."""
 
     model_name: str = ""  # set by the engine's from_spec; where the checkpoint's template is read
+    _chat_template: str | None = None
 
     def template_for_chat(self) -> str:
-        """The template messages are rendered with when the tokenizer has no chat template."""
-        return (prompt_template(self.model_name) if self.model_name else None) or "wizardcoder"
+        """The template messages are rendered with when the tokenizer has no chat template (read once)."""
+        if self._chat_template is None:
+            self._chat_template = (prompt_template(self.model_name) if self.model_name else None) or "wizardcoder"
+        return self._chat_template
 
     def chat(self, requests: Sequence[ChatRequest], on_result: OnResult | None = None) -> Iterator[ChatResult]:
-        return chat_locally(self, self.template_for_chat(), requests, on_result)
-
-
-def chat_locally(engine, template: str | None, requests: Sequence[ChatRequest],
-                 on_result: OnResult | None = None) -> Iterator[ChatResult]:
-    groups: dict[str, list[ChatRequest]] = {}
-    for r in requests:
-        groups.setdefault(repr(sorted(r.params.items())), []).append(r)
-    for group in groups.values():
-        prompts = [chat_prompt(list(r.messages), engine.tokenizer, template) for r in group]
-        for req, (c,) in zip(group, engine.generate(prompts, group[0].sampling_params())):
-            result = ChatResult(req.key, text=c.text, finish_reason=c.finish_reason, prompt_tokens=c.prompt_tokens,
-                                completion_tokens=len(c.token_ids))
-            if on_result is not None:
-                on_result(result)  # recorded before anything else is yielded
-            yield result
+        groups: dict[str, list[ChatRequest]] = {}
+        for r in requests:
+            groups.setdefault(repr(sorted(r.params.items())), []).append(r)
+        for group in groups.values():
+            prompts = [chat_prompt(list(r.messages), self.tokenizer, self.template_for_chat()) for r in group]
+            for req, (c,) in zip(group, self.generate(prompts, group[0].sampling_params())):
+                result = ChatResult(req.key, text=c.text, finish_reason=c.finish_reason,
+                                    prompt_tokens=c.prompt_tokens, completion_tokens=len(c.token_ids))
+                if on_result is not None:
+                    on_result(result)  # recorded before anything else is yielded
+                yield result
