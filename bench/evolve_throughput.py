@@ -28,7 +28,7 @@ sys.path.insert(0, REPO)
 
 from raywiz.evolve.config import LLMConfig  # noqa: E402
 from raywiz.evolve.engine import LLMEngine  # noqa: E402
-from raywiz.evolve.llm import LLMRequest  # noqa: E402
+from raywiz.inference.chat import ChatRequest  # noqa: E402
 
 PARAMS = {"temperature": 1.0, "max_tokens": 256}
 
@@ -48,12 +48,12 @@ def server_stats(base_url: str) -> dict:
         return json.load(resp)
 
 
-def make_requests(tag: str, n: int) -> list[LLMRequest]:
-    return [LLMRequest.chat("bench", f"[{tag} {i}] Write a Python function that adds {i} to its argument.", PARAMS)
+def make_requests(tag: str, n: int) -> list[ChatRequest]:
+    return [ChatRequest.of("bench", f"[{tag} {i}] Write a Python function that adds {i} to its argument.", PARAMS)
             for i in range(n)]
 
 
-def sequential_reference(base_url: str, requests: list[LLMRequest]) -> float:
+def sequential_reference(base_url: str, requests: list[ChatRequest]) -> float:
     """One request at a time, as the public evol scripts do. Returns requests/s."""
     start = time.perf_counter()
     for req in requests:
@@ -65,7 +65,7 @@ def sequential_reference(base_url: str, requests: list[LLMRequest]) -> float:
     return len(requests) / (time.perf_counter() - start)
 
 
-def lost_or_repeated(stats: dict, requests: list[LLMRequest], answers: dict) -> int:
+def lost_or_repeated(stats: dict, requests: list[ChatRequest], answers: dict) -> int:
     counts = stats["requests_by_key"]
     completed = stats["completed_by_key"]
     lost = sum(1 for r in requests if not (r.key in answers and answers[r.key].ok) or completed.get(r.key, 0) == 0)

@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup-s", type=float, default=None, help="load before the landing (default 15 GPU, 5 tiny)")
     p.add_argument("--after-s", type=float, default=None, help="load after the swap (default 15 GPU, 5 tiny)")
     p.add_argument("--watch-interval-s", type=float, default=0.5)
-    p.add_argument("--stream-interval-ms", type=float, default=None, help="serve.stream_interval_ms (default: raywiz's)")
+    p.add_argument("--stream-interval-ms", type=float, default=None, help="serve.engine.stream_interval_ms (default: raywiz's)")
     return p.parse_args()
 
 
@@ -184,10 +184,10 @@ def main() -> int:
         write_checkpoint(staged, model_name, 2, device)
         print(f"checkpoints written in {time.time() - t:.1f}s", flush=True)
 
-        serve_cfg = {"port": 0, "watch_interval_s": args.watch_interval_s, "max_batch_size": args.clients,
+        serve_cfg = {"port": 0, "watch_interval_s": args.watch_interval_s, "engine": {"batch_size": args.clients},
                      "max_models": 2, "max_ongoing_requests": 4 * args.clients, "num_cpus": 1}
         if args.stream_interval_ms is not None:
-            serve_cfg["stream_interval_ms"] = args.stream_interval_ms
+            serve_cfg["engine"]["stream_interval_ms"] = args.stream_interval_ms
         job = parse_job({"name": "bench", "storage": os.path.join(work, "runs"), "serve": serve_cfg})
         t = time.time()
         url = run_serve(job, blocking=False)

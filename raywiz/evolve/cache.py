@@ -15,7 +15,7 @@ import json
 import os
 import uuid
 
-from raywiz.evolve.llm import LLMResult
+from raywiz.inference.chat import ChatResult
 
 
 class RequestCache:
@@ -26,9 +26,9 @@ class RequestCache:
     def part_files(self) -> list[str]:
         return sorted(os.path.join(self.directory, f) for f in os.listdir(self.directory) if f.endswith(".jsonl"))
 
-    def load(self) -> dict[str, LLMResult]:
+    def load(self) -> dict[str, ChatResult]:
         """key -> answer, from every part file."""
-        answers: dict[str, LLMResult] = {}
+        answers: dict[str, ChatResult] = {}
         for path in self.part_files():
             with open(path, "rb") as f:
                 for line in f:
@@ -36,7 +36,7 @@ class RequestCache:
                         continue  # the tail of a killed write
                     try:
                         rec = json.loads(line)
-                        answers[rec["key"]] = LLMResult.from_cache_record(rec)
+                        answers[rec["key"]] = ChatResult.from_cache_record(rec)
                     except (ValueError, KeyError, TypeError):
                         continue
         return answers
@@ -52,7 +52,7 @@ class CacheWriter:
         self.path = path
         self._file = open(path, "ab", buffering=0)  # unbuffered: one write() per answer
 
-    def put(self, result: LLMResult) -> None:
+    def put(self, result: ChatResult) -> None:
         if not result.ok:
             return
         line = json.dumps(result.to_cache_record(), ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"

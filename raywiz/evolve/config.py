@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from raywiz.config_base import ConfigSection as _Section
 from raywiz.evolve.prompts import METHODS
 from raywiz.inference.config import RUNTIME_FIELDS as ENGINE_RUNTIME_FIELDS
-from raywiz.inference.config import EngineConfig
+from raywiz.inference.config import ENDPOINT_BACKEND, Backend, EngineConfig
 
 
 class SeedsConfig(_Section):
@@ -57,8 +57,8 @@ class LLMConfig(EngineConfig):
     """Evolve's LLM: raywiz.inference's engine config, with evolve's defaults (an OpenAI endpoint, one
     worker sending 64 requests at once) and what only evolve needs (prices, failure tolerance)."""
 
-    backend: Literal["openai", "vllm", "transformers"] = Field(
-        "openai",
+    backend: Backend = Field(
+        ENDPOINT_BACKEND,
         description="openai: any OpenAI-compatible chat/completions endpoint; transformers ('hf' too): a local "
         "model on raywiz's slot decoder; vllm: vLLM's engine (needs vllm). Local models run one engine per worker.",
     )

@@ -116,7 +116,7 @@ def python_check(instruction: str, response: str) -> str | None:
 def evolution_reason(parent_text: str, evolved, cfg, judged_equal: bool | None = None) -> str | None:
     """Why an evolved instruction fails before it is answered (None: it goes on to get a response).
 
-    ``evolved`` is the LLMResult of the evolution request; ``cfg`` an EliminationConfig;
+    ``evolved`` is the ChatResult of the evolution request; ``cfg`` an EliminationConfig;
     ``judged_equal`` the judge's verdict when ``cfg.info_gain == 'judge'``.
     """
     if not evolved.ok:
@@ -135,7 +135,7 @@ def evolution_reason(parent_text: str, evolved, cfg, judged_equal: bool | None =
 
 
 def response_reason(instruction: str, response, cfg) -> str | None:
-    """Why a response (an LLMResult) fails its instruction (None: the pair is kept)."""
+    """Why a response (an ChatResult) fails its instruction (None: the pair is kept)."""
     if not response.ok:
         return "llm_error"
     text = response.text

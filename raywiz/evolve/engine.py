@@ -1,43 +1,57 @@
 """Runs LLM requests on the Ray cluster, through the request cache, with a progress bar.
 
     engine = LLMEngine(evolve_cfg.llm, cache_dir)
-    answers = engine.run(requests, "round 1: evolve")    # key -> LLMResult, one per unique request
+    answers = engine.run(requests, "round 1: evolve")    # key -> ChatResult, one per unique request
 
 A request whose key is in the cache is never sent again. The rest go to ``num_workers`` Ray actors
-(``LLMWorker``), each holding one backend (an HTTP client with its own concurrency, or a model on
-raywiz.inference's transformers or vLLM engine). Workers write every answer to the cache the moment it
+(``LLMWorker``), each holding one raywiz.inference engine (an endpoint's client with its own
+concurrency, or a local model) that answers chat requests (``engine.chat``). Workers write every answer to the cache the moment it
 arrives and stream answers back in small groups, so the progress bar moves while they work. A worker
 that dies is replaced and only its unanswered requests are sent again.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Iterable, Sequence
 
 from raywiz.evolve.cache import RequestCache
-from raywiz.evolve.llm import LLMRequest, LLMResult, make_backend
+from raywiz.inference import make_engine
+from raywiz.inference.chat import ChatRequest, ChatResult
 from raywiz.inference.openai_backend import Secret
 from raywiz.inference.ray_pool import EnginePool
 from raywiz.log import ProgressDisplay
-from raywiz.log import say
 
+
+
+def build_engine(llm_cfg, forwarded_key: Secret | None = None):
+    """The engine ``evolve.llm`` names, on this process. An endpoint's key: this process's environment
+    first, else the one the driver forwarded; a named variable set nowhere is an error here, not a
+    stream of 401s. Rate limits are for the whole run: each of the workers takes its share."""
+    if llm_cfg.api_key_env and not llm_cfg.local and not (os.environ.get(llm_cfg.api_key_env) or forwarded_key):
+        raise RuntimeError(
+            f"evolve.llm.api_key_env: the environment variable {llm_cfg.api_key_env} is set neither where "
+            f"`raywiz evolve` runs nor on the Ray worker (host {os.uname().nodename}); set it, or set "
+            "api_key_env: null for a server that needs no key"
+        )
+    spec = llm_cfg.engine_spec(workers_sharing_limits=llm_cfg.num_workers)
+    return make_engine(spec, api_key=forwarded_key.value if forwarded_key else None)
 
 
 class LLMWorker:
-    """What one engine actor (raywiz.inference.ray_pool) holds for evolve: one backend and one cache
+    """What one engine actor (raywiz.inference.ray_pool) holds for evolve: one engine and one cache
     part file; every answer is cached the moment it exists, before anything else is sent."""
 
-    def __init__(self, llm_cfg, cache_dir: str, api_key=None):
-        # Rate limits are shared out per worker; the key is the worker's env var, else the driver's.
-        self.backend = make_backend(llm_cfg, forwarded_key=api_key)
+    def __init__(self, llm_cfg, cache_dir: str, api_key: Secret | None = None):
+        self.engine = build_engine(llm_cfg, forwarded_key=api_key)
         self.writer = RequestCache(cache_dir).writer()
 
-    def run(self, requests: Sequence[LLMRequest]) -> Iterable[LLMResult]:
-        yield from self.backend.generate(requests, on_result=self.writer.put)
+    def run(self, requests: Sequence[ChatRequest]) -> Iterable[ChatResult]:
+        yield from self.engine.chat(requests, on_result=self.writer.put)
 
 
 @dataclass
@@ -78,7 +92,7 @@ class Progress:
         self.cached = cached
         self.started = time.monotonic()
 
-    def update(self, results: Iterable[LLMResult]) -> None:
+    def update(self, results: Iterable[ChatResult]) -> None:
         n = 0
         for r in results:
             n += 1
@@ -110,7 +124,7 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ public
 
-    def run(self, requests: Sequence[LLMRequest], label: str) -> dict[str, LLMResult]:
+    def run(self, requests: Sequence[ChatRequest], label: str) -> dict[str, ChatResult]:
         """Answers for every request (failed ones carry ``error``), sending only cache misses."""
         unique = {r.key: r for r in requests}
         hits = [k for k in unique if k in self.answers]
@@ -155,17 +169,17 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ internals
 
-    def _account(self, r: LLMResult) -> None:
+    def _account(self, r: ChatResult) -> None:
         self.stats.sent += 1
         self.stats.failed += 0 if r.ok else 1
         self.stats.retries.update(r.retries)
         self.stats.prompt_tokens += r.prompt_tokens
         self.stats.completion_tokens += r.completion_tokens
 
-    def _send(self, requests: list[LLMRequest]) -> Iterable[list[LLMResult]]:
+    def _send(self, requests: list[ChatRequest]) -> Iterable[list[ChatResult]]:
         """Cache misses to the engine actors; a dead worker's answers that reached the cache count."""
 
-        def recover(unanswered: dict[str, LLMRequest]) -> list[LLMResult]:
+        def recover(unanswered: dict[str, ChatRequest]) -> list[ChatResult]:
             self.answers.update(self.cache.load())
             return [self.answers[k] for k in unanswered if k in self.answers]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from raywiz.evolve.eliminate import evolution_reason, response_reason
-from raywiz.evolve.llm import LLMRequest
+from raywiz.inference.chat import ChatRequest
 from raywiz.evolve.prompts import draw_method, evol_prompt, judge_prompt, judged_equal
 from raywiz.evolve.samples import Sample, evolved_id
 
@@ -37,8 +37,8 @@ class Dropped:
         return d
 
 
-def response_request(instruction: str, cfg) -> LLMRequest:
-    return LLMRequest.chat(cfg.llm.model, instruction, cfg.response_params.as_request_params(),
+def response_request(instruction: str, cfg) -> ChatRequest:
+    return ChatRequest.of(cfg.llm.model, instruction, cfg.response_params.as_request_params(),
                            cfg.response_system_prompt)
 
 
@@ -64,14 +64,14 @@ def run_round(parents: list[Sample], evol_round: int, cfg, engine) -> tuple[list
     model = cfg.llm.model
     params = cfg.evolve_params.as_request_params()
     methods = [draw_method(cfg.seed, p.sample_id, evol_round, cfg.methods) for p in parents]
-    requests = [LLMRequest.chat(model, evol_prompt(m, p.text), params, cfg.evolve_system_prompt)
+    requests = [ChatRequest.of(model, evol_prompt(m, p.text), params, cfg.evolve_system_prompt)
                 for p, m in zip(parents, methods)]
     results = engine.run(requests, f"round {evol_round}: evolve")
 
     verdicts: dict[str, bool] = {}
     if cfg.eliminate.info_gain == "judge":
         pairs = [(p.text, results[r.key].text) for p, r in zip(parents, requests) if results[r.key].ok]
-        judge_requests = {pair: LLMRequest.chat(model, judge_prompt(*pair), JUDGE_PARAMS) for pair in pairs}
+        judge_requests = {pair: ChatRequest.of(model, judge_prompt(*pair), JUDGE_PARAMS) for pair in pairs}
         judged = engine.run(list(judge_requests.values()), f"round {evol_round}: judge")
         # A failed judgement counts as "not equal": the judge is a filter, not a gate.
         verdicts = {pair: judged[r.key].ok and judged_equal(judged[r.key].text) for pair, r in judge_requests.items()}

@@ -11,6 +11,9 @@ Backends (heavy imports only for the one chosen):
                 streams decode on their own thread and a new request joins at the next step.
   openai        any OpenAI-compatible endpoint through the official SDK: retries, Retry-After,
                 RPM/TPM limits, token and cost accounting.
+
+Every engine also answers chat requests (``engine.chat``, raywiz.inference.chat): an endpoint on its
+chat API, a local model through ``chat_prompt``. Evolve talks to models only this way.
   vllm          vLLM's offline engine when vLLM is installed (a thin adapter).
 
 The prompt template is the checkpoint's (its ``ModelInfo.template``, raywiz.artifacts), unless the caller names one:
@@ -94,6 +97,11 @@ class Engine(Protocol):
 
     def stream(self, prompt: str | list[int], params: SamplingParams) -> AsyncIterator[list[Delta]]: ...
 
+    def chat(self, requests, on_result=None):
+        """Chat requests (raywiz.inference.chat.ChatRequest) -> one ChatResult each, as each finishes;
+        ``on_result`` sees each result before the engine starts anything in its place."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -128,8 +136,9 @@ class EngineSpec:
     vllm_args: dict = field(default_factory=dict)  # more vllm.LLM arguments (max_model_len, gpu_memory_utilization ...)
 
 
-def make_engine(spec: EngineSpec):
-    """The one place an engine is built: the backend `spec` names (heavy imports for that one only)."""
+def make_engine(spec: EngineSpec, api_key: str | None = None):
+    """The one place an engine is built: the backend `spec` names (heavy imports for that one only).
+    `api_key`: an endpoint's key for processes whose environment lacks ``spec.api_key_env``."""
     if spec.backend == "transformers":
         from raywiz.inference.transformers_backend import TransformersEngine
 
@@ -137,7 +146,7 @@ def make_engine(spec: EngineSpec):
     if spec.backend == "openai":
         from raywiz.inference.openai_backend import OpenAIEngine
 
-        return OpenAIEngine.from_spec(spec)
+        return OpenAIEngine.from_spec(spec, api_key)
     if spec.backend == "vllm":
         from raywiz.inference.vllm_backend import VLLMEngine
 

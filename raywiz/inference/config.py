@@ -1,9 +1,8 @@
 """The generation config section every stage shares: which engine, where it runs, how it is spread.
 
-Evolve's ``evolve.llm``, eval's ``eval.generation`` (and so train's checkpoint validation) extend
-``EngineConfig`` with what only they need and their own defaults; ``engine_spec`` is the one place an
-``EngineSpec`` is built from a config. Serve, which always streams on the transformers backend, builds
-its spec from its own section (raywiz.serve.pool.load_model) and its engine through ``make_engine``.
+Evolve's ``evolve.llm``, eval's ``eval.generation`` (and so train's checkpoint validation) and serve's
+``serve.engine`` extend ``EngineConfig`` with what only they need and their own defaults;
+``engine_spec`` is the one place an ``EngineSpec`` is built from a config.
 """
 
 from __future__ import annotations
@@ -15,7 +14,9 @@ from pydantic import Field, model_validator
 from raywiz.config_base import ConfigSection
 from raywiz.inference import EngineSpec
 
+Backend = Literal["transformers", "openai", "vllm"]
 BACKENDS = ("transformers", "openai", "vllm")
+ENDPOINT_BACKEND = "openai"  # the backend that calls a server (evolve's default) rather than holding a model
 BACKEND_ALIASES = {"hf": "transformers"}  # job files written before the backends had one name each
 # Old field names -> the one name each parameter has now (a clear error, not a silent second name).
 RENAMED_FIELDS = {"max_new_tokens": "max_tokens", "gpus_per_worker": "num_gpus_per_worker",
@@ -24,20 +25,24 @@ RENAMED_FIELDS = {"max_new_tokens": "max_tokens", "gpus_per_worker": "num_gpus_p
 RUNTIME_FIELDS = frozenset({
     "num_workers", "num_cpus_per_worker", "num_gpus_per_worker", "concurrency", "batch_size", "timeout_s",
     "max_retries", "backoff_base_s", "backoff_max_s", "requests_per_minute", "tokens_per_minute",
-    "rate_limit_window_s", "api_key_env"})
+    "rate_limit_window_s", "api_key_env", "stream_interval_ms"})
 
 
 class EngineConfig(ConfigSection):
 
-    backend: Literal["transformers", "openai", "vllm"] = Field(
+    backend: Backend = Field(
         "transformers",
         description="transformers: a local model on raywiz's slot decoder (CPU or GPU; 'hf' is accepted too); "
         "openai: any OpenAI-compatible endpoint; vllm: vLLM's engine (when installed)",
     )
     model: str | None = Field(None, description="openai: the served model's name; else the model path or hub id")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    batch_size: int | None = Field(None, ge=1, description="transformers: decode lanes, rows decoded at once "
-                                   "(default: 256 on GPU, as many as fit in half the free memory; 16 on CPU)")
+    batch_size: int | None = Field(None, ge=1, description="transformers: decode lanes, rows (or streams) decoded "
+                                   "at once (default: 256 rows on GPU, as many as fit in half the free memory, "
+                                   "16 on CPU; 64 streams on GPU, 8 on CPU)")
+    stream_interval_ms: float = Field(
+        0.0, ge=0, description="transformers, streams: a choice's text goes out at most this often (the first "
+        "token at once); 0: every token on its own")
     # openai
     base_url: str | None = Field(None, description="openai: the API root, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(
@@ -84,7 +89,12 @@ class EngineConfig(ConfigSection):
     @property
     def local(self) -> bool:
         """Whether the engine holds a model itself (and wants GPUs), rather than calling a server."""
-        return self.backend != "openai"
+        return self.backend != ENDPOINT_BACKEND
+
+    @property
+    def streams(self) -> bool:
+        """Whether the engine can stream text as it decodes (serve needs one that does)."""
+        return self.backend == "transformers"
 
     @property
     def server_chats(self) -> bool:
@@ -110,7 +120,7 @@ class EngineConfig(ConfigSection):
         return 1 if cluster_gpus > 0 else 0
 
     def engine_spec(self, model: str | None = None, tokenizer: str | None = None, trust_remote_code: bool = False,
-                    workers_sharing_limits: int = 1) -> EngineSpec:
+                    workers_sharing_limits: int = 1, device: str | None = None) -> EngineSpec:
         """The engine this section names, for `model` (a local model dir; an endpoint's model name
         defaults to its base name). Rate limits are for all workers: each takes 1/`workers_sharing_limits`."""
         served = self.model or (model or "").rstrip("/").rsplit("/", 1)[-1]
@@ -118,7 +128,8 @@ class EngineConfig(ConfigSection):
         share = max(1, workers_sharing_limits)
         return EngineSpec(
             backend=self.backend, model=(model or self.model or "") if self.local else served, tokenizer=tokenizer,
-            dtype=self.dtype, trust_remote_code=trust_remote_code, max_batch_size=self.batch_size,
+            dtype=self.dtype, device=device, trust_remote_code=trust_remote_code, max_batch_size=self.batch_size,
+            stream_slots=self.batch_size, emit_interval_s=self.stream_interval_ms / 1000,
             base_url=self.base_url, api_key_env=self.api_key_env, endpoint=self.endpoint,
             concurrency=self.concurrency, timeout_s=self.timeout_s, max_retries=self.max_retries,
             backoff_base_s=self.backoff_base_s, backoff_max_s=self.backoff_max_s,

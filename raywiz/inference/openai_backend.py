@@ -16,13 +16,15 @@ import asyncio
 import collections
 import json
 import os
+import queue
 import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Iterator, Sequence
 
 from raywiz.inference import Completion, Delta, EngineSpec, SamplingParams
+from raywiz.inference.chat import ChatRequest, ChatResult, OnResult
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -281,11 +283,16 @@ class OpenAIEngine:
             raise ValueError(f"endpoint must be 'completions' or 'chat', got {endpoint!r}")
         self.client, self.model, self.endpoint = client, model, endpoint
 
+    def __repr__(self) -> str:
+        return f"OpenAIEngine({self.client!r}, model={self.model!r})"
+
     @classmethod
-    def from_spec(cls, spec: EngineSpec) -> "OpenAIEngine":
+    def from_spec(cls, spec: EngineSpec, api_key: str | None = None) -> "OpenAIEngine":
+        """`api_key`: used when this process's environment lacks ``spec.api_key_env`` (a Ray worker
+        on a node without it gets the driver's)."""
         if not spec.base_url:
             raise ValueError("the openai inference backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
-        key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        key = (os.environ.get(spec.api_key_env) if spec.api_key_env else None) or api_key
         client = OpenAIClient(spec.base_url, key, timeout_s=spec.timeout_s, max_retries=spec.max_retries,
                               backoff_base_s=spec.backoff_base_s, backoff_max_s=spec.backoff_max_s,
                               concurrency=spec.concurrency, requests_per_minute=spec.requests_per_minute,
@@ -322,6 +329,56 @@ class OpenAIEngine:
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         return _run_sync(self.agenerate(prompts, params))
+
+    async def achat(self, requests: Sequence[ChatRequest],
+                    on_result: OnResult | None = None) -> AsyncIterator[ChatResult]:
+        """Chat requests to the chat API (at most ``concurrency`` at once), yielded as they finish;
+        a failed request (after retries) is a result with ``error``, not an exception."""
+
+        async def one(req: ChatRequest) -> ChatResult:
+            body = {"model": req.model, "messages": list(req.messages), **req.params}
+            answer = await self.client.request("chat", body, req.prompt_text)
+            if answer.ok:
+                result = ChatResult(req.key, text=answer.texts[0], finish_reason=answer.finish_reasons[0],
+                                    prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+                                    retries=answer.retries)
+            else:
+                result = ChatResult(req.key, error=answer.error, retries=answer.retries)
+            if on_result is not None:
+                on_result(result)  # recorded before this request's slot goes to the next one
+            return result
+
+        pending = {asyncio.ensure_future(one(r)) for r in requests}
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield task.result()
+        finally:
+            for task in pending:
+                task.cancel()
+
+    def chat(self, requests: Sequence[ChatRequest], on_result: OnResult | None = None) -> Iterator[ChatResult]:
+        """The blocking form of ``achat``: an event loop on a helper thread feeds results through a queue."""
+        out: queue.Queue = queue.Queue()
+        done = object()
+
+        async def produce() -> None:
+            async for result in self.achat(requests, on_result):
+                out.put(result)
+
+        def run() -> None:
+            try:
+                asyncio.run(produce())
+                out.put(done)
+            except BaseException as e:  # surfaced in the consumer's thread
+                out.put(e)
+
+        threading.Thread(target=run, name="openai-chat", daemon=True).start()
+        while (item := out.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[list[Delta]]:
         body = self.body(prompt, params)

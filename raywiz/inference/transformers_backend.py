@@ -26,6 +26,7 @@ from collections import deque
 from typing import AsyncIterator, Sequence
 
 from raywiz.inference import Completion, Delta, EngineSpec, ModelLoadError, SamplingParams
+from raywiz.inference.chat import LocalChat
 from raywiz.inference.stops import held_back, stop_index
 
 log = logging.getLogger("raywiz.inference")
@@ -91,7 +92,7 @@ def load_checked(spec: EngineSpec, device: str):
     return model, tokenizer
 
 
-class TransformersEngine:
+class TransformersEngine(LocalChat):
     def __init__(self, model, tokenizer, max_batch_size: int | None = None, cuda_graphs: bool | None = None,
                  add_special_tokens: bool = False, stream_slots: int | None = None,
                  emit_interval_s: float = 0.0):
@@ -124,8 +125,10 @@ class TransformersEngine:
 
         device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer = load_checked(spec, device)
-        return cls(model, tokenizer, spec.max_batch_size, spec.cuda_graphs, stream_slots=spec.stream_slots,
-                   emit_interval_s=spec.emit_interval_s)
+        engine = cls(model, tokenizer, spec.max_batch_size, spec.cuda_graphs, stream_slots=spec.stream_slots,
+                     emit_interval_s=spec.emit_interval_s)
+        engine.model_name = spec.model
+        return engine
 
     def _kv_shapes(self):
         if self._shapes is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from raywiz.inference import Completion, EngineSpec, SamplingParams
+from raywiz.inference.chat import LocalChat
 
 INSTALL_HINT = ("the 'vllm' inference backend needs vLLM: pip install vllm (on the GPU nodes), or use "
                 "backend 'transformers', or 'openai' against a vLLM server")
@@ -39,7 +40,7 @@ def vllm_llm_kwargs(model: str, tokenizer: str | None = None, dtype: str = "auto
     return {**base, **(vllm_args or {})}
 
 
-class VLLMEngine:
+class VLLMEngine(LocalChat):
     def __init__(self, model: str, tokenizer: str | None = None, dtype: str = "auto",
                  trust_remote_code: bool = False, tensor_parallel_size: int = 1, vllm_args: dict | None = None):
         if not vllm_available():
@@ -51,8 +52,10 @@ class VLLMEngine:
 
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "VLLMEngine":
-        return cls(spec.model, spec.tokenizer, spec.dtype, spec.trust_remote_code, spec.tensor_parallel_size,
-                   spec.vllm_args)
+        engine = cls(spec.model, spec.tokenizer, spec.dtype, spec.trust_remote_code, spec.tensor_parallel_size,
+                     spec.vllm_args)
+        engine.model_name = spec.model
+        return engine
 
     @property
     def tokenizer(self):

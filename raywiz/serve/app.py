@@ -91,7 +91,9 @@ def plan(job, checkpoint: str | None = None) -> tuple[ServiceSettings, dict]:
         user_config = {"checkpoint": target.model.path}
     else:
         user_config = {"checkpoint": None if target.run_dir == job.run_dir else target.run_dir}
-    settings = ServiceSettings(cfg, job.run_dir, job.storage, job.model.dtype, job.model.trust_remote_code)
+    if "dtype" not in cfg.engine.model_fields_set:  # the model is served in the dtype it trains in
+        cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"dtype": job.model.dtype})})
+    settings = ServiceSettings(cfg, job.run_dir, job.storage, job.model.trust_remote_code)
     return settings, user_config
 
 

@@ -9,9 +9,33 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from raywiz.config_base import ConfigSection as _Section
+from raywiz.inference.config import EngineConfig
+
+# serve's engine settings before they moved into `serve.engine` (a clear error, not a silent second name)
+MOVED_TO_ENGINE = {"max_batch_size": "engine.batch_size", "stream_interval_ms": "engine.stream_interval_ms"}
+
+
+class ServeEngineConfig(EngineConfig):
+    """The generation section every stage shares, with serve's defaults: a model served by streaming
+    on a local engine (transformers, the default and the one that streams; the checkpoint comes from `serve.checkpoint`, the dtype from
+    `model.dtype` unless set here)."""
+
+    batch_size: int = Field(64, ge=1, description="requests decoded together by one model (continuous batching: "
+                            "a new request joins the running batch at the next step)")
+    stream_interval_ms: float = Field(
+        50.0, ge=0, description="streamed text goes out at most this often per choice (the first token at once); "
+        "0: every token on its own (costly under load: each event is a hop through Ray Serve)")
+
+    @model_validator(mode="after")
+    def _serve_needs_a_streaming_local_engine(self):
+        if not self.streams:
+            raise ValueError(f"backend {self.backend!r} does not stream; serve needs one that does (transformers)")
+        if self.model is not None:
+            raise ValueError("`model`: serve's model is `serve.checkpoint` (or the job's run)")
+        return self
 
 
 class ServeLimits(_Section):
@@ -72,11 +96,8 @@ class ServeConfig(_Section):
     max_model_memory_gb: float | None = Field(
         None, gt=0, description="also evict least-recently-used checkpoints until their weights fit"
     )
-    max_batch_size: int = Field(64, ge=1, description="requests decoded together by one model (continuous "
-                                "batching: a new request joins the running batch at the next step)")
-    stream_interval_ms: float = Field(
-        50.0, ge=0, description="streamed text goes out at most this often per choice (the first token at once); "
-        "0: every token on its own (costly under load: each event is a hop through Ray Serve)")
+    engine: ServeEngineConfig = Field(default_factory=ServeEngineConfig,
+                                      description="how each model generates (the generation section every stage shares)")
     max_ongoing_requests: int = Field(64, ge=1, description="per replica; more are queued by Ray Serve")
     cache_dir: str | None = Field(
         None, description="local copies of s3:// / gs:// checkpoints (default: a temp directory)"
@@ -90,6 +111,15 @@ class ServeConfig(_Section):
     )
 
     limits: ServeLimits = Field(default_factory=ServeLimits)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_settings_moved(cls, data):
+        if isinstance(data, dict):
+            for old, new in MOVED_TO_ENGINE.items():
+                if old in data:
+                    raise ValueError(f"`serve.{old}` is now `serve.{new}`")
+        return data
 
     @field_validator("route_prefix")
     @classmethod

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from raywiz.serve.checkpoints import CheckpointRef, fetch_to_local
-from raywiz.inference import EngineSpec, ModelLoadError, make_engine
+from raywiz.serve.config import ServeEngineConfig
+from raywiz.inference import ModelLoadError, make_engine
+from raywiz.inference.config import EngineConfig
 from raywiz.inference.transformers_backend import TransformersEngine
 
 log = logging.getLogger("raywiz.serve")
@@ -69,15 +71,14 @@ class LoadedModel:
         self.engine.close()
 
 
-def load_model(ref: CheckpointRef, info: dict, *, device: str, dtype: str = "auto", cache_dir: str,
-               trust_remote_code: bool = False, max_batch_size: int = 64,
-               emit_interval_s: float = 0.0) -> LoadedModel:
-    """Load a model through raywiz.inference (which proves it works); CheckpointRefused says why not."""
+def load_model(ref: CheckpointRef, info: dict, *, device: str, cache_dir: str, engine: EngineConfig | None = None,
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load a model through raywiz.inference (which proves it works); CheckpointRefused says why not.
+    `engine`: serve's generation section (its defaults when None)."""
     started = time.monotonic()
     path = fetch_to_local(ref, cache_dir)
-    # Streams decode on the engine's own thread; `max_batch_size` bounds the requests decoded together.
-    spec = EngineSpec(backend="transformers", model=path, dtype=dtype, device=device,
-                      trust_remote_code=trust_remote_code, stream_slots=max_batch_size, emit_interval_s=emit_interval_s)
+    # Streams decode on the engine's own thread; the section's batch_size bounds the requests decoded together.
+    spec = (engine or ServeEngineConfig()).engine_spec(path, trust_remote_code=trust_remote_code, device=device)
     try:
         engine = make_engine(spec)
     except ModelLoadError as e:

@@ -46,16 +46,15 @@ class ServiceSettings:
     serve: ServeConfig
     run_dir: str | None  # the run to follow; None when serving a fixed model
     storage: str
-    dtype: str = "auto"
     trust_remote_code: bool = False
 
     def to_dict(self) -> dict:
         return {"serve": self.serve.model_dump(mode="json"), "run_dir": self.run_dir, "storage": self.storage,
-                "dtype": self.dtype, "trust_remote_code": self.trust_remote_code}
+                "trust_remote_code": self.trust_remote_code}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ServiceSettings":
-        return cls(ServeConfig.model_validate(d["serve"]), d.get("run_dir"), d["storage"], d.get("dtype", "auto"),
+        return cls(ServeConfig.model_validate(d["serve"]), d.get("run_dir"), d["storage"],
                    bool(d.get("trust_remote_code", False)))
 
 
@@ -158,10 +157,8 @@ class ModelService:
                 self._refuse(ref, verdict.reason)
                 return None
             try:
-                loaded = load_model(ref, verdict.info, device=self.device, dtype=self.settings.dtype, cache_dir=self.cache_dir,
-                                    trust_remote_code=self.settings.trust_remote_code,
-                                    max_batch_size=self.cfg.max_batch_size,
-                                    emit_interval_s=self.cfg.stream_interval_ms / 1000)
+                loaded = load_model(ref, verdict.info, device=self.device, cache_dir=self.cache_dir,
+                                    engine=self.cfg.engine, trust_remote_code=self.settings.trust_remote_code)
             except CheckpointRefused as e:
                 self._refuse(ref, str(e))
                 return None

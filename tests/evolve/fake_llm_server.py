@@ -31,7 +31,7 @@ import time
 
 from aiohttp import web
 
-from raywiz.evolve.llm import request_key
+from raywiz.inference.chat import request_key
 
 EVOL_HEAD = "Please increase the difficulty of the given programming test question a bit."
 JUDGE_HEAD = "Here are two Instructions"

@@ -2,18 +2,18 @@ import pytest
 
 from raywiz.evolve.config import EliminationConfig
 from raywiz.evolve.eliminate import evolution_reason, python_check, response_reason
-from raywiz.evolve.llm import LLMResult
+from raywiz.inference.chat import ChatResult
 
 CFG = EliminationConfig()
 PARENT = "Write a Python function that reverses a string."
 
 
 def ok(text, finish="stop"):
-    return LLMResult("k", text=text, finish_reason=finish)
+    return ChatResult("k", text=text, finish_reason=finish)
 
 
 @pytest.mark.parametrize("evolved,reason", [
-    (LLMResult("k", error="gave up"), "llm_error"),
+    (ChatResult("k", error="gave up"), "llm_error"),
     (ok("   "), "empty_evolution"),
     (ok(PARENT + " and much more", finish="length"), "truncated_evolution"),
     (ok("#Rewritten Prompt#: " + PARENT + " with unicode support everywhere"), "copied_template_words"),

@@ -7,14 +7,14 @@ import pytest
 
 from raywiz.evolve.config import LLMConfig
 from raywiz.evolve.engine import LLMEngine
-from raywiz.evolve.llm import LLMRequest
+from raywiz.inference.chat import ChatRequest
 from tests.evolve.fake_llm_server import FakeLLMServer
 
 PARAMS = {"temperature": 0.0, "max_tokens": 32}
 
 
 def reqs(tag, n, model="fake"):
-    return [LLMRequest.chat(model, f"{tag} task {i}", PARAMS) for i in range(n)]
+    return [ChatRequest.of(model, f"{tag} task {i}", PARAMS) for i in range(n)]
 
 
 @pytest.mark.slow
@@ -62,13 +62,13 @@ def test_a_worker_that_cannot_start_fails_once_with_the_reason(tmp_path, ray_loc
 
 
 def test_vllm_backend_is_the_inference_engine_s_and_says_what_is_missing():
-    from raywiz.evolve.llm import make_backend
+    from raywiz.evolve.engine import build_engine
     from raywiz.inference.vllm_backend import INSTALL_HINT, vllm_available
 
     if vllm_available():
         pytest.skip("vllm is installed here")
     with pytest.raises(RuntimeError) as e:
-        make_backend(LLMConfig(backend="vllm", model="some/model"))
+        build_engine(LLMConfig(backend="vllm", model="some/model"))
     assert str(e.value) == INSTALL_HINT  # raised by raywiz.inference's vllm adapter: the one vLLM path
 
 

@@ -1,23 +1,24 @@
-"""The OpenAI-compatible backend against a real HTTP server on 127.0.0.1 that misbehaves on purpose."""
+"""Evolve's chat requests through raywiz.inference's OpenAI engine, against a real HTTP server on
+127.0.0.1 that misbehaves on purpose."""
 
 import asyncio
 import time
 
-from raywiz.evolve.llm import LLMRequest
-from raywiz.evolve.llm.openai_http import OpenAIHTTPBackend, RateLimiter
+from raywiz.inference.chat import ChatRequest
+from raywiz.inference.openai_backend import OpenAIClient, OpenAIEngine, RateLimiter
 from tests.evolve.fake_llm_server import FakeLLMServer
 
 PARAMS = {"temperature": 0.0, "max_tokens": 64}
 
 
 def requests(n, model="fake"):
-    return [LLMRequest.chat(model, f"Write a Python function number {i}.", PARAMS) for i in range(n)]
+    return [ChatRequest.of(model, f"Write a Python function number {i}.", PARAMS) for i in range(n)]
 
 
-def backend(server, **kw):
+def backend(server, api_key=None, **kw):
     args = dict(concurrency=8, timeout_s=2.0, max_retries=4, backoff_base_s=0.01, backoff_max_s=0.05)
     args.update(kw)
-    return OpenAIHTTPBackend(server.base_url, "fake", **args)
+    return OpenAIEngine(OpenAIClient(server.base_url, api_key, **args), "fake", endpoint="chat")
 
 
 def test_every_fault_is_retried_and_every_request_answered_once(fake_llm):
@@ -25,7 +26,7 @@ def test_every_fault_is_retried_and_every_request_answered_once(fake_llm):
     fake_llm.set_faults(faults)
     fake_llm.hang_s = 1.0
     reqs = requests(30)
-    results = list(backend(fake_llm, timeout_s=0.5).generate(reqs))
+    results = list(backend(fake_llm, timeout_s=0.5).chat(reqs))
     assert sorted(r.key for r in results) == sorted(r.key for r in reqs)  # one result per request
     assert all(r.ok for r in results)
     retries = sorted(reason for r in results for reason in r.retries)
@@ -43,7 +44,7 @@ def test_every_fault_is_retried_and_every_request_answered_once(fake_llm):
 def test_concurrency_limit_is_reached_and_never_exceeded():
     with FakeLLMServer(latency_s=0.1) as server:
         start = time.monotonic()
-        results = list(backend(server, concurrency=6).generate(requests(36)))
+        results = list(backend(server, concurrency=6).chat(requests(36)))
         elapsed = time.monotonic() - start
         assert len(results) == 36 and server.max_in_flight == 6
     assert elapsed < 36 * 0.1 / 2  # concurrent, not one at a time
@@ -51,33 +52,34 @@ def test_concurrency_limit_is_reached_and_never_exceeded():
 
 def test_gives_up_after_max_retries_and_fails_fast_on_4xx(fake_llm):
     fake_llm.set_faults(["503"] * 3)
-    [result] = list(backend(fake_llm, max_retries=2).generate(requests(1)))
+    [result] = list(backend(fake_llm, max_retries=2).chat(requests(1)))
     assert not result.ok and "3 attempts" in result.error and result.retries == ["503"] * 3
 
     fake_llm.require_api_key = "sk-right"
     before = fake_llm.total_requests
-    [result] = list(backend(fake_llm, api_key="sk-wrong").generate(requests(1)))
+    [result] = list(backend(fake_llm, api_key="sk-wrong").chat(requests(1)))
     assert not result.ok and "HTTP 401" in result.error
     assert fake_llm.total_requests == before + 1  # not retried
-    [result] = list(backend(fake_llm, api_key="sk-right").generate(requests(1)))
+    [result] = list(backend(fake_llm, api_key="sk-right").chat(requests(1)))
     assert result.ok
 
 
 def test_api_key_comes_from_the_environment_and_stays_out_of_reprs(monkeypatch, fake_llm):
     from raywiz.evolve.config import LLMConfig
+    from raywiz.evolve.engine import build_engine
 
     cfg = LLMConfig(base_url=fake_llm.base_url, model="fake", api_key_env="RAYWIZ_TEST_KEY")
     monkeypatch.delenv("RAYWIZ_TEST_KEY", raising=False)
     try:
-        OpenAIHTTPBackend.from_config(cfg)
+        build_engine(cfg)
         raise AssertionError("a missing key must fail")
     except RuntimeError as e:
         assert "RAYWIZ_TEST_KEY" in str(e)
     monkeypatch.setenv("RAYWIZ_TEST_KEY", "sk-very-secret-123")
     fake_llm.require_api_key = "sk-very-secret-123"
-    b = OpenAIHTTPBackend.from_config(cfg)
-    assert "secret" not in repr(b) and "secret" not in str(vars(b).keys())
-    assert all(r.ok for r in b.generate(requests(2)))
+    b = build_engine(cfg)
+    assert "secret" not in repr(b) and "secret" not in repr(b.client) and "secret" not in str(vars(b).keys())
+    assert all(r.ok for r in b.chat(requests(2)))
 
 
 def test_rate_limiter_holds_requests_and_tokens_per_window():
@@ -99,7 +101,7 @@ def test_rate_limiter_holds_requests_and_tokens_per_window():
 def test_rpm_limit_spreads_requests_against_the_server():
     with FakeLLMServer() as server:
         b = backend(server, requests_per_minute=1200, rate_limit_window_s=0.25)  # 5 per 0.25 s
-        list(b.generate(requests(15)))
+        list(b.chat(requests(15)))
         times = sorted(server.request_times)
     assert times[-1] - times[0] >= 0.45  # 15 requests need at least 3 windows
     for i in range(len(times) - 5):

@@ -40,3 +40,35 @@ def test_gpus_per_worker_defaults():
     assert EngineConfig(backend="openai", base_url="u").gpus_per_worker(cluster_gpus=8) == 0
     assert EngineConfig(num_gpus_per_worker=0.5).gpus_per_worker(cluster_gpus=8) == 0.5
     assert EngineConfig(num_workers=2).on_ray and not EngineConfig().on_ray
+
+
+def test_serve_engine_is_the_same_section_with_serve_s_defaults():
+    from raywiz.serve.config import ServeConfig, ServeEngineConfig
+
+    engine = ServeConfig().engine
+    assert isinstance(engine, EngineConfig) and isinstance(engine, ServeEngineConfig)
+    spec = ServeConfig(engine={"batch_size": 8, "stream_interval_ms": 20, "dtype": "float32"}).engine.engine_spec(
+        "/models/ckpt/hf", device="cpu")
+    # Streams decode in `batch_size` lanes and go out every `stream_interval_ms`.
+    assert (spec.model, spec.device, spec.dtype, spec.stream_slots, spec.emit_interval_s) == (
+        "/models/ckpt/hf", "cpu", "float32", 8, 0.02)
+    assert (engine.batch_size, engine.stream_interval_ms) == (64, 50.0)
+    for old, new in (("max_batch_size", "engine.batch_size"), ("stream_interval_ms", "engine.stream_interval_ms")):
+        with pytest.raises(ValidationError, match=f"`serve.{old}` is now `serve.{new}`"):
+            ServeConfig(**{old: 1})
+    with pytest.raises(ValidationError, match="does not stream"):
+        ServeConfig(engine={"backend": "openai", "base_url": "http://127.0.0.1:9/v1"})
+    with pytest.raises(ValidationError, match="serve.checkpoint"):
+        ServeConfig(engine={"model": "/elsewhere"})
+
+
+def test_serve_engine_dtype_is_the_job_s_model_dtype_unless_set(tmp_path):
+    from raywiz.config import parse_job
+    from raywiz.serve.app import plan
+
+    base = {"name": "d", "storage": str(tmp_path), "model": {"name_or_path": "tiny-gpt-bigcode", "dtype": "float32"}}
+    (tmp_path / "d" / "train").mkdir(parents=True)
+    settings, _ = plan(parse_job(base))
+    assert settings.serve.engine.dtype == "float32"
+    settings, _ = plan(parse_job({**base, "serve": {"engine": {"dtype": "bfloat16"}}}))
+    assert settings.serve.engine.dtype == "bfloat16"

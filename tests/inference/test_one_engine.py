@@ -7,8 +7,9 @@ def test_evolve_eval_and_serve_share_the_transformers_engine(tmp_path):
     from raywiz.eval.config import EvalConfig
     from raywiz.benchmarks.evaluate import Generator, sampling_params
     from raywiz.evolve.config import LLMConfig
-    from raywiz.evolve.llm import LLMRequest
-    from raywiz.evolve.llm.local_hf import LocalHFBackend
+    from raywiz.evolve.engine import build_engine
+    from raywiz.inference import chat_prompt
+    from raywiz.inference.chat import ChatRequest
     from raywiz.serve.checkpoints import CheckpointRef
     from raywiz.serve.pool import load_model
 
@@ -16,13 +17,15 @@ def test_evolve_eval_and_serve_share_the_transformers_engine(tmp_path):
 
     hf_dir = make_checkpoint(tmp_path / "runs" / "demo", 1)
 
-    evolve = LocalHFBackend.from_config(LLMConfig(backend="transformers", model=hf_dir))
-    [result] = list(evolve.generate([LLMRequest.chat("m", "Write add.", {"temperature": 0.0, "max_tokens": 6})]))
-    assert isinstance(evolve.engine, TransformersEngine) and result.ok
+    evolve = build_engine(LLMConfig(backend="transformers", model=hf_dir))
+    request = ChatRequest.of("m", "Write add.", {"temperature": 0.0, "max_tokens": 6})
+    [result] = list(evolve.chat([request]))
+    assert isinstance(evolve, TransformersEngine) and result.ok
 
     cfg = EvalConfig(generation={"max_tokens": 6})
     generator = Generator(cfg.generation.engine_spec(hf_dir), cfg, in_process=True)
-    texts = generator.generate([evolve.prompt_of(LLMRequest.chat("m", "Write add.", {}))], sampling_params(cfg))
+    prompt = chat_prompt(request.messages, evolve.tokenizer, evolve.template_for_chat())
+    texts = generator.generate([prompt], sampling_params(cfg))
     assert isinstance(generator._engine, TransformersEngine)
     assert texts == [[result.text]]  # the same prompt, greedy: the same text from evolve's and eval's path
 
