@@ -20,6 +20,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from raywiz.benchmarks import BENCHMARKS, Task, canonical_name, load_tasks as load_benchmark_tasks, read_jsonl
 from raywiz.benchmarks.postprocess import extract_code
@@ -160,12 +161,21 @@ def _has_code_block(response: str) -> bool:
     return re.search(r"```[^\n]*\n.*?```", response, flags=re.DOTALL) is not None
 
 
+def code_of_response(task: Task, response: str) -> str:
+    """The program a response stands for: its fenced code block, else the longest code that parses."""
+    return extract_code(response)
+
+
+CodeOf = Callable[[Task, str], str]
+
+
 def compute_reward(task: Task, response: str, cfg: RLConfig, finish_reason: str | None = None,
-                   settings: ScoreSettings | None = None, pool: ThreadPoolExecutor | None = None) -> Reward:
-    """The reward of one response: its code (the fenced block, else the code that parses) scored by
-    the trusted checker, then the configured format penalties."""
+                   settings: ScoreSettings | None = None, pool: ThreadPoolExecutor | None = None,
+                   code_of: CodeOf = code_of_response) -> Reward:
+    """The reward of one response: its program (`code_of`) scored by the trusted checker, then the
+    configured format penalties."""
     settings = settings or ScoreSettings()
-    code = extract_code(response)
+    code = code_of(task, response)
     units = per_test_tasks(task) if cfg.reward == "fraction" else [task]
 
     def verdict(unit: Task) -> bool:
@@ -181,10 +191,12 @@ def compute_reward(task: Task, response: str, cfg: RLConfig, finish_reason: str 
 
 
 def score_responses(items: list[tuple[Task, str, str | None]], cfg: RLConfig,
-                    settings: ScoreSettings | None = None, workers: int | None = None) -> list[Reward]:
+                    settings: ScoreSettings | None = None, workers: int | None = None,
+                    code_of: CodeOf = code_of_response) -> list[Reward]:
     """Rewards of a batch of (task, response, finish_reason), the sandboxed checks on `workers` threads
     (each thread waits on its sample's process)."""
     settings = settings or ScoreSettings()
     workers = workers or settings.workers
     with ThreadPoolExecutor(max_workers=workers) as inner, ThreadPoolExecutor(max_workers=workers) as outer:
-        return list(outer.map(lambda it: compute_reward(it[0], it[1], cfg, it[2], settings, inner), items))
+        return list(outer.map(lambda it: compute_reward(it[0], it[1], cfg, it[2], settings, inner, code_of),
+                                      items))
