@@ -1,5 +1,6 @@
 """The GRPO loop learns: on the toy task a tiny random model's reward climbs (CPU, a minute or two)."""
 
+import pytest
 import torch
 
 from raywiz.benchmarks.score import ScoreSettings
@@ -9,6 +10,7 @@ from raywiz.rl.loop import GRPOLoop
 from raywiz.rl.toy import toy_program, toy_tasks
 
 
+@pytest.mark.slow
 def test_toy_reward_climbs_with_tiny_random_model():
     torch.manual_seed(0)
     cfg = RLConfig.model_validate({
