@@ -116,7 +116,7 @@ class TransformersEngine:
         self._stream_lock = threading.Lock()
         self._score_lock = threading.Lock()
         self.stats = {"rows": 0, "decode_steps": 0, "decoders_built": 0, "decoder_build_s": 0.0, "graph_capture_s": 0.0,
-                      "prefill_s": 0.0}
+                      "prefill_s": 0.0, "prefill_tokens": 0, "prefill_shared": 0}
 
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "TransformersEngine":
@@ -192,6 +192,8 @@ class TransformersEngine:
         self.stats["rows"] += rows
         self.stats["decode_steps"] += decoder.stats["steps"] - before["steps"]
         self.stats["prefill_s"] = round(self.stats["prefill_s"] + decoder.stats["prefill_s"] - before["prefill_s"], 4)
+        for key in ("prefill_tokens", "prefill_shared"):  # prompt tokens run through the model; lanes that copied
+            self.stats[key] += decoder.stats[key] - before[key]
         self.stats["graph_capture_s"] = round(self.stats["graph_capture_s"] + decoder.stats["graph_capture_s"]
                                               - before["graph_capture_s"], 4)
         self.stats["prefill_groups"] = decoder.stats["prefill_groups"]
