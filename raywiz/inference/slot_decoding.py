@@ -316,40 +316,41 @@ class SlotDecoder:
         with torch.inference_mode():
             out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
                              use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
-            rows, slots, src_rows, src_cols = [], [], [], []
-            for k, ((lane, _, _), n) in enumerate(zip(entries, lens)):
-                rows += [lane] * n
-                slots += self._slots_behind_ring(n)
-                src_rows += [k] * n
-                src_cols += range(width - n, width)
-            rows_t, slots_t = torch.tensor(rows, device=dev), torch.tensor(slots, device=dev)
-            src_r, src_c = torch.tensor(src_rows, device=dev), torch.tensor(src_cols, device=dev)
+            # Each prompt's real tokens go just behind the ring position, in its own lane.
+            rows_t, slots_t = self._spans([lane for lane, _, _ in entries], None, lens)
+            src_r, src_c = self._spans(range(len(entries)), [width - n for n in lens], lens, wrap=False)
             for ring, layer in zip(self.cache.layers, cache.layers):
                 ring.keys[rows_t, :, slots_t] = layer.keys[src_r, :, src_c]
                 ring.values[rows_t, :, slots_t] = layer.values[src_r, :, src_c]
-        return width, list(out.logits[:, -1])
+        return width, [row.clone() for row in out.logits[:, -1]]  # kept apart: not the whole group's logits
 
-    def _slots_behind_ring(self, n: int) -> list[int]:
-        """The ring positions a new n-token prompt takes: the n just behind the ring position."""
-        return [(self.ring_pos - n + t) % self.lane_len for t in range(n)]
+    def _spans(self, lanes, starts, lens, wrap: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Index tensors (row, position) of spans: lens[k] positions of row lanes[k] from starts[k] (None:
+        the lens[k] just behind the ring position), round the ring if `wrap`. Built on the device: a
+        wave of pass@k admissions is tens of thousands of positions."""
+        dev, lens = self.device, list(lens)
+        lens_t = torch.tensor(lens, dtype=torch.long, device=dev)
+        starts_t = (self.ring_pos - lens_t) if starts is None else torch.tensor(list(starts), dtype=torch.long,
+                                                                                 device=dev)
+        total = sum(lens)  # from the host: no device sync
+        rows = torch.repeat_interleave(torch.tensor(list(lanes), dtype=torch.long, device=dev), lens_t,
+                                       output_size=total)
+        offsets = torch.arange(total, device=dev) - torch.repeat_interleave(lens_t.cumsum(0) - lens_t, lens_t,
+                                                                            output_size=total)
+        positions = torch.repeat_interleave(starts_t, lens_t, output_size=total) + offsets
+        return rows, positions.remainder(self.lane_len) if wrap else positions
 
     def _copy_prompts(self, copies: list[tuple[int, int, tuple]], just_written: bool = False) -> None:
         """For each (lane, source lane, prompt): the prompt's keys/values, from where the source lane holds
         them (just behind the ring position if `just_written`), to just behind the ring position in lane."""
         if not copies:
             return
-        rows, slots, src_rows, src_slots = [], [], [], []
-        for lane, src, key in copies:
-            n = len(key)
-            start = (self.ring_pos - n) % self.lane_len if just_written else self._lane_prompt[src][1]
-            rows += [lane] * n
-            slots += self._slots_behind_ring(n)
-            src_rows += [src] * n
-            src_slots += [(start + t) % self.lane_len for t in range(n)]
-        dev = self.device
-        rows_t, slots_t = torch.tensor(rows, device=dev), torch.tensor(slots, device=dev)
-        src_r, src_s = torch.tensor(src_rows, device=dev), torch.tensor(src_slots, device=dev)
+        lens = [len(key) for _, _, key in copies]
         with torch.inference_mode():
+            rows_t, slots_t = self._spans([lane for lane, _, _ in copies], None, lens)
+            src_r, src_s = self._spans([src for _, src, _ in copies],
+                                       None if just_written else [self._lane_prompt[src][1] for _, src, _ in copies],
+                                       lens)
             for ring in self.cache.layers:  # the right side is gathered (a copy) before anything is written
                 ring.keys[rows_t, :, slots_t] = ring.keys[src_r, :, src_s]
                 ring.values[rows_t, :, slots_t] = ring.values[src_r, :, src_s]
@@ -386,9 +387,8 @@ class SlotDecoder:
         with torch.inference_mode():
             lanes = torch.tensor([lane for lane, _, _ in entries], device=dev)
             self.mask[lanes] = False
-            rows = [lane for lane, ids, _ in entries for _ in ids]
-            slots = [s for _, ids, _ in entries for s in self._slots_behind_ring(len(ids))]
-            self.mask[torch.tensor(rows, device=dev), 0, 0, torch.tensor(slots, device=dev)] = True
+            rows, slots = self._spans([lane for lane, _, _ in entries], None, [len(ids) for _, ids, _ in entries])
+            self.mask[rows, 0, 0, slots] = True
             self.positions[lanes] = torch.tensor([len(ids) for _, ids, _ in entries], device=dev)
             sampling = [s for _, _, s in entries]
             self.greedy[lanes] = torch.tensor([s.greedy for s in sampling], device=dev)

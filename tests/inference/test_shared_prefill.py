@@ -79,3 +79,20 @@ def test_copies_read_the_prompt_from_a_released_lane_until_the_ring_reaches_it(e
     for _ in range(8):  # the ring passes over both lanes' prompts
         dec.step()
     assert run(0, 4) == first and dec.stats["prefill_tokens"] == 2 * len(ids)
+
+
+def test_the_benchs_varied_lengths_end_rows_at_realistic_varied_lengths():
+    """bench/generation_throughput.py's varied_length rows: lognormal lengths of mean ~358 within the
+    clip, many distinct (rows end at different steps), the same for the same seed."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "generation_throughput.py"
+    spec = importlib.util.spec_from_file_location("generation_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lengths = bench.varied_max_tokens(4000, 512, 358.0)
+    assert min(lengths) >= 16 and max(lengths) == 512
+    assert 300 < sum(lengths) / len(lengths) < 358  # the clip at 512 takes a little off the mean
+    assert len(set(lengths)) > 200
+    assert lengths == bench.varied_max_tokens(4000, 512, 358.0)
