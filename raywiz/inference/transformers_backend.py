@@ -3,9 +3,10 @@ streams alike (raywiz.inference.slot_decoding says why raywiz owns the decode lo
 
 Offline (eval, evolve): every row (prompt x sample) goes through one SlotDecoder of up to
 ``max_batch_size`` lanes; a lane whose row ends (EOS, max_tokens, a stop sequence) takes the next row
-at the next step, so finished rows waste nothing. On GPU each decode step is a CUDA-graph replay,
-captured the first time a (window, greedy or sampled) is needed (nothing is compiled); the decoder
-is kept for the next call of the same shape.
+at the next step, so finished rows waste nothing. The n samples of a prompt sit side by side in the
+queue and share one prefill (SlotDecoder.prefill copies the prompt's keys/values lane to lane). On
+GPU each decode step is a CUDA-graph replay, captured the first time a (window, greedy or sampled) is
+needed (nothing is compiled); the decoder is kept for the next call of the same shape.
 
 Streaming (serve): a scheduler thread owns a second SlotDecoder. A request that arrives mid-batch is
 prefilled and joins at the next step; each step's tokens go to their rows, which turn them into text
