@@ -12,6 +12,20 @@ Compared, greedy, same model (random init, StarCoderBase-1B shape by default) an
   naive_hf_generate             eval's old path: HF generate, batch 8, prompts sorted by length, dynamic
                                 cache (on `--naive-prompts` evenly spaced prompts when that is set).
   transformers_generate_batch   model.generate_batch (continuous batching, paged cache) with defaults.
+Workloads (`workloads` in the JSON; --skip workloads leaves them out), on one engine after the runs above:
+  greedy_max_tokens             HumanEval, n=1, greedy, every row to max_tokens: the raywiz warm run above
+                                (tokens_per_s, and prefill_s: time inside the decoder's prefill calls).
+  varied_length                 HumanEval + MBPP prompts x VARIED_SAMPLES samples (temperature 0.8, top_p
+                                0.95; >= 2,000 rows on the full data), each row ending at its own max_tokens
+                                drawn from a lognormal of mean VARIED_MEAN (358 tokens: the issue's measured
+                                mean of real pass@k outputs) and sigma VARIED_SIGMA, clipped to
+                                [16, --max-new-tokens] (a random model never emits EOS, so a row's own
+                                max_tokens is how it ends; --tiny scales the mean to the tiny max).
+  varied_length_at_max          the same rows, every one run to --max-new-tokens.
+  passk_n20                     HumanEval x n=20, temperature 0.8, top_p 0.95 (the n samples of a prompt
+                                share one prefill).
+  A workload's tokens_per_s leaves out building its decoder and capturing its graphs (seconds_wall
+  keeps them; reported apart), so workloads of different lane shapes compare as steady states.
 Generated tokens are counted from token ids (up to the first EOS). Greedy outputs of the first
 `--check` prompts are compared with the naive path's ids, in bf16 (random-init logits are near-flat,
 so bf16 rounding of a different batch shape flips argmaxes early) and again with the model in fp32
@@ -29,6 +43,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,6 +78,15 @@ def count_generated(rows, eos_ids) -> tuple[int, list[list[int]]]:
     return sum(len(r) for r in out), out
 
 
+def previous_report(path: str) -> dict:
+    """The JSON already at `path` (this run updates what it measures and keeps the rest), or {}."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def card() -> str:
     import torch
 
@@ -78,6 +102,83 @@ def sync():
         torch.cuda.synchronize()
 
 
+VARIED_SAMPLES, VARIED_MEAN, VARIED_SIGMA = 4, 358.0, 0.6
+
+
+def load_mbpp_prompts(limit: int | None) -> list[str]:
+    """MBPP's test tasks as eval prompts them: the problem and its tests inside the training template."""
+    from raywiz import datasets
+    from raywiz.data.template import format_prompt
+
+    path = datasets.present("mbpp")
+    if path is None:
+        raise SystemExit(f"{datasets.path_of('mbpp')}: not there; run `{datasets.FETCH_COMMAND}`")
+    with open(path) as f:
+        tasks = [json.loads(line) for line in f if line.strip()]
+    prompts = [format_prompt(f"{t['text']}\nYour code should pass these tests:\n" + "\n".join(t["test_list"]))
+               for t in tasks]
+    return prompts[:limit] if limit else prompts
+
+
+def varied_max_tokens(rows: int, max_new: int, mean: float, seed: int = 0) -> list[int]:
+    """Per row: a lognormal length of the given mean (sigma VARIED_SIGMA), clipped to [shortest, max_new]."""
+    import math
+    import random
+
+    rng = random.Random(seed)
+    mu = math.log(mean) - VARIED_SIGMA ** 2 / 2  # a lognormal's mean is exp(mu + sigma^2 / 2)
+    shortest = varied_shortest(max_new)
+    return [min(max_new, max(shortest, round(rng.lognormvariate(mu, VARIED_SIGMA)))) for _ in range(rows)]
+
+
+def varied_shortest(max_new: int) -> int:
+    return max(1, min(16, max_new // 4))  # 16, or less for --tiny's few tokens
+
+
+def run_workload(engine, ids, params) -> dict:
+    """One offline generate_ids over `ids` (params: one, or one per prompt): tokens/s over the time
+    outside decoder builds and graph capture, and the time inside prefill calls."""
+    before = dict(engine.stats)
+    sync()
+    t = time.perf_counter()
+    out = engine.generate_ids(ids, params)
+    sync()
+    wall = time.perf_counter() - t
+    delta = {k: engine.stats[k] - before[k] for k in ("prefill_s", "prefill_tokens", "prefill_shared",
+                                                       "graph_capture_s", "decoder_build_s", "rows")}
+    seconds = wall - delta["graph_capture_s"] - delta["decoder_build_s"]
+    n = sum(len(c.token_ids) for row in out for c in row)
+    return dict(tokens_per_s=round(n / seconds, 1), prefill_s=round(delta["prefill_s"], 4), seconds=round(seconds, 3),
+                seconds_wall=round(wall, 3), generated_tokens=n, rows=delta["rows"],
+                prefill_tokens=delta["prefill_tokens"], prefill_shared=delta["prefill_shared"],
+                graph_capture_s=round(delta["graph_capture_s"], 4))
+
+
+def run_workloads(engine, tok, ids, greedy_warm: dict, args) -> dict:
+    """The sampling workloads (module docstring) on `engine`, after the greedy runs."""
+    from raywiz.inference import SamplingParams
+
+    sampled = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=args.max_new_tokens, seed=0)
+    out = {"greedy_max_tokens": greedy_warm}
+    mbpp = load_mbpp_prompts(args.limit)
+    varied_ids = ids + [tok(p, add_special_tokens=False)["input_ids"] for p in mbpp]
+    mean = VARIED_MEAN if not args.tiny else args.max_new_tokens * 0.6
+    lengths = varied_max_tokens(len(varied_ids), args.max_new_tokens, mean)
+    varied = run_workload(engine, varied_ids, [sampled.with_(n=VARIED_SAMPLES, max_tokens=m) for m in lengths])
+    out["varied_length"] = dict(varied, prompts=len(varied_ids), samples_each=VARIED_SAMPLES,
+                                lengths=dict(distribution="lognormal", mean=mean, sigma=VARIED_SIGMA,
+                                             clip=[varied_shortest(args.max_new_tokens), args.max_new_tokens],
+                                             drawn_mean=round(statistics.mean(lengths), 1)))
+    out["varied_length_at_max"] = run_workload(engine, varied_ids, sampled.with_(n=VARIED_SAMPLES))
+    out["passk_n20"] = dict(run_workload(engine, ids, sampled.with_(n=20)), temperature=0.8, top_p=0.95)
+    greedy_tps, greedy_prefill = greedy_warm["tokens_per_s"], greedy_warm["prefill_s"]
+    out["ratios"] = dict(  # the issue's targets on one H100/H200: >= 0.9, >= 0.8, <= 1.5
+        passk_n20_vs_greedy_tokens_per_s=round(out["passk_n20"]["tokens_per_s"] / greedy_tps, 3),
+        varied_vs_at_max_tokens_per_s=round(varied["tokens_per_s"] / out["varied_length_at_max"]["tokens_per_s"], 3),
+        passk_n20_vs_greedy_prefill_s=round(out["passk_n20"]["prefill_s"] / max(greedy_prefill, 1e-9), 3))
+    return out
+
+
 def run_raywiz(model, tok, ids, max_new, args):
     from raywiz.inference import SamplingParams
     from raywiz.inference.transformers_backend import TransformersEngine
@@ -86,13 +187,15 @@ def run_raywiz(model, tok, ids, max_new, args):
     params = SamplingParams(max_tokens=max_new, temperature=0.0)
     result = {}
     for phase in ("cold", "warm"):
+        prefill_before = engine.stats["prefill_s"]
         sync()
         t = time.perf_counter()
         out = engine.generate_ids(ids, params)
         sync()
         seconds = time.perf_counter() - t
         n = sum(len(c[0].token_ids) for c in out)
-        result[phase] = dict(seconds=round(seconds, 3), generated_tokens=n, tokens_per_s=round(n / seconds, 1))
+        result[phase] = dict(seconds=round(seconds, 3), generated_tokens=n, tokens_per_s=round(n / seconds, 1),
+                             prefill_s=round(engine.stats["prefill_s"] - prefill_before, 4))
         if phase == "cold":
             first = [c[0].token_ids for c in out]
             result["cold_engine_stats"] = dict(engine.stats)
@@ -246,14 +349,18 @@ def main(argv=None) -> int:
     ap.add_argument("--check-tokens", type=int, default=128, help="tokens per prompt of the fp32 greedy check")
     ap.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
                     help="decode eagerly (to see what the graphs buy)")
-    ap.add_argument("--skip", default="", help="comma list: naive,generate_batch,serve,fp32_check")
+    ap.add_argument("--skip", default="", help="comma list: naive,generate_batch,serve,fp32_check,workloads")
     ap.add_argument("--profile-cold", action="store_true",
                     help="only the first (cold) raywiz run, under torch.profiler: where a cold start's time goes")
     ap.add_argument("--serve-streams", type=int, default=32)
     ap.add_argument("--serve-max-tokens", type=int, default=128)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                  "generation_throughput.json"))
+    ap.add_argument("--out", default=None, help="the JSON (merged into: fields this run does not measure stay); "
+                    "default bench/results/generation_throughput.json, with --tiny a temporary file (no CPU numbers "
+                    "in the GPU results)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = (os.path.join(tempfile.gettempdir(), "generation_throughput.tiny.json") if args.tiny else
+                    os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "generation_throughput.json"))
     if args.tiny:
         args.model, args.max_new_tokens = "tiny-gpt-bigcode", min(args.max_new_tokens, 16)
         args.limit = args.limit or 12
@@ -278,7 +385,8 @@ def main(argv=None) -> int:
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     eos_ids = eos_ids_of(model, tok)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
-    report = dict(card=card(), model=args.model, dtype=str(dtype).replace("torch.", ""), prompts=len(ids),
+    report = previous_report(args.out)
+    report.update(card=card(), model=args.model, dtype=str(dtype).replace("torch.", ""), prompts=len(ids),
                   max_new_tokens=args.max_new_tokens, greedy=True, torch=torch.__version__,
                   transformers=__import__("transformers").__version__, model_init_s=round(load_s, 2),
                   prompt_tokens_mean=round(statistics.mean(len(i) for i in ids), 1))
@@ -297,6 +405,12 @@ def main(argv=None) -> int:
     raywiz, first_rows, engine = run_raywiz(model, tok, ids, args.max_new_tokens, args)
     report["raywiz"] = raywiz
     save()
+    if "workloads" not in skip:
+        warm = raywiz["warm"]
+        greedy = dict(tokens_per_s=warm["tokens_per_s"], prefill_s=warm["prefill_s"], seconds=warm["seconds"],
+                      generated_tokens=warm["generated_tokens"], rows=len(ids))
+        report["workloads"] = run_workloads(engine, tok, ids, greedy, args)
+        save()
     if "naive" not in skip:
         if args.naive_prompts and args.naive_prompts < len(ids):
             step = len(ids) / args.naive_prompts

@@ -17,6 +17,11 @@ the loop around them:
   step on, beside the lanes already running (iteration-level batching). A lane that finishes is free
   at the next step. A sequence needs prompt + max_tokens <= lane_len, so the ring never reaches its own
   positions before it ends.
+- **Shared prompts.** A prompt is prefilled once however many lanes take it (pass@k's n samples): the
+  others get its keys/values copied from a lane that holds it (one gather per layer) and sample their
+  first token from its kept logits. A lane keeps its prompt intact for lane_len - n steps, even once
+  released, so copies admitted steps later (more samples than free lanes) still share it; a prompt no
+  lane holds any longer is forgotten (at most one kept prompt per lane).
 - **Windows.** A lane's tokens are the last ones written before the ring position, so a step only
   needs the ring's last W positions, W the longest busy lane + 1: it attends over the smallest of a
   few windows (powers of two from 512, and the whole lane; window_sizes) that holds them, gathered
@@ -240,35 +245,63 @@ class SlotDecoder:
         self.use_graphs = dev.type == "cuda" if graphs is None else graphs and dev.type == "cuda"
         self._graphs: dict[tuple[bool, int], torch.cuda.CUDAGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None  # one pool: graphs never overlap
+        # prompts held in lanes, so that more samples of one prompt copy its keys/values, not recompute them
+        self._lane_prompt: dict[int, tuple[tuple, int, int]] = {}  # lane -> (prompt ids, first ring position, step)
+        self._prompt_lanes: dict[tuple, set[int]] = {}  # prompt ids -> the busy lanes holding it
+        self._prompt_logits: dict[tuple, torch.Tensor] = {}  # prompt ids -> its last position's logits
         self.stats = {"graph_capture_s": 0.0, "graphs": self.use_graphs, "graphs_captured": 0, "graph_error": None,
-                      "prefill_s": 0.0, "prefills": 0, "steps": 0, "window_steps": {}, "prefill_groups": []}
+                      "prefill_s": 0.0, "prefills": 0, "prefill_tokens": 0, "prefill_shared": 0, "steps": 0,
+                      "window_steps": {}, "prefill_groups": []}
 
     # ------------------------------------------------------------ prefill
 
     def prefill(self, entries: list[tuple[int, list[int], LaneSampling]]) -> list[int]:
-        """Put each (lane, prompt ids, sampling) into its lane; returns each one's first token."""
+        """Put each (lane, prompt ids, sampling) into its lane; returns each one's first token.
+
+        A prompt is run through the model once: entries with the same prompt (the n samples of one
+        request), and entries whose prompt a lane still holds (copies admitted after the first ones),
+        get its keys/values copied lane to lane and their first token sampled from its kept last
+        logits, each with its own sampling (so a seed gives the same text alone or shared)."""
         started = time.perf_counter()
-        firsts = [0] * len(entries)
+        keys = [tuple(ids) for _, ids, _ in entries]
+        held, fresh, late = [], {}, []  # copies from lanes holding the prompt; prompts to run; copies of those
+        for i, key in enumerate(keys):
+            holder = self._holder(key)
+            if holder is not None:
+                held.append((entries[i][0], holder, key))
+            elif key in fresh:
+                late.append(i)
+            else:
+                fresh[key] = i
+        logits = {key: self._prompt_logits[key] for _, _, key in held}
+        self._copy_prompts(held)  # first: the lanes read may be among those given a new prompt now
         groups: list[list[int]] = [[]]
         budget = PREFILL_TOKENS.get(self.device.type, PREFILL_TOKENS["cpu"])
-        for i in sorted(range(len(entries)), key=lambda i: len(entries[i][1])):  # shortest first: little padding
-            if groups[-1] and len(entries[i][1]) * (len(groups[-1]) + 1) > budget:
+        for i in sorted(fresh.values(), key=lambda i: len(keys[i])):  # shortest first: little padding
+            if groups[-1] and len(keys[i]) * (len(groups[-1]) + 1) > budget:
                 groups.append([])
             groups[-1].append(i)
-        for group in groups:
+        for group in groups if groups[0] else []:
             t = time.perf_counter()
-            tokens, width = self._prefill_group([entries[i] for i in group])
-            for i, token in zip(group, tokens):
-                firsts[i] = token
+            width, last = self._prefill_group([entries[i] for i in group])
+            logits.update((keys[i], row) for i, row in zip(group, last))
+            self.stats["prefill_tokens"] += sum(len(keys[i]) for i in group)
             if len(self.stats["prefill_groups"]) < 8:  # the first few (rows, width, s): where a cold start goes
                 self.stats["prefill_groups"].append([len(group), width, round(time.perf_counter() - t, 4)])
-        for lane, ids, _ in entries:
-            self.filled[lane] = len(ids)
+        self._copy_prompts([(entries[i][0], entries[fresh[keys[i]]][0], keys[i]) for i in late], just_written=True)
+        for (lane, _, _), key in zip(entries, keys):
+            self._forget(lane)
+            self._hold_prompt(lane, key, logits[key])
+            self.filled[lane] = len(key)
+        firsts = self._start_lanes(entries, torch.stack([logits[key] for key in keys]))
         self.stats["prefill_s"] += time.perf_counter() - started
         self.stats["prefills"] += len(entries)
+        self.stats["prefill_shared"] += len(entries) - len(fresh)
         return firsts
 
-    def _prefill_group(self, entries) -> tuple[list[int], int]:
+    def _prefill_group(self, entries) -> tuple[int, list[torch.Tensor]]:
+        """One forward over these prompts (all distinct); each one's keys/values go into its own lane,
+        just behind the ring position. Returns the padded width and each prompt's last logits."""
         dev = self.device
         lens = [len(ids) for _, ids, _ in entries]
         if max(lens) + 1 > self.lane_len:
@@ -283,36 +316,95 @@ class SlotDecoder:
         with torch.inference_mode():
             out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
                              use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
-            lanes = torch.tensor([lane for lane, _, _ in entries], device=dev)
             # Each prompt's real tokens go just behind the ring position, in its own lane.
-            rows, slots, src_rows, src_cols = [], [], [], []
-            for k, ((lane, _, _), n) in enumerate(zip(entries, lens)):
-                rows += [lane] * n
-                slots += [(self.ring_pos - n + t) % self.lane_len for t in range(n)]
-                src_rows += [k] * n
-                src_cols += range(width - n, width)
-            rows_t, slots_t = torch.tensor(rows, device=dev), torch.tensor(slots, device=dev)
-            src_r, src_c = torch.tensor(src_rows, device=dev), torch.tensor(src_cols, device=dev)
+            rows_t, slots_t = self._spans([lane for lane, _, _ in entries], None, lens)
+            src_r, src_c = self._spans(range(len(entries)), [width - n for n in lens], lens, wrap=False)
             for ring, layer in zip(self.cache.layers, cache.layers):
                 ring.keys[rows_t, :, slots_t] = layer.keys[src_r, :, src_c]
                 ring.values[rows_t, :, slots_t] = layer.values[src_r, :, src_c]
+        return width, [row.clone() for row in out.logits[:, -1]]  # kept apart: not the whole group's logits
+
+    def _spans(self, lanes, starts, lens, wrap: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Index tensors (row, position) of spans: lens[k] positions of row lanes[k] from starts[k] (None:
+        the lens[k] just behind the ring position), round the ring if `wrap`. Built on the device: a
+        wave of pass@k admissions is tens of thousands of positions."""
+        dev, lens = self.device, list(lens)
+        lens_t = torch.tensor(lens, dtype=torch.long, device=dev)
+        starts_t = (self.ring_pos - lens_t) if starts is None else torch.tensor(list(starts), dtype=torch.long,
+                                                                                 device=dev)
+        total = sum(lens)  # from the host: no device sync
+        rows = torch.repeat_interleave(torch.tensor(list(lanes), dtype=torch.long, device=dev), lens_t,
+                                       output_size=total)
+        offsets = torch.arange(total, device=dev) - torch.repeat_interleave(lens_t.cumsum(0) - lens_t, lens_t,
+                                                                            output_size=total)
+        positions = torch.repeat_interleave(starts_t, lens_t, output_size=total) + offsets
+        return rows, positions.remainder(self.lane_len) if wrap else positions
+
+    def _copy_prompts(self, copies: list[tuple[int, int, tuple]], just_written: bool = False) -> None:
+        """For each (lane, source lane, prompt): the prompt's keys/values, from where the source lane holds
+        them (just behind the ring position if `just_written`), to just behind the ring position in lane."""
+        if not copies:
+            return
+        lens = [len(key) for _, _, key in copies]
+        with torch.inference_mode():
+            rows_t, slots_t = self._spans([lane for lane, _, _ in copies], None, lens)
+            src_r, src_s = self._spans([src for _, src, _ in copies],
+                                       None if just_written else [self._lane_prompt[src][1] for _, src, _ in copies],
+                                       lens)
+            for ring in self.cache.layers:  # the right side is gathered (a copy) before anything is written
+                ring.keys[rows_t, :, slots_t] = ring.keys[src_r, :, src_s]
+                ring.values[rows_t, :, slots_t] = ring.values[src_r, :, src_s]
+
+    def _hold_prompt(self, lane: int, key: tuple, logits: torch.Tensor) -> None:
+        """Record that `lane` holds prompt `key` just behind the ring position (for later copies)."""
+        self._lane_prompt[lane] = (key, (self.ring_pos - len(key)) % self.lane_len, self.stats["steps"])
+        self._prompt_lanes.setdefault(key, set()).add(lane)
+        self._prompt_logits[key] = logits
+
+    def _holder(self, key: tuple) -> int | None:
+        """A lane whose ring positions still hold prompt `key`, busy or released: the ring writes one
+        position per step, so a prompt of n tokens survives lane_len - n steps after its prefill (a
+        sequence's whole life), unless its lane is given another prompt first."""
+        for lane in sorted(self._prompt_lanes.get(key, ())):
+            if self.stats["steps"] - self._lane_prompt[lane][2] <= self.lane_len - len(key):
+                return lane
+            self._forget(lane)  # overwritten by now
+        return None
+
+    def _forget(self, lane: int) -> None:
+        """`lane` no longer holds its prompt; a prompt no lane holds drops its logits."""
+        held = self._lane_prompt.pop(lane, None)
+        if held is not None:
+            lanes = self._prompt_lanes[held[0]]
+            lanes.discard(lane)
+            if not lanes:
+                del self._prompt_lanes[held[0]], self._prompt_logits[held[0]]
+
+    def _start_lanes(self, entries, logits: torch.Tensor) -> list[int]:
+        """Each entry's lane state (mask, position, sampling) and its first token, sampled from `logits`
+        (one row per entry: its prompt's last)."""
+        dev = self.device
+        with torch.inference_mode():
+            lanes = torch.tensor([lane for lane, _, _ in entries], device=dev)
             self.mask[lanes] = False
-            self.mask[rows_t, 0, 0, slots_t] = True
-            self.positions[lanes] = torch.tensor(lens, device=dev)
+            rows, slots = self._spans([lane for lane, _, _ in entries], None, [len(ids) for _, ids, _ in entries])
+            self.mask[rows, 0, 0, slots] = True
+            self.positions[lanes] = torch.tensor([len(ids) for _, ids, _ in entries], device=dev)
             sampling = [s for _, _, s in entries]
             self.greedy[lanes] = torch.tensor([s.greedy for s in sampling], device=dev)
             self.temperature[lanes] = torch.tensor([s.temperature for s in sampling], device=dev)
             self.top_p[lanes] = torch.tensor([s.top_p for s in sampling], device=dev)
             self.key[lanes] = torch.tensor([s.key for s in sampling], device=dev)
             self.count[lanes] = 0
-            first = sample_tokens(out.logits[:, -1], self.greedy[lanes], self.temperature[lanes], self.top_p[lanes],
+            first = sample_tokens(logits, self.greedy[lanes], self.temperature[lanes], self.top_p[lanes],
                                   self.key[lanes], self.count[lanes])
             self.count[lanes] = 1
             self.tokens[lanes] = first
-        return first.tolist(), width
+        return first.tolist()
 
     def release(self, lane: int) -> None:
-        """The lane's sequence is done: the windows no longer need to cover it."""
+        """The lane's sequence is done: the windows no longer need to cover it (its prompt stays there to
+        copy until the lane is reused or the ring reaches it: _holder)."""
         self.filled[lane] = 0
 
     # ------------------------------------------------------------ decode

@@ -3,9 +3,10 @@ streams alike (raywiz.inference.slot_decoding says why raywiz owns the decode lo
 
 Offline (eval, evolve): every row (prompt x sample) goes through one SlotDecoder of up to
 ``max_batch_size`` lanes; a lane whose row ends (EOS, max_tokens, a stop sequence) takes the next row
-at the next step, so finished rows waste nothing. On GPU each decode step is a CUDA-graph replay,
-captured the first time a (window, greedy or sampled) is needed (nothing is compiled); the decoder
-is kept for the next call of the same shape.
+at the next step, so finished rows waste nothing. The n samples of a prompt sit side by side in the
+queue and share one prefill (SlotDecoder.prefill copies the prompt's keys/values lane to lane). On
+GPU each decode step is a CUDA-graph replay, captured the first time a (window, greedy or sampled) is
+needed (nothing is compiled); the decoder is kept for the next call of the same shape.
 
 Streaming (serve): a scheduler thread owns a second SlotDecoder. A request that arrives mid-batch is
 prefilled and joins at the next step; each step's tokens go to their rows, which turn them into text
@@ -117,7 +118,7 @@ class TransformersEngine(LocalChat):
         self._stream_lock = threading.Lock()
         self._score_lock = threading.Lock()
         self.stats = {"rows": 0, "decode_steps": 0, "decoders_built": 0, "decoder_build_s": 0.0, "graph_capture_s": 0.0,
-                      "prefill_s": 0.0}
+                      "prefill_s": 0.0, "prefill_tokens": 0, "prefill_shared": 0}
 
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "TransformersEngine":
@@ -152,33 +153,39 @@ class TransformersEngine(LocalChat):
         """n completions per prompt, in prompt order."""
         return self.generate_ids([self.encode(p) for p in prompts], params)
 
-    def generate_ids(self, prompt_ids: Sequence[list[int]], params: SamplingParams) -> list[list[Completion]]:
+    def generate_ids(self, prompt_ids: Sequence[list[int]],
+                     params: SamplingParams | Sequence[SamplingParams]) -> list[list[Completion]]:
+        """n completions per prompt, in prompt order; `params` is one for all prompts or one per prompt
+        (benches give rows their own max_tokens). The n samples of a prompt share its prefill."""
         from raywiz.inference.slot_decoding import LaneSampling
 
+        each = [params] * len(prompt_ids) if isinstance(params, SamplingParams) else list(params)
+        if len(each) != len(prompt_ids):
+            raise ValueError(f"params: {len(each)} given for {len(prompt_ids)} prompts")
         prompt_ids = [list(p) or [self.pad_id] for p in prompt_ids]
         if self.context_length:  # keep the end of an over-long prompt
-            keep = max(1, self.context_length - params.max_tokens)
-            prompt_ids = [p[-keep:] for p in prompt_ids]
+            prompt_ids = [p[-max(1, self.context_length - q.max_tokens):] for p, q in zip(prompt_ids, each)]
         if not prompt_ids:
             return []
-        samples = 1 if params.greedy else params.n  # greedy samples are identical: decode once, copy
-        lane_len = -(-(max(map(len, prompt_ids)) + params.max_tokens) // LANE_ROUND) * LANE_ROUND
+        samples = [1 if q.greedy else q.n for q in each]  # greedy samples are identical: decode once, copy
+        lane_len = -(-max(len(p) + q.max_tokens for p, q in zip(prompt_ids, each)) // LANE_ROUND) * LANE_ROUND
         if self.context_length:
             lane_len = min(lane_len, self.context_length)
-        rows = [(i, _BatchRow(params, self.tokenizer, self._eos)) for i in range(len(prompt_ids)) for _ in range(samples)]
+        rows = [(i, k, _BatchRow(each[i], self.tokenizer, self._eos))
+                for i in range(len(prompt_ids)) for k in range(samples[i])]  # a prompt's samples side by side
         with self._offline_lock:
             decoder = self._offline_decoder(len(rows), lane_len)
             before = dict(decoder.stats)
             loop = DecodeLoop(decoder)
-            for k, (i, row) in enumerate(rows):
-                loop.submit(row, prompt_ids[i], LaneSampling.of(params, params.seed, k % samples, prompt_ids[i]))
+            for i, k, row in rows:
+                loop.submit(row, prompt_ids[i], LaneSampling.of(each[i], each[i].seed, k, prompt_ids[i]))
             while not loop.idle:
                 loop.step()
             self._count(decoder, before, len(rows))
         out: list[list[Completion]] = [[] for _ in prompt_ids]
-        for i, row in rows:
-            out[i].append(self._finish(row.tokens, len(prompt_ids[i]), params))
-        return [row * params.n if samples != params.n else row for row in out]
+        for i, _, row in rows:
+            out[i].append(self._finish(row.tokens, len(prompt_ids[i]), each[i]))
+        return [row * each[i].n if samples[i] != each[i].n else row for i, row in enumerate(out)]
 
     def _offline_decoder(self, rows: int, lane_len: int):
         slots = lanes_that_fit(self.model, self._kv_shapes(), lane_len, min(rows, self.max_batch_size), share=0.5)
@@ -195,6 +202,8 @@ class TransformersEngine(LocalChat):
         self.stats["rows"] += rows
         self.stats["decode_steps"] += decoder.stats["steps"] - before["steps"]
         self.stats["prefill_s"] = round(self.stats["prefill_s"] + decoder.stats["prefill_s"] - before["prefill_s"], 4)
+        for key in ("prefill_tokens", "prefill_shared"):  # prompt tokens run through the model; lanes that copied
+            self.stats[key] += decoder.stats[key] - before[key]
         self.stats["graph_capture_s"] = round(self.stats["graph_capture_s"] + decoder.stats["graph_capture_s"]
                                               - before["graph_capture_s"], 4)
         self.stats["prefill_groups"] = decoder.stats["prefill_groups"]

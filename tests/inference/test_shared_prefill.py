@@ -1,0 +1,98 @@
+"""n samples of one prompt share one prefill (pass@k at full speed), and sharing changes no token:
+greedy n copies equal one, a seeded choice is the same alone, beside other prompts, or admitted after
+its siblings (more samples than lanes)."""
+
+import asyncio
+
+from raywiz.inference import SamplingParams
+from raywiz.inference.slot_decoding import LaneSampling, SlotDecoder
+
+PROMPTS = ["def add(a, b):", "import os\n", "class Stack:\n    def push(self, x):"]
+
+
+def _prefill_counts(engine, prompts, params):
+    before = dict(engine.stats)
+    out = engine.generate(prompts, params)
+    return out, engine.stats["prefill_tokens"] - before["prefill_tokens"], \
+        engine.stats["prefill_shared"] - before["prefill_shared"]
+
+
+def test_a_group_of_n_runs_its_prompt_through_the_model_once(engine):
+    prompt_len = len(engine.encode(PROMPTS[2]))
+    # 10 samples, 4 lanes: six copies join only after the first ones end, and still copy the prompt
+    params = SamplingParams(n=10, temperature=1.0, max_tokens=12, seed=3)
+    (row,), tokens, shared = _prefill_counts(engine, PROMPTS[2:], params)
+    assert engine.max_batch_size < 10
+    assert len(row) == 10 and len({tuple(c.token_ids) for c in row}) > 1
+    assert tokens == prompt_len
+    assert shared == 9
+    # two prompts x 3 samples: each prompt once
+    _, tokens, shared = _prefill_counts(engine, PROMPTS[:2], params.with_(n=3))
+    assert tokens == sum(len(engine.encode(p)) for p in PROMPTS[:2])
+    assert shared == 4
+
+
+def test_greedy_n_copies_are_identical_to_one(engine):
+    params = SamplingParams(max_tokens=16)
+    one = [c.token_ids for (c,) in engine.generate(PROMPTS, params)]
+    many = engine.generate(PROMPTS, params.with_(n=5))
+    assert [[c.token_ids for c in row] for row in many] == [[ids] * 5 for ids in one]
+
+    async def streamed():  # serve's streams run the n greedy rows as n lanes, sharing one prefill
+        tokens = {}
+        async for deltas in engine.stream(PROMPTS[0], params.with_(n=5)):
+            for d in deltas:
+                if d.finish_reason:
+                    tokens[d.index] = d.token_ids
+        return tokens
+
+    assert asyncio.run(streamed()) == {i: one[0] for i in range(5)}
+
+
+def test_seeded_samples_are_the_same_alone_or_in_a_shared_batch(engine):
+    params = SamplingParams(n=6, temperature=0.8, top_p=0.95, max_tokens=14, seed=11)
+    ids = lambda rows: [[c.token_ids for c in row] for row in rows]  # noqa: E731
+    shared = ids(engine.generate(PROMPTS, params))  # 18 rows through 4 lanes: copies admitted late
+    alone = [ids(engine.generate([p], params))[0] for p in PROMPTS]
+    assert shared == alone
+    # choice 0 of six is the n=1 request's only choice: the same lane key, its own noise
+    assert [row[0] for row in shared] == [ids(engine.generate([p], params.with_(n=1)))[0][0] for p in PROMPTS]
+    assert len({tuple(t) for t in shared[0]}) > 1
+
+
+def test_copies_read_the_prompt_from_a_released_lane_until_the_ring_reaches_it(engine):
+    """The decoder level: a copy admitted after its source lane ended gets exactly the source's
+    keys/values; once the ring has overwritten them the prompt is prefilled again."""
+    ids = engine.encode(PROMPTS[2])
+    dec = SlotDecoder(engine.model, slots=2, lane_len=len(ids) + 8)
+
+    def run(lane, steps):
+        tokens = [dec.prefill([(lane, ids, LaneSampling())])[0]]
+        for _ in range(steps):
+            tokens.append(dec.step()[lane])
+        dec.release(lane)
+        return tokens
+
+    first = run(0, 4)
+    assert dec.stats["prefill_tokens"] == len(ids)
+    assert run(1, 4) == first and dec.stats["prefill_shared"] == 1  # copied from released lane 0
+    for _ in range(8):  # the ring passes over both lanes' prompts
+        dec.step()
+    assert run(0, 4) == first and dec.stats["prefill_tokens"] == 2 * len(ids)
+
+
+def test_the_benchs_varied_lengths_end_rows_at_realistic_varied_lengths():
+    """bench/generation_throughput.py's varied_length rows: lognormal lengths of mean ~358 within the
+    clip, many distinct (rows end at different steps), the same for the same seed."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "generation_throughput.py"
+    spec = importlib.util.spec_from_file_location("generation_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lengths = bench.varied_max_tokens(4000, 512, 358.0)
+    assert min(lengths) >= 16 and max(lengths) == 512
+    assert 300 < sum(lengths) / len(lengths) < 358  # the clip at 512 takes a little off the mean
+    assert len(set(lengths)) > 200
+    assert lengths == bench.varied_max_tokens(4000, 512, 358.0)
