@@ -71,6 +71,7 @@ def build_training_model(model_cfg, train_cfg, setup: EngineSetup, dtype: torch.
         model = build_model(model_cfg.name_or_path, dtype=dtype, attn_implementation=setup.attn_implementation,
                             trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
                             seed=train_cfg.optim.seed, **build_kwargs)
+    base_rows = model.get_input_embeddings().weight.shape[0]
     grow_embeddings(model, setup.n_tokens)
     if train_cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -81,7 +82,8 @@ def build_training_model(model_cfg, train_cfg, setup: EngineSetup, dtype: torch.
         # The adapter's random init must be the same on every rank and every run (exact resume, and
         # sharded engines partition each rank's own copy): seed it, whatever loading the base did to the RNG.
         torch.manual_seed(train_cfg.optim.seed)
-        model = apply_adapter(model, train_cfg.peft, train_cfg.optim.gradient_checkpointing)
+        new_rows = range(base_rows, model.get_input_embeddings().weight.shape[0])  # the added tokens' rows train too
+        model = apply_adapter(model, train_cfg.peft, train_cfg.optim.gradient_checkpointing, new_rows)
     return model
 
 
