@@ -138,7 +138,9 @@ def _merged_on_unquantized_base(model, full_state_dict: dict[str, torch.Tensor])
     source = base.config.name_or_path
     dtype = base.config.quantization_config.bnb_4bit_compute_dtype if base.is_loaded_in_4bit else torch.bfloat16
     original = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map={"": "cpu"})
-    original.resize_token_embeddings(base.get_input_embeddings().weight.shape[0])  # rows a template added
+    rows = base.get_input_embeddings().weight.shape[0]
+    if rows > original.get_input_embeddings().weight.shape[0]:  # a template's added tokens (trainable tokens)
+        original.resize_token_embeddings(rows)
     twin = get_peft_model(original, model.peft_config["default"])
     result = set_peft_model_state_dict(twin, adapter_state_dict(model, full_state_dict))
     if getattr(result, "unexpected_keys", None):
