@@ -151,6 +151,10 @@ def load_adapter_merged(path: str, dtype=None, attn_implementation: str | None =
                          "loaded on its own; use the checkpoint's merged hf/ (train.checkpoint.merge_adapter)")
     base = build_model(base_name, dtype=dtype, attn_implementation=attn_implementation,
                        trust_remote_code=trust_remote_code)
+    # A chat template's added tokens: the base grows to the adapter's tokenizer, their rows come from the adapter.
+    n_tokens = len(load_tokenizer(path)) if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else 0
+    if n_tokens > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(n_tokens)
     return PeftModel.from_pretrained(base, path).merge_and_unload()
 
 

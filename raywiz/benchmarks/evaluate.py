@@ -18,15 +18,18 @@ import hashlib
 import json
 import os
 from collections import Counter
+from dataclasses import replace
 from typing import Any, Iterable
 
 from raywiz.artifacts import (EvalDir, ModelInfo, join, model_identity, model_results_dir, write_bytes_atomic,
                               write_json_atomic)
-from raywiz.benchmarks import Task, load_tasks
+from raywiz.benchmarks import INFILL_BENCHMARKS, Task, load_tasks
 from raywiz.benchmarks.passk import pass_at_k_table
 from raywiz.benchmarks.postprocess import postprocess
 from raywiz.benchmarks.prompts import build_prompt, default_stop, instruction_for
 from raywiz.benchmarks.score import Verdict, correct_by_task, read_samples, score_samples
+from raywiz.config import ConfigError
+from raywiz.data import fim
 from raywiz.data.template import CHAT_STYLE_TEMPLATES
 from raywiz.inference import EngineSpec, SamplingParams, make_engine
 from raywiz.inference.config import RUNTIME_FIELDS
@@ -54,9 +57,13 @@ class Generator:
         self.spec, self.cfg, self.in_process = spec, cfg, in_process
         self._engine = None
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
+    def generate(self, prompts: list[str], params: SamplingParams,
+                 suffixes: list[str] | None = None) -> list[list[str]]:
+        """n texts per prompt; `suffixes` (a server's completions API fills in the middle) only for openai."""
         g = self.cfg.generation
-        if not self.in_process and g.on_ray:
+        if suffixes is not None:
+            completions = self._local_engine().generate(prompts, params, suffixes=suffixes)
+        elif not self.in_process and g.on_ray:
             import ray
 
             from raywiz.inference.ray_pool import generate_on_ray
@@ -65,10 +72,13 @@ class Generator:
                                           num_gpus=g.gpus_per_worker(ray.cluster_resources().get("GPU", 0)),
                                           num_cpus=g.num_cpus_per_worker)
         else:
-            if self._engine is None:
-                self._engine = make_engine(self.spec)
-            completions = self._engine.generate(prompts, params)
+            completions = self._local_engine().generate(prompts, params)
         return [[c.text for c in row] for row in completions]
+
+    def _local_engine(self):
+        if self._engine is None:
+            self._engine = make_engine(self.spec)
+        return self._engine
 
 
 def prompts_for(tasks: list[Task], cfg, tokenizer=None, trained: dict | None = None) -> list[str]:
@@ -78,6 +88,18 @@ def prompts_for(tasks: list[Task], cfg, tokenizer=None, trained: dict | None = N
 
 
 def generate_samples(tasks: list[Task], cfg, generator: Generator) -> list[dict]:
+    """n samples per task, in task order: infilling tasks from FIM prompts, the others from the job's prompts."""
+    infill = [t for t in tasks if t.benchmark in INFILL_BENCHMARKS]
+    other = [t for t in tasks if t.benchmark not in INFILL_BENCHMARKS]
+    by_task: dict[int, list[dict]] = {}  # id(task): benchmarks share task ids (humaneval, humaneval+)
+    for group, make in ((infill, infill_samples), (other, prompted_samples)):  # infill first: refusals early
+        if group:
+            by_task.update(zip(map(id, group), make(group, cfg, generator)))
+    return [s for t in tasks for s in by_task[id(t)]]
+
+
+def prompted_samples(tasks: list[Task], cfg, generator: Generator) -> list[list[dict]]:
+    """Each task's samples from the job's prompt style, post-processed as configured."""
     params = sampling_params(cfg)
     tokenizer = None
     # The template the checkpoint was trained with (its ModelInfo), for local models.
@@ -88,12 +110,49 @@ def generate_samples(tasks: list[Task], cfg, generator: Generator) -> list[dict]
         tokenizer = load_tokenizer(generator.spec.model, generator.spec.tokenizer)  # for its chat template
     prompts = prompts_for(tasks, cfg, tokenizer, trained)
     outputs = generator.generate(prompts, params)
-    samples = []
-    for task, prompt, texts in zip(tasks, prompts, outputs):
-        for raw in texts:
-            completion = postprocess(raw, task.benchmark, cfg.postprocess, task.entry_point, params.stop)
-            samples.append({"task_id": task.task_id, "completion": completion, "raw": raw, "prompt": prompt})
-    return samples
+    return [[{"task_id": task.task_id, "raw": raw, "prompt": prompt,
+              "completion": postprocess(raw, task.benchmark, cfg.postprocess, task.entry_point, params.stop)}
+             for raw in texts] for task, prompt, texts in zip(tasks, prompts, outputs)]
+
+
+def infill_samples(tasks: list[Task], cfg, generator: Generator) -> list[list[dict]]:
+    """Each infilling task's middles. A local model continues its own FIM prompt (PSM: prefix, suffix,
+    then the middle); a server gets the prefix as `prompt` and the code after the gap as `suffix` (raywiz
+    serve builds the FIM prompt). The completion is the text generated, cut only at EOS and the job's
+    explicit `generation.stop` (never the completion style's stop words: a middle may hold "\ndef")."""
+    g = cfg.generation
+    params = replace(sampling_params(cfg), stop=tuple(g.stop or ()))
+    benchmarks = sorted({t.benchmark for t in tasks})
+    if g.server_chats:
+        raise ConfigError(f"eval.generation.endpoint: {', '.join(benchmarks)} fill in the middle through the "
+                          "completions API (its `suffix`); set endpoint: completions")
+    if g.local:
+        tokens = model_fim_tokens(benchmarks[0], generator.spec.model, generator.spec.tokenizer)
+        prompts = [tokens.prompt(t.prompt, t.suffix) for t in tasks]
+        outputs = generator.generate(prompts, params)
+        extra: list[dict] = [{} for _ in tasks]
+    else:
+        prompts = [t.prompt for t in tasks]
+        outputs = generator.generate(prompts, params, suffixes=[t.suffix for t in tasks])
+        extra = [{"suffix": t.suffix} for t in tasks]
+    return [[{"task_id": t.task_id, "completion": raw, "raw": raw, "prompt": prompt, **more} for raw in texts]
+            for t, prompt, texts, more in zip(tasks, prompts, outputs, extra)]
+
+
+def model_fim_tokens(benchmark: str, model: str, tokenizer: str | None = None) -> fim.FimTokens:
+    """The FIM tokens eval builds `benchmark`'s prompts with: those the model was trained with (its
+    raywiz.json), else a known set in its tokenizer (as serve's `suffix` finds them); refused, naming the
+    benchmark and the model, when it has none."""
+    from raywiz.modeling import load_tokenizer
+
+    tok = load_tokenizer(model, tokenizer)
+    tokens = fim.model_tokens(ModelInfo.read(model).fim, tok)
+    if tokens is None:
+        known = ", ".join(f"{t.prefix}{t.suffix}{t.middle}" for t in fim.TOKEN_SETS)
+        raise fim.FimUnavailable(f"eval.benchmarks: {benchmark} needs a model trained to fill in the middle, and "
+                                 f"{model} has no FIM tokens (known sets: {known}); evaluate a FIM model "
+                                 "(e.g. StarCoder) or drop the benchmark")
+    return tokens
 
 
 # ----------------------------------------------------------------------------- one model

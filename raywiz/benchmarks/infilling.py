@@ -7,6 +7,9 @@ check (raywiz.benchmarks.score).
   humaneval-infill-single  1,033 tasks: one line removed
   humaneval-infill-multi   5,815 tasks: a block of lines removed
   humaneval-infill-span      164 tasks: a random character span ("light": one per problem)
+
+`raywiz eval run` generates the middles (raywiz.benchmarks.evaluate.infill_samples): each task's PSM
+prompt in the model's own FIM tokens (raywiz.data.fim), or, for a server, the prefix with `suffix`.
 """
 
 from __future__ import annotations
@@ -27,3 +30,4 @@ def load(benchmark: str, data_path: str | None = None) -> list[Task]:
             solution=r["canonical_solution"], entry_point=r["entry_point"], test=r["test"],
         ))
     return tasks
+

@@ -84,6 +84,12 @@ def find_tokens(tokenizer) -> FimTokens | None:
     return None
 
 
+def model_tokens(recorded: dict | None, tokenizer) -> FimTokens | None:
+    """The FIM tokens a model was trained with (`recorded`: its hf/raywiz.json's "fim"), else a known set
+    in its tokenizer; None when it has neither (serve's `suffix` and eval's infilling both ask this)."""
+    return FimTokens.from_dict(recorded) if isinstance(recorded, dict) else find_tokens(tokenizer)
+
+
 def require_tokens(tokenizer, where: str = FIELD) -> FimTokens:
     tokens = find_tokens(tokenizer)
     if tokens is None:

@@ -299,7 +299,7 @@ class OpenAIEngine:
                               tokens_per_minute=spec.tokens_per_minute, rate_limit_window_s=spec.rate_limit_window_s)
         return cls(client, spec.model, spec.endpoint)
 
-    def body(self, prompt: str, params: SamplingParams) -> dict:
+    def body(self, prompt: str, params: SamplingParams, suffix: str | None = None) -> dict:
         body = {"model": self.model, "max_tokens": params.max_tokens, "n": 1 if params.greedy else params.n,
                 "temperature": params.temperature}
         if not params.greedy:
@@ -312,10 +312,15 @@ class OpenAIEngine:
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
             body["prompt"] = prompt
+            if suffix is not None:  # fill in the middle: the server builds the model's FIM prompt
+                body["suffix"] = suffix
         return body
 
-    async def agenerate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
-        answers = await asyncio.gather(*(self.client.request(self.endpoint, self.body(p, params), p) for p in prompts))
+    async def agenerate(self, prompts: Sequence[str], params: SamplingParams,
+                        suffixes: Sequence[str] | None = None) -> list[list[Completion]]:
+        suffixes = suffixes if suffixes is not None else [None] * len(prompts)
+        answers = await asyncio.gather(*(self.client.request(self.endpoint, self.body(p, params, s), p)
+                                         for p, s in zip(prompts, suffixes)))
         out = []
         for answer in answers:
             if not answer.ok:
@@ -327,8 +332,10 @@ class OpenAIEngine:
             out.append([Completion(t, [], r or "stop", answer.prompt_tokens) for t, r in zip(texts, reasons)])
         return out
 
-    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
-        return _run_sync(self.agenerate(prompts, params))
+    def generate(self, prompts: Sequence[str], params: SamplingParams,
+                 suffixes: Sequence[str] | None = None) -> list[list[Completion]]:
+        """n completions per prompt; with `suffixes`, each prompt's middle (the completions API's `suffix`)."""
+        return _run_sync(self.agenerate(prompts, params, suffixes))
 
     async def achat(self, requests: Sequence[ChatRequest],
                     on_result: OnResult | None = None) -> AsyncIterator[ChatResult]:

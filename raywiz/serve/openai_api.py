@@ -341,7 +341,7 @@ def _fim_tokens(loaded: LoadedModel, req) -> "fim.FimTokens":
     if any(not isinstance(p, str) for p in req.prompts):
         raise ApiError(400, "suffix needs a text prompt (the code before the cursor), not token ids", param="suffix")
     recorded = loaded.info.get("fim")
-    tokens = fim.FimTokens.from_dict(recorded) if isinstance(recorded, dict) else fim.find_tokens(loaded.tokenizer)
+    tokens = fim.model_tokens(recorded, loaded.tokenizer)
     if tokens is None:
         raise ApiError(400, f"suffix: model {loaded.name!r} has no fill-in-the-middle tokens (its tokenizer has "
                        "none of <fim_prefix>/<fim_suffix>/<fim_middle> or another known set); send the prompt "

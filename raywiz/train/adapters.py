@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import Sequence
 
 import torch
 
@@ -35,12 +36,16 @@ def target_modules(peft_cfg, model_type: str) -> list[str]:
     return AUTO_TARGETS[model_type]
 
 
-def lora_config(peft_cfg, model_type: str):
+def lora_config(peft_cfg, model_type: str, new_token_rows: Sequence[int] = ()):
+    """peft's config. `new_token_rows`: embedding rows of tokens the training tokenizer added (a chat
+    template's): peft's trainable tokens train those rows alone and save them in the adapter (a few KB),
+    where the rest of the frozen embedding would leave them at their initial value."""
     from peft import LoraConfig, TaskType
 
     return LoraConfig(task_type=TaskType.CAUSAL_LM, r=peft_cfg.r, lora_alpha=peft_cfg.alpha,
                       lora_dropout=peft_cfg.dropout, target_modules=target_modules(peft_cfg, model_type),
-                      use_dora=peft_cfg.method == "dora", bias="none")
+                      use_dora=peft_cfg.method == "dora", bias="none",
+                      trainable_token_indices=list(new_token_rows) or None)
 
 
 def quantization_config(peft_cfg, compute_dtype: torch.dtype = torch.bfloat16):
@@ -63,22 +68,23 @@ def is_quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def apply_adapter(model, peft_cfg, gradient_checkpointing: bool = False):
-    """Wrap the model with a fresh adapter; only the adapter's weights train."""
+def apply_adapter(model, peft_cfg, gradient_checkpointing: bool = False, new_token_rows: Sequence[int] = ()):
+    """Wrap the model with a fresh adapter; only the adapter's weights (and `new_token_rows`) train."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if peft_cfg.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
-    return get_peft_model(model, lora_config(peft_cfg, model.config.model_type))
+    return get_peft_model(model, lora_config(peft_cfg, model.config.model_type, new_token_rows))
 
 
 def adapter_state_dict(model, full_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The adapter's weights, as peft saves them, out of the whole model's (gathered) state dict."""
+    """The adapter's weights, as peft saves them, out of the whole model's (gathered) state dict (never the
+    whole embedding: a template's added rows are trainable tokens)."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, full_state_dict).items()}
+    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, full_state_dict, save_embedding_layers=False).items()}
 
 
 def export_adapter(model, full_state_dict: dict[str, torch.Tensor], out_dir: str, info: ModelInfo,
@@ -92,7 +98,10 @@ def export_adapter(model, full_state_dict: dict[str, torch.Tensor], out_dir: str
     os.makedirs(out_dir, exist_ok=True)
     if info.base_model:  # what `PeftModel.from_pretrained` and raywiz's loaders put it on
         model.peft_config["default"].base_model_name_or_path = info.base_model
-    model.save_pretrained(out_dir, state_dict=adapter, safe_serialization=True)
+    # The whole state dict: peft picks the adapter's part itself (trainable tokens' keys need their full names).
+    # No embedding layers: peft would save the whole grown embedding; the added rows are the trainable
+    # tokens, and loaders grow the base to the adapter's tokenizer (raywiz.modeling.load_adapter_merged).
+    model.save_pretrained(out_dir, state_dict=full_state_dict, safe_serialization=True, save_embedding_layers=False)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     info.write(out_dir)
@@ -129,6 +138,9 @@ def _merged_on_unquantized_base(model, full_state_dict: dict[str, torch.Tensor])
     source = base.config.name_or_path
     dtype = base.config.quantization_config.bnb_4bit_compute_dtype if base.is_loaded_in_4bit else torch.bfloat16
     original = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map={"": "cpu"})
+    rows = base.get_input_embeddings().weight.shape[0]
+    if rows > original.get_input_embeddings().weight.shape[0]:  # a template's added tokens (trainable tokens)
+        original.resize_token_embeddings(rows)
     twin = get_peft_model(original, model.peft_config["default"])
     result = set_peft_model_state_dict(twin, adapter_state_dict(model, full_state_dict))
     if getattr(result, "unexpected_keys", None):

@@ -54,11 +54,17 @@ def weights_are_small(on_gpu: bool, param_bytes: int | None, gpu_bytes: int | No
     return bool(on_gpu and param_bytes and gpu_bytes and param_bytes <= RESIDENT_PARAMS_MAX_FRACTION * gpu_bytes)
 
 
+def embedding_rows(model) -> int:
+    """The input embedding's row count, also when ZeRO-3 has partitioned it (its local tensor is empty)."""
+    weight = model.get_input_embeddings().weight
+    return int(getattr(weight, "ds_shape", weight.shape)[0])
+
+
 def grow_embeddings(model, n_tokens: int | None) -> None:
     """Make room for tokens the training tokenizer added (a chat template's, e.g. ChatML's <|im_start|>):
     the embeddings (and a tied or separate output layer) grow to the tokenizer's size, new rows at the
     mean of the old ones (transformers' default). A model already large enough is left as it is."""
-    if n_tokens is not None and n_tokens > model.get_input_embeddings().weight.shape[0]:
+    if n_tokens is not None and n_tokens > embedding_rows(model):
         model.resize_token_embeddings(n_tokens)
 
 
@@ -71,6 +77,7 @@ def build_training_model(model_cfg, train_cfg, setup: EngineSetup, dtype: torch.
         model = build_model(model_cfg.name_or_path, dtype=dtype, attn_implementation=setup.attn_implementation,
                             trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
                             seed=train_cfg.optim.seed, **build_kwargs)
+    base_rows = embedding_rows(model)
     grow_embeddings(model, setup.n_tokens)
     if train_cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -81,7 +88,8 @@ def build_training_model(model_cfg, train_cfg, setup: EngineSetup, dtype: torch.
         # The adapter's random init must be the same on every rank and every run (exact resume, and
         # sharded engines partition each rank's own copy): seed it, whatever loading the base did to the RNG.
         torch.manual_seed(train_cfg.optim.seed)
-        model = apply_adapter(model, train_cfg.peft, train_cfg.optim.gradient_checkpointing)
+        new_rows = range(base_rows, embedding_rows(model))  # the added tokens' rows train too
+        model = apply_adapter(model, train_cfg.peft, train_cfg.optim.gradient_checkpointing, new_rows)
     return model
 
 

@@ -4,8 +4,6 @@ WizardCoder's prompts and post-processing in between; plus the evaluation core (
 
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -13,6 +11,7 @@ from raywiz.artifacts import check_manifest, write_manifest
 from raywiz.config import parse_job
 from raywiz.benchmarks import load_tasks
 from raywiz.benchmarks.prompts import build_prompt
+from tests.eval.conftest import answering_server
 from tests.ops.wandb_offline import find_runs
 
 pytestmark = pytest.mark.slow
@@ -31,24 +30,8 @@ def oracle_answers(benchmarks, limit):
 @pytest.fixture
 def oracle_server():
     answers = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            text = answers.get(body["prompt"], "I don't know.")
-            reply = json.dumps({"choices": [{"index": 0, "text": text}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield answers, f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with answering_server(lambda body: answers.get(body["prompt"], "I don't know.")) as url:
+        yield answers, url
 
 
 def make_checkpoint(run_dir, step):

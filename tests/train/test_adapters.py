@@ -118,3 +118,47 @@ def test_an_adapter_directory_loads_for_inference_on_its_base(tmp_path):
     loaded = build_model(ckpt.adapter).eval()
     torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits, rtol=1e-4, atol=1e-5)
     assert CheckpointDir(ckpt.path).step == 7
+
+
+def test_tokens_a_template_added_train_in_a_small_adapter_that_loads_on_the_original_base(tmp_path):
+    """ChatML on a tokenizer without it grows the embedding by two rows: peft's trainable tokens train those
+    rows alone (the rest of the embedding stays frozen), adapter/ holds only them, and loads on the original
+    base (grown to the adapter's tokenizer) into the trained model."""
+    from safetensors.torch import load_file
+
+    from raywiz.artifacts import RunLayout
+    from raywiz.modeling import load_tokenizer
+
+    base_dir = tmp_path / "base"
+    build_model("tiny-gpt-bigcode", seed=2).save_pretrained(base_dir)
+    tok = load_tokenizer("tiny-gpt-bigcode")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    model = build_model(str(base_dir))
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(len(tok))
+    torch.manual_seed(0)
+    model = adapters.apply_adapter(model, PeftConfig(method="lora", r=4), new_token_rows=range(old, len(tok)))
+    embedding = model.get_input_embeddings()
+    frozen = embedding.weight.detach().clone()
+    new_rows = {n: p for n, p in model.named_parameters() if "trainable_tokens" in n}
+    assert [tuple(p.shape) for p in new_rows.values()] == [(2, 64)]
+    before = {n: p.detach().clone() for n, p in new_rows.items()}
+    ids = torch.tensor([[old, 5, 17, old + 1, 99, old]])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(not torch.equal(p, before[n]) for n, p in new_rows.items())  # the new rows trained
+    after = embedding.weight.detach()  # the effective embedding: base rows with the trained new rows in
+    assert torch.equal(after[:old], frozen[:old]) and not torch.equal(after[old:], frozen[old:])
+
+    ckpt = RunLayout(str(tmp_path / "run")).checkpoint(3)
+    adapters.export_adapter(model, model.state_dict(), ckpt.adapter, ModelInfo(step=3, base_model=str(base_dir)), tok)
+    saved = load_file(os.path.join(ckpt.adapter, "adapter_model.safetensors"))
+    assert {tuple(v.shape) for k, v in saved.items() if "lora_" not in k} == {(2, 64)}  # (input and tied output)
+    adapter_bytes = os.path.getsize(os.path.join(ckpt.adapter, "adapter_model.safetensors"))
+    assert adapter_bytes < frozen.numel() * frozen.element_size() / 4  # rows, not the whole embedding
+    loaded = build_model(ckpt.adapter).eval()
+    assert loaded.get_input_embeddings().weight.shape[0] == len(tok)
+    torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits, rtol=1e-4, atol=1e-5)

@@ -34,6 +34,8 @@ def _write_sources(tmp: Path) -> tuple[Path, Path]:
 
 
 def test_lora_with_chatml_on_a_tokenizer_without_it(tmp_path):
+    import torch
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from raywiz.modeling import build_model
@@ -55,7 +57,7 @@ train:
     on_bad_row: error
   optim: {{max_steps: {STEPS}, epochs: 10, global_batch_size: 2, micro_batch_size: 2, lr: 1.0e-2, warmup_steps: 1}}
   scaling: {{num_workers: 1}}
-  checkpoint: {{every_n_steps: {STEPS}, num_to_keep: 1}}
+  checkpoint: {{every_n_steps: {STEPS // 2}, num_to_keep: 2}}
   peft: {{method: lora, r: 4, alpha: 16, dropout: 0.0}}
 """)
     _finish(_start(job, tmp_path / "chatml.log"), tmp_path / "chatml.log")
@@ -70,6 +72,20 @@ train:
     assert check_manifest(ckpt.hf, kind=Kind.HF_EXPORT).complete
     adapter_bytes = os.path.getsize(os.path.join(ckpt.adapter, "adapter_model.safetensors"))
     assert adapter_bytes < os.path.getsize(os.path.join(ckpt.hf, "model.safetensors"))
+    # The two ChatML rows trained (peft's trainable tokens) and are all of the embedding the adapter holds.
+    saved = load_file(os.path.join(ckpt.adapter, "adapter_model.safetensors"))
+    rows = {k: v for k, v in saved.items() if "trainable_tokens" in k}
+    assert rows and all(v.shape == (2, 64) for v in rows.values())
+    assert not any(v.shape[0] >= 2048 for v in saved.values())  # never the whole (grown) embedding
+    assert adapter_bytes < 2050 * 64 * 4  # smaller than one embedding matrix
+    halfway = load_file(os.path.join(layout.checkpoint(STEPS // 2).adapter, "adapter_model.safetensors"))
+    assert all(not torch.equal(v, halfway[k]) for k, v in rows.items())  # they trained on between checkpoints
+    merged_rows = AutoModelForCausalLM.from_pretrained(ckpt.hf).get_input_embeddings().weight[2048:]
+    torch.testing.assert_close(merged_rows, next(iter(rows.values())).to(merged_rows.dtype))  # and are in hf/
+    # adapter/ alone loads on the original base (grown to the adapter's tokenizer) into hf/'s model.
+    ids = torch.tensor([[2048, 5, 17, 2049, 99]])
+    torch.testing.assert_close(build_model(ckpt.adapter).eval()(ids).logits,
+                               AutoModelForCausalLM.from_pretrained(ckpt.hf).eval()(ids).logits, rtol=1e-3, atol=1e-4)
     assert json.loads(Path(ckpt.hf, "raywiz.json").read_text())["template"] == "chatml"
 
     tok = AutoTokenizer.from_pretrained(ckpt.hf)
