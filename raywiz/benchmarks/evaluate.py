@@ -28,7 +28,7 @@ from raywiz.benchmarks.passk import pass_at_k_table
 from raywiz.benchmarks.postprocess import postprocess
 from raywiz.benchmarks.prompts import build_prompt, default_stop, instruction_for
 from raywiz.benchmarks.score import Verdict, correct_by_task, read_samples, score_samples
-from raywiz.config import ConfigError
+from raywiz.config_base import ConfigError
 from raywiz.data import fim
 from raywiz.data.template import CHAT_STYLE_TEMPLATES
 from raywiz.inference import EngineSpec, SamplingParams, make_engine
