@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from raywiz.benchmarks import BENCHMARKS, Task, canonical_name, load_tasks as load_benchmark_tasks, read_jsonl
+from raywiz.benchmarks.mbpp import entry_point_of
 from raywiz.benchmarks.postprocess import extract_code
 from raywiz.benchmarks.score import ScoreSettings, check_completion
 from raywiz.rl.config import RLConfig, RLTasks
@@ -66,6 +67,8 @@ def task_from_record(record: dict, where: str, prompt_field: str = "prompt") -> 
     for field in ("tests", "test_list"):
         if record.get(field) is not None:
             asserts = _string_list(record[field], where, field)
+            # The trusted checker hands the tests only the function under test: name it (MBPP's rule).
+            entry_point = entry_point or entry_point_of(asserts)
             return Task("mbpp", task_id, prompt, "", entry_point=entry_point, test_list=asserts,
                         test_setup_code=record.get("test_setup_code") or "")
     if record.get("check") is not None:
