@@ -32,7 +32,7 @@ EVALUATE = """
 eval:
   benchmarks: [humaneval]
   limit: 2
-  generation: {max_new_tokens: 12}
+  generation: {max_tokens: 12}
 """
 
 
