@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from raywiz.benchmarks import Task, canonical_name
-from raywiz.benchmarks.score import ScoreSettings, Verdict, check_completion, match_samples
+from raywiz.benchmarks.score import ScoreSettings, Verdict, check_completion, expected_seconds, match_samples
 from raywiz.runtime import ActorGroup
 
 log = logging.getLogger(__name__)
@@ -74,17 +74,6 @@ class ScoringStats:
     workers_lost: int = 0
     reruns: int = 0  # samples sent again because their worker died
     per_node: dict[str, int] = field(default_factory=dict)  # node id -> verdicts
-
-
-def _expected_seconds(task: Task) -> float:
-    """Long tasks first, as score_samples orders them, so that none starts last: the reference's run
-    time when its ground truth is cached, else the number of inputs (evalplus); 0 for the others."""
-    from raywiz.benchmarks import groundtruth
-
-    if task.plus_input is None:
-        return 0.0
-    seconds = groundtruth.cached_seconds(task)
-    return seconds if seconds is not None else 1e-3 * len(task.plus_input)
 
 
 def _alive_cpu_nodes() -> list[tuple[str, int]]:
@@ -155,7 +144,7 @@ class ClusterScorer(ActorGroup):
             if 0 <= i < len(samples):
                 verdicts[i] = v
         queue = deque(sorted((i for i in range(len(samples)) if verdicts[i] is None),
-                             key=lambda i: -_expected_seconds(by_id[samples[i]["task_id"]])))
+                             key=lambda i: -expected_seconds(by_id[samples[i]["task_id"]])))
         attempts: dict[int, int] = {}
         in_flight: dict = {}  # ObjectRef -> (sample index, worker)
         load: dict = {w: 0 for w in self.actors}

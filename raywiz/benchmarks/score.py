@@ -567,6 +567,15 @@ def match_samples(tasks: list[Task], samples: list[dict], source: str = "samples
     return by_id
 
 
+def expected_seconds(task: Task) -> float:
+    """How long one sample of a task is expected to take, to start long ones first: the reference's run
+    time when its ground truth is cached, else the number of inputs (evalplus); 0 for the others."""
+    if task.plus_input is None:
+        return 0.0
+    seconds = groundtruth.cached_seconds(task)
+    return seconds if seconds is not None else 1e-3 * len(task.plus_input)
+
+
 def score_samples(benchmark: str, tasks: list[Task], samples: list[dict], settings: ScoreSettings | None = None,
                   progress: Callable[[int, int], None] | None = None, allow_partial: bool = False,
                   done: dict[int, Verdict] | None = None,
@@ -591,16 +600,8 @@ def score_samples(benchmark: str, tasks: list[Task], samples: list[dict], settin
     for indices in groups.values():
         size = max(1, math.ceil(len(indices) / max(1, settings.workers)))
         chunks += [indices[i:i + size] for i in range(0, len(indices), size)]
-    # Long tasks first, so that one does not start last: the reference's run time when known
-    # (cached ground truth), else the number of inputs.
-    def cost(chunk: list[int]) -> float:
-        task = by_id[samples[chunk[0]]["task_id"]]
-        if task.plus_input is None:
-            return 0.0
-        seconds = groundtruth.cached_seconds(task)
-        return (seconds if seconds is not None else 1e-3 * len(task.plus_input)) * len(chunk)
-
-    chunks.sort(key=cost, reverse=True)
+    # Long tasks first, so that one does not start last.
+    chunks.sort(key=lambda chunk: expected_seconds(by_id[samples[chunk[0]]["task_id"]]) * len(chunk), reverse=True)
     verdicts: list[Verdict | None] = [None] * len(samples)
     for i, v in (done or {}).items():
         if 0 <= i < len(samples):
