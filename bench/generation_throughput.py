@@ -215,7 +215,7 @@ def profile_cold(model, tok, ids, args) -> dict:
 
     from raywiz.inference import SamplingParams
     from raywiz.inference.transformers_backend import TransformersEngine
-    from raywiz.train.metrics import profile_summary
+    from raywiz.training.metrics import profile_summary
 
     engine = TransformersEngine(model, tok, max_batch_size=args.max_batch_size, cuda_graphs=args.cuda_graphs)
     activities = [torch.profiler.ProfilerActivity.CPU]

@@ -5,7 +5,7 @@
 
 1. methods: the same packed rows (raywiz's packer: 8 x 2048-token rows per step) through raywiz's own
    parts in one process, one method after the other: `raywiz.modeling.build_model`,
-   `raywiz.train.adapters` (LoRA r=16 on c_attn/c_proj/c_fc; QLoRA: NF4 base, double-quantized, through
+   `raywiz.training.adapters` (LoRA r=16 on c_attn/c_proj/c_fc; QLoRA: NF4 base, double-quantized, through
    `quantization_config` + `apply_adapter`), varlen attention and the chunked fused loss
    (`raywiz.train.recipe.token_loss_sum`), torch's fused AdamW over the trainable weights with an fp32
    master copy (DeepSpeed's bf16 memory layout). No Ray and no DeepSpeed in this part: it measures what
@@ -39,10 +39,10 @@ def measure_method(method: str, base_dir: str, model_name: str, batches: list, s
     import torch
 
     from raywiz.modeling import build_model
-    from raywiz.train.adapters import apply_adapter, quantization_config
+    from raywiz.training.adapters import apply_adapter, quantization_config
     from raywiz.train.config import PeftConfig
-    from raywiz.train.kernels import register_varlen_attention
-    from raywiz.train.metrics import model_shape, step_flops
+    from raywiz.training.kernels import register_varlen_attention
+    from raywiz.training.metrics import model_shape, step_flops
     from raywiz.train.recipe import loss_scale, token_loss_sum
 
     on_gpu = torch.cuda.is_available()

@@ -224,7 +224,7 @@ def packed_batches(data_file: str, model: str, seq_len: int, micro: int) -> list
     from raywiz.data.pack import pack
     from raywiz.data.tokenize import fit_to_length, tokenize_sample
     from raywiz.modeling import load_tokenizer
-    from raywiz.train.kernels import cu_seqlens_from_position_ids
+    from raywiz.training.kernels import cu_seqlens_from_position_ids
 
     tok = load_tokenizer(model)
     rows_in = [json.loads(line) for line in open(data_file)]
@@ -254,7 +254,7 @@ def timed_steps(batches: list[dict], steps: int, accum: int, warmup: int, step, 
     Returns (seconds, useful tokens, sum of squared lengths, steps timed, profile summary, every step's result)."""
     import torch
 
-    from raywiz.train.metrics import profile_summary
+    from raywiz.training.metrics import profile_summary
 
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     it = iter(batches)
@@ -287,8 +287,8 @@ def plain_loop(data_file: str, model_name: str, variants: list[str], steps: int,
     import torch
 
     from raywiz.modeling import build_model, model_config
-    from raywiz.train.kernels import register_varlen_attention
-    from raywiz.train.metrics import model_shape, step_flops
+    from raywiz.training.kernels import register_varlen_attention
+    from raywiz.training.metrics import model_shape, step_flops
     from raywiz.train.recipe import loss_scale, token_loss_sum
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -344,7 +344,7 @@ def engine_loop(data_file: str, model_name: str, engines: list[str], steps: int,
     """raywiz's own engines and training step (FinetuneRecipe.train_step) on the same packed rows, in one
     process with no Ray around them: the engine comparison, in well under a minute on a GPU.
 
-    One rank (a world of 1: nccl on GPU, gloo on CPU), each engine built by raywiz.train.engine.create_engine
+    One rank (a world of 1: nccl on GPU, gloo on CPU), each engine built by raywiz.training.engine.create_engine
     from the same job config but `train.engine`, the step profiled once (warm-up), then `steps - warmup` timed.
     """
     import gc
@@ -354,8 +354,8 @@ def engine_loop(data_file: str, model_name: str, engines: list[str], steps: int,
 
     from raywiz.config import parse_job
     from raywiz.modeling import count_parameters, model_config
-    from raywiz.train.engine import create_engine
-    from raywiz.train.metrics import model_shape, step_flops
+    from raywiz.training.engine import create_engine
+    from raywiz.training.metrics import model_shape, step_flops
     from raywiz.train.recipe import FinetuneRecipe, StepPlan, TrainState
 
     on_gpu = torch.cuda.is_available()
@@ -422,7 +422,7 @@ def checks(data_file: str, model_name: str, seq_len: int, out_file: str) -> None
 
     from raywiz.data.tokenize import IGNORE_INDEX
     from raywiz.modeling import build_model
-    from raywiz.train import kernels
+    from raywiz.training import kernels
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

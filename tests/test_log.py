@@ -68,7 +68,7 @@ def test_quiet_console_silences_dependencies_and_verbose_does_not(monkeypatch):
 
 @pytest.mark.slow
 def test_train_progress_shows_each_step_once(ray_local, capsys):
-    from raywiz.train.progress import ProgressBoard, TrainProgress
+    from raywiz.training.progress import ProgressBoard, TrainProgress
 
     board = ProgressBoard.create()
     shown = []

@@ -22,7 +22,7 @@ class PeftConfig(ConfigSection):
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: Literal["auto"] | list[str] = Field(
-        "auto", description="auto: attention and MLP projections per architecture (raywiz/train/adapters.py)")
+        "auto", description="auto: attention and MLP projections per architecture (raywiz/training/adapters.py)")
 
     @property
     def enabled(self) -> bool:
@@ -65,7 +65,7 @@ class DeepSpeedSection(ConfigSection):
 
 
 class FSDP2Section(ConfigSection):
-    """train.engine: fsdp2 (raywiz/train/fsdp2.py)."""
+    """train.engine: fsdp2 (raywiz/training/fsdp2.py)."""
 
     reshard_after_forward: Literal["auto", "always", "never"] = Field(
         "auto", description="free each block's gathered weights after its forward and gather them again for "

@@ -57,7 +57,7 @@ def check_resume(job: JobConfig, use_gpu: bool) -> None:
     """Before any training: a checkpoint this run would resume from must suit its engine (exit 2 if not).
     The workers check again, with what only they know (the GPU memory that picks the ZeRO stage)."""
     from raywiz.artifacts import is_remote
-    from raywiz.train.engine import CheckpointMismatch, check_resumable, planned_engine
+    from raywiz.training.engine import CheckpointMismatch, check_resumable, planned_engine
 
     latest = None if is_remote(job.layout.root) else job.layout.latest_checkpoint()
     if latest is None:
@@ -73,7 +73,7 @@ def check_resume(job: JobConfig, use_gpu: bool) -> None:
 
 def checkpoint_mismatch(error: BaseException):
     """The CheckpointMismatch a worker raised, out of Ray Train's WorkerGroupError, or None."""
-    from raywiz.train.engine import CheckpointMismatch
+    from raywiz.training.engine import CheckpointMismatch
 
     for failure in getattr(error, "worker_failures", {}).values():
         while failure is not None:
@@ -129,7 +129,7 @@ def run_train(job: JobConfig, dataset: str | None = None) -> str:
 
     from raywiz.data.pipeline import prepare_packed_dataset
     from raywiz.runtime import cluster_has_gpus, init_ray
-    from raywiz.train.progress import ProgressBoard, TrainProgress
+    from raywiz.training.progress import ProgressBoard, TrainProgress
     from raywiz.train.recipe import train_loop_per_worker
     from raywiz.train.validation import checkpoint_score_kwargs, record_best, validation_config
 

@@ -35,11 +35,11 @@ from raywiz.data import fim
 from raywiz.data.pipeline import epoch_shuffle_args, training_tokenizer
 from raywiz.data.tokenize import IGNORE_INDEX
 from raywiz.log import get_logger
-from raywiz.train import checkpoint as ckpt
-from raywiz.train import kernels
-from raywiz.train.engine import create_engine
-from raywiz.train.engine_base import lr_at
-from raywiz.train.metrics import (ConsoleLogger, JsonlLogger, MetricLogger, ProgressLogger, StepTimer, WandbLogger,
+from raywiz.training import checkpoint as ckpt
+from raywiz.training import kernels
+from raywiz.training.engine import create_engine
+from raywiz.training.engine_base import lr_at
+from raywiz.training.metrics import (ConsoleLogger, JsonlLogger, MetricLogger, ProgressLogger, StepTimer, WandbLogger,
                                   model_shape, peak_flops, step_flops)
 from raywiz.train.validation import unscored_metrics
 
@@ -123,7 +123,7 @@ def token_loss_sum(model, batch: dict, device, fused: str = "off", varlen: bool 
 
     No attention_mask: with sdpa, transformers reads the position_ids restarts as sample boundaries;
     with varlen attention the cu_seqlens say the same. fused: the loss comes from the hidden states
-    (raywiz.train.kernels.fused_loss_head), never holding full-vocabulary fp32 logits.
+    (raywiz.training.kernels.fused_loss_head), never holding full-vocabulary fp32 logits.
     """
     input_ids = batch["input_ids"].to(device, non_blocking=True)
     position_ids = batch["position_ids"].to(device, non_blocking=True)
@@ -169,7 +169,7 @@ class DebugHook:
         if self.cfg.profile_step != step or not self.local:
             yield
             return
-        from raywiz.train.metrics import profile_summary
+        from raywiz.training.metrics import profile_summary
 
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
@@ -208,7 +208,7 @@ class FinetuneRecipe:
     def __init__(self, job: JobConfig, plan: StepPlan, progress=None):
         self.job, self.tc, self.plan = job, job.train, plan
         self.layout = job.layout
-        self.progress = progress  # the driver's progress display (raywiz.train.progress.ProgressBoard)
+        self.progress = progress  # the driver's progress display (raywiz.training.progress.ProgressBoard)
 
     # -- setup: engine, resume, loggers
     def setup(self) -> None:
@@ -389,7 +389,7 @@ class FinetuneRecipe:
         if not self.tc.peft.enabled:
             ckpt.export_hf(self.model, state_dict, self.tokenizer, here.hf, info)
             return
-        from raywiz.train.adapters import export_adapter, is_quantized, merged_model
+        from raywiz.training.adapters import export_adapter, is_quantized, merged_model
 
         # base_quantized: what the base really was while training (QLoRA: 4-bit), read off the model itself
         export_adapter(self.model, state_dict, here.adapter, replace(info, peft=self.tc.peft.method,

@@ -19,7 +19,7 @@ def _adapter_checkpoint(run_dir: Path, base: Path, step: int) -> str:
     """checkpoint_N/ with only adapter/ (no hf/), written by raywiz's own export, then sealed."""
     from peft import get_peft_model
 
-    from raywiz.train.adapters import export_adapter, lora_config
+    from raywiz.training.adapters import export_adapter, lora_config
     from raywiz.train.config import PeftConfig
 
     torch.manual_seed(step)

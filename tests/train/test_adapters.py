@@ -11,7 +11,7 @@ import torch
 
 from raywiz.artifacts import Kind, ModelInfo, check_manifest
 from raywiz.modeling import build_model
-from raywiz.train import adapters
+from raywiz.training import adapters
 from raywiz.train.config import PeftConfig
 
 
@@ -88,7 +88,7 @@ def test_qlora_without_bitsandbytes_or_on_a_random_config_is_refused_clearly(mon
 
 def test_qlora_runs_as_zero2_whatever_stage_is_asked():
     from raywiz.train.config import TrainConfig
-    from raywiz.train.deepspeed_engine import zero_stage
+    from raywiz.training.deepspeed_engine import zero_stage
 
     tc = TrainConfig.model_validate({"data": {"paths": ["x.jsonl"]}, "peft": {"method": "qlora"}, "deepspeed": {"stage": 3, "resident_params": "never"},
                                      "scaling": {"num_workers": 2}})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from raywiz.config import parse_job
-from raywiz.train.deepspeed_engine import deepspeed_config
+from raywiz.training.deepspeed_engine import deepspeed_config
 
 GB = 10**9
 
@@ -78,7 +78,7 @@ def test_fsdp2_refuses_what_it_does_not_do_naming_the_field():
 
 
 def test_fsdp2_keeps_gathered_weights_where_deepspeed_keeps_them_resident():
-    from raywiz.train.fsdp2 import reshard_after_forward
+    from raywiz.training.fsdp2 import reshard_after_forward
 
     def train(workers, choice="auto"):
         return parse_job({"name": "t", "train": {"data": {}, "engine": "fsdp2", "scaling": {"num_workers": workers},
@@ -93,7 +93,7 @@ def test_fsdp2_keeps_gathered_weights_where_deepspeed_keeps_them_resident():
 
 
 def test_the_driver_knows_the_stage_except_where_gpu_memory_picks_it():
-    from raywiz.train.engine import planned_engine
+    from raywiz.training.engine import planned_engine
 
     assert planned_engine(_train(2), False) == ("deepspeed", 3)  # CPU workers shard
     assert planned_engine(_train(1), True) == ("deepspeed", 2)  # one worker: resident
@@ -106,7 +106,7 @@ def test_a_zero2_checkpoint_resumed_as_zero3_or_fsdp2_is_refused(tmp_path):
 
     import pytest
 
-    from raywiz.train.engine import CheckpointMismatch, check_resumable
+    from raywiz.training.engine import CheckpointMismatch, check_resumable
 
     (tmp_path / "train_state.json").write_text(json.dumps({"step": 4, "engine": "deepspeed", "zero_stage": 2}))
     check_resumable(str(tmp_path), "deepspeed", 1)  # ZeRO-1 and -2 share their checkpoint format
@@ -120,7 +120,7 @@ def test_a_zero2_checkpoint_resumed_as_zero3_or_fsdp2_is_refused(tmp_path):
 def test_a_mismatch_only_the_workers_saw_reaches_the_user_as_its_message():
     from ray.train.v2.api.exceptions import WorkerGroupError
 
-    from raywiz.train.engine import CheckpointMismatch
+    from raywiz.training.engine import CheckpointMismatch
     from raywiz.train.launch import checkpoint_mismatch
 
     cause = CheckpointMismatch("ckpt: written by DeepSpeed ZeRO stage 3, but ...")

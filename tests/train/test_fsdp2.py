@@ -36,8 +36,8 @@ def _rank(rank: int, world: int, port: int, tmp: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from raywiz.config import parse_job
     from raywiz.artifacts import CheckpointDir, ModelInfo
-    from raywiz.train.adapters import export_adapter
-    from raywiz.train.engine import create_engine
+    from raywiz.training.adapters import export_adapter
+    from raywiz.training.engine import create_engine
 
     job = parse_job({"name": "t", "model": {"name_or_path": "tiny-gpt-bigcode"}, "train": {
         "engine": "fsdp2", "data": {}, "scaling": {"num_workers": world}, "peft": {"method": "lora", "r": 4, "dropout": 0.0},

@@ -144,7 +144,7 @@ def test_resuming_under_another_zero_stage_or_engine_stops_with_a_clear_error(ru
 def test_checkpoints_from_before_the_engine_record_are_read_from_deepspeeds_files(runs, tmp_path):
     """A ZeRO-3 checkpoint written before train_state.json named its engine: the stage comes from DeepSpeed's
     file names, so an old run resumed as ZeRO-2 is stopped too."""
-    from raywiz.train.engine import CheckpointMismatch, check_resumable, written_by
+    from raywiz.training.engine import CheckpointMismatch, check_resumable, written_by
 
     old = tmp_path / "old"
     shutil.copytree(runs["deepspeed"].checkpoint(DS_STEPS).path, old)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from raywiz.data.pack import build_row
 from raywiz.data.tokenize import IGNORE_INDEX
 from raywiz.modeling import build_model
-from raywiz.train import kernels
+from raywiz.training import kernels
 
 
 def _samples(n, seed=0, lo=5, hi=60):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from raywiz.config import parse_job
-from raywiz.train.engine_base import lr_at
-from raywiz.train.metrics import RECORD_KEYS, JsonlLogger
+from raywiz.training.engine_base import lr_at
+from raywiz.training.metrics import RECORD_KEYS, JsonlLogger
 from raywiz.train.recipe import TrainState, loss_scale, step_plan
 
 

@@ -2,8 +2,8 @@
 and the set-up they do alike (compute dtype, memory sizes, attention, fused loss, gradient
 checkpointing, PEFT, the optimizer, the learning-rate schedule).
 
-The engines themselves: DeepSpeed ZeRO (raywiz.train.deepspeed_engine) and torch's FSDP2
-(raywiz.train.fsdp2); raywiz.train.engine picks one (`train.engine`).
+The engines themselves: DeepSpeed ZeRO (raywiz.training.deepspeed_engine) and torch's FSDP2
+(raywiz.training.fsdp2); raywiz.training.engine picks one (`train.engine`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ class EngineSetup:
     param_bytes: int | None  # the weights' size in `dtype`, when the parameter count is known
     gpu_bytes: int | None  # one card's memory
     attn_implementation: str
-    fused_loss: str  # liger | chunked | off (raywiz.train.kernels)
+    fused_loss: str  # liger | chunked | off (raywiz.training.kernels)
     n_tokens: int | None = None  # the training tokenizer's size, when it added tokens the model lacks
 
     @classmethod
     def resolve(cls, model_cfg, train_cfg, on_gpu: bool, device: torch.device, n_params: int | None,
                 n_tokens: int | None = None) -> "EngineSetup":
-        from raywiz.train.kernels import resolve_attn_implementation, resolve_fused_loss
+        from raywiz.training.kernels import resolve_attn_implementation, resolve_fused_loss
 
         dtype = torch_dtype(model_cfg.dtype, on_gpu)
         model_type = model_config(model_cfg.name_or_path, model_cfg.trust_remote_code, model_cfg.revision).model_type
@@ -83,7 +83,7 @@ def build_training_model(model_cfg, train_cfg, setup: EngineSetup, dtype: torch.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     if train_cfg.peft.enabled:
-        from raywiz.train.adapters import apply_adapter
+        from raywiz.training.adapters import apply_adapter
 
         # The adapter's random init must be the same on every rank and every run (exact resume, and
         # sharded engines partition each rank's own copy): seed it, whatever loading the base did to the RNG.
@@ -129,7 +129,7 @@ class TrainEngine:
 
     ``driver`` is what the training loop calls: ``driver(**batch)``, ``driver.backward(loss)``,
     ``driver.step()``, ``driver.optimizer``, ``driver.get_global_grad_norm()`` (DeepSpeed's engine, or
-    raywiz.train.fsdp2.FSDP2Driver with the same calls). ``model`` is the HF (or peft) model.
+    raywiz.training.fsdp2.FSDP2Driver with the same calls). ``model`` is the HF (or peft) model.
     """
 
     kind: ClassVar[str]  # train.engine's value; a checkpoint's train state records it

@@ -3,8 +3,8 @@
     eng = create_engine(job.model, job.train, on_gpu, device, n_params)   # a TrainEngine
     check_resumable(ckpt, *planned_engine(job.train, on_gpu))              # before resuming
 
-The engines: DeepSpeed ZeRO (raywiz.train.deepspeed_engine) and FSDP2 (raywiz.train.fsdp2), both
-`TrainEngine`s (raywiz.train.engine_base) that save, load and export their own state.
+The engines: DeepSpeed ZeRO (raywiz.training.deepspeed_engine) and FSDP2 (raywiz.training.fsdp2), both
+`TrainEngine`s (raywiz.training.engine_base) that save, load and export their own state.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import os
 import torch
 
 from raywiz.artifacts import CheckpointDir, read_json
-from raywiz.train.deepspeed_engine import DeepSpeedTrainEngine, zero_stage
-from raywiz.train.engine_base import EngineSetup, TrainEngine
-from raywiz.train.fsdp2 import FSDP2TrainEngine
+from raywiz.training.deepspeed_engine import DeepSpeedTrainEngine, zero_stage
+from raywiz.training.engine_base import EngineSetup, TrainEngine
+from raywiz.training.fsdp2 import FSDP2TrainEngine
 
 ENGINES: dict[str, type[TrainEngine]] = {"deepspeed": DeepSpeedTrainEngine, "fsdp2": FSDP2TrainEngine}
 

@@ -21,8 +21,8 @@ import torch
 
 from raywiz.artifacts import (MANIFEST, CheckpointDir, Kind, ModelInfo, RunLayout, check_manifest, is_remote, join,
                               list_files, read_json, write_json_atomic, write_manifest)
-from raywiz.train.engine import check_resumable
-from raywiz.train.engine_base import TrainEngine
+from raywiz.training.engine import check_resumable
+from raywiz.training.engine_base import TrainEngine
 
 
 def rng_state() -> dict[str, Any]:

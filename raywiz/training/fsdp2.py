@@ -13,7 +13,7 @@ engine branches; `FSDP2TrainEngine` saves, loads and exports its state:
   fp32 throughout on CPU;
 - the same loss normalisation as DeepSpeed: backward divides by the accumulation steps and FSDP2's
   reduce-scatter averages over ranks, so `recipe.loss_scale` means the same for both engines;
-- the optimizer: `raywiz.train.engine_base.make_optimizer` (torch's fused AdamW on GPU) over the sharded DTensor parameters;
+- the optimizer: `raywiz.training.engine_base.make_optimizer` (torch's fused AdamW on GPU) over the sharded DTensor parameters;
 - checkpoints: ``torch.distributed.checkpoint`` (DCP), sharded model + optimizer state, one file per
   rank plus DCP's metadata, into the checkpoint's ``fsdp2/`` (DeepSpeed's is ``zero/``); DCP reshards
   on load, so a different worker count resumes too.
@@ -25,7 +25,7 @@ import torch
 
 from raywiz.artifacts import CheckpointDir
 from raywiz.log import get_logger
-from raywiz.train.engine_base import EngineSetup, TrainEngine, build_training_model, make_optimizer, weights_are_small
+from raywiz.training.engine_base import EngineSetup, TrainEngine, build_training_model, make_optimizer, weights_are_small
 
 log = get_logger(__name__)
 

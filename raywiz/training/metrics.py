@@ -98,7 +98,7 @@ class ConsoleLogger(MetricLogger):
 
 
 class ProgressLogger(MetricLogger):
-    """Posts each record to the driver's progress display (raywiz.train.progress), fire-and-forget."""
+    """Posts each record to the driver's progress display (raywiz.training.progress), fire-and-forget."""
 
     def __init__(self, board):
         self.board = board

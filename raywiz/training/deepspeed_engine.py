@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from raywiz.artifacts import CheckpointDir
-from raywiz.train.engine_base import (EngineSetup, TrainEngine, build_training_model, make_optimizer,
+from raywiz.training.engine_base import (EngineSetup, TrainEngine, build_training_model, make_optimizer,
                                       weights_are_small)
 
 ZERO_TAG = "state"  # DeepSpeed's tag: the sub-directory of zero/ its files go into
@@ -134,7 +134,7 @@ class DeepSpeedTrainEngine(TrainEngine):
         import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
-        from raywiz.train.adapters import quantization_config
+        from raywiz.training.adapters import quantization_config
 
         ds_config = deepspeed_config(train_cfg, setup.on_gpu, setup.dtype, setup.param_bytes, setup.gpu_bytes)
         _import_before_zero_init()
