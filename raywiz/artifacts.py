@@ -72,7 +72,8 @@ def _path_under(parent: str, name: str, doc: str | None = None) -> property:
 
 @dataclass(frozen=True)
 class CheckpointDir:
-    """One training checkpoint: ``{run}/train/checkpoint_{step:08d}/`` (or a copy of one elsewhere).
+    """One training checkpoint: ``{run}/train/checkpoint_{step:08d}/`` or ``{run}/rl/...`` (or a copy of one
+    elsewhere).
 
         zero/ or fsdp2/    the engine's sharded model + optimizer state (DeepSpeed's, or FSDP2's DCP files)
         rng/rank_N.pt      each rank's RNG states (torch, CUDA, numpy, python)
@@ -110,6 +111,11 @@ class CheckpointDir:
     def run(self) -> "RunLayout":
         return RunLayout(self.path.rstrip("/").rsplit("/", 2)[0])
 
+    @property
+    def stage(self) -> str:
+        """The training stage that wrote it ("train" or "rl", from its parent directory)."""
+        return self.path.rstrip("/").rsplit("/", 2)[-2]
+
     def is_complete(self) -> bool:
         return check_manifest(self.path, kind=Kind.TRAIN_CHECKPOINT).complete
 
@@ -127,16 +133,69 @@ class CheckpointDir:
 
 
 @dataclass(frozen=True)
+class TrainingDir:
+    """The directory of one training stage of a run: ``{run}/train/`` (SFT) or ``{run}/rl/`` (GRPO).
+    Both stages run on raywiz.training, so both write the same checkpoints and files here.
+
+        checkpoint_{step:08d}/                 zero/, rng/, train_state.json, hf/ (Kind.TRAIN_CHECKPOINT)
+        metrics.jsonl, data_report.json, best_checkpoint.json, .staging/
+        workers/, trace/, profile_step_N.json  train.debug's opt-in output
+    """
+
+    path: str
+
+    staging = _path_under("path", ".staging", "Where ranks write checkpoint parts before they are moved "
+                          "into place (local storage).")
+    metrics = _path_under("path", "metrics.jsonl")
+    data_report = _path_under("path", "data_report.json")
+    best_checkpoint = _path_under("path", "best_checkpoint.json")
+
+    # opt-in debug output of training (train.debug)
+    def worker_pid_file(self, rank: int) -> str:
+        return join(self.path, "workers", f"rank_{rank}.json")
+
+    def trace_file(self, step: int, rank: int) -> str:
+        """The sample ids one rank trained on at one step."""
+        return join(self.path, "trace", f"step_{step:08d}.rank_{rank}.json")
+
+    def profile_file(self, step: int) -> str:
+        return join(self.path, f"profile_step_{step}.json")
+
+    def checkpoint(self, step: int) -> CheckpointDir:
+        return CheckpointDir(join(self.path, f"checkpoint_{step:08d}"))
+
+    def staged_checkpoint(self, step: int, rank: int) -> CheckpointDir:
+        """Where one rank writes its part of a checkpoint before it is moved into place (local storage)."""
+        return CheckpointDir(join(self.staging, f"{self.checkpoint(step).name}.rank_{rank}"))
+
+    def checkpoints(self, complete: bool = False) -> list[CheckpointDir]:
+        """The checkpoints, oldest first; with ``complete``, only those with a sealed model to load
+        (``model_dir``: the hf/ export, or the adapter of a run that does not merge it)."""
+        found = [CheckpointDir(join(self.path, name)) for name in list_dirs(self.path) if CHECKPOINT_RE.match(name)]
+        found.sort(key=lambda c: c.step)
+        return [c for c in found if c.model_dir] if complete else found
+
+    def latest_checkpoint(self) -> CheckpointDir | None:
+        """The newest checkpoint whose own manifest checks out (the one to resume from)."""
+        return next((c for c in reversed(self.checkpoints()) if c.is_complete()), None)
+
+
+TRAINING_STAGES = ("train", "rl")  # the stages that write TrainingDirs, in pipeline order
+
+
+@dataclass(frozen=True)
 class RunLayout:
     """Every path of a run directory ``{storage}/{run}/``. Stages ask it; none builds run paths itself.
 
         {run}/evolve/                          instruction shards + manifest (Kind.INSTRUCTION_SHARDS)
         {run}/evolve_report/, evolve_cache/    evolve's drop report and its answered requests
-        {run}/train/checkpoint_{step:08d}/     zero/, rng/, train_state.json, hf/ (Kind.TRAIN_CHECKPOINT)
-        {run}/train/metrics.jsonl, data_report.json, best_checkpoint.json, .staging/
-        {run}/train/workers/, trace/, profile_step_N.json   train.debug's opt-in output
+        {run}/train/                           SFT's TrainingDir: checkpoint_{step:08d}/, metrics.jsonl, ...
+        {run}/rl/                              GRPO's TrainingDir, the same files
         {run}/eval/{checkpoint}/{benchmark}/   samples.jsonl, results.jsonl, summary.json (Kind.EVAL_RESULTS)
         {run}/pipeline.json                    which stages finished, with what
+
+    The train paths (``checkpoint``, ``metrics``, ...) are also reachable directly on the layout, as
+    ``layout.training("train")``'s.
     """
 
     root: str
@@ -150,42 +209,46 @@ class RunLayout:
     evolve_report = _path_under("root", "evolve_report")
     evolve_cache = _path_under("root", "evolve_cache")
 
-    # train
+    # train and rl
     train = _path_under("root", "train")
-    train_staging = _path_under("train", ".staging", "Where ranks write checkpoint parts before they are moved "
-                                "into place (local storage).")
-    metrics = _path_under("train", "metrics.jsonl")
-    data_report = _path_under("train", "data_report.json")
-    best_checkpoint = _path_under("train", "best_checkpoint.json")
+    rl = _path_under("root", "rl")
 
-    # opt-in debug output of training (train.debug)
+    def training(self, stage: str = "train") -> TrainingDir:
+        """The TrainingDir of ``train`` (SFT) or ``rl`` (GRPO)."""
+        if stage not in TRAINING_STAGES:
+            raise ValueError(f"no training directory for stage {stage!r} (one of {TRAINING_STAGES})")
+        return TrainingDir(join(self.root, stage))
+
+    def all_checkpoints(self, complete: bool = False) -> list[CheckpointDir]:
+        """Every training stage's checkpoints in pipeline order: train's, then rl's (newest last)."""
+        return [c for stage in TRAINING_STAGES for c in self.training(stage).checkpoints(complete=complete)]
+
+    # train's paths, kept on the layout itself (most readers mean train's)
+    train_staging = property(lambda self: self.training().staging)
+    metrics = property(lambda self: self.training().metrics)
+    data_report = property(lambda self: self.training().data_report)
+    best_checkpoint = property(lambda self: self.training().best_checkpoint)
+
     def worker_pid_file(self, rank: int) -> str:
-        return join(self.train, "workers", f"rank_{rank}.json")
+        return self.training().worker_pid_file(rank)
 
     def trace_file(self, step: int, rank: int) -> str:
-        """The sample ids one rank trained on at one step."""
-        return join(self.train, "trace", f"step_{step:08d}.rank_{rank}.json")
+        return self.training().trace_file(step, rank)
 
     def profile_file(self, step: int) -> str:
-        return join(self.train, f"profile_step_{step}.json")
+        return self.training().profile_file(step)
 
     def checkpoint(self, step: int) -> CheckpointDir:
-        return CheckpointDir(join(self.train, f"checkpoint_{step:08d}"))
+        return self.training().checkpoint(step)
 
     def staged_checkpoint(self, step: int, rank: int) -> CheckpointDir:
-        """Where one rank writes its part of a checkpoint before it is moved into place (local storage)."""
-        return CheckpointDir(join(self.train_staging, f"{self.checkpoint(step).name}.rank_{rank}"))
+        return self.training().staged_checkpoint(step, rank)
 
     def checkpoints(self, complete: bool = False) -> list[CheckpointDir]:
-        """This run's checkpoints, oldest first; with ``complete``, only those with a sealed model to load
-        (``model_dir``: the hf/ export, or the adapter of a run that does not merge it)."""
-        found = [CheckpointDir(join(self.train, name)) for name in list_dirs(self.train) if CHECKPOINT_RE.match(name)]
-        found.sort(key=lambda c: c.step)
-        return [c for c in found if c.model_dir] if complete else found
+        return self.training().checkpoints(complete=complete)
 
     def latest_checkpoint(self) -> CheckpointDir | None:
-        """The newest checkpoint whose own manifest checks out (the one to resume from)."""
-        return next((c for c in reversed(self.checkpoints()) if c.is_complete()), None)
+        return self.training().latest_checkpoint()
 
     # eval
     eval = _path_under("root", "eval")
@@ -199,11 +262,12 @@ class RunLayout:
 
 
 def checkpoint_of(path: str) -> CheckpointDir | None:
-    """The checkpoint a path belongs to (a ``.../train/checkpoint_*`` directory, its ``hf/`` or ``adapter/``)."""
+    """The checkpoint a path belongs to (a ``.../train/checkpoint_*`` or ``.../rl/checkpoint_*``
+    directory, its ``hf/`` or ``adapter/``)."""
     parts = path.rstrip("/").split("/")
     if parts and parts[-1] in EXPORT_DIRS:
         parts = parts[:-1]
-    if len(parts) >= 3 and parts[-2] == "train" and CHECKPOINT_RE.match(parts[-1]):
+    if len(parts) >= 3 and parts[-2] in TRAINING_STAGES and CHECKPOINT_RE.match(parts[-1]):
         return CheckpointDir("/".join(parts))
     return None
 

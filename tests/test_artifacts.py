@@ -92,3 +92,17 @@ def test_model_info_round_trips_and_is_empty_for_other_models(tmp_path):
         (tmp_path / "hf" / MODEL_INFO).write_text(broken)
         assert ModelInfo.read(hf) == ModelInfo()
     assert ModelInfo.read("org/model") == ModelInfo()  # a hub id
+
+
+def test_rl_has_its_own_training_dir_and_checkpoints_are_found_under_it(tmp_path):
+    layout = RunLayout(str(tmp_path / "r"))
+    rl_ckpt = layout.training("rl").checkpoint(7)
+    assert rl_ckpt.path == str(tmp_path / "r" / "rl" / "checkpoint_00000007")
+    assert layout.training("rl").metrics == str(tmp_path / "r" / "rl" / "metrics.jsonl")
+    assert checkpoint_of(rl_ckpt.hf) == rl_ckpt and rl_ckpt.stage == "rl" and rl_ckpt.run == layout
+    assert layout.checkpoint(3).stage == "train"  # the layout's own checkpoint paths are train's
+    with pytest.raises(ValueError, match="eval"):
+        layout.training("eval")
+    for ckpt in (layout.checkpoint(2), rl_ckpt):
+        os.makedirs(ckpt.path)
+    assert [c.stage for c in layout.all_checkpoints()] == ["train", "rl"]
