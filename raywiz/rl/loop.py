@@ -1,5 +1,6 @@
 """A single-process GRPO loop on one device (CPU or one GPU): the policy generates with the weights it
-trains, in place, with HF ``generate``; the trusted checker scores; raywiz.rl.grpo updates.
+trains, in place (raywiz.rl.rollout), the trusted checker scores each sample as it arrives
+(raywiz.rl.reward_service), raywiz.rl.grpo updates.
 
 This is the algorithm end to end, small: no Ray, no checkpoints, no export (the stage adds those).
 """
@@ -16,45 +17,31 @@ from raywiz.benchmarks import Task
 from raywiz.benchmarks.score import ScoreSettings
 from raywiz.rl.config import RLConfig
 from raywiz.rl.grpo import group_advantages, policy_loss
-from raywiz.rl.rewards import CodeOf, code_of_response, score_responses
+from raywiz.rl.reward_service import RewardScorer, ThreadRewardScorer
+from raywiz.rl.rewards import CodeOf, code_of_response
+from raywiz.rl.rollout import GenerateRollouts, Rollouts, Sample
 
 
 @dataclass
 class Rollout:
-    """One rollout batch: prompt + response token ids per sample, right-padded."""
+    """One rollout batch as tensors: prompt + response token ids per sample, right-padded."""
 
     input_ids: torch.Tensor  # [samples, tokens]
     attention_mask: torch.Tensor  # [samples, tokens]
     response_mask: torch.Tensor  # [samples, tokens - 1]: 1 where the next token is a response token
-    texts: list[str]
-    finish_reasons: list[str]
 
-
-def _generate_group(model, tokenizer, prompt: str, cfg: RLConfig, max_tokens: int, generator_seed: int):
-    """`group_size` samples of one prompt: (ids, mask, response_mask, texts, finish reasons)."""
-    enc = tokenizer(prompt, return_tensors="pt").to(model.device)
-    n_prompt = enc.input_ids.shape[1]
-    torch.manual_seed(generator_seed)  # generate samples with the global RNG
-    with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
-                             top_k=0, max_new_tokens=max_tokens, num_return_sequences=cfg.group_size,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    response = out[:, n_prompt:]
-    eos = response == tokenizer.eos_token_id
-    # A response is its tokens up to and including its first EOS; generate pads after it.
-    after_eos = (eos.cumsum(dim=1) - eos.long()) > 0
-    keep = ~after_eos
-    texts = [tokenizer.decode(r[k & ~e]) for r, k, e in zip(response, keep, eos)]
-    reasons = ["stop" if e.any() else "length" for e in eos]
-    attention = torch.cat([torch.ones_like(enc.input_ids).expand(cfg.group_size, -1), keep.long()], dim=1)
-    response_mask = torch.zeros_like(attention)
-    response_mask[:, n_prompt:] = keep.long()
-    return out, attention, response_mask[:, 1:], texts, reasons
-
-
-def _pad_cat(tensors: list[torch.Tensor], value: int) -> torch.Tensor:
-    width = max(t.shape[1] for t in tensors)
-    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
+    @classmethod
+    def of(cls, samples: list[Sample], pad_id: int) -> "Rollout":
+        width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+        ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(samples), width), dtype=torch.long)
+        response = torch.zeros((len(samples), width), dtype=torch.long)
+        for row, s in enumerate(samples):
+            n_prompt, n = len(s.prompt_ids), len(s.prompt_ids) + len(s.response_ids)
+            ids[row, :n] = torch.tensor(s.prompt_ids + s.response_ids)
+            attention[row, :n] = 1
+            response[row, n_prompt:n] = 1
+        return cls(ids, attention, response[:, 1:])
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -66,10 +53,12 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
 
 class GRPOLoop:
     def __init__(self, model, tokenizer, tasks: list[Task], cfg: RLConfig, max_tokens: int = 64,
-                 settings: ScoreSettings | None = None, code_of: CodeOf = code_of_response, seed: int = 0):
+                 settings: ScoreSettings | None = None, code_of: CodeOf = code_of_response, seed: int = 0,
+                 rollouts: Rollouts | None = None, scorer: RewardScorer | None = None):
         self.model, self.tokenizer, self.tasks, self.cfg = model, tokenizer, tasks, cfg
-        self.max_tokens = cfg.sampling.max_tokens or max_tokens
-        self.settings, self.code_of = settings or ScoreSettings(), code_of
+        self.rollouts = rollouts or GenerateRollouts(model, tokenizer, cfg.sampling.max_tokens or max_tokens,
+                                                     cfg.sampling.temperature, cfg.sampling.top_p)
+        self.scorer = scorer or ThreadRewardScorer(cfg, settings or ScoreSettings(), code_of=code_of)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
         self.sampler = random.Random(seed)  # which prompts each step takes
         self.seed, self.step_index = seed, 0
@@ -80,26 +69,24 @@ class GRPOLoop:
 
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
 
-    def rollout(self, prompts: list[Task]) -> Rollout:
-        self.model.eval()
-        groups = [_generate_group(self.model, self.tokenizer, t.prompt, self.cfg, self.max_tokens,
-                                  self.seed * 1_000_003 + self.step_index * 1009 + i) for i, t in enumerate(prompts)]
-        pad = self.tokenizer.pad_token_id
-        return Rollout(_pad_cat([g[0] for g in groups], pad), _pad_cat([g[1] for g in groups], 0),
-                       _pad_cat([g[2] for g in groups], 0), [x for g in groups for x in g[3]],
-                       [x for g in groups for x in g[4]])
-
     def step(self) -> dict:
         cfg, timings = self.cfg, {}
         started = time.perf_counter()
         prompts = self.sampler.sample(self.tasks, min(cfg.prompts_per_step, len(self.tasks)))
-        batch = self.rollout(prompts)
+        samples = []
+        # Each sample is scored as soon as it is generated: the checks run while the rest generate.
+        for sample in self.rollouts.generate([t.prompt for t in prompts], cfg.group_size,
+                                             self.seed * 1_000_003 + self.step_index):
+            self.scorer.submit(len(samples), prompts[sample.prompt_index], sample.text, sample.finish_reason)
+            samples.append(sample)
         timings["generate_s"] = time.perf_counter() - started
 
         t = time.perf_counter()
-        items = [(task, text, reason) for task, text, reason in
-                 zip([p for p in prompts for _ in range(cfg.group_size)], batch.texts, batch.finish_reasons)]
-        rewards = score_responses(items, cfg, self.settings, code_of=self.code_of)
+        by_key = self.scorer.results()
+        # Groups are contiguous (GRPO normalises within each): order samples by prompt, stably.
+        order = sorted(range(len(samples)), key=lambda i: samples[i].prompt_index)
+        samples, rewards = [samples[i] for i in order], [by_key[i] for i in order]
+        batch = Rollout.of(samples, self.tokenizer.pad_token_id)
         values = torch.tensor([r.value for r in rewards], dtype=torch.float32)
         advantages = group_advantages(values, cfg.group_size, scale_by_std=cfg.scale_advantages_by_std)
         timings["score_s"] = time.perf_counter() - t
@@ -125,6 +112,7 @@ class GRPOLoop:
                 self.optimizer.step()
                 stats.append(out)
         timings["update_s"] = time.perf_counter() - t
+        timings["sync_s"] = self.rollouts.sync_weights(self.model)
         self.step_index += 1
         lengths = batch.response_mask.sum(dim=1).float()
         return {
