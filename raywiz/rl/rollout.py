@@ -10,15 +10,21 @@ The contract every rollout implementation keeps (the GRPO loop sees only this):
 
 ``GenerateRollouts`` is the simplest correct implementation: HF ``generate`` on the trained module
 itself. It is the reference the faster ones are tested against and the naive baseline of
-bench/rl_step.py.
+bench/rl_step.py. ``EngineRollouts`` generates with the same module on raywiz's engine (continuous
+batching, one prefill per group); ``ActorRollouts`` (raywiz.rl.actor_rollouts) on Ray actors that
+hold their own copy and get the weights after each update.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
 import torch
+
+from raywiz.inference import Completion, EngineSpec, SamplingParams, make_engine
+from raywiz.inference.seeded_sampling import row_seed
 
 
 @dataclass
@@ -30,6 +36,14 @@ class Sample:
     response_ids: list[int]  # up to and including the EOS token when it stopped on one
     text: str  # the decoded response
     finish_reason: str  # "stop" (EOS or a stop sequence) or "length" (hit max_tokens)
+    sample_index: int = 0  # which of its prompt's group (engines: the choice its sampling noise is keyed by)
+
+    @classmethod
+    def of(cls, prompt_index: int, sample_index: int, prompt_ids: list[int], completion: Completion) -> "Sample":
+        """A sample from an engine's completion: exactly the ids the engine sampled, EOS included."""
+        eos = [] if completion.eos_token_id is None else [completion.eos_token_id]
+        return cls(prompt_index, list(prompt_ids), list(completion.token_ids) + eos, completion.text,
+                   completion.finish_reason, sample_index)
 
 
 class Rollouts(Protocol):
@@ -41,7 +55,8 @@ class Rollouts(Protocol):
 
 
 class GenerateRollouts:
-    """HF ``generate`` on the trained module, one prompt's group at a time (in place: no copy)."""
+    """HF ``generate`` on the trained module, one prompt's group at a time (in place: no copy).
+    temperature 0: greedy (tests compare the engine with it)."""
 
     def __init__(self, model, tokenizer, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0):
         self.model, self.tokenizer = model, tokenizer
@@ -55,17 +70,19 @@ class GenerateRollouts:
             for index, prompt in enumerate(prompts):
                 enc = tok(prompt, return_tensors="pt").to(self.model.device)
                 torch.manual_seed(seed * 1_000_003 + index)  # generate samples with the global RNG
+                sampling = (dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0)
+                            if self.temperature > 0 else dict(do_sample=False))
                 with torch.no_grad():
                     out = self.model.generate(
-                        **enc, do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
+                        **enc, **sampling,
                         max_new_tokens=self.max_tokens, num_return_sequences=group_size,
                         pad_token_id=tok.pad_token_id, eos_token_id=eos)
                 prompt_ids = enc.input_ids[0].tolist()
-                for row in out[:, enc.input_ids.shape[1]:].tolist():
+                for k, row in enumerate(out[:, enc.input_ids.shape[1]:].tolist()):
                     stop = row.index(eos) if eos in row else None
                     response = row if stop is None else row[: stop + 1]
-                    text = tok.decode(response if stop is None else response[:-1])
-                    yield Sample(index, prompt_ids, response, text, "length" if stop is None else "stop")
+                    text = tok.decode(response if stop is None else response[:-1], skip_special_tokens=True)  # as the engine
+                    yield Sample(index, prompt_ids, response, text, "length" if stop is None else "stop", k)
         finally:
             self.model.train(was_training)
 
@@ -74,3 +91,47 @@ class GenerateRollouts:
 
     def close(self) -> None:
         pass
+
+
+def rollout_params(max_tokens: int, temperature: float, top_p: float, seed: int, prompt_index: int,
+                   group_size: int) -> SamplingParams:
+    """One prompt's sampling: its own seed (from the step's seed and the prompt's place in the step),
+    so two prompts with the same text still get different groups, and the samples do not depend on
+    which engine or batch they run in."""
+    return SamplingParams(n=group_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                          seed=row_seed(seed, prompt_index))
+
+
+class EngineRollouts:
+    """raywiz's transformers engine on the trained module itself: continuous batching over every
+    sample of the step, one prefill per group, samples yielded as each one ends. No second copy of
+    the weights and no reload: the engine reads the module's parameters where the optimizer writes
+    them (so sync_weights only drops the prompts the engine kept for sharing: ~0 s)."""
+
+    def __init__(self, model, tokenizer, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                 spec: EngineSpec | None = None):
+        self.model, self.max_tokens, self.temperature, self.top_p = model, max_tokens, temperature, top_p
+        self.engine = make_engine(spec or EngineSpec(), model=model, tokenizer=tokenizer)
+
+    def generate(self, prompts: list[str], group_size: int, seed: int) -> Iterator[Sample]:
+        prompt_ids = [self.engine.encode(p) for p in prompts]
+        params = [rollout_params(self.max_tokens, self.temperature, self.top_p, seed, i, group_size)
+                  for i in range(len(prompts))]
+        self.engine.weights_changed()  # the module may have been updated since the last call
+        was_training = self.model.training
+        self.model.eval()  # no dropout while sampling: the policy the loss recomputes is the eval one
+        try:
+            for i, k, completion in self.engine.generate_each(prompt_ids, params):
+                yield Sample.of(i, k, prompt_ids[i], completion)
+        finally:
+            self.model.train(was_training)
+
+    def sync_weights(self, model: torch.nn.Module) -> float:
+        if model is not self.model:
+            raise ValueError("EngineRollouts generates with the module it was built on; got another one")
+        started = time.perf_counter()
+        self.engine.weights_changed()
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.engine.close()
