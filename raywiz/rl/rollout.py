@@ -11,8 +11,8 @@ The contract every rollout implementation keeps (the GRPO loop sees only this):
 ``GenerateRollouts`` is the simplest correct implementation: HF ``generate`` on the trained module
 itself. It is the reference the faster ones are tested against and the naive baseline of
 bench/rl_step.py. ``EngineRollouts`` generates with the same module on raywiz's engine (continuous
-batching, one prefill per group); ``ActorRollouts`` (raywiz.rl.actor_rollouts) on Ray actors that
-hold their own copy and get the weights after each update.
+batching, one prefill per group); ``ActorRollouts`` on Ray actors (several GPUs or nodes) that hold
+their own engine and get the weights through Ray's object store after each update.
 """
 
 from __future__ import annotations
@@ -135,3 +135,71 @@ class EngineRollouts:
 
     def close(self) -> None:
         self.engine.close()
+
+
+class RolloutWorker:
+    """One Ray actor's engine (raywiz.inference.ray_pool.EngineActor runs it): generates groups for
+    (prompt index, prompt, params, weights) items, each group as soon as its last sample ends."""
+
+    def __init__(self, spec: EngineSpec):
+        self.engine = make_engine(spec)
+        self.weights_version = 0  # 0: the checkpoint the spec names
+
+    def load_weights(self, version: int, state: dict) -> None:
+        """The policy's weights, copied into the engine's own tensors (its CUDA graphs stay valid)."""
+        if version != self.weights_version:
+            with torch.no_grad():
+                self.engine.model.load_state_dict(state)
+            self.engine.weights_changed()
+            self.weights_version = version
+
+    def run(self, items: list) -> Iterator[list[Sample]]:
+        import ray
+
+        version, state_ref = items[0][3] if items else (0, None)
+        if version != self.weights_version:  # a worker started after the last sync (a replaced one) catches up
+            self.load_weights(version, ray.get(state_ref[0]))
+        prompt_ids = [self.engine.encode(prompt) for _, prompt, _, _ in items]
+        groups: dict[int, list[Sample]] = {}
+        for j, k, completion in self.engine.generate_each(prompt_ids, [params for _, _, params, _ in items]):
+            group = groups.setdefault(j, [])
+            group.append(Sample.of(items[j][0], k, prompt_ids[j], completion))
+            if len(group) == items[j][2].n:
+                yield groups.pop(j)
+
+
+class ActorRollouts:
+    """`n_engines` Ray actors, each an engine on the checkpoint `spec` names (a GPU each when
+    `num_gpus`). Prompts are split over them, each prompt's group on one actor (one prefill); groups
+    stream back as they finish (a dead actor is replaced and its unanswered groups run again).
+    sync_weights puts the state dict in Ray's object store once and every actor loads it."""
+
+    def __init__(self, spec: EngineSpec, n_engines: int, max_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, num_gpus: float = 0, num_cpus: float = 1):
+        from functools import partial
+
+        from raywiz.inference.ray_pool import EnginePool
+
+        self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
+        self.pool = EnginePool(partial(RolloutWorker, spec), n_engines, num_cpus, num_gpus, name="rollout")
+        self._weights: tuple[int, list | None] = (0, None)  # (version, [ObjectRef of the state dict])
+
+    def generate(self, prompts: list[str], group_size: int, seed: int) -> Iterator[Sample]:
+        items = [(i, prompt, rollout_params(self.max_tokens, self.temperature, self.top_p, seed, i, group_size),
+                  self._weights) for i, prompt in enumerate(prompts)]
+        for groups in self.pool.run(items, item_key=lambda item: item[0], result_key=lambda g: g[0].prompt_index):
+            for group in groups:
+                yield from group
+
+    def sync_weights(self, model: torch.nn.Module) -> float:
+        import ray
+
+        started = time.perf_counter()
+        state = {name: tensor.detach().to("cpu") for name, tensor in model.state_dict().items()}
+        version = self._weights[0] + 1
+        self._weights = (version, [ray.put(state)])  # a list: actors get the reference, not a copy each call
+        ray.get([actor.call.remote("load_weights", version, self._weights[1][0]) for actor in self.pool.start()])
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.pool.close()

@@ -17,15 +17,24 @@ def policy():
     return model, load_tokenizer("tiny-gpt-bigcode")
 
 
-def _by_prompt(samples):
+def optimizer_step(model, tok) -> None:
+    """One SGD step that pushes the model towards one token: its greedy outputs change."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    ids = torch.tensor([tok(p).input_ids[-4:] for p in PROMPTS])
+    loss = -torch.log_softmax(model(input_ids=ids).logits[:, -1], dim=-1)[:, tok.encode("e")[0]].mean()
+    loss.backward()
+    optimizer.step()
+
+
+def by_prompt(samples):
     return sorted(((s.prompt_index, s.sample_index, s.prompt_ids, s.response_ids, s.text) for s in samples))
 
 
 def _greedy_both(model, tok, group_size=1):
     engine = EngineRollouts(model, tok, MAX_TOKENS, temperature=0.0)
     reference = GenerateRollouts(model, tok, MAX_TOKENS, temperature=0.0)
-    return (_by_prompt(engine.generate(PROMPTS, group_size, seed=0)),
-            _by_prompt(reference.generate(PROMPTS, group_size, seed=0)), engine)
+    return (by_prompt(engine.generate(PROMPTS, group_size, seed=0)),
+            by_prompt(reference.generate(PROMPTS, group_size, seed=0)), engine)
 
 
 def test_greedy_engine_rollouts_equal_hf_generate_on_the_same_module(policy):
@@ -41,8 +50,8 @@ def test_seeded_sampling_is_reproducible_and_streams_every_sample(policy):
     rollouts = EngineRollouts(model, tok, MAX_TOKENS, temperature=1.0)
     first = list(rollouts.generate(PROMPTS, 4, seed=7))
     assert sorted((s.prompt_index, s.sample_index) for s in first) == [(i, k) for i in range(3) for k in range(4)]
-    assert _by_prompt(first) == _by_prompt(rollouts.generate(PROMPTS, 4, seed=7))
-    assert _by_prompt(first) != _by_prompt(rollouts.generate(PROMPTS, 4, seed=8))
+    assert by_prompt(first) == by_prompt(rollouts.generate(PROMPTS, 4, seed=7))
+    assert by_prompt(first) != by_prompt(rollouts.generate(PROMPTS, 4, seed=8))
     assert len({tuple(s.response_ids) for s in first if s.prompt_index == 0}) > 1  # a group that varies
     # same text under two prompt indices: different groups (each prompt has its own seed)
     twins = list(rollouts.generate([PROMPTS[0], PROMPTS[0]], 2, seed=7))
@@ -74,14 +83,8 @@ def test_sampled_tokens_come_from_the_training_models_own_distribution(policy):
 def test_after_an_optimizer_step_the_next_generate_uses_the_new_weights(policy):
     model, tok = policy
     before, _, rollouts = _greedy_both(model, tok)
-    # Push the whole model towards one token until the greedy output changes.
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    target = tok.encode("e")[0]
-    ids = torch.tensor([rollouts.engine.encode(p)[-4:] for p in PROMPTS])
-    loss = -torch.log_softmax(model(input_ids=ids).logits[:, -1], dim=-1)[:, target].mean()
-    loss.backward()
-    optimizer.step()
+    optimizer_step(model, tok)
     assert rollouts.sync_weights(model) < 0.5  # in place: nothing to send
-    after = _by_prompt(rollouts.generate(PROMPTS, 1, seed=0))
+    after = by_prompt(rollouts.generate(PROMPTS, 1, seed=0))
     assert after != before
-    assert after == _by_prompt(GenerateRollouts(model, tok, MAX_TOKENS, temperature=0.0).generate(PROMPTS, 1, 0))
+    assert after == by_prompt(GenerateRollouts(model, tok, MAX_TOKENS, temperature=0.0).generate(PROMPTS, 1, 0))
