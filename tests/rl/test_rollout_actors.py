@@ -1,6 +1,7 @@
 """Rollouts on Ray actors (ActorRollouts): 2 CPU engines on the shared local cluster follow the trained
 module's weights after sync_weights."""
 
+import pytest
 import torch
 
 from raywiz.inference import EngineSpec
@@ -12,6 +13,7 @@ from tests.rl.test_rollout import MAX_TOKENS, PROMPTS, by_prompt, optimizer_step
 SPEC = EngineSpec(model="tiny-gpt-bigcode", device="cpu", dtype="float32", max_batch_size=4)
 
 
+@pytest.mark.slow
 def test_after_sync_the_actors_generate_what_the_updated_local_model_does(ray_local):
     model, tok = build_model("tiny-gpt-bigcode", dtype=torch.float32, seed=0), load_tokenizer("tiny-gpt-bigcode")
     local = EngineRollouts(model, tok, MAX_TOKENS, temperature=0.0)
@@ -32,5 +34,11 @@ def test_after_sync_the_actors_generate_what_the_updated_local_model_does(ray_lo
         sampled = list(actors.generate(PROMPTS, 3, seed=5))
         assert by_prompt(sampled) == by_prompt(local.generate(PROMPTS, 3, seed=5))
         assert sorted((s.prompt_index, s.sample_index) for s in sampled) == [(i, k) for i in range(3) for k in range(3)]
+
+        # An actor lost after the sync: its replacement starts from the checkpoint and catches up on the
+        # synced weights before it generates.
+        ray_local.kill(actors.pool.actors[0])
+        actors.temperature = local.temperature = 0.0
+        assert by_prompt(actors.generate(PROMPTS, 2, seed=0)) == after
     finally:
         actors.close()
