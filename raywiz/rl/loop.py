@@ -43,6 +43,9 @@ class Rollout:
             response[row, n_prompt:n] = 1
         return cls(ids, attention, response[:, 1:])
 
+    def to(self, device) -> "Rollout":
+        return Rollout(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device))
+
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """Log-probability of each next token ([samples, tokens - 1]) and the logits that gave it."""
@@ -74,17 +77,25 @@ class GRPOLoop:
         started = time.perf_counter()
         prompts = self.sampler.sample(self.tasks, min(cfg.prompts_per_step, len(self.tasks)))
         samples = []
-        # Each sample is scored as soon as it is generated: the checks run while the rest generate.
+
+        def submit(key: int, sample: Sample) -> None:
+            self.scorer.submit(key, prompts[sample.prompt_index], sample.text, sample.finish_reason)
+
         for sample in self.rollouts.generate([t.prompt for t in prompts], cfg.group_size,
                                              self.seed * 1_000_003 + self.step_index):
-            self.scorer.submit(len(samples), prompts[sample.prompt_index], sample.text, sample.finish_reason)
+            if cfg.async_rewards:  # scored as soon as it is generated: the checks run while the rest generate
+                submit(len(samples), sample)
             samples.append(sample)
         timings["generate_s"] = time.perf_counter() - started
 
-        t = time.perf_counter()
+        t = time.perf_counter()  # score_s: the wait for rewards once the last sample is in
+        if not cfg.async_rewards:
+            for key, sample in enumerate(samples):
+                submit(key, sample)
         by_key = self.scorer.results()
-        # Groups are contiguous (GRPO normalises within each): order samples by prompt, stably.
-        order = sorted(range(len(samples)), key=lambda i: samples[i].prompt_index)
+        # Groups are contiguous (GRPO normalises within each): order samples by prompt, then by their
+        # place in the group (not by when they finished: the update does not depend on timing).
+        order = sorted(range(len(samples)), key=lambda i: (samples[i].prompt_index, samples[i].sample_index))
         samples, rewards = [samples[i] for i in order], [by_key[i] for i in order]
         batch = Rollout.of(samples, self.tokenizer.pad_token_id)
         values = torch.tensor([r.value for r in rewards], dtype=torch.float32)
@@ -92,10 +103,15 @@ class GRPOLoop:
         timings["score_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        batch = batch.to(next(self.model.parameters()).device)
+        advantages = advantages.to(batch.input_ids.device)
+        # In mini-batches: a whole rollout batch's logits (samples x tokens x vocabulary) need not fit.
+        chunks = [slice(start, start + cfg.mini_batch_size) for start in range(0, len(values), cfg.mini_batch_size)]
         with torch.no_grad():
-            old_logprobs, _ = token_logprobs(self.model, batch.input_ids, batch.attention_mask)
-            ref_logprobs = (token_logprobs(self.reference, batch.input_ids, batch.attention_mask)[0]
-                            if self.reference is not None else None)
+            old_logprobs = torch.cat([token_logprobs(self.model, batch.input_ids[c], batch.attention_mask[c])[0]
+                                      for c in chunks])
+            ref_logprobs = (torch.cat([token_logprobs(self.reference, batch.input_ids[c], batch.attention_mask[c])[0]
+                                       for c in chunks]) if self.reference is not None else None)
         self.model.train()
         stats = []
         order = list(range(len(values)))
@@ -114,7 +130,7 @@ class GRPOLoop:
         timings["update_s"] = time.perf_counter() - t
         timings["sync_s"] = self.rollouts.sync_weights(self.model)
         self.step_index += 1
-        lengths = batch.response_mask.sum(dim=1).float()
+        lengths = batch.response_mask.sum(dim=1).float().cpu()
         return {
             "step": self.step_index, "reward_mean": float(values.mean()), "reward_std": float(values.std()),
             "pass_rate": sum(r.passed for r in rewards) / len(rewards), "response_length": float(lengths.mean()),
