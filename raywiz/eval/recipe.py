@@ -24,16 +24,20 @@ from raywiz.runtime import init_ray
 
 
 def resolve_checkpoints(job, specs: list[str]) -> list[str]:
+    """The model directories to evaluate. No spec or 'latest': the run's most trained complete checkpoint
+    (rl's final when rl ran, else train's); 'all': train's then rl's; a path: that model (a checkpoint
+    directory means its hf/ export). Without any checkpoint in the run, the job's base model."""
     layout = job.layout
+    # train's by step, then rl's (rl continues from train's model): the last is the most trained
+    found = [c.model_dir for c in layout.all_checkpoints(complete=True)]
     if not specs:
-        found = [c.model_dir for c in layout.checkpoints(complete=True)]
         return found[-1:] if found else [job.model.name_or_path]
     out: list[str] = []
     for spec in specs:
         if spec in ("latest", "all"):
-            found = [c.model_dir for c in layout.checkpoints(complete=True)]
             if not found:
-                raise FileNotFoundError(f"eval.checkpoints: '{spec}' but {layout.train} has no complete checkpoint")
+                raise FileNotFoundError(f"eval.checkpoints: '{spec}' but neither {layout.train} nor {layout.rl} "
+                                        "has a complete checkpoint")
             out += found[-1:] if spec == "latest" else found
         else:
             hf = CheckpointDir(spec).hf
