@@ -107,7 +107,7 @@ class ModelService:
         this job's run again. Loads in the background unless nothing is served yet (or `wait`)."""
         background = self.pool.current is not None and not wait
         if spec is None:
-            self.pinned = None
+            self.run_dir, self.pinned = self.settings.run_dir, None
             self._run(self.follow_once, background)
             return
         target: ServeTarget = resolve_target(spec, self.run_dir or "", self.settings.storage)
@@ -132,7 +132,10 @@ class ModelService:
         if self.run_dir is None or self.pinned is not None:
             return None
         current = self.pool.current
-        served = training_order(current.ref.stage, current.step) if current is not None else (-1, -1)
+        # The served model is replaced by anything more trained of this run; a model of another run (one
+        # followed before) or none at all by this run's most trained checkpoint.
+        of_this_run = current is not None and (current.ref.run_dir or "").rstrip("/") == self.run_dir.rstrip("/")
+        served = training_order(current.ref.stage, current.step) if of_this_run else (-1, -1)
         for ref in reversed(list_run_checkpoints(self.run_dir)):
             if training_order(ref.stage, ref.step) <= served:
                 return None
