@@ -71,6 +71,12 @@ def test_eval_run_scores_on_the_cluster_with_the_same_verdicts_and_resumes(tmp_p
             "output_dir": str(tmp_path / name), "sandbox": sandbox,
             "generation": {"backend": "openai", "base_url": scripted_server, "model": "wizard"}}})
 
+    from raywiz.eval.recipe import scores_on_cluster
+
+    for sandbox, expected in (({}, False), ({"workers_per_node": 1}, True), ({"cluster": True}, True),
+                              ({"cluster": False, "workers_per_node": 1}, False)):
+        asked = job("decide", **sandbox)  # Ray is up (one node): only asking moves scoring onto it
+        assert scores_on_cluster(asked, asked.require("eval")) is expected, sandbox
     model = tmp_path / "wizard"
     model.mkdir()
     [local] = run_eval(job("local"))  # one machine, nothing asked: this process scores
