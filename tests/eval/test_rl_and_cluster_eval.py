@@ -60,9 +60,8 @@ def _results(out_dir: str, benchmark: str) -> list[tuple]:
         return [(r["task_id"], r["passed"], r["result"]) for r in map(json.loads, f)]
 
 
-@pytest.mark.slow
 def test_eval_run_scores_on_the_cluster_with_the_same_verdicts_and_resumes(tmp_path, ray_local, scripted_server,
-                                                                           have_shared_data, caplog):
+                                                                           have_shared_data, capsys):
     from raywiz.eval.recipe import run_eval
 
     def job(name: str, **sandbox):
@@ -73,16 +72,16 @@ def test_eval_run_scores_on_the_cluster_with_the_same_verdicts_and_resumes(tmp_p
 
     from raywiz.eval.recipe import scores_on_cluster
 
+    model = tmp_path / "wizard"  # a plain model directory (the server answers for it)
+    model.mkdir()
     for sandbox, expected in (({}, False), ({"workers_per_node": 1}, True), ({"cluster": True}, True),
                               ({"cluster": False, "workers_per_node": 1}, False)):
         asked = job("decide", **sandbox)  # Ray is up (one node): only asking moves scoring onto it
         assert scores_on_cluster(asked, asked.require("eval")) is expected, sandbox
-    model = tmp_path / "wizard"
-    model.mkdir()
     [local] = run_eval(job("local"))  # one machine, nothing asked: this process scores
-    with caplog.at_level("INFO", logger="raywiz"):
-        [cluster] = run_eval(job("cluster", cluster=True, workers=2))
-    assert "by 2 sandbox workers" in caplog.text  # the cluster scorer's workers did score
+    capsys.readouterr()
+    [cluster] = run_eval(job("cluster", cluster=True, workers=2))
+    assert "by 2 sandbox workers" in capsys.readouterr().err  # the cluster scorer's workers did score
     for benchmark in ("humaneval", "mbpp"):
         assert _results(cluster["out_dir"], benchmark) == _results(local["out_dir"], benchmark)
     assert cluster["pass@1"] == local["pass@1"] == {"humaneval": 1.0, "mbpp": pytest.approx(2 / 3)}
