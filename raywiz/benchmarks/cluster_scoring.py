@@ -52,13 +52,13 @@ class ScoringWorker:
 
     def __init__(self, settings: ScoreSettings):
         from raywiz.benchmarks.sandbox import require_working_sandbox
-        from raywiz.benchmarks.score import _EvalplusPayloads
+        from raywiz.benchmarks.score import EvalplusPayloads
 
         require_working_sandbox(settings.sandbox)  # fail at start, naming the node, not on every sample
         self.settings = settings
         self.tasks: dict[str, dict[str, Task]] = {}
         # Decoded evalplus expected outputs of the last few tasks (the single-process scorer keeps them too).
-        self.payloads = _EvalplusPayloads(settings, keep=4)
+        self.payloads = EvalplusPayloads(settings, keep=4)
 
     def load(self, benchmark: str, tasks: list[Task]) -> None:
         """The tasks of a benchmark, sent once per worker (not with every sample)."""
@@ -71,7 +71,7 @@ class ScoringWorker:
         """One sample of a task sent along with it (the streaming API: tasks not loaded beforehand)."""
         try:
             verdict = check_completion(benchmark, task, completion, solution=solution,
-                                       settings=self.settings, _payloads=self.payloads)
+                                       settings=self.settings, payloads=self.payloads)
         except Exception as e:  # noqa: BLE001 - one sample's trouble is its own verdict (as in score_samples)
             log.exception("scoring %s failed in the evaluator", task.task_id)
             verdict = Verdict(task.task_id, False, f"failed: evaluator error: {type(e).__name__}: {e}"[:500])
