@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), os.environ.get
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# DeepSpeed JIT-builds its CPU shm-allreduce op (~40-70 s on 2 cores) into torch's one extensions folder,
+# and rebuilds it whenever the build command changes: it names the venv's path, so checkouts sharing a
+# home (worktrees, several CI jobs) rebuilt it in turn, once per training job. One folder per venv path
+# keeps one build per checkout, reused by every job and Ray worker (they inherit the environment).
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(
+    Path.home() / ".cache" / "torch_extensions" / f"venv-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]}"))
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

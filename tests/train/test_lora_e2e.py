@@ -10,21 +10,24 @@ base's original (unquantized) weights."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
-import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
 from raywiz.artifacts import Kind, RunLayout, check_manifest
-from tests.train.test_train_e2e import _finish, _last_registered_step, _read_trace, _start, _wait_for_step
+from tests.train.test_train_e2e import (_finish, _kill_job_and_rerun, _kill_worker, _read_trace, _start,
+                                        running_jobs)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 STEPS, CKPT_EVERY = 24, 6
+QLORA_STEPS = 3 * CKPT_EVERY
 # One short response, twice (one row per worker and step): what the adapter must learn to say.
 INSTRUCTION, RESPONSE = "Write a Python function that reverses a string.", "def reverse(s):\n    return s[::-1]"
 
@@ -57,9 +60,28 @@ train:
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
+    """The module's three jobs, side by side (each its own local cluster; on 2 cores much of a job is
+    start-up waits, so together they take far less than one after another): the reference LoRA run, the
+    same job SIGKILLed after its first checkpoint and run again, and a QLoRA job one of whose workers is
+    SIGKILLed. Each fault fires in its own thread when its job gets there."""
     tmp = tmp_path_factory.mktemp("lora")
-    out = _finish(_start(_lora_job(tmp, "lora"), tmp / "lora.log"), tmp / "lora.log")
-    return {"tmp": tmp, "stdout": out, "layout": RunLayout(str(tmp / "runs" / "lora"))}
+    jobs = {"lora": _lora_job(tmp, "lora"), "killed": _lora_job(tmp, "killed")}
+    if importlib.util.find_spec("bitsandbytes") is not None:  # else the QLoRA test skips
+        jobs["qlora"] = _lora_job(tmp, "qlora", method="qlora", steps=QLORA_STEPS, pid_files=True,
+                                  extra="  max_failures: 1\n")
+    layouts = {name: RunLayout(str(tmp / "runs" / name)) for name in jobs}
+    logs = {name: tmp / f"{name}.log" for name in jobs}
+    procs = {name: _start(job, logs[name]) for name, job in jobs.items()}
+    with running_jobs(procs), ThreadPoolExecutor() as pool:
+        logs["killed"] = tmp / "killed2.log"
+        killed = pool.submit(_kill_job_and_rerun, procs, "killed", jobs["killed"], Path(layouts["killed"].train),
+                             CKPT_EVERY, logs["killed"])
+        if "qlora" in jobs:
+            pool.submit(_kill_worker, procs["qlora"], Path(layouts["qlora"].train), CKPT_EVERY).result()
+        killed_at = killed.result()
+        stdout = {name: _finish(proc, logs[name]) for name, proc in procs.items()}
+    return {"tmp": tmp, "stdout": stdout["lora"], "killed_at": killed_at, "layout": layouts["lora"], "layouts": layouts,
+            "text": {name: stdout[name] + logs[name].read_text() for name in jobs}}
 
 
 def _adapter(layout: RunLayout) -> dict[str, torch.Tensor]:
@@ -110,16 +132,8 @@ def _prompt_and_response(model_dir: str) -> tuple[list[int], list[int]]:
 
 
 def test_a_killed_lora_run_resumes_to_the_same_adapter(lora_run):
-    tmp = lora_run["tmp"]
-    job = _lora_job(tmp, "killed")
-    layout = RunLayout(str(tmp / "runs" / "killed"))
-    proc = _start(job, tmp / "killed1.log")
-    _wait_for_step(Path(layout.train), CKPT_EVERY + 1, proc, registered=CKPT_EVERY)  # well before the end
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole job: driver, local cluster, workers
-    proc.wait()
-    last = _last_registered_step(Path(layout.train))  # CKPT_EVERY, or a later one on a slow machine
+    layout, last, text = lora_run["layouts"]["killed"], lora_run["killed_at"], lora_run["text"]["killed"]
     assert CKPT_EVERY <= last < STEPS
-    text = _finish(_start(job, tmp / "killed2.log"), tmp / "killed2.log") + (tmp / "killed2.log").read_text()
     # Never older than what the controller had registered when the job died; newer happens on a loaded
     # machine (a checkpoint being registered at the kill still lands).
     resumed = re.search(r"resumed from step (\d+) ", text)
@@ -132,18 +146,12 @@ def test_a_killed_lora_run_resumes_to_the_same_adapter(lora_run):
 
 
 def test_qlora_trains_on_a_4bit_base_survives_a_killed_worker_and_merges_into_the_original(lora_run):
-    pytest.importorskip("bitsandbytes")
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    tmp, steps = lora_run["tmp"], 3 * CKPT_EVERY
-    job = _lora_job(tmp, "qlora", method="qlora", steps=steps, pid_files=True, extra="  max_failures: 1\n")
-    layout, log = RunLayout(str(tmp / "runs" / "qlora")), tmp / "qlora.log"
-    proc = _start(job, log)
-    _wait_for_step(Path(layout.train), CKPT_EVERY + 1, proc, registered=CKPT_EVERY)
-    pid = json.loads((Path(layout.train) / "workers" / "rank_1.json").read_text())["pid"]
-    os.kill(pid, signal.SIGKILL)  # one worker: Ray Train restarts the group from the last checkpoint
-    text = _finish(proc, log) + log.read_text()
+    if "qlora" not in lora_run["text"]:
+        pytest.skip("bitsandbytes is not installed")
+    tmp, steps, layout, text = lora_run["tmp"], QLORA_STEPS, lora_run["layouts"]["qlora"], lora_run["text"]["qlora"]
     resumed = [int(n) for n in re.findall(r"resumed from step (\d+) ", text)]
     assert resumed and resumed[0] in (CKPT_EVERY, 2 * CKPT_EVERY), text[-3000:]
     assert sorted(_read_trace(Path(layout.train))) == list(range(steps))
