@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -143,18 +144,15 @@ class LocalRayCluster:
     # ---------------------------------------------------------------- stop
 
     def stop(self) -> None:
-        # Each `ray start --block` shuts its own node down on SIGTERM; a throwaway test cluster need
-        # not wait long for a graceful exit before the rest is killed.
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        deadline = time.time() + 10
+        # A throwaway test cluster need not shut down gracefully: `ray start --block` stops its node's
+        # processes one by one on SIGTERM and took over 10 s, so each node's whole process group gets
+        # SIGKILL at once; processes that left the group are found by _kill_leftovers.
         for p in self.procs:
             try:
-                p.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
         self._kill_leftovers()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
