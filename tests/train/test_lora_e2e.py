@@ -22,7 +22,7 @@ import torch
 
 from raywiz.artifacts import Kind, RunLayout, check_manifest
 from tests.train.test_train_e2e import (_finish, _kill_job_and_rerun, _kill_worker, _read_trace, _start,
-                                        running_jobs)
+                                        await_side_job, running_jobs)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -72,16 +72,26 @@ def lora_run(tmp_path_factory):
     layouts = {name: RunLayout(str(tmp / "runs" / name)) for name in jobs}
     logs = {name: tmp / f"{name}.log" for name in jobs}
     procs = {name: _start(job, logs[name]) for name, job in jobs.items()}
-    with running_jobs(procs), ThreadPoolExecutor() as pool:
+    with ThreadPoolExecutor() as pool, running_jobs(procs):  # on a failure: the jobs die, then the threads end
         logs["killed"] = tmp / "killed2.log"
-        killed = pool.submit(_kill_job_and_rerun, procs, "killed", jobs["killed"], Path(layouts["killed"].train),
-                             CKPT_EVERY, logs["killed"])
+        side = {"killed": pool.submit(_killed_and_rerun, procs, jobs["killed"], Path(layouts["killed"].train),
+                                      logs["killed"])}
         if "qlora" in jobs:
-            pool.submit(_kill_worker, procs["qlora"], Path(layouts["qlora"].train), CKPT_EVERY).result()
-        killed_at = killed.result()
-        stdout = {name: _finish(proc, logs[name]) for name, proc in procs.items()}
-    return {"tmp": tmp, "stdout": stdout["lora"], "killed_at": killed_at, "layout": layouts["lora"], "layouts": layouts,
-            "text": {name: stdout[name] + logs[name].read_text() for name in jobs}}
+            side["qlora"] = pool.submit(_worker_killed, procs["qlora"], Path(layouts["qlora"].train), logs["qlora"])
+        stdout = _finish(procs["lora"], logs["lora"])
+        for future in side.values():
+            await_side_job(future)
+    return {"tmp": tmp, "stdout": stdout, "layout": layouts["lora"], "layouts": layouts, "side": side}
+
+
+def _killed_and_rerun(procs: dict, job: Path, train_dir: Path, log: Path) -> dict:
+    killed_at = _kill_job_and_rerun(procs, "killed", job, train_dir, CKPT_EVERY, log)
+    return {"killed_at": killed_at, "text": _finish(procs["killed"], log) + log.read_text()}
+
+
+def _worker_killed(proc, train_dir: Path, log: Path) -> dict:
+    _kill_worker(proc, train_dir, CKPT_EVERY)
+    return {"text": _finish(proc, log) + log.read_text()}
 
 
 def _adapter(layout: RunLayout) -> dict[str, torch.Tensor]:
@@ -132,7 +142,8 @@ def _prompt_and_response(model_dir: str) -> tuple[list[int], list[int]]:
 
 
 def test_a_killed_lora_run_resumes_to_the_same_adapter(lora_run):
-    layout, last, text = lora_run["layouts"]["killed"], lora_run["killed_at"], lora_run["text"]["killed"]
+    killed = lora_run["side"]["killed"].result()  # the job's own failure, if it failed, fails here
+    layout, last, text = lora_run["layouts"]["killed"], killed["killed_at"], killed["text"]
     assert CKPT_EVERY <= last < STEPS
     # Never older than what the controller had registered when the job died; newer happens on a loaded
     # machine (a checkpoint being registered at the kill still lands).
@@ -149,9 +160,10 @@ def test_qlora_trains_on_a_4bit_base_survives_a_killed_worker_and_merges_into_th
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    if "qlora" not in lora_run["text"]:
+    if "qlora" not in lora_run["side"]:
         pytest.skip("bitsandbytes is not installed")
-    tmp, steps, layout, text = lora_run["tmp"], QLORA_STEPS, lora_run["layouts"]["qlora"], lora_run["text"]["qlora"]
+    text = lora_run["side"]["qlora"].result()["text"]  # the job's own failure, if it failed, fails here
+    tmp, steps, layout = lora_run["tmp"], QLORA_STEPS, lora_run["layouts"]["qlora"]
     resumed = [int(n) for n in re.findall(r"resumed from step (\d+) ", text)]
     assert resumed and resumed[0] in (CKPT_EVERY, 2 * CKPT_EVERY), text[-3000:]
     assert sorted(_read_trace(Path(layout.train))) == list(range(steps))

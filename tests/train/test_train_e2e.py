@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -104,15 +105,20 @@ def _last_registered_step(train_dir: Path) -> int:
 
 @contextmanager
 def running_jobs(procs: dict[str, subprocess.Popen]):
-    """Jobs started side by side (each in its own session): if anything fails before they end, SIGKILL
-    what is left of each (driver, local cluster, workers) so no job outlives the test."""
+    """Jobs started side by side (each in its own session): whatever happens, none outlives the block;
+    SIGKILL what is left of each (driver, local cluster, workers)."""
     try:
         yield procs
-    except BaseException:
+    finally:
         for proc in procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-        raise
+                proc.wait()
+
+
+def await_side_job(future: Future) -> None:
+    """Wait for a side job's thread; its result or failure is its own test's, so none is raised here."""
+    future.exception()
 
 
 def _kill_job_and_rerun(procs: dict[str, subprocess.Popen], name: str, job: Path, train_dir: Path, ckpt_every: int,
@@ -163,11 +169,16 @@ def reference(tmp_path_factory):
     killed_job = _write_job(tmp, "killed", max_failures=2)
     killed_dir = tmp / "runs" / "killed" / "train"
     procs = {"ref": _start(job, tmp / "ref.log"), "killed": _start(killed_job, tmp / "killed.log")}
-    with running_jobs(procs):
-        killed_pid = _kill_worker(procs["killed"], killed_dir, CKPT_EVERY, step_after=3)  # and work after it
-        out = {name: _finish(proc, tmp / f"{name}.log") for name, proc in procs.items()}
-    return {"tmp": tmp, "stdout": out["ref"], "train_dir": tmp / "runs" / "ref" / "train",
-            "killed": {"train_dir": killed_dir, "pid": killed_pid, "text": out["killed"] + (tmp / "killed.log").read_text()}}
+    with ThreadPoolExecutor() as pool, running_jobs(procs):  # on a failure: the jobs die, then the threads end
+        killed = pool.submit(_killed_worker_run, procs["killed"], killed_dir, tmp / "killed.log")
+        out = _finish(procs["ref"], tmp / "ref.log")
+        await_side_job(killed)
+    return {"tmp": tmp, "stdout": out, "train_dir": tmp / "runs" / "ref" / "train", "killed": killed}
+
+
+def _killed_worker_run(proc: subprocess.Popen, train_dir: Path, log: Path) -> dict:
+    pid = _kill_worker(proc, train_dir, CKPT_EVERY, step_after=3)  # a checkpoint, and work after it
+    return {"train_dir": train_dir, "pid": pid, "text": _finish(proc, log) + log.read_text()}
 
 
 def test_last_stdout_line_is_a_loadable_export_that_generates(reference):
@@ -246,7 +257,7 @@ def _assert_matches_reference(train_dir: Path, reference) -> None:
 
 
 def test_sigkilled_worker_resumes_from_checkpoint_and_matches(reference):
-    killed = reference["killed"]
+    killed = reference["killed"].result()  # the job's own failure, if it failed, fails here
     assert f"resumed from step {CKPT_EVERY}" in killed["text"], "the run did not restart from its last checkpoint"
     assert json.loads((killed["train_dir"] / "workers" / "rank_1.json").read_text())["pid"] != killed["pid"]
     _assert_matches_reference(killed["train_dir"], reference)
