@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from raywiz.artifacts import Kind, RunLayout, check_manifest
-from tests.train.test_train_e2e import _finish, _start
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -33,11 +32,8 @@ def _write_sources(tmp: Path) -> tuple[Path, Path]:
     return chats, alpaca
 
 
-def test_lora_with_chatml_on_a_tokenizer_without_it(tmp_path):
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
+def write_job(tmp_path: Path) -> Path:
+    """The job (and its base model and sources) under tmp_path; it writes its run to tmp_path/runs."""
     from raywiz.modeling import build_model
 
     base = tmp_path / "base"
@@ -60,8 +56,18 @@ train:
   checkpoint: {{every_n_steps: {STEPS // 2}, num_to_keep: 2}}
   peft: {{method: lora, r: 4, alpha: 16, dropout: 0.0}}
 """)
-    _finish(_start(job, tmp_path / "chatml.log"), tmp_path / "chatml.log")
-    layout = RunLayout(str(tmp_path / "runs" / "chatml"))
+    return job
+
+
+def test_lora_with_chatml_on_a_tokenizer_without_it(one_worker_runs):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from raywiz.modeling import build_model
+
+    home = one_worker_runs["chatml"]  # the job ran (tests/train/conftest.py), beside test_fim_train's
+    layout = RunLayout(str(home / "runs" / "chatml"))
     report = json.loads(Path(layout.data_report).read_text())
     assert report["n_bad"] == 0 and report["n_samples"] == 8  # every multi-turn row trains
     losses = [json.loads(line)["loss"] for line in open(layout.metrics)]
@@ -100,7 +106,7 @@ train:
     openai = pytest.importorskip("openai")
     from tests.serve.test_fim_serve import serve_run
 
-    with serve_run(tmp_path / "runs" / "chatml") as url:
+    with serve_run(home / "runs" / "chatml") as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         r = client.chat.completions.create(model="latest", messages=messages, max_tokens=2, temperature=0)
     assert r.usage.prompt_tokens == len(tok(CHATML, add_special_tokens=False)["input_ids"])

@@ -12,15 +12,13 @@ import pytest
 
 from raywiz.artifacts import RunLayout
 from tests.data.fim_tokenizer import STARCODER, save_fim_tokenizer
-from tests.train.test_train_e2e import _finish, _start
 
 pytestmark = pytest.mark.slow
 STEPS = 6
 
 
-def test_train_on_fim_code_records_the_tokens(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def write_job(tmp_path: Path) -> Path:
+    """The job (and its code files and FIM tokenizer) under tmp_path; it writes its run to tmp_path/runs."""
     tok_dir = save_fim_tokenizer(tmp_path / "tokenizer")
     code = tmp_path / "code"
     code.mkdir()
@@ -41,8 +39,14 @@ train:
   scaling: {{num_workers: 1}}
   checkpoint: {{every_n_steps: {STEPS}, num_to_keep: 1}}
 """)
-    _finish(_start(job, tmp_path / "fim.log"), tmp_path / "fim.log")
-    layout = RunLayout(str(tmp_path / "runs" / "fim"))
+    return job
+
+
+def test_train_on_fim_code_records_the_tokens(one_worker_runs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    home = one_worker_runs["fim"]  # the job ran (tests/train/conftest.py), beside test_chat_template_lora's
+    layout = RunLayout(str(home / "runs" / "fim"))
     losses = [json.loads(line)["loss"] for line in open(layout.metrics)]
     assert len(losses) == STEPS and losses[-1] < losses[0], losses
     hf = layout.latest_checkpoint().hf
@@ -56,5 +60,5 @@ train:
     openai = pytest.importorskip("openai")
     from tests.serve.test_fim_serve import check_fim_prompt_is_echoed, serve_run
 
-    with serve_run(tmp_path / "runs" / "fim") as url:
+    with serve_run(home / "runs" / "fim") as url:
         check_fim_prompt_is_echoed(openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0))

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,8 @@ import pytest
 import torch
 
 from raywiz.artifacts import RunLayout, check_manifest
-from tests.train.test_train_e2e import _finish, _four_samples, _last_registered_step, _read_trace, _start, _wait_for_step, _weights
+from tests.train.test_train_e2e import (_finish, _four_samples, _kill_job_and_rerun, _read_trace, _start, _weights,
+                                        running_jobs)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -63,14 +63,11 @@ def runs(tmp_path_factory):
     procs = {name: _start(_job(tmp, name, engine, steps), tmp / f"{name}.log")
              for name, engine, steps in (("fsdp2", "fsdp2", None), ("deepspeed", "deepspeed", DS_STEPS),
                                          ("killed", "fsdp2", None))}
-    killed_dir = tmp / "runs" / "killed" / "train"
-    _wait_for_step(killed_dir, CKPT_EVERY + 1, procs["killed"], registered=CKPT_EVERY)
-    os.killpg(procs["killed"].pid, signal.SIGKILL)  # the whole job: driver, local cluster, workers
-    procs["killed"].wait()
-    last = _last_registered_step(killed_dir)  # CKPT_EVERY, or a later one on a slow machine
-    procs["killed"] = _start(tmp / "killed.yaml", tmp / "killed2.log")
-    out = {name: _finish(proc, tmp / f"{name}.log" if name != "killed" else tmp / "killed2.log")
-           for name, proc in procs.items()}
+    with running_jobs(procs):
+        last = _kill_job_and_rerun(procs, "killed", tmp / "killed.yaml", tmp / "runs" / "killed" / "train", CKPT_EVERY,
+                                   tmp / "killed2.log")
+        out = {name: _finish(proc, tmp / f"{name}.log" if name != "killed" else tmp / "killed2.log")
+               for name, proc in procs.items()}
     return {"tmp": tmp, "stdout": out, "killed_at": last, "fsdp2": RunLayout(str(tmp / "runs" / "fsdp2")),
             "deepspeed": RunLayout(str(tmp / "runs" / "deepspeed")), "killed": RunLayout(str(tmp / "runs" / "killed"))}
 

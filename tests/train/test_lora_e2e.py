@@ -10,21 +10,24 @@ base's original (unquantized) weights."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
-import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
 from raywiz.artifacts import Kind, RunLayout, check_manifest
-from tests.train.test_train_e2e import _finish, _last_registered_step, _read_trace, _start, _wait_for_step
+from tests.train.test_train_e2e import (_finish, _kill_job_and_rerun, _kill_worker, _read_trace, _start,
+                                        await_side_job, running_jobs)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 STEPS, CKPT_EVERY = 24, 6
+QLORA_STEPS = 3 * CKPT_EVERY
 # One short response, twice (one row per worker and step): what the adapter must learn to say.
 INSTRUCTION, RESPONSE = "Write a Python function that reverses a string.", "def reverse(s):\n    return s[::-1]"
 
@@ -57,9 +60,38 @@ train:
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
+    """The module's three jobs, side by side (each its own local cluster; on 2 cores much of a job is
+    start-up waits, so together they take far less than one after another): the reference LoRA run, the
+    same job SIGKILLed after its first checkpoint and run again, and a QLoRA job one of whose workers is
+    SIGKILLed. Each fault fires in its own thread when its job gets there."""
     tmp = tmp_path_factory.mktemp("lora")
-    out = _finish(_start(_lora_job(tmp, "lora"), tmp / "lora.log"), tmp / "lora.log")
-    return {"tmp": tmp, "stdout": out, "layout": RunLayout(str(tmp / "runs" / "lora"))}
+    jobs = {"lora": _lora_job(tmp, "lora"), "killed": _lora_job(tmp, "killed")}
+    if importlib.util.find_spec("bitsandbytes") is not None:  # else the QLoRA test skips
+        jobs["qlora"] = _lora_job(tmp, "qlora", method="qlora", steps=QLORA_STEPS, pid_files=True,
+                                  extra="  max_failures: 1\n")
+    layouts = {name: RunLayout(str(tmp / "runs" / name)) for name in jobs}
+    logs = {name: tmp / f"{name}.log" for name in jobs}
+    procs = {name: _start(job, logs[name]) for name, job in jobs.items()}
+    with ThreadPoolExecutor() as pool, running_jobs(procs):  # on a failure: the jobs die, then the threads end
+        logs["killed"] = tmp / "killed2.log"
+        side = {"killed": pool.submit(_killed_and_rerun, procs, jobs["killed"], Path(layouts["killed"].train),
+                                      logs["killed"])}
+        if "qlora" in jobs:
+            side["qlora"] = pool.submit(_worker_killed, procs["qlora"], Path(layouts["qlora"].train), logs["qlora"])
+        stdout = _finish(procs["lora"], logs["lora"])
+        for future in side.values():
+            await_side_job(future)
+    return {"tmp": tmp, "stdout": stdout, "layout": layouts["lora"], "layouts": layouts, "side": side}
+
+
+def _killed_and_rerun(procs: dict, job: Path, train_dir: Path, log: Path) -> dict:
+    killed_at = _kill_job_and_rerun(procs, "killed", job, train_dir, CKPT_EVERY, log)
+    return {"killed_at": killed_at, "text": _finish(procs["killed"], log) + log.read_text()}
+
+
+def _worker_killed(proc, train_dir: Path, log: Path) -> dict:
+    _kill_worker(proc, train_dir, CKPT_EVERY)
+    return {"text": _finish(proc, log) + log.read_text()}
 
 
 def _adapter(layout: RunLayout) -> dict[str, torch.Tensor]:
@@ -110,16 +142,9 @@ def _prompt_and_response(model_dir: str) -> tuple[list[int], list[int]]:
 
 
 def test_a_killed_lora_run_resumes_to_the_same_adapter(lora_run):
-    tmp = lora_run["tmp"]
-    job = _lora_job(tmp, "killed")
-    layout = RunLayout(str(tmp / "runs" / "killed"))
-    proc = _start(job, tmp / "killed1.log")
-    _wait_for_step(Path(layout.train), CKPT_EVERY + 1, proc, registered=CKPT_EVERY)  # well before the end
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole job: driver, local cluster, workers
-    proc.wait()
-    last = _last_registered_step(Path(layout.train))  # CKPT_EVERY, or a later one on a slow machine
+    killed = lora_run["side"]["killed"].result()  # the job's own failure, if it failed, fails here
+    layout, last, text = lora_run["layouts"]["killed"], killed["killed_at"], killed["text"]
     assert CKPT_EVERY <= last < STEPS
-    text = _finish(_start(job, tmp / "killed2.log"), tmp / "killed2.log") + (tmp / "killed2.log").read_text()
     # Never older than what the controller had registered when the job died; newer happens on a loaded
     # machine (a checkpoint being registered at the kill still lands).
     resumed = re.search(r"resumed from step (\d+) ", text)
@@ -132,18 +157,13 @@ def test_a_killed_lora_run_resumes_to_the_same_adapter(lora_run):
 
 
 def test_qlora_trains_on_a_4bit_base_survives_a_killed_worker_and_merges_into_the_original(lora_run):
-    pytest.importorskip("bitsandbytes")
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    tmp, steps = lora_run["tmp"], 3 * CKPT_EVERY
-    job = _lora_job(tmp, "qlora", method="qlora", steps=steps, pid_files=True, extra="  max_failures: 1\n")
-    layout, log = RunLayout(str(tmp / "runs" / "qlora")), tmp / "qlora.log"
-    proc = _start(job, log)
-    _wait_for_step(Path(layout.train), CKPT_EVERY + 1, proc, registered=CKPT_EVERY)
-    pid = json.loads((Path(layout.train) / "workers" / "rank_1.json").read_text())["pid"]
-    os.kill(pid, signal.SIGKILL)  # one worker: Ray Train restarts the group from the last checkpoint
-    text = _finish(proc, log) + log.read_text()
+    if "qlora" not in lora_run["side"]:
+        pytest.skip("bitsandbytes is not installed")
+    text = lora_run["side"]["qlora"].result()["text"]  # the job's own failure, if it failed, fails here
+    tmp, steps, layout = lora_run["tmp"], QLORA_STEPS, lora_run["layouts"]["qlora"]
     resumed = [int(n) for n in re.findall(r"resumed from step (\d+) ", text)]
     assert resumed and resumed[0] in (CKPT_EVERY, 2 * CKPT_EVERY), text[-3000:]
     assert sorted(_read_trace(Path(layout.train))) == list(range(steps))

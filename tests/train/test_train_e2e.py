@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,44 @@ def _last_registered_step(train_dir: Path) -> int:
     return max(int(step) for step in re.findall(r"checkpoint_(\d{8})", text))
 
 
+@contextmanager
+def running_jobs(procs: dict[str, subprocess.Popen]):
+    """Jobs started side by side (each in its own session): whatever happens, none outlives the block;
+    SIGKILL what is left of each (driver, local cluster, workers)."""
+    try:
+        yield procs
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def await_side_job(future: Future) -> None:
+    """Wait for a side job's thread; its result or failure is its own test's, so none is raised here."""
+    future.exception()
+
+
+def _kill_job_and_rerun(procs: dict[str, subprocess.Popen], name: str, job: Path, train_dir: Path, ckpt_every: int,
+                        log: Path) -> int:
+    """SIGKILL job `name` whole (driver, local cluster, workers) once it trained past its first checkpoint,
+    then start it again in its place in `procs`. Returns the newest checkpoint registered at the kill."""
+    _wait_for_step(train_dir, ckpt_every + 1, procs[name], registered=ckpt_every)  # well before the end
+    os.killpg(procs[name].pid, signal.SIGKILL)
+    procs[name].wait()
+    procs[name] = _start(job, log)
+    return _last_registered_step(train_dir)  # ckpt_every, or a later one on a slow machine
+
+
+def _kill_worker(proc: subprocess.Popen, train_dir: Path, ckpt_every: int, step_after: int = 1) -> int:
+    """SIGKILL worker rank 1 once its job trained `step_after` steps past its first checkpoint: Ray Train
+    restarts the group from the last checkpoint. Returns the killed pid."""
+    _wait_for_step(train_dir, ckpt_every + step_after, proc, registered=ckpt_every)
+    pid = json.loads((train_dir / "workers" / "rank_1.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
 def _read_trace(train_dir: Path) -> dict[int, list[str]]:
     from tests.train.traces import read_trace
 
@@ -122,10 +162,23 @@ def _final_loss(train_dir: Path) -> float:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
+    """The reference run, and beside it (each its own local cluster: together far quicker than one after
+    the other on 2 cores) the same job whose worker rank 1 is SIGKILLed after its first checkpoint."""
     tmp = tmp_path_factory.mktemp("ref")
     job = _write_job(tmp, "ref", evaluate=True)  # also scores each checkpoint as it lands (train.evaluate)
-    out = _finish(_start(job, tmp / "ref.log"), tmp / "ref.log")
-    return {"tmp": tmp, "stdout": out, "train_dir": tmp / "runs" / "ref" / "train"}
+    killed_job = _write_job(tmp, "killed", max_failures=2)
+    killed_dir = tmp / "runs" / "killed" / "train"
+    procs = {"ref": _start(job, tmp / "ref.log"), "killed": _start(killed_job, tmp / "killed.log")}
+    with ThreadPoolExecutor() as pool, running_jobs(procs):  # on a failure: the jobs die, then the threads end
+        killed = pool.submit(_killed_worker_run, procs["killed"], killed_dir, tmp / "killed.log")
+        out = _finish(procs["ref"], tmp / "ref.log")
+        await_side_job(killed)
+    return {"tmp": tmp, "stdout": out, "train_dir": tmp / "runs" / "ref" / "train", "killed": killed}
+
+
+def _killed_worker_run(proc: subprocess.Popen, train_dir: Path, log: Path) -> dict:
+    pid = _kill_worker(proc, train_dir, CKPT_EVERY, step_after=3)  # a checkpoint, and work after it
+    return {"train_dir": train_dir, "pid": pid, "text": _finish(proc, log) + log.read_text()}
 
 
 def test_last_stdout_line_is_a_loadable_export_that_generates(reference):
@@ -204,18 +257,10 @@ def _assert_matches_reference(train_dir: Path, reference) -> None:
 
 
 def test_sigkilled_worker_resumes_from_checkpoint_and_matches(reference):
-    tmp = reference["tmp"]
-    job = _write_job(tmp, "killed", max_failures=2)
-    train_dir = tmp / "runs" / "killed" / "train"
-    log = tmp / "killed.log"
-    proc = _start(job, log)
-    _wait_for_step(train_dir, CKPT_EVERY + 3, proc, registered=CKPT_EVERY)  # a checkpoint, and work after it
-    pid = json.loads((train_dir / "workers" / "rank_1.json").read_text())["pid"]
-    os.kill(pid, signal.SIGKILL)
-    text = _finish(proc, log) + log.read_text()
-    assert f"resumed from step {CKPT_EVERY}" in text, "the run did not restart from its last checkpoint"
-    assert json.loads((train_dir / "workers" / "rank_1.json").read_text())["pid"] != pid
-    _assert_matches_reference(train_dir, reference)
+    killed = reference["killed"].result()  # the job's own failure, if it failed, fails here
+    assert f"resumed from step {CKPT_EVERY}" in killed["text"], "the run did not restart from its last checkpoint"
+    assert json.loads((killed["train_dir"] / "workers" / "rank_1.json").read_text())["pid"] != killed["pid"]
+    _assert_matches_reference(killed["train_dir"], reference)
 
 
 # A rerun of a SIGKILLed job (driver, cluster and workers) resuming from storage is tested with the
