@@ -39,6 +39,7 @@ def test_killed_run_resumes_without_resending_answered_requests(tmp_path, shared
         job = {"name": "killed", "storage": str(tmp_path / "runs"),
                "evolve": {"seeds": {"paths": [str(shared_data / "codealpaca/code_alpaca_2k.json")], "limit": 100},
                           "rounds": 2, "decontam": {"enabled": False}, "rows_per_shard": 40,
+                          "verify": {"enabled": False},  # tests/evolve/test_verify_kill.py kills a verifying run
                           "llm": {"base_url": server.base_url, "model": "fake", "concurrency": CONCURRENCY,
                                   "api_key_env": "RAYWIZ_KILL_TEST_KEY"}}}
         job_file = tmp_path / "job.yaml"
