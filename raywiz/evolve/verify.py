@@ -66,6 +66,18 @@ class Candidate:
         return self.tests_request.key in self.results and all(r.key in self.results for r in self.answer_requests)
 
 
+def candidate_of(cfg, sample: Sample) -> Candidate:
+    """An instruction's verify requests (an EvolveConfig `cfg`): its tests, and `answers` answers, each
+    with its own `seed` so that each is its own request (and cache entry)."""
+    vcfg = cfg.verify
+    tests = ChatRequest.of(cfg.llm.model, tests_prompt(sample.text, vcfg.tests_per_task),
+                           vcfg.tests_params.as_request_params())
+    params = vcfg.answer_params.as_request_params()
+    answers = [ChatRequest.of(cfg.llm.model, answer_prompt(sample.text), {**params, "seed": i},
+                              cfg.response_system_prompt) for i in range(vcfg.answers)]
+    return Candidate(sample, tests, answers)
+
+
 class Verifier:
     def __init__(self, cfg, verdict_dir: str):
         self.cfg, self.vcfg = cfg, cfg.verify
@@ -87,17 +99,8 @@ class Verifier:
 
     # ------------------------------------------------------------------ one round
 
-    def requests_for(self, sample: Sample) -> Candidate:
-        model = self.cfg.llm.model
-        tests = ChatRequest.of(model, tests_prompt(sample.text, self.vcfg.tests_per_task),
-                               self.vcfg.tests_params.as_request_params())
-        params = self.vcfg.answer_params.as_request_params()
-        answers = [ChatRequest.of(model, answer_prompt(sample.text), {**params, "seed": i},
-                                  self.cfg.response_system_prompt) for i in range(self.vcfg.answers)]
-        return Candidate(sample, tests, answers)
-
     def run(self, samples: list[Sample], engine, evol_round: int) -> tuple[list[Sample], list[Dropped]]:
-        candidates = [self.requests_for(s) for s in samples]
+        candidates = [candidate_of(self.cfg, s) for s in samples]
         by_key: dict[str, list[Candidate]] = defaultdict(list)
         for c in candidates:
             for r in (c.tests_request, *c.answer_requests):
