@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import time
 from collections import Counter
 
@@ -11,7 +10,7 @@ import yaml
 
 from raywiz.artifacts import check_manifest, verdict_cache_dir
 from tests.evolve.fake_llm_server import FakeLLMServer
-from tests.evolve.test_kill_resume import cached_keys, start_run
+from tests.evolve.test_kill_resume import cached_keys, finish, kill_when
 
 from .helpers import TOPICS, read_shards, write_jsonl
 
@@ -44,24 +43,15 @@ def test_killed_verify_resumes_without_losing_or_rerunning(tmp_path, ray_local):
         verdicts = verdict_cache_dir(cache_dir)
 
         # 1. SIGKILL the run (driver, LLM worker, sandbox workers) once some verdicts are saved.
-        with open(tmp_path / "run1.log", "wb") as log:
-            proc = start_run(job_file, log, ray_address)
-            deadline = time.monotonic() + 120
-            while sum(verdict_lines(verdicts).values()) < 6:
-                assert proc.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the run never got to verify"
-                time.sleep(0.02)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+        kill_when(job_file, tmp_path / "run1.log", ray_address, lambda: sum(verdict_lines(verdicts).values()) >= 6,
+                  "to verify")
         time.sleep(1.0)
         before = verdict_lines(verdicts)
         answered_before_kill = cached_keys(cache_dir)
         assert not check_manifest(str(run_dir / "evolve")).complete
 
         # 2. Restart: it finishes; what was answered or run before the kill is not sent or run again.
-        with open(tmp_path / "run2.log", "wb") as log:
-            proc = start_run(job_file, log, ray_address)
-            assert proc.wait(240) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+        finish(job_file, tmp_path / "run2.log", ray_address)
         assert server.wait_idle()
         stats = server.stats()
     assert [k for k in answered_before_kill if stats["requests_by_key"][k] > 1] == []
