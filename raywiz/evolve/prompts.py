@@ -54,8 +54,8 @@ TESTS_PROMPT = (
     "Write unit tests for a Python function that solves the programming task below.\n\n"
     "{rule}\n"
     "Write exactly {n} test cases, each one single-line `assert` statement that calls the function with literal "
-    "arguments and compares the result with a literal expected value, for example:\n"
-    "assert {default}([3, 1, 2]) == [1, 2, 3]\n"
+    "arguments and compares the result with a literal expected value, in this form:\n"
+    "assert function_name(<arguments>) == <expected value>\n"
     "Cover typical inputs and edge cases. Use no imports, variables, helper functions or comments.\n"
     "Answer with the assert statements only, in one ```python code block.\n\n"
     "### Task\n{instruction}"
@@ -73,7 +73,7 @@ ANSWER_PROMPT = (
 
 def tests_prompt(instruction: str, n: int) -> str:
     rule = FUNCTION_NAME_RULE.format(default=DEFAULT_ENTRY_POINT)
-    return TESTS_PROMPT.format(rule=rule, n=n, default=DEFAULT_ENTRY_POINT, instruction=instruction)
+    return TESTS_PROMPT.format(rule=rule, n=n, instruction=instruction)
 
 
 def answer_prompt(instruction: str) -> str:

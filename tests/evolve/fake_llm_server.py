@@ -101,8 +101,9 @@ def verify_answer(user: str, params: dict) -> str:
         return "```python\n" + "\n".join(tests[:n]) + "\n```"
     seed = int(params.get("seed", 0))
     code = answers[seed % len(answers)]
-    # One comment per task: each task's code is its own sandbox run (no verdict shared across tasks).
-    return f"Here is candidate {seed}.\n\n```python\n# task {_digest(user)}\n{code}```\n\nIt sorts the items."
+    # A comment per task and candidate: like a real LLM's answers, each is its own sandbox run.
+    return (f"Here is candidate {seed}.\n\n```python\n# task {_digest(user)}, candidate {seed}\n{code}```\n\n"
+            "It sorts the items.")
 
 
 def _digest(text: str) -> str:
