@@ -128,7 +128,8 @@ def run_evolve(job) -> str:
         "verify": {"enabled": cfg.verify.enabled},
     })
     _log_to_wandb(job, summary, llm_stats)
-    say(f"evolve: kept {summary['kept']} samples ({summary['kept_by_round']} by round), dropped "
+    say(f"evolve: kept {summary['kept']} samples ({summary['kept_by_round']} by round; {summary['verified']} verified "
+        f"by execution), dropped "
         f"{summary['dropped']} {summary['dropped_by_reason']}; {llm_stats['sent']} requests sent, "
         f"{llm_stats['cache_hits']} from cache, {llm_stats['prompt_tokens']}+{llm_stats['completion_tokens']} "
         f"tokens, ~${llm_stats['cost_usd']:.4f}. Shards: {out_dir}; report: {report_path}")
