@@ -473,8 +473,20 @@ SHARD_SCHEMA = pa.schema(
         ("parent_id", pa.string()),
         ("source", pa.string()),
         ("model", pa.string()),
+        # evolve's verify step (null on rows it did not verify: seeds, or verification off): the
+        # function the tests call, the tests kept, and how many of the candidate answers passed them all
+        ("entry_point", pa.string()),
+        ("tests", pa.list_(pa.string())),
+        ("verified", pa.bool_()),
+        ("answers_tried", pa.int32()),
+        ("answers_passed", pa.int32()),
     ]
 )
+
+
+def verdict_cache_dir(evolve_cache: str) -> str:
+    """Where evolve's verify step keeps its sandbox verdicts: beside the request cache, as resumable."""
+    return join(evolve_cache, "verdicts")
 
 
 def stable_sample_id(*parts: str) -> str:

@@ -162,12 +162,29 @@ class DedupConfig(_Section):
         return self
 
 
+class VerifyConfig(_Section):
+    """Execution-verified evolution (raywiz/evolve/verify.py): tests and candidate answers from the LLM,
+    each (answer, tests) pair run in the sandbox; an instruction is kept only with an answer that passes."""
+
+    enabled: bool = Field(True, description="verify every evolved instruction by execution (seeds are kept as given)")
+    answers: int = Field(4, ge=1, le=32, description="candidate answers asked for per instruction")
+    tests_per_task: int = Field(5, ge=1, le=20, description="assert statements asked for per instruction")
+    answer_params: GenerationParams = Field(
+        default_factory=lambda: GenerationParams(temperature=0.8),
+        description="sampling of the candidate answers (each also gets its own `seed`: 0, 1, ...)")
+    tests_params: GenerationParams = Field(default_factory=lambda: GenerationParams(temperature=0.0))
+    timeout_s: float = Field(3.0, gt=0, le=60, description="sandbox time limit per (answer, tests) run (MBPP's 3 s)")
+    workers: int | None = Field(
+        None, ge=1, description="sandbox workers on the Ray cluster (default: one per CPU free of other actors)")
+
+
 # Fields that change how fast a run goes, not what it produces: a run may resume with new values.
 RUNTIME_FIELDS: dict[str, Any] = {
     "llm": ENGINE_RUNTIME_FIELDS | {"price_per_1m_input_tokens", "price_per_1m_output_tokens", "max_failed_fraction",
                                      "base_url", "endpoint"},
     "rows_per_shard": True,
     "cache_dir": True,
+    "verify": {"workers"},
 }
 
 
@@ -188,6 +205,7 @@ class EvolveConfig(_Section):
     eliminate: EliminationConfig = Field(default_factory=EliminationConfig)
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
     rows_per_shard: int = Field(5000, ge=1)
     write_messages: bool = Field(
         False, description="also write a `messages` column (OpenAI-style turns, as JSON text), so train can read "
@@ -220,10 +238,19 @@ class EvolveConfig(_Section):
     def content_hash(self) -> str:
         """A hash of everything that decides the output (not speed knobs): guards a sealed output."""
         data = self.model_dump(mode="json")
+        if not self.verify.enabled:
+            # Off, verification decides nothing: the hash is the one evolve had before it existed, so
+            # outputs sealed then still match a config that turns it off.
+            data.pop("verify")
         for key, sub in RUNTIME_FIELDS.items():
             if sub is True:
                 data.pop(key, None)
-            else:
+            elif key in data:
                 for s in sub:
                     data[key].pop(s, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def verify_hash(self) -> str:
+        """A hash of what decides the verify step's verdicts and choices (guards its verdict cache)."""
+        data = self.verify.model_dump(mode="json", exclude=RUNTIME_FIELDS["verify"])
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from raywiz.evolve.cache import RequestCache
 from raywiz.inference import make_engine
@@ -124,8 +124,12 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ public
 
-    def run(self, requests: Sequence[ChatRequest], label: str) -> dict[str, ChatResult]:
-        """Answers for every request (failed ones carry ``error``), sending only cache misses."""
+    def run(self, requests: Sequence[ChatRequest], label: str,
+            on_results: Callable[[list[ChatResult]], None] | None = None) -> dict[str, ChatResult]:
+        """Answers for every request (failed ones carry ``error``), sending only cache misses.
+
+        ``on_results`` sees the answers as they come (cached ones first), while the rest are still out:
+        the verify step starts sandbox runs on them without waiting for the whole phase."""
         unique = {r.key: r for r in requests}
         hits = [k for k in unique if k in self.answers]
         misses = [r for k, r in unique.items() if k not in self.answers]
@@ -135,6 +139,8 @@ class LLMEngine:
             self.stats.cached_prompt_tokens += self.answers[k].prompt_tokens
             self.stats.cached_completion_tokens += self.answers[k].completion_tokens
         results = {k: self.answers[k] for k in hits}
+        if on_results and hits:
+            on_results(list(results.values()))
         progress = Progress(label, len(misses), len(hits), self.cfg, self.show_progress)
         start = time.monotonic()
         try:
@@ -145,6 +151,8 @@ class LLMEngine:
                     results[r.key] = r
                     if r.ok:
                         self.answers[r.key] = r
+                if on_results:
+                    on_results(batch)
         finally:
             progress.close()
             self.stats.seconds += time.monotonic() - start

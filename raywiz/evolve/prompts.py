@@ -2,7 +2,11 @@
 
 The evolution prompt and the five methods are WizardCoder's (arXiv 2306.08568, Sec. 3.2). The
 equality-judge prompt is WizardLM's (arXiv 2304.12244, Appendix: "Equal Prompt"), used only when
-`eliminate.info_gain: judge`. Nothing else in raywiz holds prompt text for this stage.
+`eliminate.info_gain: judge`. The verify step's two prompts (unit tests, candidate answers) follow
+SelfCodeAlign (bigcode, arXiv 2410.24198: the model writes assert-based tests, answers are kept only
+when they pass them in a sandbox) and KodCode (arXiv 2503.02951: question, solution and tests are
+written separately, the tests pytest-style over one named function). Nothing else in raywiz holds
+prompt text for this stage.
 """
 
 from __future__ import annotations
@@ -38,6 +42,42 @@ EQUAL_JUDGE_PROMPT = (
 
 # WizardLM's elimination step 4: words that show the model copied the evolving prompt's scaffolding.
 TEMPLATE_WORDS = ("#given prompt#", "#rewritten prompt#", "given prompt", "rewritten prompt")
+
+
+# The verify step (raywiz/evolve/verify.py). Both prompts state the same naming rule, so the tests and the
+# answers, asked for at the same time, call the same function (the tests' function is the entry point).
+FUNCTION_NAME_RULE = ("Use the function name the task gives; if it gives none, name the function `{default}`.")
+DEFAULT_ENTRY_POINT = "solution"
+
+# SelfCodeAlign's self-validation tests, as KodCode asks for them: plain asserts over one function.
+TESTS_PROMPT = (
+    "Write unit tests for a Python function that solves the programming task below.\n\n"
+    "{rule}\n"
+    "Write exactly {n} test cases, each one single-line `assert` statement that calls the function with literal "
+    "arguments and compares the result with a literal expected value, in this form:\n"
+    "assert function_name(<arguments>) == <expected value>\n"
+    "Cover typical inputs and edge cases. Use no imports, variables, helper functions or comments.\n"
+    "Answer with the assert statements only, in one ```python code block.\n\n"
+    "### Task\n{instruction}"
+)
+
+# SelfCodeAlign's response step: a self-contained solution in one code block.
+ANSWER_PROMPT = (
+    "Solve the programming task below in Python.\n\n"
+    "{rule}\n"
+    "Write one self-contained function (imports inside the code block, no input() or printing), in one "
+    "```python code block, then briefly explain it.\n\n"
+    "### Task\n{instruction}"
+)
+
+
+def tests_prompt(instruction: str, n: int) -> str:
+    rule = FUNCTION_NAME_RULE.format(default=DEFAULT_ENTRY_POINT)
+    return TESTS_PROMPT.format(rule=rule, n=n, instruction=instruction)
+
+
+def answer_prompt(instruction: str) -> str:
+    return ANSWER_PROMPT.format(rule=FUNCTION_NAME_RULE.format(default=DEFAULT_ENTRY_POINT), instruction=instruction)
 
 
 def draw_method(seed: int, sample_id: str, evol_round: int, methods: list[str]) -> str:

@@ -5,13 +5,15 @@ Read top to bottom, this is the whole stage:
   1. load the seeds (Code Alpaca records); answer any seed that has no output;
   2. screen them: drop benchmark-contaminated and duplicate instructions;
   3. for each round: evolve the previous round's survivors with a drawn method, eliminate failed
-     evolutions, answer the rest, screen them; survivors become the next round's parents;
+     evolutions, answer the rest (with `verify` on: tests and candidate answers, run in the sandbox on
+     the cluster, raywiz/evolve/verify.py), screen them; survivors become the next round's parents;
   4. write each round's kept samples as Parquet shards as soon as the round ends;
   5. write the report, then seal the directory with a manifest (kind "instruction_shards").
 
 Resume and idempotence come from the request cache (``raywiz/evolve/cache.py``): a rerun after a
-kill replays every answered request from the cache, draws the same methods (seeded), makes the same
-decisions and writes the same shards, sending only what was never answered. A sealed output with
+kill replays every answered request from the cache (and every sandbox verdict from the verdict
+cache), draws the same methods (seeded), makes the same decisions and writes the same shards, sending
+and running only what never finished. A sealed output with
 the same config is returned at once; one made with another config is an error, not overwritten.
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 
-from raywiz.artifacts import Kind, check_manifest, is_remote, write_manifest
+from raywiz.artifacts import Kind, check_manifest, is_remote, verdict_cache_dir, write_manifest
 from raywiz.evolve.decontam import Decontaminator
 from raywiz.evolve.dedup import Deduplicator
 from raywiz.evolve.engine import LLMEngine
@@ -28,6 +30,7 @@ from raywiz.evolve.report import EvolveReport
 from raywiz.evolve.rounds import Dropped, answer, run_round
 from raywiz.evolve.samples import Sample
 from raywiz.evolve.seeds import load_seeds
+from raywiz.evolve.verify import Verifier
 from raywiz.evolve.writer import ShardWriter, clear_unsealed
 from raywiz.log import get_logger, say
 from raywiz.runtime import init_ray
@@ -80,10 +83,13 @@ def run_evolve(job) -> str:
         if made_with == config_hash:
             say(f"evolve: {out_dir} is already complete")
             return out_dir
-        from raywiz.config import ConfigError
+        from raywiz.config_base import ConfigError
 
+        before_verify = cfg.verify.enabled and "verify" not in sealed.manifest["meta"]
         raise ConfigError(f"{out_dir} was made with another evolve config (hash {made_with}, now {config_hash}); "
-                          "use a new run name, or delete that directory to evolve again")
+                          + ("it was made before evolve verified by execution (evolve.verify, on by default): "
+                             "set evolve.verify.enabled: false to use it as it is, or " if before_verify else "")
+                          + "use a new run name, or delete that directory to evolve again")
     clear_unsealed(out_dir)  # a killed run's shards: rewritten identically below
     started = time.time()
 
@@ -92,31 +98,14 @@ def run_evolve(job) -> str:
     screen = Screen(cfg)
     report = EvolveReport()
     writer = ShardWriter(out_dir, cfg.rows_per_shard, cfg.write_messages, cfg.response_system_prompt)
-    with LLMEngine(cfg.llm, cfg.cache_dir or default_cache_dir(job)) as engine:
-        # Round 0: the seeds, answered where they came without an output.
-        report.candidates(0, len(seeds))
-        unanswered = [s for s in seeds if not s.output.strip()]
-        answered, failed = answer(unanswered, cfg, engine, "seeds: respond") if unanswered else ([], [])
-        report.drop(failed)
-        answered_ids = {s.sample_id for s in answered}
-        seeds = [s for s in seeds if s.output.strip() or s.sample_id in answered_ids]
-        parents, dropped = screen(seeds)
-        report.drop(dropped)
-        report.keep(0, parents if cfg.keep_seeds else [])
-        if cfg.keep_seeds:
-            writer.write_round(0, parents)
-
-        for evol_round in range(1, cfg.rounds + 1):
-            if not parents:
-                break
-            report.candidates(evol_round, len(parents))
-            evolved, failed = run_round(parents, evol_round, cfg, engine)
-            report.drop(failed)
-            parents, dropped = screen(evolved)
-            report.drop(dropped)
-            report.keep(evol_round, parents)
-            writer.write_round(evol_round, parents)
-        llm_stats = engine.stats.to_dict(cfg.llm)
+    cache_dir = cfg.cache_dir or default_cache_dir(job)
+    verifier = Verifier(cfg, verdict_cache_dir(cache_dir)) if cfg.verify.enabled else None
+    try:
+        with LLMEngine(cfg.llm, cache_dir) as engine:
+            llm_stats = _rounds(cfg, engine, seeds, screen, report, writer, verifier)
+    finally:
+        if verifier is not None:
+            verifier.close()  # its sandbox workers' CPUs go back, its verdict file is closed
 
     summary = report.summary()
     decontam = screen.decontaminator
@@ -130,18 +119,50 @@ def run_evolve(job) -> str:
         "decontam": {"benchmark_tasks_checked": decontam.benchmarks_checked() if decontam else {},
                      "benchmarks_skipped": decontam.skipped if decontam else {}},
         "llm": llm_stats,
+        "verify": verifier.report() if verifier else {"enabled": False},
         "seconds": round(time.time() - started, 2),
     })
     write_manifest(out_dir, Kind.INSTRUCTION_SHARDS, meta={
         "config_hash": config_hash, "rows": summary["kept"], "rows_by_file": writer.files,
         "rounds": cfg.rounds, "model": cfg.llm.model, "report": report_path, **summary,
+        "verify": {"enabled": cfg.verify.enabled},
     })
     _log_to_wandb(job, summary, llm_stats)
-    say(f"evolve: kept {summary['kept']} samples ({summary['kept_by_round']} by round), dropped "
+    say(f"evolve: kept {summary['kept']} samples ({summary['kept_by_round']} by round; {summary['verified']} verified "
+        f"by execution), dropped "
         f"{summary['dropped']} {summary['dropped_by_reason']}; {llm_stats['sent']} requests sent, "
         f"{llm_stats['cache_hits']} from cache, {llm_stats['prompt_tokens']}+{llm_stats['completion_tokens']} "
         f"tokens, ~${llm_stats['cost_usd']:.4f}. Shards: {out_dir}; report: {report_path}")
     return out_dir
+
+
+def _rounds(cfg, engine, seeds: list[Sample], screen: Screen, report: EvolveReport, writer: ShardWriter,
+            verifier: Verifier | None) -> dict:
+    """Round 0 (the seeds) and the evolution rounds, each written as it ends; returns the LLM's stats."""
+    # Round 0: the seeds, answered where they came without an output.
+    report.candidates(0, len(seeds))
+    unanswered = [s for s in seeds if not s.output.strip()]
+    answered, failed = answer(unanswered, cfg, engine, "seeds: respond") if unanswered else ([], [])
+    report.drop(failed)
+    answered_ids = {s.sample_id for s in answered}
+    seeds = [s for s in seeds if s.output.strip() or s.sample_id in answered_ids]
+    parents, dropped = screen(seeds)
+    report.drop(dropped)
+    report.keep(0, parents if cfg.keep_seeds else [])
+    if cfg.keep_seeds:
+        writer.write_round(0, parents)
+
+    for evol_round in range(1, cfg.rounds + 1):
+        if not parents:
+            break
+        report.candidates(evol_round, len(parents))
+        evolved, failed = run_round(parents, evol_round, cfg, engine, verifier)
+        report.drop(failed)
+        parents, dropped = screen(evolved)
+        report.drop(dropped)
+        report.keep(evol_round, parents)
+        writer.write_round(evol_round, parents)
+    return engine.stats.to_dict(cfg.llm)
 
 
 def _log_to_wandb(job, summary: dict, llm_stats: dict) -> None:

@@ -16,8 +16,8 @@ from raywiz.evolve.samples import Sample
 
 class EvolveReport:
     def __init__(self):
-        self.rounds: dict[int, dict] = defaultdict(lambda: {"candidates": 0, "kept": 0, "dropped": Counter(),
-                                                          "methods_kept": Counter()})
+        self.rounds: dict[int, dict] = defaultdict(lambda: {"candidates": 0, "kept": 0, "verified": 0,
+                                                          "dropped": Counter(), "methods_kept": Counter()})
         self.dropped: list[Dropped] = []
         self.tasks_hit: dict[str, set] = defaultdict(set)
 
@@ -33,6 +33,7 @@ class EvolveReport:
 
     def keep(self, evol_round: int, samples: list[Sample]) -> None:
         self.rounds[evol_round]["kept"] += len(samples)
+        self.rounds[evol_round]["verified"] += sum(s.verified for s in samples)
         self.rounds[evol_round]["methods_kept"].update(s.method for s in samples)
 
     def summary(self) -> dict:
@@ -42,6 +43,7 @@ class EvolveReport:
         return {
             "kept": sum(r["kept"] for r in self.rounds.values()),
             "kept_by_round": {str(k): r["kept"] for k, r in sorted(self.rounds.items())},
+            "verified": sum(r["verified"] for r in self.rounds.values()),
             "dropped": sum(dropped_total.values()),
             "dropped_by_reason": dict(sorted(dropped_total.items())),
             "benchmark_tasks_hit": {b: len(ids) for b, ids in sorted(self.tasks_hit.items())},
@@ -49,7 +51,7 @@ class EvolveReport:
 
     def write(self, directory: str, extra: dict) -> str:
         rounds = [
-            {"round": k, "candidates": r["candidates"], "kept": r["kept"],
+            {"round": k, "candidates": r["candidates"], "kept": r["kept"], "verified": r["verified"],
              "dropped": dict(sorted(r["dropped"].items())), "methods_kept": dict(sorted(r["methods_kept"].items()))}
             for k, r in sorted(self.rounds.items())
         ]

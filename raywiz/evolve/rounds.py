@@ -1,11 +1,13 @@
 """One round of Code Evol-Instruct: evolve each parent, judge, answer, eliminate.
 
-    evolved, dropped = run_round(parents, evol_round, cfg, engine)
+    evolved, dropped = run_round(parents, evol_round, cfg, engine, verifier)
 
 Every parent gets one method, drawn from (seed, parent id, round). Its evolution goes to the LLM;
 evolutions that already fail (copied template words, no new information, ...) are dropped before
 they cost a response. With ``eliminate.info_gain: judge`` the LLM judges parent vs evolution first.
-Survivors are answered, and the answers checked. Results keep the parents' order.
+Survivors are answered, and the answers checked; with a verifier (evolve.verify, raywiz/evolve/verify.py)
+the answers are its candidates, kept only when one passes the LLM's tests in the sandbox. Results keep
+the parents' order.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class Dropped:
     evol_round: int
     method: str
     parent_id: str | None
-    stage: str  # "eliminate", "decontam" or "dedup"
+    stage: str  # "eliminate", "verify", "decontam" or "dedup"
     reason: str
     instruction: str
     detail: dict | None = None
@@ -60,7 +62,7 @@ def answer(samples: list[Sample], cfg, engine, label: str) -> tuple[list[Sample]
     return kept, dropped
 
 
-def run_round(parents: list[Sample], evol_round: int, cfg, engine) -> tuple[list[Sample], list[Dropped]]:
+def run_round(parents: list[Sample], evol_round: int, cfg, engine, verifier=None) -> tuple[list[Sample], list[Dropped]]:
     model = cfg.llm.model
     params = cfg.evolve_params.as_request_params()
     methods = [draw_method(cfg.seed, p.sample_id, evol_round, cfg.methods) for p in parents]
@@ -87,5 +89,8 @@ def run_round(parents: list[Sample], evol_round: int, cfg, engine) -> tuple[list
             continue
         candidates.append(Sample(sid, instruction, "", "", evol_round, method, parent.sample_id, parent.source, model))
 
-    kept, failed_answers = answer(candidates, cfg, engine, f"round {evol_round}: respond")
+    if verifier is not None:
+        kept, failed_answers = verifier.run(candidates, engine, evol_round)
+    else:
+        kept, failed_answers = answer(candidates, cfg, engine, f"round {evol_round}: respond")
     return kept, dropped + failed_answers

@@ -19,6 +19,12 @@ class Sample:
     parent_id: str | None
     source: str  # where the seed came from (file or dataset name); evolved samples inherit it
     model: str | None  # the LLM that wrote this row's instruction/response (None: the seed's own)
+    # Set by the verify step (raywiz/evolve/verify.py) on the rows it kept; None/False elsewhere.
+    entry_point: str | None = None
+    tests: list[str] | None = None
+    verified: bool = False
+    answers_tried: int | None = None
+    answers_passed: int | None = None
 
     def row(self) -> dict:
         return asdict(self)

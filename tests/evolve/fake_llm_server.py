@@ -9,7 +9,10 @@ It answers like a very predictable LLM and can misbehave on purpose:
   Content-Length), ``"no_choices"`` (valid JSON, wrong shape);
 * markers in a prompt make a deliberately bad answer, to exercise elimination: ``[[sorry]]``,
   ``[[punct]]``, ``[[badpy]]`` (Python that doesn't parse), ``[[template]]`` (an evolution that
-  copies the prompt's words), ``[[same]]`` (an evolution with no new information).
+  copies the prompt's words), ``[[same]]`` (an evolution with no new information);
+* evolve's verify prompts (unit tests, candidate answers) get a sorting task: tests over
+  ``solution(data)`` and an answer that sorts, unless the instruction carries a marker (see
+  VERIFY_MARKERS): wrong or hostile answers, wrong, trivial or unsafe tests, no tests.
 
 It counts every request by the same key raywiz's cache uses (model, messages, parameters), and which
 of them got a complete answer, so tests can check that nothing is sent twice.
@@ -51,13 +54,67 @@ ADDITIONS = {
 }
 
 
+# The verify step's prompts, by their first words (raywiz/evolve/prompts.py).
+TESTS_HEAD = "Write unit tests for a Python function"
+ANSWER_HEAD = "Solve the programming task below in Python."
+GOOD_TESTS = ["assert solution([3, 1, 2]) == [1, 2, 3]", "assert solution([]) == []",
+              "assert solution([5, 5, 1]) == [1, 5, 5]", "assert solution([-1, 0]) == [-1, 0]",
+              "assert solution(['b', 'a']) == ['a', 'b']"]
+WRONG_TEST = "assert solution([2, 1]) == [2, 1]"  # fails on every right answer
+TRIVIAL_TESTS = ["assert not solution([])", "assert solution([1]) is None or solution([1]) == [1]"]  # pass on `pass`
+UNSAFE_TESTS = ["assert __import__('os').system('true') == 0", "assert solution([1]) == [1] * 3",
+                "assert open('/etc/hostname').read() != solution([1])", "assert [x for x in solution([1])] == [1]"]
+RIGHT = "def solution(data):\n    return sorted(data)\n"
+WRONG = "def solution(data):\n    return [0] + list(data)\n"  # fails every test
+# Answers that try to look right without being right: each must fail in the sandbox.
+HOSTILE = {
+    "always_equal": "class Same:\n    def __eq__(self, other):\n        return True\n    def __ne__(self, other):\n"
+                    "        return False\n\ndef solution(data):\n    return Same()\n",
+    "sys_exit": "import sys\n\ndef solution(data):\n    sys.exit(0)\n",
+    "patched_builtins": "import builtins\nbuiltins.AssertionError = type('Nope', (Exception,), {})\n"
+                        "builtins.sorted = lambda *a, **k: []\nbuiltins.len = lambda x: 0\n\n"
+                        "def solution(data):\n    return None\n",
+    "prints_passed": "import os\nimport sys\nprint('PASSED')\n\ndef solution(data):\n    print('passed')\n"
+                     "    sys.stdout.flush()\n    os.write(1, b'PASSED\\n')\n    os.write(2, b'PASSED\\n')\n"
+                     "    return None\n",
+}
+# marker in the instruction -> (tests, answer code by candidate seed 0, 1, 2, ...)
+VERIFY_MARKERS = {
+    "[[wrong]]": (GOOD_TESTS, [WRONG]),
+    "[[hostile]]": (GOOD_TESTS, list(HOSTILE.values())),
+    "[[mixed]]": (GOOD_TESTS, [WRONG, RIGHT, HOSTILE["always_equal"], RIGHT]),
+    "[[badtest]]": (GOOD_TESTS[:2] + [WRONG_TEST], [RIGHT]),
+    "[[trivial]]": (GOOD_TESTS[:2] + TRIVIAL_TESTS[:1], [RIGHT]),
+    "[[alltrivial]]": (TRIVIAL_TESTS, [RIGHT]),
+    "[[unsafe]]": (UNSAFE_TESTS + GOOD_TESTS[:1], [RIGHT]),
+    "[[notests]]": (None, [RIGHT]),
+}
+
+
+def verify_answer(user: str, params: dict) -> str:
+    """The fake LLM's unit tests or candidate answer for a verify prompt."""
+    tests, answers = next((v for marker, v in VERIFY_MARKERS.items() if marker in user), (GOOD_TESTS, [RIGHT]))
+    if user.startswith(TESTS_HEAD):
+        if tests is None:
+            return "I am not able to write tests for this task."
+        n = int(re.search(r"Write exactly (\d+) test cases", user).group(1))
+        return "```python\n" + "\n".join(tests[:n]) + "\n```"
+    seed = int(params.get("seed", 0))
+    code = answers[seed % len(answers)]
+    # A comment per task and candidate: like a real LLM's answers, each is its own sandbox run.
+    return (f"Here is candidate {seed}.\n\n```python\n# task {_digest(user)}, candidate {seed}\n{code}```\n\n"
+            "It sorts the items.")
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def fake_answer(messages: list[dict]) -> str:
-    """A deterministic answer that looks like an LLM's for the three kinds of evolve requests."""
+def fake_answer(messages: list[dict], params: dict | None = None) -> str:
+    """A deterministic answer that looks like an LLM's for the kinds of evolve requests."""
     user = messages[-1]["content"] if messages else ""
+    if user.startswith((TESTS_HEAD, ANSWER_HEAD)):
+        return verify_answer(user, params or {})
     if user.startswith(EVOL_HEAD):
         question = user.split("\n\n", 2)[-1]
         if "[[same]]" in question:
@@ -177,7 +234,7 @@ class FakeLLMServer:
                                          headers=headers)
             if fault == "timeout":
                 await asyncio.sleep(self.hang_s)
-            answer = fake_answer(messages)
+            answer = fake_answer(messages, params)
             payload = {
                 "id": "chatcmpl-" + key[:12], "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", ""),

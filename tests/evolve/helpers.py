@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+
+import pyarrow.parquet as pq
+
+from raywiz.artifacts import SHARD_SCHEMA
 
 # Seeds long enough that different seeds' evolutions are not near-duplicates of each other.
 TOPICS = [
@@ -25,3 +30,14 @@ def seed_records() -> list[dict]:
 def write_jsonl(path, records) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return str(path)
+
+
+def read_shards(out_dir) -> list[dict]:
+    """Every row of an evolve output's Parquet shards, in file order (each file checked for the schema)."""
+    rows = []
+    for name in sorted(os.listdir(out_dir)):
+        if name.endswith(".parquet"):
+            table = pq.read_table(os.path.join(out_dir, name))
+            assert table.schema.equals(SHARD_SCHEMA, check_metadata=False)
+            rows.extend(table.to_pylist())
+    return rows

@@ -28,6 +28,25 @@ def start_run(job_file, log, ray_address):
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def kill_when(job_file, log_path, ray_address, ready, what: str) -> None:
+    """Start a run and SIGKILL its whole process group once `ready()` holds (mid-run)."""
+    with open(log_path, "wb") as log:
+        proc = start_run(job_file, log, ray_address)
+        deadline = time.monotonic() + 120
+        while not ready():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the run never got {what}"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
+def finish(job_file, log_path, ray_address) -> None:
+    with open(log_path, "wb") as log:
+        proc = start_run(job_file, log, ray_address)
+        assert proc.wait(240) == 0, log_path.read_text()[-3000:]
+
+
 def cached_keys(cache_dir) -> set[str]:
     return set(RequestCache(cache_dir).load()) if os.path.isdir(cache_dir) else set()
 
@@ -39,6 +58,7 @@ def test_killed_run_resumes_without_resending_answered_requests(tmp_path, shared
         job = {"name": "killed", "storage": str(tmp_path / "runs"),
                "evolve": {"seeds": {"paths": [str(shared_data / "codealpaca/code_alpaca_2k.json")], "limit": 100},
                           "rounds": 2, "decontam": {"enabled": False}, "rows_per_shard": 40,
+                          "verify": {"enabled": False},  # tests/evolve/test_verify_kill.py kills a verifying run
                           "llm": {"base_url": server.base_url, "model": "fake", "concurrency": CONCURRENCY,
                                   "api_key_env": "RAYWIZ_KILL_TEST_KEY"}}}
         job_file = tmp_path / "job.yaml"
@@ -47,15 +67,7 @@ def test_killed_run_resumes_without_resending_answered_requests(tmp_path, shared
         cache_dir = str(run_dir / "evolve_cache")
 
         # 1. Start, and SIGKILL the whole process group once ~150 answers are cached (mid round 1).
-        with open(tmp_path / "run1.log", "wb") as log:
-            proc = start_run(job_file, log, ray_address)
-            deadline = time.monotonic() + 120
-            while len(cached_keys(cache_dir)) < 150:
-                assert proc.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the run never got going"
-                time.sleep(0.05)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+        kill_when(job_file, tmp_path / "run1.log", ray_address, lambda: len(cached_keys(cache_dir)) >= 150, "going")
         time.sleep(1.0)  # anything still alive would keep sending
         answered_before_kill = cached_keys(cache_dir)
         requests_at_kill = server.total_requests
@@ -64,9 +76,7 @@ def test_killed_run_resumes_without_resending_answered_requests(tmp_path, shared
         assert not check_manifest(str(run_dir / "evolve")).complete
 
         # 2. Restart: it finishes, and no answered request reaches the server again.
-        with open(tmp_path / "run2.log", "wb") as log:
-            proc = start_run(job_file, log, ray_address)
-            assert proc.wait(240) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+        finish(job_file, tmp_path / "run2.log", ray_address)
         assert server.wait_idle()
         stats = server.stats()
         resent = [k for k in answered_before_kill if stats["requests_by_key"][k] > 1]

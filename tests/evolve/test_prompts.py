@@ -34,3 +34,12 @@ def test_judge_answer_parsing():
     assert prompts.judged_equal("Equal")
     assert not prompts.judged_equal("Not Equal")
     assert not prompts.judged_equal("They are not equal.")
+
+
+def test_verify_prompts_name_the_same_function_and_carry_the_task():
+    from raywiz.evolve.prompts import DEFAULT_ENTRY_POINT, answer_prompt, tests_prompt
+
+    tests, answer = tests_prompt("Reverse a string.", 4), answer_prompt("Reverse a string.")
+    rule = f"if it gives none, name the function `{DEFAULT_ENTRY_POINT}`"
+    assert rule in tests and rule in answer  # asked at once, the tests and the answers must agree on the name
+    assert "exactly 4 test cases" in tests and tests.endswith("Reverse a string.") and answer.endswith("Reverse a string.")

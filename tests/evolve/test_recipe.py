@@ -11,7 +11,7 @@ from raywiz.artifacts import SHARD_SCHEMA, check_manifest
 from raywiz.config import ConfigError, parse_job
 from raywiz.evolve.recipe import run_evolve
 
-from .helpers import seed_records, write_jsonl
+from .helpers import read_shards, seed_records, write_jsonl
 
 SECRET = "sk-raywiz-test-secret-0042"
 
@@ -20,19 +20,10 @@ def make_job(tmp_path, server, seeds, **evolve):
     spec = {"seeds": {"paths": [seeds]}, "rounds": 2,
             "llm": {"base_url": server.base_url, "model": "fake", "api_key_env": "RAYWIZ_EVOLVE_TEST_KEY",
                     "concurrency": 8, "backoff_base_s": 0.01},
-            "decontam": {"enabled": False}}
+            "decontam": {"enabled": False},
+            "verify": {"enabled": False}}  # WizardCoder's recipe as published (tests/evolve/test_verify.py: with it)
     spec.update(evolve)
     return parse_job({"name": "run1", "storage": str(tmp_path / "runs"), "evolve": spec})
-
-
-def read_shards(out_dir):
-    rows = []
-    for name in sorted(os.listdir(out_dir)):
-        if name.endswith(".parquet"):
-            table = pq.read_table(os.path.join(out_dir, name))
-            assert table.schema.equals(SHARD_SCHEMA, check_metadata=False)
-            rows.extend(table.to_pylist())
-    return rows
 
 
 @pytest.mark.slow
