@@ -126,6 +126,14 @@ class RLConfig(_Section):
                              f"(got eval_every={self.eval_every}, eval_tasks={self.eval_tasks})")
         return self
 
+    def resolve_paths(self, fix) -> None:
+        """Relative task files and model directories in a job file are relative to the file."""
+        for field in ("path", "evolve_output"):
+            if getattr(self.tasks, field):
+                setattr(self.tasks, field, fix(getattr(self.tasks, field)))
+        if self.model and self.model not in ("best", "last"):
+            self.model = fix(self.model)
+
     def engine_settings(self) -> "EngineSettings":
         """What raywiz.training's engine reads (the attributes of train:'s section), for one update per
         mini-batch: each worker's share of a mini-batch is one micro-batch, no accumulation."""
