@@ -131,31 +131,30 @@ class GRPOLoop:
 
     def _generate_and_score(self, prompts: list[Task], group_size: int, seed: int):
         """Samples (grouped by prompt) and their rewards; each sample is scored as soon as it is
-        generated, so the checks run while the rest generate. Returns (samples, rewards, generate_s)."""
+        generated, so the checks run while the rest generate. Returns (samples, rewards, generate_s,
+        score_s: the wait for the rewards generation did not hide)."""
         started, samples = time.perf_counter(), []
         for sample in self.rollouts.generate([t.prompt for t in prompts], group_size, seed):
             self.scorer.submit(len(samples), prompts[sample.prompt_index], sample.text, sample.finish_reason)
             samples.append(sample)
         generate_s = time.perf_counter() - started
         by_key = self.scorer.results()
+        score_s = time.perf_counter() - started - generate_s
         # Groups are contiguous (GRPO normalises within each): order samples by prompt, stably.
         order = sorted(range(len(samples)), key=lambda i: samples[i].prompt_index)
-        return [samples[i] for i in order], [by_key[i] for i in order], generate_s
+        return [samples[i] for i in order], [by_key[i] for i in order], generate_s, score_s
 
     def step(self) -> dict:
         cfg, timings = self.cfg, {}
         started = time.perf_counter()
         prompts = self.sampler.sample(self.tasks, cfg.prompts_per_step)[self.rank::self.world]  # whole groups
-        samples, rewards, timings["generate_s"] = self._generate_and_score(
+        samples, rewards, timings["generate_s"], timings["score_s"] = self._generate_and_score(
             prompts, cfg.group_size, self._rollout_seed(self.step_index))
 
         t = time.perf_counter()
         batch = Rollout.of(samples, self.tokenizer.pad_token_id)
         values = torch.tensor([r.value for r in rewards], dtype=torch.float32)
         advantages = group_advantages(values, cfg.group_size, scale_by_std=cfg.scale_advantages_by_std)
-        timings["score_s"] = time.perf_counter() - t  # waiting for the rewards generation did not hide
-
-        t = time.perf_counter()
         stats = self._update(batch, advantages)
         timings["update_s"] = time.perf_counter() - t
         timings["sync_s"] = self.rollouts.sync_weights(self.model)
@@ -207,7 +206,7 @@ class GRPOLoop:
         """Mean reward of one sample per held-out task (split over ranks), at a fixed seed, so two
         evaluations differ only by the weights."""
         mine = tasks[self.rank::self.world]
-        _, rewards, _ = self._generate_and_score(mine, 1, seed) if mine else ([], [], 0.0)
+        rewards = self._generate_and_score(mine, 1, seed)[1] if mine else []
         totals = self.all_gather(torch.tensor([sum(r.value for r in rewards), len(rewards)], dtype=torch.float64))
         total, count = totals.sum(dim=0).tolist()
         return total / max(count, 1)
