@@ -7,7 +7,7 @@ one packed sequence of ``max_length`` tokens holding several samples, and batch 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
 from pydantic import Field, field_validator, model_validator
 
