@@ -143,12 +143,15 @@ def test_sigkilled_lora_worker_resumes_repeats_the_same_steps_and_exports(tmp_pa
     assert json.loads((final / "adapter" / "raywiz.json").read_text())["peft"] == "lora"
 
     import torch
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from raywiz.modeling import build_model
 
     merged = AutoModelForCausalLM.from_pretrained(final / "hf").eval()
-    from_adapter = build_model(str(final / "adapter")).eval()  # the base with the adapter merged in
+    base = build_model("tiny-gpt-bigcode", seed=0)  # the random base, as rl.seed (0) initialised it
+    from_adapter = PeftModel.from_pretrained(base, final / "adapter").merge_and_unload().eval()
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.no_grad():
         torch.testing.assert_close(from_adapter(ids).logits, merged(ids).logits, atol=1e-4, rtol=0)
+        assert not torch.allclose(build_model("tiny-gpt-bigcode", seed=0)(ids).logits, merged(ids).logits)
