@@ -66,6 +66,22 @@ def record_best(result, job: JobConfig) -> dict | None:
     return best
 
 
+def check_tasks(job: JobConfig) -> int:
+    """Load the tasks on the driver, before any Ray work, so a bad file is a clear error naming it
+    (not a worker's traceback); returns how many train."""
+    from raywiz.rl.recipe import training_tasks
+
+    cfg = job.rl
+    try:
+        train, _, _ = training_tasks(cfg)
+    except ValueError as e:  # the loaders name the file and line, or the field
+        raise ConfigError(f"rl.tasks: {e}") from None
+    if cfg.prompts_per_step > len(train):
+        raise ConfigError(f"rl.prompts_per_step: {cfg.prompts_per_step} prompts per step, but only {len(train)} "
+                          "tasks to train on")
+    return len(train)
+
+
 def run_rl(job: JobConfig, model: str | None = None) -> str:
     """Run GRPO; return the final checkpoint's model directory (hf/, or the adapter of an unmerged LoRA run)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -76,6 +92,7 @@ def run_rl(job: JobConfig, model: str | None = None) -> str:
     from raywiz.training.progress import ProgressBoard, TrainProgress
 
     cfg = job.require("rl")
+    check_tasks(job)
     start = start_model(job, model)
     init_ray(job, extra_cpus_needed=cfg.workers * cfg.cpus_per_worker)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster_has_gpus()
