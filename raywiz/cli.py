@@ -42,7 +42,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="raywiz", description="WizardCoder's recipe on Ray: evolve -> train -> eval -> serve."
+        prog="raywiz", description="WizardCoder's recipe on Ray: evolve -> train (-> rl) -> eval -> serve."
     )
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show Ray's, torch's and the workers' own logs too (or RAYWIZ_LOG_LEVEL=debug)")
