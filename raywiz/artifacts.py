@@ -108,6 +108,12 @@ class CheckpointDir:
                               "the engine that wrote the state (rank 0).")
 
     @property
+    def label(self) -> str:
+        """Its id in eval results and serve's API: train's checkpoints go by their name, a later stage's are
+        prefixed with it (``rl-checkpoint_00000100``), since both stages number their steps from the start."""
+        return f"{self.stage}-{self.name}" if self.stage in TRAINING_STAGES[1:] else self.name
+
+    @property
     def run(self) -> "RunLayout":
         return RunLayout(self.path.rstrip("/").rsplit("/", 2)[0])
 
@@ -593,7 +599,7 @@ def model_identity(model_dir: str) -> dict:
     info = read_json(info_file) if os.path.exists(info_file) else {}
     ckpt = export_of(path)
     if ckpt is not None:
-        return {"name": ckpt.name, "step": info.get("step"), "run_dir": ckpt.run.root}
+        return {"name": ckpt.label, "step": info.get("step"), "run_dir": ckpt.run.root}
     name = os.path.basename(path.rstrip("/")) if os.path.isdir(path) else path.replace("/", "--")
     return {"name": name, "step": info.get("step"), "run_dir": None}
 

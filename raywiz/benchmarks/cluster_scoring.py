@@ -19,13 +19,24 @@ This module only places the work:
     scorer.close()
 
 `score()` takes the same arguments as `score.score_samples`, so callers switch between the two.
+
+Streaming (RL rewards: samples arrive one by one while the policy still generates):
+
+    future = scorer.submit("mbpp", task, solution=code)   # a concurrent.futures.Future of its Verdict
+    for future in concurrent.futures.as_completed(futures): ...
+
+Submitted samples go out on a dispatcher thread under the same rules (each worker holds at most
+`in_flight_per_worker`, a lost worker's samples run elsewhere), the task travelling with the sample.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -41,25 +52,29 @@ class ScoringWorker:
 
     def __init__(self, settings: ScoreSettings):
         from raywiz.benchmarks.sandbox import require_working_sandbox
-        from raywiz.benchmarks.score import _EvalplusPayloads
+        from raywiz.benchmarks.score import EvalplusPayloads
 
         require_working_sandbox(settings.sandbox)  # fail at start, naming the node, not on every sample
         self.settings = settings
         self.tasks: dict[str, dict[str, Task]] = {}
         # Decoded evalplus expected outputs of the last few tasks (the single-process scorer keeps them too).
-        self.payloads = _EvalplusPayloads(settings, keep=4)
+        self.payloads = EvalplusPayloads(settings, keep=4)
 
     def load(self, benchmark: str, tasks: list[Task]) -> None:
         """The tasks of a benchmark, sent once per worker (not with every sample)."""
         self.tasks[benchmark] = {t.task_id: t for t in tasks}
 
     def score(self, benchmark: str, task_id: str, completion: str | None, solution: str | None) -> dict:
+        return self.check(benchmark, self.tasks[benchmark][task_id], completion, solution)
+
+    def check(self, benchmark: str, task: Task, completion: str | None, solution: str | None) -> dict:
+        """One sample of a task sent along with it (the streaming API: tasks not loaded beforehand)."""
         try:
-            verdict = check_completion(benchmark, self.tasks[benchmark][task_id], completion, solution=solution,
-                                       settings=self.settings, _payloads=self.payloads)
+            verdict = check_completion(benchmark, task, completion, solution=solution,
+                                       settings=self.settings, payloads=self.payloads)
         except Exception as e:  # noqa: BLE001 - one sample's trouble is its own verdict (as in score_samples)
-            log.exception("scoring %s failed in the evaluator", task_id)
-            verdict = Verdict(task_id, False, f"failed: evaluator error: {type(e).__name__}: {e}"[:500])
+            log.exception("scoring %s failed in the evaluator", task.task_id)
+            verdict = Verdict(task.task_id, False, f"failed: evaluator error: {type(e).__name__}: {e}"[:500])
         return verdict.to_dict()
 
     def ready(self) -> str:
@@ -125,7 +140,8 @@ class ClusterScorer(ActorGroup):
             raise RuntimeError(f"a sandbox worker failed to start: {e}") from None
         self.stats.workers_started = len(self.actors)
         self._loaded: set[tuple[int, str, int]] = set()
-
+        self._stream: _StreamDispatcher | None = None
+        self._stream_lock = threading.Lock()
 
     def score(self, benchmark: str, tasks: list[Task], samples: list[dict],
               progress: Callable[[int, int], None] | None = None, allow_partial: bool = False,
@@ -171,23 +187,34 @@ class ClusterScorer(ActorGroup):
                 index, worker = in_flight.pop(ref)
                 if worker in load:
                     load[worker] -= 1
-                try:
-                    verdict = Verdict(**ray.get(ref))
-                except ray.exceptions.RayTaskError as e:  # the worker raised: that sample's verdict
-                    verdict = Verdict(samples[index]["task_id"], False, f"failed: evaluator error: {e}"[:500])
-                except ray.exceptions.RayError as e:  # the worker or its node died: run it elsewhere
-                    self._lose(worker, load, e)
-                    attempts[index] = attempts.get(index, 0) + 1
-                    if attempts[index] < self.max_attempts:
-                        self.stats.reruns += 1
-                        queue.appendleft(index)
-                        continue
-                    verdict = Verdict(samples[index]["task_id"], False,
-                                      f"failed: evaluator error: its sandbox worker died {attempts[index]} times")
-                node = self.node_of.get(worker, "?")
-                self.stats.per_node[node] = self.stats.per_node.get(node, 0) + 1
+                attempts[index] = attempts.get(index, 0) + 1
+                verdict = self._verdict(ref, worker, samples[index]["task_id"], load, attempts[index])
+                if verdict is None:
+                    queue.appendleft(index)
+                    continue
+                self._count(worker)
                 record(index, verdict)
         return verdicts  # type: ignore[return-value]
+
+    def _verdict(self, ref, worker, task_id: str, load: dict, attempt: int) -> Verdict | None:
+        """The verdict `ref` brought back; None when its worker (or node) died and the sample should run
+        again elsewhere (its `attempt` was not the last allowed)."""
+        import ray
+
+        try:
+            return Verdict(**ray.get(ref))
+        except ray.exceptions.RayTaskError as e:  # the worker raised: that sample's verdict
+            return Verdict(task_id, False, f"failed: evaluator error: {e}"[:500])
+        except ray.exceptions.RayError as e:  # the worker or its node died
+            self._lose(worker, load, e)
+            if attempt < self.max_attempts:
+                self.stats.reruns += 1
+                return None
+            return Verdict(task_id, False, f"failed: evaluator error: its sandbox worker died {attempt} times")
+
+    def _count(self, worker) -> None:
+        node = self.node_of.get(worker, "?")
+        self.stats.per_node[node] = self.stats.per_node.get(node, 0) + 1
 
     def _dispatch(self, benchmark: str, samples: list[dict], queue: deque, in_flight: dict, load: dict) -> None:
         """Fill every live worker up to `in_flight_per_worker`, least loaded first."""
@@ -202,12 +229,129 @@ class ClusterScorer(ActorGroup):
             load[worker] += 1
 
     def _lose(self, worker, load: dict, error: Exception) -> None:
-        if worker in load:
-            del load[worker]
+        load.pop(worker, None)  # score() and the stream each keep a load map: the worker leaves both
+        if worker in self.actors:
             self.actors.remove(worker)
             self.stats.workers_lost += 1
             log.warning("sandbox worker on node %s lost (%s); its samples run elsewhere",
                         self.node_of.get(worker, "?")[:12], type(error).__name__)
+
+
+    # ------------------------------------------------------------ streaming
+
+    def submit(self, benchmark: str, task: Task, completion: str | None = None,
+               solution: str | None = None) -> Future:
+        """Score one sample of `task` as soon as a worker has room; returns a Future of its Verdict
+        (wait on many with concurrent.futures.as_completed / wait)."""
+        with self._stream_lock:
+            if self._stream is None:
+                self._stream = _StreamDispatcher(self)
+        return self._stream.submit(canonical_name(benchmark), task, completion, solution)
+
+    def close(self) -> None:
+        with self._stream_lock:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
+        super().close()
+
+
+@dataclass
+class _Submitted:
+    future: Future
+    benchmark: str
+    task: Task
+    completion: str | None
+    solution: str | None
+    attempts: int = 0
+
+
+class _StreamDispatcher:
+    """The driver side of ClusterScorer.submit: a thread that hands submitted samples to the least
+    loaded workers (at most `in_flight_per_worker` each) and resolves each Future when its verdict
+    is back; samples of a lost worker go to the front of the queue."""
+
+    POLL_S = 0.02  # how long a wait for verdicts lasts before new submissions are taken in
+
+    def __init__(self, scorer: ClusterScorer):
+        self.scorer = scorer
+        self.inbox: queue.Queue = queue.Queue()
+        self.waiting: deque[_Submitted] = deque()
+        self.in_flight: dict = {}  # ObjectRef -> (item, worker)
+        self.load = {w: 0 for w in scorer.actors}
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="raywiz-scoring", daemon=True)
+        self.thread.start()
+
+    def submit(self, benchmark: str, task: Task, completion: str | None, solution: str | None) -> Future:
+        if self.closed.is_set():
+            raise RuntimeError("the scorer is closed")
+        future: Future = Future()
+        self.inbox.put(_Submitted(future, benchmark, task, completion, solution))
+        return future
+
+    def _run(self) -> None:
+        import ray
+
+        while not self.closed.is_set():
+            try:
+                self._take(block=not self.in_flight and not self.waiting)
+                self._dispatch()
+                if self.in_flight:
+                    ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=self.POLL_S)
+                    for ref in ready:
+                        self._finish(ref)
+                elif self.waiting:  # no live worker to send them to
+                    self._fail_all(RuntimeError(f"every sandbox worker was lost ({self.scorer.stats.workers_lost})"))
+            except Exception as e:  # noqa: BLE001 - the thread must not die with futures pending
+                log.exception("the scoring dispatcher failed")
+                self._fail_all(e)
+
+    def _take(self, block: bool) -> None:
+        try:
+            while True:
+                self.waiting.append(self.inbox.get(timeout=0.1) if block else self.inbox.get_nowait())
+                block = False
+        except queue.Empty:
+            pass
+
+    def _dispatch(self) -> None:
+        while self.waiting and self.load:
+            worker = min(self.load, key=self.load.get)
+            if self.load[worker] >= self.scorer.in_flight_per_worker:
+                return
+            item = self.waiting.popleft()
+            ref = worker.check.remote(item.benchmark, item.task, item.completion, item.solution)
+            self.in_flight[ref] = (item, worker)
+            self.load[worker] += 1
+
+    def _finish(self, ref) -> None:
+        item, worker = self.in_flight.pop(ref)
+        if worker in self.load:
+            self.load[worker] -= 1
+        item.attempts += 1
+        verdict = self.scorer._verdict(ref, worker, item.task.task_id, self.load, item.attempts)
+        if verdict is None:
+            self.waiting.appendleft(item)
+            return
+        self.scorer._count(worker)
+        if not item.future.done():
+            item.future.set_result(verdict)
+
+    def _fail_all(self, error: Exception) -> None:
+        items = list(self.waiting) + [item for item, _ in self.in_flight.values()]
+        while not self.inbox.empty():
+            items.append(self.inbox.get_nowait())
+        self.waiting.clear()
+        self.in_flight.clear()
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.thread.join(timeout=10)
+        self._fail_all(RuntimeError("the scorer was closed"))
 
 
 def connect(address: str | None) -> None:

@@ -21,8 +21,8 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any, Iterable
 
-from raywiz.artifacts import (EvalDir, ModelInfo, join, model_identity, model_results_dir, write_bytes_atomic,
-                              write_json_atomic)
+from raywiz.artifacts import (EvalDir, ModelInfo, is_remote, join, model_identity, model_results_dir,
+                              write_bytes_atomic, write_json_atomic)
 from raywiz.benchmarks import INFILL_BENCHMARKS, Task, load_tasks
 from raywiz.benchmarks.passk import pass_at_k_table
 from raywiz.benchmarks.postprocess import postprocess
@@ -169,11 +169,15 @@ def fingerprint(hf_dir: str, benchmark: str, cfg) -> str:
 
 
 def evaluate_model(hf_dir: str, eval_cfg, model_cfg: Any = None, out_dir: str | None = None,
-                   benchmarks: list[str] | None = None, *, run_dir: str | None = None, in_process: bool = False) -> dict:
+                   benchmarks: list[str] | None = None, *, run_dir: str | None = None, in_process: bool = False,
+                   scorer=None) -> dict:
     """Generate and score every benchmark for one model; returns
     {"checkpoint", "step", "model", "out_dir", "benchmarks": {name: summary}, "pass@1": {name: value}}.
 
-    `in_process=True` generates in this process (use it inside a Ray task on a GPU worker).
+    `in_process=True` generates in this process (use it inside a Ray task on a GPU worker). `scorer`: an
+    object with `score(benchmark, tasks, samples, done=, on_verdict=)` (cluster_scoring.ClusterScorer);
+    None scores in this process (score_samples). Either way verdicts are saved as they come and an
+    interrupted scoring resumes (PartialVerdicts).
     """
     ident = model_identity(hf_dir)
     out_dir = out_dir or model_results_dir(hf_dir, eval_cfg.output_dir, run_dir)
@@ -213,10 +217,14 @@ def evaluate_model(hf_dir: str, eval_cfg, model_cfg: Any = None, out_dir: str | 
 
     for benchmark, item in todo.items():
         log.info("%s %s: scoring %d samples", ident["name"], benchmark, len(item["samples"]))
-        verdicts = score_samples(benchmark, item["tasks"], item["samples"], settings)
+        with PartialVerdicts(item["dir"].results_partial, item["samples"]) as partial:
+            resume = {"done": partial.done, "on_verdict": partial.save}
+            verdicts = (scorer.score(benchmark, item["tasks"], item["samples"], **resume) if scorer is not None
+                        else score_samples(benchmark, item["tasks"], item["samples"], settings, **resume))
         summary = summarize(benchmark, item["samples"], verdicts, eval_cfg.k, checkpoint=ident["name"],
                             step=ident["step"], model=hf_dir)
         write_results(item["dir"], item["samples"], verdicts, summary)
+        partial.remove()
         item["dir"].seal(item["fingerprint"], benchmark)
         summaries[benchmark] = summary
     summaries = {b: summaries[b] for b in (benchmarks or eval_cfg.benchmarks)}
@@ -266,6 +274,62 @@ def result_rows(samples: list[dict], verdicts: list[Verdict]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- result files
+
+
+def sample_key(sample: dict) -> str:
+    """What a saved verdict was computed on: a sample changed since is scored again."""
+    text = f"{sample['task_id']}\x00{sample.get('completion')}\x00{sample.get('solution')}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class PartialVerdicts:
+    """``results.partial.jsonl`` (EvalDir.results_partial): verdicts appended as samples finish, so an
+    interrupted scoring resumes with the samples not scored yet. Used as the scorers' ``done`` and
+    ``on_verdict`` (score_samples and the cluster scorer alike); removed once results.jsonl is whole.
+
+        with PartialVerdicts(eval_dir.results_partial, samples) as partial:
+            verdicts = score_samples(..., done=partial.done, on_verdict=partial.save)
+    """
+
+    def __init__(self, path: str, samples: list[dict]):
+        self.path, self.samples = path, samples
+        self.local = not is_remote(path)  # object stores cannot append: no resume there
+        self.done = self._read()  # index -> Verdict of the earlier run, for the samples still the same
+        self._file = None
+
+    def _read(self) -> dict[int, Verdict]:
+        done: dict[int, Verdict] = {}
+        if not self.local or not os.path.exists(self.path):
+            return done
+        fields = set(Verdict.__dataclass_fields__)
+        with open(self.path, "rb") as f:
+            for raw in f:
+                try:
+                    row = json.loads(raw)
+                    i = row["_index"]
+                    if 0 <= i < len(self.samples) and row["_key"] == sample_key(self.samples[i]):
+                        done[i] = Verdict(**{k: v for k, v in row.items() if k in fields})
+                except (ValueError, KeyError, TypeError, RecursionError):
+                    continue  # a line cut short when the run was killed
+        return done
+
+    def __enter__(self) -> "PartialVerdicts":
+        self._file = open(self.path, "a", encoding="utf-8") if self.local else None
+        return self
+
+    def save(self, index: int, verdict: Verdict) -> None:
+        if self._file is not None:
+            row = {"_index": index, "_key": sample_key(self.samples[index]), **verdict.to_dict()}
+            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._file.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def remove(self) -> None:
+        if self.local and os.path.exists(self.path):
+            os.remove(self.path)
 
 
 def write_jsonl(path: str, rows: Iterable[dict]) -> None:

@@ -289,9 +289,10 @@ def _run_trusted_checker(job: dict, deadline_s: float) -> str:
         f": {tail[0][:300]}" if tail else "")
 
 
-class _EvalplusPayloads:
+class EvalplusPayloads:
     """Per-task data for evalplus-style checks (inputs, limits, decoded expected outputs), built once
-    per task and kept for a few tasks: MBPP+'s largest expected output is ~800 MB."""
+    per task and kept for a few tasks: MBPP+'s largest expected output is ~800 MB. Thread-safe: one
+    instance serves every sample a scorer runs (`check_completion(..., payloads=)`)."""
 
     def __init__(self, settings: ScoreSettings, keep: int = 4):
         self.settings = settings
@@ -330,7 +331,7 @@ class _EvalplusPayloads:
             return entry
 
 
-def _check_evalplus(task: Task, code: str, settings: ScoreSettings, payloads: _EvalplusPayloads) -> Verdict:
+def _check_evalplus(task: Task, code: str, settings: ScoreSettings, payloads: EvalplusPayloads) -> Verdict:
     started = time.monotonic()
     data, budgets = payloads.get(task)
     status: dict[str, str] = {}
@@ -511,8 +512,9 @@ def _evalplus_phase(session, dataset, entry_point, code, inputs, expected, time_
 
 
 def check_completion(benchmark: str, task: Task, completion: str | None = None, *, solution: str | None = None,
-                     settings: ScoreSettings | None = None, _payloads: _EvalplusPayloads | None = None) -> Verdict:
-    """Score one completion (or one whole-program `solution`) of one task."""
+                     settings: ScoreSettings | None = None, payloads: EvalplusPayloads | None = None) -> Verdict:
+    """Score one completion (or one whole-program `solution`) of one task. A caller scoring many samples
+    passes one `payloads` for all of them, so each evalplus task's expected outputs are decoded once."""
     benchmark = canonical_name(benchmark)
     settings = settings or ScoreSettings()
     code = program_code(task, completion, solution)
@@ -524,7 +526,7 @@ def check_completion(benchmark: str, task: Task, completion: str | None = None, 
         return _check_infilling(task, code, settings)
     if benchmark == "ds1000":
         return _check_ds1000(task, code, settings)
-    return _check_evalplus(task, code, settings, _payloads or _EvalplusPayloads(settings, keep=1))
+    return _check_evalplus(task, code, settings, payloads or EvalplusPayloads(settings, keep=1))
 
 
 # ----------------------------------------------------------------------------- many samples
@@ -590,7 +592,7 @@ def score_samples(benchmark: str, tasks: list[Task], samples: list[dict], settin
     settings = settings or ScoreSettings()
     by_id = match_samples(tasks, samples, allow_partial=allow_partial)
     require_working_sandbox(settings.sandbox)
-    payloads = _EvalplusPayloads(settings, keep=max(2, settings.workers))
+    payloads = EvalplusPayloads(settings, keep=max(2, settings.workers))
     groups: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
         if not (done and i in done):
@@ -613,7 +615,7 @@ def score_samples(benchmark: str, tasks: list[Task], samples: list[dict], settin
             s = samples[i]
             try:
                 verdict = check_completion(benchmark, by_id[s["task_id"]], s.get("completion"),
-                                           solution=s.get("solution"), settings=settings, _payloads=payloads)
+                                           solution=s.get("solution"), settings=settings, payloads=payloads)
             except Exception as e:  # noqa: BLE001 - one sample's trouble is its own verdict, not the run's
                 log.exception("scoring %s (line %s) failed in the evaluator", s["task_id"], s.get("_line"))
                 verdict = Verdict(s["task_id"], False, f"failed: evaluator error: {type(e).__name__}: {e}"[:500])

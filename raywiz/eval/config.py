@@ -51,7 +51,11 @@ class SandboxSection(_Section):
     workers: int | None = Field(None, ge=1, description="samples executed at once (default: CPU count)")
     workers_per_node: int | None = Field(
         None, ge=1, description="scoring on a Ray cluster: sandbox workers (Ray actors, one CPU each) per node "
-        "(default: one per CPU of the node)")
+        "(default: one per CPU of the node); setting it makes `eval run` score on the cluster")
+    cluster: bool | None = Field(
+        None, description="`eval run` scores on the Ray cluster's sandbox workers (raywiz.benchmarks."
+        "cluster_scoring) instead of in its own process. Unset: when the job's Ray cluster (cluster.address, "
+        "RAY_ADDRESS) has more than one node, or workers_per_node is set; `eval run --cluster` sets it")
     memory_mb: int = Field(4096, ge=0, description="address-space cap per sample process (0: none)")
     file_size_mb: int = Field(64, ge=0)
     max_processes: int = Field(8, ge=1, description="processes a sample may run at once")
@@ -79,8 +83,9 @@ class EvalConfig(_Section):
     )
     checkpoints: list[str] = Field(
         default_factory=list,
-        description="what to evaluate: 'latest', 'all' (checkpoints of this run), or model directories. "
-        "Empty: the run's latest complete checkpoint, else model.name_or_path.",
+        description="what to evaluate: 'latest', 'all' (checkpoints of this run: train's, then rl's), or model "
+        "directories. Empty or 'latest': the run's most trained complete checkpoint (rl's final when rl ran, "
+        "else train's newest), else model.name_or_path.",
     )
     data: dict[str, str] = Field(default_factory=dict, description="benchmark -> data file (else env/cache/download)")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N tasks (smoke runs)")

@@ -72,6 +72,7 @@ class Completion:
     finish_reason: str = "length"  # "stop" (EOS or a stop sequence) | "length"
     prompt_tokens: int = 0
     error: str | None = None
+    eos_token_id: int | None = None  # the EOS token that ended it (in neither token_ids nor text), if one did
 
 
 @dataclass
@@ -136,9 +137,17 @@ class EngineSpec:
     vllm_args: dict = field(default_factory=dict)  # more vllm.LLM arguments (max_model_len, gpu_memory_utilization ...)
 
 
-def make_engine(spec: EngineSpec, api_key: str | None = None):
+def make_engine(spec: EngineSpec, api_key: str | None = None, model=None, tokenizer=None):
     """The one place an engine is built: the backend `spec` names (heavy imports for that one only).
-    `api_key`: an endpoint's key for processes whose environment lacks ``spec.api_key_env``."""
+    `api_key`: an endpoint's key for processes whose environment lacks ``spec.api_key_env``.
+    `model` + `tokenizer`: generate with this loaded nn.Module itself (RL's in-place rollouts: no copy,
+    no reload; updates to its weights show in the next call after ``engine.weights_changed()``)."""
+    if model is not None:
+        if spec.backend != "transformers" or tokenizer is None:
+            raise ValueError("an engine around a loaded model needs backend 'transformers' and its tokenizer")
+        from raywiz.inference.transformers_backend import TransformersEngine
+
+        return TransformersEngine.from_model(model, tokenizer, spec)
     if spec.backend == "transformers":
         from raywiz.inference.transformers_backend import TransformersEngine
 

@@ -38,6 +38,10 @@ class EngineActor:
     def ready(self) -> bool:
         return True
 
+    def call(self, method: str, *args):
+        """Any other method of the worker (e.g. RL's load_weights), run between its runs."""
+        return getattr(self.worker, method)(*args)
+
     def run(self, items: Sequence):
         batch: list = []
         last = time.monotonic()
@@ -78,8 +82,7 @@ class EnginePool(ActorGroup):
 
         if not items:
             return
-        while len(self.actors) < self.num_workers:
-            self.actors.append(self._start())
+        self.start()
         share = -(-len(items) // len(self.actors))
         outstanding: dict[int, dict] = {}  # actor slot -> {key: item} not answered yet
         streams: dict = {}
@@ -118,6 +121,12 @@ class EnginePool(ActorGroup):
             for r in batch:
                 outstanding[slot].pop(result_key(r), None)
             yield batch
+
+    def start(self) -> list:
+        """Start the actors not started yet (run() does it on first use); returns them all."""
+        while len(self.actors) < self.num_workers:
+            self.actors.append(self._start())
+        return self.actors
 
     def _start(self):
         """Start an actor and wait until its worker is built (a bad key or model fails here, once)."""

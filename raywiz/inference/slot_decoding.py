@@ -371,6 +371,11 @@ class SlotDecoder:
             self._forget(lane)  # overwritten by now
         return None
 
+    def forget_prompts(self) -> None:
+        """Reuse no prompt kept so far (the model's weights changed: its keys/values are stale)."""
+        for lane in list(self._lane_prompt):
+            self._forget(lane)
+
     def _forget(self, lane: int) -> None:
         """`lane` no longer holds its prompt; a prompt no lane holds drops its logits."""
         held = self._lane_prompt.pop(lane, None)

@@ -24,7 +24,8 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import AsyncIterator, Sequence
+from functools import partial
+from typing import AsyncIterator, Iterator, Sequence
 
 from raywiz.inference import Completion, Delta, EngineSpec, ModelLoadError, SamplingParams
 from raywiz.inference.chat import LocalChat
@@ -126,6 +127,13 @@ class TransformersEngine(LocalChat):
 
         device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer = load_checked(spec, device)
+        return cls.from_model(model, tokenizer, spec)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, spec: EngineSpec | None = None) -> "TransformersEngine":
+        """An engine over a model already loaded (on its device, as it is): `spec` gives only the
+        decoder's settings."""
+        spec = spec or EngineSpec()
         engine = cls(model, tokenizer, spec.max_batch_size, spec.cuda_graphs, stream_slots=spec.stream_slots,
                      emit_interval_s=spec.emit_interval_s)
         engine.model_name = spec.model
@@ -157,35 +165,67 @@ class TransformersEngine(LocalChat):
                      params: SamplingParams | Sequence[SamplingParams]) -> list[list[Completion]]:
         """n completions per prompt, in prompt order; `params` is one for all prompts or one per prompt
         (benches give rows their own max_tokens). The n samples of a prompt share its prefill."""
+        each = self._params_per_prompt(prompt_ids, params)
+        out: list[list[Completion | None]] = [[None] * q.n for q in each]
+        for i, k, completion in self.generate_each(prompt_ids, each):
+            out[i][k] = completion
+        return out  # type: ignore[return-value]
+
+    def generate_each(self, prompt_ids: Sequence[list[int]],
+                      params: SamplingParams | Sequence[SamplingParams]) -> Iterator[tuple[int, int, Completion]]:
+        """(prompt index, sample index, completion) for every sample, in the order they end: RL scores
+        each one while the rest decode. Same rows, sharing and seeds as generate_ids. The engine's
+        offline decoder is held until the iterator is exhausted or closed (do not call the engine's
+        offline methods from inside the loop over it)."""
         from raywiz.inference.slot_decoding import LaneSampling
 
-        each = [params] * len(prompt_ids) if isinstance(params, SamplingParams) else list(params)
-        if len(each) != len(prompt_ids):
-            raise ValueError(f"params: {len(each)} given for {len(prompt_ids)} prompts")
+        each = self._params_per_prompt(prompt_ids, params)
         prompt_ids = [list(p) or [self.pad_id] for p in prompt_ids]
         if self.context_length:  # keep the end of an over-long prompt
             prompt_ids = [p[-max(1, self.context_length - q.max_tokens):] for p, q in zip(prompt_ids, each)]
         if not prompt_ids:
-            return []
+            return
         samples = [1 if q.greedy else q.n for q in each]  # greedy samples are identical: decode once, copy
         lane_len = -(-max(len(p) + q.max_tokens for p, q in zip(prompt_ids, each)) // LANE_ROUND) * LANE_ROUND
         if self.context_length:
             lane_len = min(lane_len, self.context_length)
-        rows = [(i, k, _BatchRow(each[i], self.tokenizer, self._eos))
+        ended: deque = deque()  # rows done in the last step, (prompt, sample) each
+        rows = [(i, k, _BatchRow(each[i], self.tokenizer, self._eos, on_end=partial(ended.append, (i, k))))
                 for i in range(len(prompt_ids)) for k in range(samples[i])]  # a prompt's samples side by side
+        by_key = {(i, k): row for i, k, row in rows}
         with self._offline_lock:
             decoder = self._offline_decoder(len(rows), lane_len)
             before = dict(decoder.stats)
             loop = DecodeLoop(decoder)
             for i, k, row in rows:
                 loop.submit(row, prompt_ids[i], LaneSampling.of(each[i], each[i].seed, k, prompt_ids[i]))
-            while not loop.idle:
-                loop.step()
-            self._count(decoder, before, len(rows))
-        out: list[list[Completion]] = [[] for _ in prompt_ids]
-        for i, _, row in rows:
-            out[i].append(self._finish(row.tokens, len(prompt_ids[i]), each[i]))
-        return [row * each[i].n if samples[i] != each[i].n else row for i, row in enumerate(out)]
+            try:
+                while not loop.idle:
+                    loop.step()
+                    while ended:
+                        i, k = ended.popleft()
+                        completion = self._finish(by_key[i, k].tokens, len(prompt_ids[i]), each[i])
+                        for copy in range(k, each[i].n) if samples[i] != each[i].n else (k,):
+                            yield i, copy, completion
+            finally:
+                loop.abandon()  # a consumer that stopped early leaves no lane busy
+                self._count(decoder, before, len(rows))
+
+    @staticmethod
+    def _params_per_prompt(prompt_ids, params) -> list[SamplingParams]:
+        each = [params] * len(prompt_ids) if isinstance(params, SamplingParams) else list(params)
+        if len(each) != len(prompt_ids):
+            raise ValueError(f"params: {len(each)} given for {len(prompt_ids)} prompts")
+        return each
+
+    def weights_changed(self) -> None:
+        """The model's weights were updated in place (RL): prompts kept for sharing were computed with
+        the old ones, so none is reused. The decoder's graphs read the parameters where they are, so
+        they stay valid as long as the update writes into the same tensors (optimizer steps,
+        load_state_dict)."""
+        with self._offline_lock:
+            if self._offline is not None:
+                self._offline.forget_prompts()
 
     def _offline_decoder(self, rows: int, lane_len: int):
         slots = lanes_that_fit(self.model, self._kv_shapes(), lane_len, min(rows, self.max_batch_size), share=0.5)
@@ -216,6 +256,7 @@ class TransformersEngine(LocalChat):
     def _finish(self, ids: list[int], prompt_tokens: int, params: SamplingParams) -> Completion:
         eos = next((k for k, t in enumerate(ids) if t in self.eos_ids), None)
         finished = eos is not None
+        ended_on = ids[eos] if finished else None
         if finished:
             ids = ids[:eos]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -223,7 +264,8 @@ class TransformersEngine(LocalChat):
         if cut is not None:  # count only the tokens up to the stop sequence's start
             text = text[:cut]
             ids = ids[:_tokens_covering(self.tokenizer, ids, cut)]
-        return Completion(text, ids, "stop" if finished or cut is not None else "length", prompt_tokens)
+        return Completion(text, ids, "stop" if finished or cut is not None else "length", prompt_tokens,
+                          eos_token_id=ended_on)
 
     # ------------------------------------------------------------ log-probabilities
 
@@ -379,9 +421,10 @@ class _BatchRow:
     sequences are checked every STOP_CHECK_EVERY tokens on the decoded tail (the text is cut exactly
     once the row is done, in TransformersEngine._finish)."""
 
-    def __init__(self, params: SamplingParams, tokenizer, eos_ids: set[int]):
+    def __init__(self, params: SamplingParams, tokenizer, eos_ids: set[int], on_end=None):
         self.max_tokens, self.stop = params.max_tokens, params.stop
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
+        self.on_end = on_end  # called once, when the row is done
         self.tokens: list[int] = []
         self.finished = False
 
@@ -394,6 +437,8 @@ class _BatchRow:
                                          skip_special_tokens=True)
             done = stop_index(tail, self.stop) is not None
         self.finished = done
+        if done and self.on_end is not None:
+            self.on_end()
         return done
 
 

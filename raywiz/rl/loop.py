@@ -45,6 +45,9 @@ class Rollout:
             response[row, n_prompt:n] = 1
         return cls(ids, attention, response[:, 1:])
 
+    def to(self, device) -> "Rollout":
+        return Rollout(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device))
+
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """Log-probability of each next token ([samples, tokens - 1]) and the logits that gave it."""
@@ -134,14 +137,23 @@ class GRPOLoop:
         generated, so the checks run while the rest generate. Returns (samples, rewards, generate_s,
         score_s: the wait for the rewards generation did not hide)."""
         started, samples = time.perf_counter(), []
+
+        def submit(key: int, sample: Sample) -> None:
+            self.scorer.submit(key, prompts[sample.prompt_index], sample.text, sample.finish_reason)
+
         for sample in self.rollouts.generate([t.prompt for t in prompts], group_size, seed):
-            self.scorer.submit(len(samples), prompts[sample.prompt_index], sample.text, sample.finish_reason)
+            if self.cfg.async_rewards:  # scored as soon as it is generated: the checks run while the rest generate
+                submit(len(samples), sample)
             samples.append(sample)
         generate_s = time.perf_counter() - started
+        if not self.cfg.async_rewards:
+            for key, sample in enumerate(samples):
+                submit(key, sample)
         by_key = self.scorer.results()
         score_s = time.perf_counter() - started - generate_s
-        # Groups are contiguous (GRPO normalises within each): order samples by prompt, stably.
-        order = sorted(range(len(samples)), key=lambda i: samples[i].prompt_index)
+        # Groups are contiguous (GRPO normalises within each): order samples by prompt, then by their
+        # place in the group (not by when they finished: the update does not depend on timing).
+        order = sorted(range(len(samples)), key=lambda i: (samples[i].prompt_index, samples[i].sample_index))
         return [samples[i] for i in order], [by_key[i] for i in order], generate_s, score_s
 
     def step(self) -> dict:
@@ -163,20 +175,23 @@ class GRPOLoop:
 
     def _update(self, batch: Rollout, advantages: torch.Tensor) -> list:
         """ppo_epochs passes of clipped-objective updates over the batch, one optimizer step per mini-batch."""
-        cfg, device = self.cfg, self.model.device
-        ids, attention, response = (batch.input_ids.to(device), batch.attention_mask.to(device),
-                                    batch.response_mask.to(device))
-        advantages = advantages.to(device)
+        cfg = self.cfg
+        batch = batch.to(next(self.model.parameters()).device)
+        ids, attention, response = batch.input_ids, batch.attention_mask, batch.response_mask
+        advantages = advantages.to(ids.device)
+        per_rank = cfg.mini_batch_size // self.world
+        # In mini-batches: a whole rollout batch's logits (samples x tokens x vocabulary) need not fit.
+        chunks = [slice(start, start + per_rank) for start in range(0, len(ids), per_rank)]
         with torch.no_grad():
-            old_logprobs, _ = token_logprobs(self.updater, ids, attention)
-            ref_logprobs = token_logprobs(self.reference, ids, attention)[0] if self.reference is not None else None
+            old_logprobs = torch.cat([token_logprobs(self.updater, ids[c], attention[c])[0] for c in chunks])
+            ref_logprobs = (torch.cat([token_logprobs(self.reference, ids[c], attention[c])[0] for c in chunks])
+                            if self.reference is not None else None)
         self.model.train()
         stats, order = [], list(range(len(ids)))
-        per_rank = cfg.mini_batch_size // self.world
         for _ in range(cfg.ppo_epochs):
             self.sampler.shuffle(order)
             for start in range(0, len(order), per_rank):
-                idx = torch.tensor(order[start:start + per_rank], device=device)
+                idx = torch.tensor(order[start:start + per_rank], device=ids.device)
                 logprobs, logits = token_logprobs(self.updater, ids[idx], attention[idx])
                 out = policy_loss(logprobs, old_logprobs[idx], advantages[idx], response[idx],
                                   cfg.eps_low, cfg.eps_high,
@@ -190,7 +205,7 @@ class GRPOLoop:
         """The step's numbers over every rank's samples (rewards gathered, the rest averaged)."""
         n = len(stats)
         local = torch.tensor([
-            sum(r.passed for r in rewards) / len(rewards), float(batch.response_mask.sum(dim=1).float().mean()),
+            sum(r.passed for r in rewards) / len(rewards), float(batch.response_mask.sum(dim=1).float().mean().cpu()),
             sum(float(s.loss.detach()) for s in stats) / n, sum(s.kl for s in stats) / n,
             sum(s.clip_fraction for s in stats) / n, sum(s.entropy for s in stats) / n,
             timings["generate_s"], timings["score_s"], timings["update_s"], timings["sync_s"]], dtype=torch.float64)

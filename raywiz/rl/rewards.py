@@ -172,6 +172,21 @@ def code_of_response(task: Task, response: str) -> str:
 CodeOf = Callable[[Task, str], str]
 
 
+def reward_units(task: Task, cfg: RLConfig) -> list[Task]:
+    """What the trusted checker scores for one response: the task (binary), or one task per test (fraction)."""
+    return per_test_tasks(task) if cfg.reward == "fraction" else [task]
+
+
+def reward_of(verdicts: list[bool], response: str, cfg: RLConfig, finish_reason: str | None = None) -> Reward:
+    """A response's reward from its units' verdicts (reward_units order), then the format penalties."""
+    passed = all(verdicts)
+    score = float(passed) if cfg.reward == "binary" else sum(verdicts) / len(verdicts)
+    block = _has_code_block(response)
+    truncated = finish_reason == "length"
+    value = score - (0 if block else cfg.no_code_block_penalty) - (cfg.truncated_penalty if truncated else 0)
+    return Reward(value, score, passed, block, truncated)
+
+
 def compute_reward(task: Task, response: str, cfg: RLConfig, finish_reason: str | None = None,
                    settings: ScoreSettings | None = None, pool: ThreadPoolExecutor | None = None,
                    code_of: CodeOf = code_of_response) -> Reward:
@@ -179,18 +194,13 @@ def compute_reward(task: Task, response: str, cfg: RLConfig, finish_reason: str 
     configured format penalties."""
     settings = settings or ScoreSettings()
     code = code_of(task, response)
-    units = per_test_tasks(task) if cfg.reward == "fraction" else [task]
 
     def verdict(unit: Task) -> bool:
         return check_completion(unit.benchmark, unit, solution=code, settings=settings).passed
 
-    results = list(pool.map(verdict, units)) if pool else [verdict(u) for u in units]
-    passed = all(results)
-    score = float(passed) if cfg.reward == "binary" else sum(results) / len(results)
-    block = _has_code_block(response)
-    truncated = finish_reason == "length"
-    value = score - (0 if block else cfg.no_code_block_penalty) - (cfg.truncated_penalty if truncated else 0)
-    return Reward(value, score, passed, block, truncated)
+    units = reward_units(task, cfg)
+    return reward_of(list(pool.map(verdict, units)) if pool else [verdict(u) for u in units], response, cfg,
+                     finish_reason)
 
 
 def score_responses(items: list[tuple[Task, str, str | None]], cfg: RLConfig,

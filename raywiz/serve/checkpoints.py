@@ -1,7 +1,9 @@
 """Finding and vetting the checkpoints serve may load. Plain functions over the artifact contracts.
 
-A run's checkpoints live in ``{run_dir}/train/checkpoint_{step:08d}/hf``; an ``hf/`` directory is
-complete iff its manifest (kind ``hf_export``) checks out. Any other directory holding a
+A run's checkpoints live in ``{run_dir}/train/checkpoint_{step:08d}/hf`` and, once the run's rl stage
+has written some, ``{run_dir}/rl/checkpoint_{step:08d}/hf``; an ``hf/`` directory is complete iff its
+manifest (kind ``hf_export``) checks out. Following a run means serving its most trained checkpoint:
+rl's newest over any of train's (rl starts from train's model), else train's newest. Any other directory holding a
 ``config.json`` is a user's own model and is taken as it is (there is nothing to check it against).
 """
 
@@ -14,8 +16,8 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from raywiz.artifacts import (MANIFEST, CheckpointDir, EvalDir, Kind, ModelInfo, RunLayout, check_manifest,
-                              export_of, filesystem, is_remote, join, list_dirs, read_json)
+from raywiz.artifacts import (MANIFEST, TRAINING_STAGES, CheckpointDir, EvalDir, Kind, ModelInfo, RunLayout,
+                              check_manifest, export_of, filesystem, is_remote, join, list_dirs, read_json)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -30,6 +32,7 @@ class CheckpointRef:
     path: str
     step: int | None = None
     run_dir: str | None = None  # set for a run's checkpoints: where its eval scores live
+    stage: str | None = None  # set for a run's checkpoints: the stage that wrote it ("train" or "rl")
 
 
 @dataclass
@@ -70,12 +73,18 @@ def _ref(ckpt: CheckpointDir) -> CheckpointRef:
     if path is None:
         sealed_adapter = not is_dir(ckpt.hf) and is_file(join(ckpt.adapter, MANIFEST))
         path = ckpt.adapter if sealed_adapter else ckpt.hf
-    return CheckpointRef(ckpt.name, path, ckpt.step, ckpt.run.root)
+    return CheckpointRef(ckpt.label, path, ckpt.step, ckpt.run.root, ckpt.stage)
 
 
 def list_run_checkpoints(run_dir: str) -> list[CheckpointRef]:
-    """Every checkpoint of a run (complete or not), oldest first."""
-    return [_ref(c) for c in RunLayout(run_dir).checkpoints()]
+    """Every checkpoint of a run (complete or not), least trained first: train's by step, then rl's."""
+    return [_ref(c) for c in RunLayout(run_dir).all_checkpoints()]
+
+
+def training_order(stage: str | None, step: int | None) -> tuple[int, int]:
+    """How far training had gone when a checkpoint was written: a follower serves the highest. Any rl
+    checkpoint is past all of train's; a model outside a run counts as train's at its own step."""
+    return TRAINING_STAGES.index(stage if stage in TRAINING_STAGES else "train"), -1 if step is None else step
 
 
 def _ref_for_model_dir(path: str) -> CheckpointRef:
@@ -92,7 +101,7 @@ def resolve_target(spec: str | None, default_run_dir: str, storage: str) -> Serv
     """Turn `--checkpoint PATH|RUN` (or None: the job's own run) into a model and/or a run to follow.
 
     PATH may be an HF directory (has config.json), a checkpoint directory (has hf/), or a run
-    directory (has train/); RUN is a run name under `storage`. Anything else is taken as a hub id.
+    directory (has train/ or rl/); RUN is a run name under `storage`. Anything else is taken as a hub id.
     """
     if spec is None:
         return ServeTarget(None, default_run_dir)
@@ -104,10 +113,10 @@ def resolve_target(spec: str | None, default_run_dir: str, storage: str) -> Serv
         if is_dir(CheckpointDir(path).hf):
             ref = _ref_for_model_dir(CheckpointDir(path).hf)
             return ServeTarget(ref, ref.run_dir)
-        if is_dir(RunLayout(path).train):
+        if any(is_dir(RunLayout(path).training(stage).path) for stage in TRAINING_STAGES):
             return ServeTarget(None, path)
         raise FileNotFoundError(
-            f"{spec}: not a model directory (no config.json), a checkpoint (no hf/) or a run (no train/)"
+            f"{spec}: not a model directory (no config.json), a checkpoint (no hf/) or a run (no train/ or rl/)"
         )
     if "/" not in spec and is_dir(RunLayout.of(storage, spec).root):
         return ServeTarget(None, RunLayout.of(storage, spec).root)

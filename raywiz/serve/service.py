@@ -1,7 +1,9 @@
 """What one serve replica does besides answering requests: decide which checkpoints are loaded.
 
-- follow a run: every `watch_interval_s`, list {run_dir}/train/checkpoint_*; the newest complete one
-  newer than the model being served is loaded in the background and swapped in (`follow_once`);
+- follow a run: every `watch_interval_s`, list {run_dir}/train/checkpoint_* and {run_dir}/rl/checkpoint_*;
+  the most trained complete one (rl's newest, else train's newest) past the model being served is loaded
+  in the background and swapped in (`follow_once`): a new rl checkpoint replaces a train one, a later
+  train checkpoint never replaces a served rl one;
 - pin a checkpoint (`set_checkpoint`, which Ray Serve's `reconfigure(user_config)` calls);
 - load an older checkpoint on demand when a request names it (`acquire`), for side-by-side use.
 
@@ -29,6 +31,7 @@ from raywiz.serve.checkpoints import (
     eval_scores,
     list_run_checkpoints,
     resolve_target,
+    training_order,
     verify,
 )
 from raywiz.serve.config import ServeConfig
@@ -104,7 +107,7 @@ class ModelService:
         this job's run again. Loads in the background unless nothing is served yet (or `wait`)."""
         background = self.pool.current is not None and not wait
         if spec is None:
-            self.pinned = None
+            self.run_dir, self.pinned = self.settings.run_dir, None
             self._run(self.follow_once, background)
             return
         target: ServeTarget = resolve_target(spec, self.run_dir or "", self.settings.storage)
@@ -125,13 +128,16 @@ class ModelService:
             fn()
 
     def follow_once(self) -> LoadedModel | None:
-        """Load and swap in the run's newest complete checkpoint if it is newer than the served one."""
+        """Load and swap in the run's most trained complete checkpoint if it is past the served one."""
         if self.run_dir is None or self.pinned is not None:
             return None
         current = self.pool.current
-        current_step = current.step if (current is not None and current.step is not None) else -1
+        # The served model is replaced by anything more trained of this run; a model of another run (one
+        # followed before) or none at all by this run's most trained checkpoint.
+        of_this_run = current is not None and (current.ref.run_dir or "").rstrip("/") == self.run_dir.rstrip("/")
+        served = training_order(current.ref.stage, current.step) if of_this_run else (-1, -1)
         for ref in reversed(list_run_checkpoints(self.run_dir)):
-            if ref.step <= current_step:
+            if training_order(ref.stage, ref.step) <= served:
                 return None
             if self._already_refused(ref):
                 continue
@@ -208,12 +214,12 @@ class ModelService:
                 verdict = verify(ref)
                 state = "available" if verdict.ok else ("pending" if verdict.pending else "refused")
                 reason = verdict.reason
-            rows.append({"id": ref.name, "step": ref.step, "state": state, "reason": reason,
+            rows.append({"id": ref.name, "stage": ref.stage, "step": ref.step, "state": state, "reason": reason,
                          "current": current is not None and current.name == ref.name})
         names = {r["id"] for r in rows}
         for m in loaded.values():
             if m.name not in names:
-                rows.append({"id": m.name, "step": m.step, "state": "loaded", "reason": "",
+                rows.append({"id": m.name, "stage": m.ref.stage, "step": m.step, "state": "loaded", "reason": "",
                              "current": current is not None and current.name == m.name})
         return rows
 
@@ -224,7 +230,7 @@ class ModelService:
         for m in self.pool.snapshot():
             cards.append({
                 "id": m.name, "object": "model", "created": int(m.loaded_at), "owned_by": "raywiz",
-                "step": m.step, "eval": eval_scores(m.ref.run_dir, m.name),
+                "stage": m.ref.stage, "step": m.step, "eval": eval_scores(m.ref.run_dir, m.name),
                 "current": current is not None and current.name == m.name,
                 "template": m.template, "context_length": m.context_length,
             })
@@ -237,7 +243,9 @@ class ModelService:
             "watching": self._watcher is not None and self.pinned is None,
             "pinned": self.pinned.path if self.pinned else None,
             "current": current.name if current else None,
-            "loaded": [{"id": m.name, "step": m.step, "users": m.users, "bytes": m.nbytes,
+            "current_stage": current.ref.stage if current else None,
+            "current_step": current.step if current else None,
+            "loaded": [{"id": m.name, "stage": m.ref.stage, "step": m.step, "users": m.users, "bytes": m.nbytes,
                         "load_seconds": round(m.load_seconds, 3), **m.engine.status()}
                        for m in self.pool.snapshot()],
             "refused": [dict(v, path=k) for k, v in self.refused.items()],

@@ -828,7 +828,7 @@ def test_unwritable_out_is_found_before_scoring_and_a_rerun_resumes(tmp_path, ca
     assert score_cli(samples, "--out", blocked / "out") == 2
     assert "not writable" in capsys.readouterr().err
     # An interrupted run left sample 0's verdict: the rerun keeps it and scores only sample 1.
-    from raywiz.eval.cli import _sample_key
+    from raywiz.benchmarks.evaluate import sample_key as _sample_key
 
     out = tmp_path / "out"
     out.mkdir()

@@ -14,15 +14,16 @@ from raywiz.artifacts import RunLayout, write_json_atomic, write_manifest
 
 
 def make_checkpoint(run_dir: str | Path, step: int, seed: int | None = None, template: str | None = "wizardcoder",
-                    model_name: str = "tiny-gpt-bigcode", truncated: bool = False) -> str:
-    """A checkpoint as train writes it: {run}/train/checkpoint_N/hf with raywiz.json, sealed last.
+                    model_name: str = "tiny-gpt-bigcode", truncated: bool = False, stage: str = "train") -> str:
+    """A checkpoint as train (or rl, with `stage`) writes it: {run}/{stage}/checkpoint_N/hf with raywiz.json,
+    sealed last.
 
     truncated: the weights lose their second half after sealing (an interrupted copy); built aside and
     moved into train/ in one rename, so a watcher never sees the whole version.
     """
     from raywiz.modeling import build_model, load_tokenizer
 
-    final = Path(RunLayout(str(run_dir)).checkpoint(step).path)
+    final = Path(RunLayout(str(run_dir)).training(stage).checkpoint(step).path)
     ckpt = Path(run_dir) / "staging" / final.name if truncated else final
     hf = ckpt / "hf"
     hf.mkdir(parents=True, exist_ok=True)
