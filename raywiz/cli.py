@@ -1,4 +1,4 @@
-"""`raywiz evolve|train|eval|serve|run|submit|status|logs|stop` — thin: each subcommand calls one stage.
+"""`raywiz evolve|train|rl|eval|serve|run|submit|status|logs|stop` — thin: each subcommand calls one stage.
 
 Each stage registers its own subcommand in ``raywiz/<stage>/cli.py`` (a ``register(subparsers)``
 function), so the stage that owns the behaviour also owns its flags. Heavy imports (torch, ray)
@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "raywiz.datasets",
     "raywiz.evolve.cli",
     "raywiz.train.cli",
+    "raywiz.rl.cli",
     "raywiz.eval.cli",
     "raywiz.serve.cli",
     "raywiz.pipeline",
@@ -41,7 +42,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="raywiz", description="WizardCoder's recipe on Ray: evolve -> train -> eval -> serve."
+        prog="raywiz", description="WizardCoder's recipe on Ray: evolve -> train (-> rl) -> eval -> serve."
     )
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show Ray's, torch's and the workers' own logs too (or RAYWIZ_LOG_LEVEL=debug)")

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from raywiz.config_base import ConfigError, ConfigSection  # noqa: F401  (ConfigError: re-exported)
 from raywiz.eval.config import EvalConfig
 from raywiz.evolve.config import EvolveConfig
+from raywiz.rl.config import RLConfig
 from raywiz.serve.config import ServeConfig
 from raywiz.train.config import TrainConfig
 
@@ -74,6 +75,7 @@ class JobConfig(ConfigSection):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     evolve: EvolveConfig | None = None
     train: TrainConfig | None = None
+    rl: RLConfig | None = None
     eval: EvalConfig | None = None
     serve: ServeConfig | None = None
 
@@ -88,6 +90,13 @@ class JobConfig(ConfigSection):
     def _train_evaluation_needs_eval(self):
         if self.train is not None and self.train.evaluate.enabled and self.eval is None:
             raise ValueError("train.evaluate.enabled: the job needs an `eval:` section (benchmarks, decoding)")
+        return self
+
+    @model_validator(mode="after")
+    def _rl_starts_from_a_model(self):
+        if self.rl is not None and self.rl.model in ("best", "last") and self.train is None:
+            raise ValueError(f"rl.model: {self.rl.model!r} means this run's train checkpoint, but the job has no "
+                             "`train:` section (name a model directory or hub name instead)")
         return self
 
     @property
@@ -218,7 +227,7 @@ def _resolve_relative_paths(job: JobConfig, base: Path) -> JobConfig:
         job.storage = os.path.abspath(os.path.expanduser(job.storage))
     if job.model.name_or_path.startswith(".") or (base / job.model.name_or_path).exists():
         job.model.name_or_path = fix(job.model.name_or_path)
-    for section in (job.evolve, job.train, job.eval, job.serve):
+    for section in (job.evolve, job.train, job.rl, job.eval, job.serve):
         hook = getattr(section, "resolve_paths", None)
         if hook is not None:
             hook(fix)

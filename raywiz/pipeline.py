@@ -1,13 +1,14 @@
-"""`raywiz run JOB.yaml`: the whole recipe, evolve -> train -> eval (-> serve), as one run.
+"""`raywiz run JOB.yaml`: the whole recipe, evolve -> train -> rl -> eval (-> serve), as one run.
 
 Read top to bottom: ``run_pipeline`` calls each stage's entry point in order and passes each
 stage's output to the next. Every stage runs under the job's one run id (``job.name``): its
 outputs live in ``{storage}/{name}/`` and its W&B run in the group ``name``.
 
-- A stage runs when the job has its section (``evolve:``, ``train:``, ``eval:``); ``--skip``
+- A stage runs when the job has its section (``evolve:``, ``train:``, ``rl:``, ``eval:``); ``--skip``
   leaves stages out; serve runs only with ``--serve`` (it blocks, serving until stopped).
 - A stage can be pointed at an earlier output instead of being run: ``--evolve-output DIR``
-  (instruction shards for train), ``--checkpoint DIR`` (a model for eval and serve).
+  (instruction shards for train), ``--checkpoint DIR`` (a model for rl, eval and serve).
+- rl starts from train's checkpoint (``rl.model``); when rl ran, eval and serve take rl's final checkpoint.
 - Re-running resumes: when a stage finishes, ``{run_dir}/pipeline.json`` records its output and a
   fingerprint of what produced it (its config section and its inputs). Next time, a stage whose
   fingerprint is unchanged and whose output is still complete (manifest check) is not run again;
@@ -37,11 +38,12 @@ from raywiz.config import ConfigError, JobConfig, load_job
 from raywiz.log import say
 from raywiz.runtime import init_ray
 
-STAGES = ("evolve", "train", "eval", "serve")
+STAGES = ("evolve", "train", "rl", "eval", "serve")
 # The agreed stage entry points (raywiz/<stage>/...), imported only when the stage runs.
 ENTRY_POINTS = {
     "evolve": ("raywiz.evolve.recipe", "run_evolve"),
     "train": ("raywiz.train.launch", "run_train"),
+    "rl": ("raywiz.rl.launch", "run_rl"),
     "eval": ("raywiz.eval.recipe", "run_eval"),
     "serve": ("raywiz.serve.app", "run_serve"),
 }
@@ -98,7 +100,7 @@ def still_complete(stage: str, output: Any) -> bool:
     """Is an output recorded earlier still there and whole?"""
     if stage == "evolve":
         return check_manifest(output, kind=Kind.INSTRUCTION_SHARDS).complete
-    if stage == "train":  # raywiz's own export (hf/, or a LoRA run's adapter/) is sealed; unsealed is partial
+    if stage in ("train", "rl"):  # raywiz's own export (hf/, or a LoRA run's adapter/) is sealed; unsealed is partial
         return is_sealed_model(output)
     if stage == "eval":
         return isinstance(output, list)
@@ -145,7 +147,7 @@ def stages_to_run(job: JobConfig, skip: set[str], serve: bool, evolve_output: st
         raise ConfigError(f"--skip: unknown stage(s) {', '.join(sorted(unknown))}; stages are {', '.join(STAGES)}")
     given = {"evolve"} if evolve_output else set()
     given |= {"train"} if checkpoint else set()
-    stages = [s for s in ("evolve", "train", "eval") if getattr(job, s) is not None]
+    stages = [s for s in ("evolve", "train", "rl", "eval") if getattr(job, s) is not None]
     if serve:
         stages.append("serve")
     return [s for s in stages if s not in skip | given]
@@ -155,7 +157,9 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
                  evolve_output: str | None = None, checkpoint: str | None = None,
                  log: Callable[[str], None] = say) -> PipelineResult:
     stages = stages_to_run(job, set(skip), serve, evolve_output, checkpoint)
-    result = PipelineResult(job.run_dir, skipped=[s for s in STAGES if s not in stages and s != "serve"])
+    # skipped: the stages that do not run now (rl, the optional step, only when the job has it)
+    configured = [s for s in STAGES if s != "serve" and (s != "rl" or job.rl is not None)]
+    result = PipelineResult(job.run_dir, skipped=[s for s in configured if s not in stages])
     state = load_state(job.run_dir)
     done = state.get("stages", {})
 
@@ -172,7 +176,7 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
     model, model_id = given_output("--checkpoint", checkpoint, "train") if checkpoint else earlier("train")
 
     def run_stage(stage: str, inputs: Any, call: Callable[[], Any]) -> tuple[Any, str]:
-        model_cfg = job.model.model_dump(mode="json") if stage in ("train", "eval") else None  # evolve has its own LLM
+        model_cfg = job.model.model_dump(mode="json") if stage in ("train", "rl", "eval") else None  # evolve: its own LLM
         fp = fingerprint(stage, section_dump(job, stage), model_cfg, inputs)
         prev = done.get(stage)
         if stage not in redo and prev and prev["fingerprint"] == fp and still_complete(stage, prev["output"]):
@@ -181,7 +185,7 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
             result.outputs[stage] = prev["output"]
             return prev["output"], prev["output_id"]
         log(f"{stage}: starting")
-        if stage in ("evolve", "train"):  # the stages that always run on Ray
+        if stage in ("evolve", "train", "rl"):  # the stages that always run on Ray
             init_ray(job, extra_cpus_needed=cpus_needed(job, stages))
         t0 = time.time()
         output = call()
@@ -199,6 +203,13 @@ def run_pipeline(job: JobConfig, skip: set[str] = frozenset(), redo: set[str] = 
         # where train looks by default (and logs the lineage from). The job config stays as loaded.
         handed = dataset if dataset and dataset != job.layout.evolve else None
         model, model_id = run_stage("train", dataset_id, lambda: entry_point("train")(job, dataset=handed))
+    if "rl" in stages:
+        # rl finds train's checkpoint of this run itself (rl.model: best or last); a model from
+        # elsewhere (--checkpoint, or a job without train:) is handed to it.
+        handed = model if checkpoint or job.train is None else None
+        model, model_id = run_stage("rl", model_id, lambda: entry_point("rl")(job, model=handed))
+    elif not checkpoint and job.rl is not None and earlier("rl")[0]:  # skipped now: what rl made before
+        model, model_id = earlier("rl")
     if "eval" in stages:
         checkpoints = [model] if model else None  # None: eval's own config names the models
         run_stage("eval", [checkpoints, model_id], lambda: entry_point("eval")(job, checkpoints))
@@ -222,6 +233,8 @@ def cpus_needed(job: JobConfig, stages: list[str]) -> float:
         needs.append(job.evolve.llm.num_workers * job.evolve.llm.num_cpus_per_worker)
     if "train" in stages:
         needs.append(job.train.scaling.num_workers * job.train.scaling.cpus_per_worker)
+    if "rl" in stages:
+        needs.append(job.rl.workers * job.rl.cpus_per_worker)
     return max(needs)
 
 
@@ -280,7 +293,7 @@ def _abs(path: str | None) -> str | None:
 def register(subparsers) -> None:
     from raywiz.cli import add_job_arguments
 
-    p = subparsers.add_parser("run", help="run the whole pipeline: evolve -> train -> eval (-> serve)",
+    p = subparsers.add_parser("run", help="run the whole pipeline: evolve -> train -> rl -> eval (-> serve)",
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               description=__doc__.split("\n\n", 1)[1])
     add_job_arguments(p)

@@ -6,11 +6,13 @@ token-level loss, no KL to the reference (kl_coef 0).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from raywiz.config_base import ConfigSection as _Section
+from raywiz.training.config import CheckpointSection, DeepSpeedSection, FSDP2Section, OptimConfig, PeftConfig
 
 
 class RLSampling(_Section):
@@ -24,7 +26,7 @@ class RLSampling(_Section):
 
 
 class RLTasks(_Section):
-    """Where the training tasks come from: exactly one of `path`, `evolve_output`, `benchmark`."""
+    """Where the training tasks come from: exactly one of `path`, `evolve_output`, `benchmark`, `toy`."""
 
     path: str | None = Field(None, description="a JSONL or Parquet file with columns prompt and tests "
                              "(or test_list, or check + entry_point)")
@@ -32,13 +34,15 @@ class RLTasks(_Section):
                                       "instruction is the prompt, its `tests` column the assert list")
     benchmark: str | None = Field(None, description="a benchmark raywiz scores, e.g. mbpp (refused when it is "
                                   "an eval benchmark unless rl.allow_eval_benchmarks)")
+    toy: int | None = Field(None, ge=1, description="N prompts of the toy task (raywiz.rl.toy), which a tiny "
+                            "random model can learn: the quickstart's")
     limit: int | None = Field(None, ge=1, description="use only the first N tasks")
 
     @model_validator(mode="after")
     def _exactly_one_source(self):
-        given = [k for k in ("path", "evolve_output", "benchmark") if getattr(self, k)]
+        given = [k for k in ("path", "evolve_output", "benchmark", "toy") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of path, evolve_output, benchmark (got {given or 'none'})")
+            raise ValueError(f"give exactly one of path, evolve_output, benchmark, toy (got {given or 'none'})")
         return self
 
 
@@ -68,6 +72,27 @@ class RLConfig(_Section):
     allow_eval_benchmarks: bool = Field(False, description="allow tasks from benchmarks eval reports on "
                                         "(contaminates those results)")
     steps: int = Field(100, ge=1, description="rollout batches to train on")
+    model: str | None = Field(None, description="the policy to start from: 'best' or 'last' (this run's train "
+                              "checkpoint), or an HF model directory, an adapter directory, a hub name. Default: "
+                              "'best' when the job has a train: section, else model.name_or_path")
+    seed: int = Field(0, description="seeds the prompt sampler, the mini-batch shuffle and the model's init")
+    grad_clip: float = Field(1.0, ge=0, description="max grad norm; 0 turns clipping off")
+    weight_decay: float = Field(0.0, ge=0)
+    workers: int = Field(1, ge=1, description="Ray Train workers; each takes whole groups of the rollout batch")
+    cpus_per_worker: float = Field(1, gt=0)
+    use_gpu: bool | None = Field(None, description="default: True when the cluster has GPUs")
+    engine: Literal["deepspeed", "fsdp2"] = Field("deepspeed", description="the training engine (as train.engine)")
+    deepspeed: DeepSpeedSection = Field(
+        default_factory=lambda: DeepSpeedSection(stage=2),
+        description="as train.deepspeed; stage 2 by default: the policy generates with its own whole weights")
+    fsdp2: FSDP2Section = Field(default_factory=FSDP2Section)
+    peft: PeftConfig = Field(default_factory=PeftConfig, description="LoRA / DoRA / QLoRA, as train.peft")
+    checkpoint: CheckpointSection = Field(default_factory=lambda: CheckpointSection(every_n_steps=10))
+    max_failures: int = Field(3, ge=-1, description="worker failures to recover from (-1: forever)")
+    eval_every: int = Field(0, ge=0, description="score the policy on the held-out tasks every N steps (0: off); "
+                            "each such step is checkpointed and best_checkpoint.json names the best")
+    eval_tasks: int = Field(0, ge=0, description="tasks held out of training (the last N of the task list) for "
+                            "eval_every")
 
     @model_validator(mode="after")
     def _mini_batch_fits(self):
@@ -76,3 +101,61 @@ class RLConfig(_Section):
             raise ValueError(f"mini_batch_size ({self.mini_batch_size}) exceeds the rollout batch "
                              f"(prompts_per_step x group_size = {batch})")
         return self
+
+    @model_validator(mode="after")
+    def _groups_split_over_workers(self):
+        if self.prompts_per_step % self.workers:
+            raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be a multiple of workers "
+                             f"({self.workers}): each worker takes whole groups")
+        if self.mini_batch_size % self.workers:
+            raise ValueError(f"mini_batch_size ({self.mini_batch_size}) must be a multiple of workers ({self.workers})")
+        return self
+
+    @model_validator(mode="after")
+    def _rollouts_need_whole_weights(self):
+        ds = self.deepspeed
+        if self.engine == "deepspeed" and ds.stage == 3 and ds.resident_params != "always":
+            raise ValueError("deepspeed.stage: 3 partitions the weights the policy generates with; use stage 2 "
+                             "(the default) or resident_params: always")
+        return self
+
+    @model_validator(mode="after")
+    def _eval_has_tasks(self):
+        if bool(self.eval_every) != bool(self.eval_tasks):
+            raise ValueError("eval_every and eval_tasks go together: held-out tasks to score every N steps "
+                             f"(got eval_every={self.eval_every}, eval_tasks={self.eval_tasks})")
+        return self
+
+    def resolve_paths(self, fix) -> None:
+        """Relative task files and model directories in a job file are relative to the file."""
+        for field in ("path", "evolve_output"):
+            if getattr(self.tasks, field):
+                setattr(self.tasks, field, fix(getattr(self.tasks, field)))
+        if self.model and self.model not in ("best", "last"):
+            self.model = fix(self.model)
+
+    def engine_settings(self) -> "EngineSettings":
+        """What raywiz.training's engine reads (the attributes of train:'s section), for one update per
+        mini-batch: each worker's share of a mini-batch is one micro-batch, no accumulation."""
+        optim = OptimConfig(lr=self.lr, weight_decay=self.weight_decay, grad_clip=self.grad_clip, seed=self.seed,
+                            micro_batch_size=self.mini_batch_size // self.workers,
+                            global_batch_size=self.mini_batch_size, warmup_steps=0, schedule="constant")
+        return EngineSettings(optim=optim, engine=self.engine, deepspeed=self.deepspeed, fsdp2=self.fsdp2,
+                              peft=self.peft, scaling=_Scaling(self.workers))
+
+
+@dataclass(frozen=True)
+class _Scaling:
+    num_workers: int
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    optim: OptimConfig
+    engine: str
+    deepspeed: DeepSpeedSection
+    fsdp2: FSDP2Section
+    peft: PeftConfig
+    scaling: _Scaling
+    fused_loss: str = "off"  # the loss needs the logits themselves (log-probs, entropy)
+    grad_accum_steps: int = 1

@@ -20,7 +20,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import ray.train
@@ -374,7 +374,8 @@ class FinetuneRecipe:
                     info = ModelInfo(step=step, run=self.job.name, base_model=self.job.model.name_or_path,
                                      template=tc.data.template.name, prompt=tc.data.template.prompt, final=final,
                                      fim=fim.record(self.tokenizer).get("fim"))
-                    self._export(sd, CheckpointDir(local), info)
+                    ckpt.export_model(self.model, sd, self.tokenizer, CheckpointDir(local), info, tc.peft,
+                                      tc.checkpoint.merge_adapter)
                 del sd
             ckpt.seal_checkpoint(local, self.rank, self.world, meta={"step": step, "run": self.job.name, "final": final})
             metrics = {"step": step, "loss": self.state.loss, "final": final}
@@ -383,20 +384,6 @@ class FinetuneRecipe:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local),
                              checkpoint_dir_name=name, checkpoint_upload_fn=upload, validation=tc.evaluate.enabled)
         log.info(f"checkpoint {name} saved")
-
-    def _export(self, state_dict, here: CheckpointDir, info: ModelInfo) -> None:
-        """Rank 0: hf/ (transformers' format); with train.peft, adapter/ (peft's) and hf/ merged, if asked."""
-        if not self.tc.peft.enabled:
-            ckpt.export_hf(self.model, state_dict, self.tokenizer, here.hf, info)
-            return
-        from raywiz.training.adapters import export_adapter, is_quantized, merged_model
-
-        # base_quantized: what the base really was while training (QLoRA: 4-bit), read off the model itself
-        export_adapter(self.model, state_dict, here.adapter, replace(info, peft=self.tc.peft.method,
-                       base_quantized=is_quantized(self.model.get_base_model())), self.tokenizer)
-        if self.tc.checkpoint.merge_adapter:
-            merged = merged_model(self.model, state_dict)
-            ckpt.export_hf(merged, merged.state_dict(), self.tokenizer, here.hf, info)
 
     def cleanup(self) -> None:
         for lg in self.loggers:

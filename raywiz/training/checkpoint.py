@@ -91,6 +91,25 @@ def export_hf(model, state_dict: dict, tokenizer, out_dir: str, info: ModelInfo)
     write_manifest(out_dir, kind=Kind.HF_EXPORT, meta={"step": info.step, "run": info.run})
 
 
+def export_model(model, state_dict: dict, tokenizer, here: CheckpointDir, info: ModelInfo, peft,
+                 merge_adapter: bool) -> None:
+    """Rank 0: hf/ (transformers' format); with PEFT (`peft`: a PeftConfig), adapter/ (peft's) and hf/
+    merged, if asked."""
+    if not peft.enabled:
+        export_hf(model, state_dict, tokenizer, here.hf, info)
+        return
+    from dataclasses import replace
+
+    from raywiz.training.adapters import export_adapter, is_quantized, merged_model
+
+    # base_quantized: what the base really was while training (QLoRA: 4-bit), read off the model itself
+    export_adapter(model, state_dict, here.adapter, replace(info, peft=peft.method,
+                   base_quantized=is_quantized(model.get_base_model())), tokenizer)
+    if merge_adapter:
+        merged = merged_model(model, state_dict)
+        export_hf(merged, merged.state_dict(), tokenizer, here.hf, info)
+
+
 def seal_checkpoint(local_dir: str, rank: int, world_size: int, meta: dict) -> None:
     """Collective: gather every rank's file list; rank 0 writes the checkpoint manifest last."""
     import torch.distributed as dist
@@ -109,7 +128,7 @@ def seal_checkpoint(local_dir: str, rank: int, world_size: int, meta: dict) -> N
 
 
 
-def staging_dir(layout: RunLayout, step: int, rank: int) -> str | None:
+def staging_dir(layout: RunLayout, step: int, rank: int, stage: str = "train") -> str | None:
     """Where a rank writes its part of checkpoint `step` before it is persisted (created empty).
 
     On a local or mounted filesystem (NFS on a cluster) that is a folder beside the checkpoints, so
@@ -120,13 +139,13 @@ def staging_dir(layout: RunLayout, step: int, rank: int) -> str | None:
     """
     if is_remote(layout.root):
         return None
-    path = layout.staged_checkpoint(step, rank).path
+    path = layout.training(stage).staged_checkpoint(step, rank).path
     shutil.rmtree(path, ignore_errors=True)  # left over from a run killed mid-save
     os.makedirs(path)
     return path
 
 
-def move_into_storage(checkpoint, dir_name: str, layout: RunLayout):
+def move_into_storage(checkpoint, dir_name: str, layout: RunLayout, stage: str = "train"):
     """Ray Train's checkpoint_upload_fn for staged checkpoints: move this rank's files into place.
 
     Manifests move last (the innermost first), so a checkpoint whose manifest is there is whole;
@@ -134,7 +153,7 @@ def move_into_storage(checkpoint, dir_name: str, layout: RunLayout):
     """
     import ray.train
 
-    src, dest = checkpoint.path, join(layout.train, dir_name)
+    src, dest = checkpoint.path, join(layout.training(stage).path, dir_name)
     if os.path.exists(os.path.join(src, MANIFEST)):
         try:
             os.remove(os.path.join(dest, MANIFEST))

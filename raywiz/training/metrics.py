@@ -114,10 +114,10 @@ class JsonlLogger(MetricLogger):
     (they were trained again), so no step appears twice.
     """
 
-    def __init__(self, path: str, resume_step: int):
+    def __init__(self, path: str, resume_step: int, keys: tuple[str, ...] = RECORD_KEYS):
         import os
 
-        self.path = path
+        self.path, self.keys = path, keys
         if os.path.exists(path):
             kept = [line for line in open(path) if line.strip() and _step_of(line) <= resume_step]
             tmp = f"{path}.tmp"
@@ -129,7 +129,7 @@ class JsonlLogger(MetricLogger):
     def log(self, record: dict) -> None:
         import json
 
-        self.f.write(json.dumps({k: record.get(k) for k in RECORD_KEYS}) + "\n")
+        self.f.write(json.dumps({k: record.get(k) for k in self.keys}) + "\n")
         self.f.flush()
 
     def close(self) -> None:
@@ -146,11 +146,11 @@ def _step_of(line: str) -> int:
 
 
 class WandbLogger(MetricLogger):
-    def __init__(self, run):
-        self.run = run
+    def __init__(self, run, prefix: str = "train"):
+        self.run, self.prefix = run, prefix
 
     def log(self, record: dict) -> None:
-        self.run.log({f"train/{k}": v for k, v in record.items() if k not in ("step", "time")}, step=record["step"])
+        self.run.log({f"{self.prefix}/{k}": v for k, v in record.items() if k not in ("step", "time")}, step=record["step"])
 
     def close(self) -> None:
         from raywiz import tracking

@@ -15,7 +15,7 @@ This works on any storage and any cluster, unlike tailing ``metrics.jsonl``.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from raywiz.log import ProgressDisplay
 
@@ -78,9 +78,10 @@ def describe(record: dict[str, Any]) -> str:
 class TrainProgress:
     """Draws the posted steps while ``fit()`` runs (a context manager around it)."""
 
-    def __init__(self, board: ProgressBoard, total_steps: int, every: int = 1):
-        self.board = board
-        self.display = ProgressDisplay("train", total_steps, unit="step", every=every)
+    def __init__(self, board: ProgressBoard, total_steps: int, every: int = 1, stage: str = "train",
+                 detail: Callable[[dict], str] = describe):
+        self.board, self.stage, self.detail = board, stage, detail  # detail: the text shown after each step
+        self.display = ProgressDisplay(stage, total_steps, unit="step", every=every)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="raywiz-train-progress", daemon=True)
 
@@ -111,9 +112,9 @@ class TrainProgress:
     def _show(self, records: list[dict]) -> None:
         for record in records:  # in the order rank 0 posted them
             if "event" in record:  # e.g. "resumed from step 20 ...": a restart, shown as it happens
-                self.display.note(f"train: {record['event']}")
+                self.display.note(f"{self.stage}: {record['event']}")
                 continue
             if record["step"] <= self.display.done:  # a restarted worker re-runs steps: show each once
                 continue
-            self.display.update(done=record["step"], detail=describe(record), eta_s=record.get("eta_s"))
+            self.display.update(done=record["step"], detail=self.detail(record), eta_s=record.get("eta_s"))
 
