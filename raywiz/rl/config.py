@@ -68,6 +68,14 @@ class RLConfig(_Section):
     truncated_penalty: float = Field(0.0, ge=0, description="subtracted when the response hit max_tokens "
                                      "(finish_reason 'length')")
     sampling: RLSampling = Field(default_factory=RLSampling)
+    rollout: Literal["engine", "actors", "generate"] = Field(
+        "engine", description="engine: raywiz's engine generates with the trained module itself, in place (no copy, "
+        "no reload); actors: rl.rollout_engines Ray actors on the starting checkpoint, given the weights through "
+        "Ray's object store after every step (full fine-tuning only); generate: HF generate (the slow reference)")
+    rollout_engines: int = Field(1, ge=1, description="rollout: actors -- how many engine actors (a GPU each when "
+                                 "rl.use_gpu)")
+    reward_workers: int | None = Field(None, ge=0, description="sandbox workers of the cluster that compute rewards "
+                                       "(default: one per free CPU; 0: score on each Ray Train worker's own threads)")
     async_rewards: bool = Field(True, description="score a batch while the next one generates")
     allow_eval_benchmarks: bool = Field(False, description="allow tasks from benchmarks eval reports on "
                                         "(contaminates those results)")

@@ -28,9 +28,10 @@ from raywiz.log import get_logger
 from raywiz.modeling import load_tokenizer
 from raywiz.rl.config import RLConfig
 from raywiz.rl.loop import GRPOLoop
-from raywiz.rl.reward_service import RewardScorer, ThreadRewardScorer
+from raywiz.inference import EngineSpec
+from raywiz.rl.reward_service import ClusterRewardScorer, RewardScorer, ThreadRewardScorer
 from raywiz.rl.rewards import CodeOf, code_of_response, load_training_tasks
-from raywiz.rl.rollout import GenerateRollouts, Rollouts
+from raywiz.rl.rollout import ActorRollouts, EngineRollouts, GenerateRollouts, Rollouts
 from raywiz.rl.toy import toy_program, toy_tasks
 from raywiz.training import checkpoint as ckpt
 from raywiz.training.engine import create_engine
@@ -66,15 +67,33 @@ def with_template(tasks: list[Task], template: str | None, tokenizer, custom: st
     return [replace(t, prompt=apply_template(t.prompt, template, tokenizer, custom)) for t in tasks]
 
 
-def make_rollouts(model, tokenizer, cfg: RLConfig, max_tokens: int) -> Rollouts:
-    """The rollout implementation (raywiz.rl.rollout's contract): HF generate on the trained module."""
+def make_rollouts(model, tokenizer, cfg: RLConfig, max_tokens: int, start_model: str | None = None,
+                  use_gpu: bool = False) -> Rollouts:
+    """The rollout implementation `rl.rollout` names (raywiz.rl.rollout's contract)."""
     s = cfg.sampling
-    return GenerateRollouts(model, tokenizer, s.max_tokens or max_tokens, s.temperature, s.top_p)
+    max_tokens = s.max_tokens or max_tokens
+    if cfg.rollout == "generate":
+        return GenerateRollouts(model, tokenizer, max_tokens, s.temperature, s.top_p)
+    if cfg.rollout == "actors":
+        if cfg.peft.enabled:  # the actors hold full weights: an adapter's state dict does not load into them
+            raise ValueError("rl.rollout: actors needs full fine-tuning (rl.peft is on); use rl.rollout: engine")
+        spec = EngineSpec(model=start_model or "", dtype="auto")
+        return ActorRollouts(spec, cfg.rollout_engines, max_tokens, s.temperature, s.top_p,
+                             num_gpus=1 if use_gpu else 0)
+    return EngineRollouts(model, tokenizer, max_tokens, s.temperature, s.top_p)
 
 
-def make_scorer(cfg: RLConfig, code_of: CodeOf, workers: int | None = None) -> RewardScorer:
-    """The reward scorer (raywiz.rl.reward_service's contract): the trusted checker on threads."""
-    return ThreadRewardScorer(cfg, ScoreSettings(), workers=workers, code_of=code_of)
+def make_scorer(cfg: RLConfig, code_of: CodeOf, workers: int | None = None, world: int = 1) -> RewardScorer:
+    """The reward scorer (raywiz.rl.reward_service's contract): the cluster's sandbox workers (each Ray
+    Train worker starts its share of the free CPUs), or this worker's threads when rl.reward_workers is 0
+    or the cluster has no CPU left for them."""
+    import ray
+
+    workers = cfg.reward_workers if cfg.reward_workers is not None else workers
+    free = int(ray.available_resources().get("CPU", 0)) // world if ray.is_initialized() else 0
+    if workers == 0 or (workers is None and free < 1):
+        return ThreadRewardScorer(cfg, ScoreSettings(), code_of=code_of)
+    return ClusterRewardScorer(cfg, ScoreSettings(), workers=workers or free, code_of=code_of)
 
 
 def describe(record: dict) -> str:
@@ -124,8 +143,9 @@ class RLRecipe:
         template = None if cfg.tasks.toy else self.info.template
         train, self.eval_tasks = (with_template(ts, template, self.tokenizer, self.info.prompt) for ts in (train, held_out))
         self.loop = GRPOLoop(self.model, self.tokenizer, train, cfg, seed=cfg.seed, updater=self.eng.driver,
-                             rollouts=make_rollouts(self.model, self.tokenizer, cfg, self.max_tokens),
-                             scorer=make_scorer(cfg, code_of), rank=self.rank, world=self.world,
+                             rollouts=make_rollouts(self.model, self.tokenizer, cfg, self.max_tokens, self.start_model,
+                                                   self.device.type == "cuda"),
+                             scorer=make_scorer(cfg, code_of, world=self.world), rank=self.rank, world=self.world,
                              all_gather=_all_gather)
         self.eval_reward = None  # the last evaluation's, carried into every later checkpoint's metrics
 
