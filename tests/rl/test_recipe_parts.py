@@ -50,3 +50,27 @@ def test_progress_detail_shows_reward_and_eval():
               "clip_fraction": 0.1, "step_s": 2.0, "eval_reward": None}
     assert describe(record) == "reward 0.500 ± 0.250 | pass 12% | len 7 | clip 0.10 | 2.0s/step"
     assert describe({**record, "eval_reward": 0.75}).endswith("| eval 0.750")
+
+
+def test_rollouts_and_scorer_follow_the_config(tmp_path):
+    from raywiz.modeling import build_model, load_tokenizer
+    from raywiz.rl.recipe import make_rollouts, make_scorer
+    from raywiz.rl.reward_service import ThreadRewardScorer
+    from raywiz.rl.rollout import EngineRollouts, GenerateRollouts
+
+    model, tok = build_model("tiny-gpt-bigcode", seed=0), load_tokenizer("tiny-gpt-bigcode")
+    cfg = _job(tmp_path, tasks={"toy": 2}).rl
+    assert cfg.rollout == "engine"  # in place on raywiz's engine unless asked otherwise
+    rollouts = make_rollouts(model, tok, cfg, 8)
+    assert isinstance(rollouts, EngineRollouts) and rollouts.engine.model is model  # the trained module, no copy
+    rollouts.close()
+    assert isinstance(make_rollouts(model, tok, _job(tmp_path, tasks={"toy": 2}, rollout="generate").rl, 8),
+                      GenerateRollouts)
+    lora_actors = _job(tmp_path, tasks={"toy": 2}, rollout="actors", peft={"method": "lora"}).rl
+    with pytest.raises(ValueError, match="rl.rollout: actors needs full fine-tuning"):
+        make_rollouts(model, tok, lora_actors, 8)
+    scorer = make_scorer(_job(tmp_path, tasks={"toy": 2}, reward_workers=0).rl, toy_program)
+    assert isinstance(scorer, ThreadRewardScorer)  # 0: this worker's own threads, no Ray needed
+    scorer.close()
+    with pytest.raises(ConfigError, match="rl.rollout"):
+        _job(tmp_path, tasks={"toy": 2}, rollout="vllm")

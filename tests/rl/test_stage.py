@@ -84,7 +84,7 @@ storage: {storage}
 model: {{name_or_path: tiny-gpt-bigcode}}
 rl:
   tasks: {{toy: 2}}
-  reward: binary
+  reward: fraction             # a signal from the first step, so the adapter moves
   steps: {steps}
   prompts_per_step: 2
   group_size: 4
