@@ -35,9 +35,17 @@ EVAL_BENCHMARKS = frozenset(BENCHMARKS)  # everything raywiz eval reports on
 
 
 def _read_rows(path: str) -> list[tuple[str, dict]]:
-    """(where, record) per row of a .jsonl(.gz) or .parquet file; `where` names file and line/row."""
+    """(where, record) per row of a .jsonl(.gz) or .parquet file, or of every such file of a directory
+    (evolve's output is a directory of shards); `where` names file and line/row."""
     if not os.path.exists(path):
         raise ValueError(f"{path}: no such task file")
+    if os.path.isdir(path):
+        from raywiz.artifacts import expand_paths
+
+        files = [f for f in expand_paths([path]) if f.endswith((".parquet", ".jsonl", ".jsonl.gz"))]
+        if not files:
+            raise ValueError(f"{path}: a directory with no .parquet or .jsonl files")
+        return [row for f in files for row in _read_rows(f)]
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -101,7 +109,13 @@ def load_training_tasks(source: RLTasks, allow_eval_benchmarks: bool = False) ->
                              "its results (set rl.allow_eval_benchmarks: true to do it anyway)")
         tasks = load_benchmark_tasks(name)
     elif source.evolve_output:
-        tasks = [task_from_record(r, w, prompt_field="instruction") for w, r in _read_rows(source.evolve_output)]
+        # Only rows evolve's verify step kept with tests that an answer passed (seeds and unverified rows
+        # carry no tests to reward against).
+        rows = [(w, r) for w, r in _read_rows(source.evolve_output) if r.get("verified") is True]
+        if not rows:
+            raise ValueError(f"rl.tasks.evolve_output: {source.evolve_output} has no verified rows (evolve with "
+                             "evolve.verify.enabled: true writes them)")
+        tasks = [task_from_record(r, w, prompt_field="instruction") for w, r in rows]
     else:
         tasks = [task_from_record(r, w) for w, r in _read_rows(source.path)]
     if not tasks:

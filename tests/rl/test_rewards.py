@@ -118,10 +118,17 @@ def test_loading_tasks_from_jsonl_parquet_and_evolve_output(tmp_path):
     tasks = load_training_tasks(RLTasks(path=str(jsonl)))
     assert [len(per_test_tasks(t)) for t in tasks] == [4, 3, 1]
     parquet = tmp_path / "evolved.parquet"
-    pq.write_table(pa.Table.from_pylist([{"instruction": "Write add.", "output": "...", "tests": ADD_ASSERTS}]),
-                   str(parquet))
-    (task,) = load_training_tasks(RLTasks(evolve_output=str(parquet)))
+    pq.write_table(pa.Table.from_pylist([
+        {"instruction": "Write add.", "output": "...", "tests": ADD_ASSERTS, "verified": True},
+        {"instruction": "A seed.", "output": "...", "tests": None, "verified": False}]), str(parquet))
+    (task,) = load_training_tasks(RLTasks(evolve_output=str(parquet)))  # only the verified row
     assert task.prompt == "Write add." and task.test_list == ADD_ASSERTS
+    (task,) = load_training_tasks(RLTasks(evolve_output=str(tmp_path)))  # evolve's output directory of shards
+    assert task.test_list == ADD_ASSERTS
+    pq.write_table(pa.Table.from_pylist([{"instruction": "A seed.", "output": "...", "verified": False}]),
+                   str(parquet))
+    with pytest.raises(ValueError, match="no verified rows"):
+        load_training_tasks(RLTasks(evolve_output=str(parquet)))
     assert len(load_training_tasks(RLTasks(path=str(jsonl), limit=2))) == 2
 
 
