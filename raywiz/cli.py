@@ -24,6 +24,23 @@ COMMAND_MODULES = [
 ]
 
 
+def run_training_stage(args, stage: str, entry_module: str, entry_func: str) -> int:
+    """`raywiz train|rl JOB.yaml`: the job validated before any Ray work, the stage run, and the final
+    model directory printed as the last line of standard output (scripts read it)."""
+    import importlib
+
+    import ray
+
+    from raywiz.config import load_job
+
+    job = load_job(args.job, args.overrides)
+    job.require(stage)
+    path = getattr(importlib.import_module(entry_module), entry_func)(job)
+    ray.shutdown()  # flushes worker logs first, so the path really is the last line
+    print(path, flush=True)
+    return 0
+
+
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments every job-driven subcommand shares: the YAML file and --set overrides."""
     parser.add_argument("job", help="job config (YAML)")

@@ -13,15 +13,6 @@ def register(subparsers) -> None:
 
 
 def _rl(args) -> int:
-    from raywiz.config import load_job
+    from raywiz.cli import run_training_stage
 
-    job = load_job(args.job, args.overrides)  # validated before any Ray work
-    job.require("rl")
-    from raywiz.rl.launch import run_rl
-
-    import ray
-
-    path = run_rl(job)
-    ray.shutdown()  # flushes worker logs first, so the path really is the last line
-    print(path, flush=True)
-    return 0
+    return run_training_stage(args, "rl", "raywiz.rl.launch", "run_rl")

@@ -28,15 +28,6 @@ def _templates_help() -> str:
 
 
 def _train(args) -> int:
-    from raywiz.config import load_job
+    from raywiz.cli import run_training_stage
 
-    job = load_job(args.job, args.overrides)  # validated before any Ray work
-    job.require("train")
-    from raywiz.train.launch import run_train
-
-    import ray
-
-    path = run_train(job)
-    ray.shutdown()  # flushes worker logs first, so the path really is the last line
-    print(path, flush=True)
-    return 0
+    return run_training_stage(args, "train", "raywiz.train.launch", "run_train")
