@@ -23,6 +23,14 @@ class RLSampling(_Section):
     max_tokens: int | None = Field(None, ge=1, description="new tokens per sample (default: the checkpoint's, "
                                    "as in eval)")
     seed: int = Field(0, description="seed of the rollout sampler")
+    stop: list[str] | None = Field(None, description="stop sequences of rollouts (default: eval.generation.stop "
+                                   "when the job sets it, else none: as the policy is evaluated)")
+
+    @model_validator(mode="after")
+    def _no_empty_stop(self):
+        if self.stop is not None and any(s == "" for s in self.stop):
+            raise ValueError("stop sequences must not be empty strings")
+        return self
 
 
 class RLTasks(_Section):

@@ -67,20 +67,30 @@ def with_template(tasks: list[Task], template: str | None, tokenizer, custom: st
     return [replace(t, prompt=apply_template(t.prompt, template, tokenizer, custom)) for t in tasks]
 
 
+def stop_sequences(job: JobConfig) -> tuple[str, ...]:
+    """Rollouts stop where the policy's evaluation stops: rl.sampling.stop, else eval.generation.stop."""
+    if job.rl.sampling.stop is not None:
+        return tuple(job.rl.sampling.stop)
+    return tuple(job.eval.generation.stop or ()) if job.eval is not None else ()
+
+
 def make_rollouts(model, tokenizer, cfg: RLConfig, max_tokens: int, start_model: str | None = None,
-                  use_gpu: bool = False) -> Rollouts:
+                  use_gpu: bool = False, stop: tuple[str, ...] = ()) -> Rollouts:
     """The rollout implementation `rl.rollout` names (raywiz.rl.rollout's contract)."""
     s = cfg.sampling
     max_tokens = s.max_tokens or max_tokens
     if cfg.rollout == "generate":
+        if stop:
+            raise ValueError("rl.rollout: generate takes no stop sequences (rl.sampling.stop / eval.generation.stop); "
+                             "use rl.rollout: engine")
         return GenerateRollouts(model, tokenizer, max_tokens, s.temperature, s.top_p)
     if cfg.rollout == "actors":
         if cfg.peft.enabled:  # the actors hold full weights: an adapter's state dict does not load into them
             raise ValueError("rl.rollout: actors needs full fine-tuning (rl.peft is on); use rl.rollout: engine")
         spec = EngineSpec(model=start_model or "", dtype="auto")
         return ActorRollouts(spec, cfg.rollout_engines, max_tokens, s.temperature, s.top_p,
-                             num_gpus=1 if use_gpu else 0)
-    return EngineRollouts(model, tokenizer, max_tokens, s.temperature, s.top_p)
+                             num_gpus=1 if use_gpu else 0, stop=stop)
+    return EngineRollouts(model, tokenizer, max_tokens, s.temperature, s.top_p, stop=stop)
 
 
 def make_scorer(cfg: RLConfig, code_of: CodeOf, workers: int | None = None, world: int = 1) -> RewardScorer:
@@ -144,7 +154,7 @@ class RLRecipe:
         train, self.eval_tasks = (with_template(ts, template, self.tokenizer, self.info.prompt) for ts in (train, held_out))
         self.loop = GRPOLoop(self.model, self.tokenizer, train, cfg, seed=cfg.seed, updater=self.eng.driver,
                              rollouts=make_rollouts(self.model, self.tokenizer, cfg, self.max_tokens, self.start_model,
-                                                   self.device.type == "cuda"),
+                                                   self.device.type == "cuda", stop_sequences(self.job)),
                              scorer=make_scorer(cfg, code_of, world=self.world), rank=self.rank, world=self.world,
                              all_gather=_all_gather)
         self.eval_reward = None  # the last evaluation's, carried into every later checkpoint's metrics

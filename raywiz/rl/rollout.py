@@ -94,12 +94,12 @@ class GenerateRollouts:
 
 
 def rollout_params(max_tokens: int, temperature: float, top_p: float, seed: int, prompt_index: int,
-                   group_size: int) -> SamplingParams:
+                   group_size: int, stop: tuple[str, ...] = ()) -> SamplingParams:
     """One prompt's sampling: its own seed (from the step's seed and the prompt's place in the step),
     so two prompts with the same text still get different groups, and the samples do not depend on
     which engine or batch they run in."""
     return SamplingParams(n=group_size, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                          seed=row_seed(seed, prompt_index))
+                          seed=row_seed(seed, prompt_index), stop=tuple(stop))
 
 
 class EngineRollouts:
@@ -109,13 +109,14 @@ class EngineRollouts:
     them (so sync_weights only drops the prompts the engine kept for sharing: ~0 s)."""
 
     def __init__(self, model, tokenizer, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                 spec: EngineSpec | None = None):
+                 spec: EngineSpec | None = None, stop: tuple[str, ...] = ()):
         self.model, self.max_tokens, self.temperature, self.top_p = model, max_tokens, temperature, top_p
+        self.stop = tuple(stop)
         self.engine = make_engine(spec or EngineSpec(), model=model, tokenizer=tokenizer)
 
     def generate(self, prompts: list[str], group_size: int, seed: int) -> Iterator[Sample]:
         prompt_ids = [self.engine.encode(p) for p in prompts]
-        params = [rollout_params(self.max_tokens, self.temperature, self.top_p, seed, i, group_size)
+        params = [rollout_params(self.max_tokens, self.temperature, self.top_p, seed, i, group_size, self.stop)
                   for i in range(len(prompts))]
         self.engine.weights_changed()  # the module may have been updated since the last call
         was_training = self.model.training
@@ -175,17 +176,18 @@ class ActorRollouts:
     sync_weights puts the state dict in Ray's object store once and every actor loads it."""
 
     def __init__(self, spec: EngineSpec, n_engines: int, max_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, num_gpus: float = 0, num_cpus: float = 1):
+                 top_p: float = 1.0, num_gpus: float = 0, num_cpus: float = 1, stop: tuple[str, ...] = ()):
         from functools import partial
 
         from raywiz.inference.ray_pool import EnginePool
 
-        self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
+        self.max_tokens, self.temperature, self.top_p, self.stop = max_tokens, temperature, top_p, tuple(stop)
         self.pool = EnginePool(partial(RolloutWorker, spec), n_engines, num_cpus, num_gpus, name="rollout")
         self._weights: tuple[int, list | None] = (0, None)  # (version, [ObjectRef of the state dict])
 
     def generate(self, prompts: list[str], group_size: int, seed: int) -> Iterator[Sample]:
-        items = [(i, prompt, rollout_params(self.max_tokens, self.temperature, self.top_p, seed, i, group_size),
+        items = [(i, prompt, rollout_params(self.max_tokens, self.temperature, self.top_p, seed, i, group_size,
+                                           self.stop),
                   self._weights) for i, prompt in enumerate(prompts)]
         for groups in self.pool.run(items, item_key=lambda item: item[0], result_key=lambda g: g[0].prompt_index):
             for group in groups:

@@ -74,3 +74,31 @@ def test_rollouts_and_scorer_follow_the_config(tmp_path):
     scorer.close()
     with pytest.raises(ConfigError, match="rl.rollout"):
         _job(tmp_path, tasks={"toy": 2}, rollout="vllm")
+
+
+def test_rollouts_stop_where_eval_stops(tmp_path):
+    from raywiz.modeling import build_model, load_tokenizer
+    from raywiz.rl.recipe import make_rollouts, stop_sequences
+
+    job = parse_job({"name": "j", "storage": str(tmp_path), "rl": {"tasks": {"toy": 2}},
+                     "eval": {"generation": {"stop": ["\nclass"]}}})
+    assert stop_sequences(job) == ("\nclass",)  # eval's, as the policy is evaluated
+    assert stop_sequences(_job(tmp_path, tasks={"toy": 2}, sampling={"stop": ["END"]})) == ("END",)
+    assert stop_sequences(_job(tmp_path, tasks={"toy": 2})) == ()
+    with pytest.raises(ConfigError, match="rl.sampling"):
+        _job(tmp_path, tasks={"toy": 2}, sampling={"stop": [""]})
+
+    model, tok = build_model("tiny-gpt-bigcode", seed=0), load_tokenizer("tiny-gpt-bigcode")
+    cfg = _job(tmp_path, tasks={"toy": 2}).rl
+    free = make_rollouts(model, tok, cfg, 12)
+    plain = {(s.prompt_index, s.sample_index): s for s in free.generate(["def f():\n    return '"], 4, seed=3)}
+    free.close()
+    sample = max(plain.values(), key=lambda s: len(s.text))
+    stop = sample.text[3:5]  # a sequence this sample is known to produce
+    stopped = make_rollouts(model, tok, cfg, 12, stop=(stop,))
+    again = {(s.prompt_index, s.sample_index): s for s in stopped.generate(["def f():\n    return '"], 4, seed=3)}
+    stopped.close()
+    cut = again[(sample.prompt_index, sample.sample_index)]
+    assert cut.text == sample.text[: sample.text.index(stop)] and cut.finish_reason == "stop"
+    with pytest.raises(ValueError, match="generate takes no stop"):
+        make_rollouts(model, tok, _job(tmp_path, tasks={"toy": 2}, rollout="generate").rl, 12, stop=("x",))
