@@ -35,7 +35,7 @@ log = get_logger(__name__)
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 RUNTIME_ENV_FILE = "runtime_env.yaml"
 PASS_ENV_KEY = "pass_env"  # raywiz's addition to Ray's runtime_env format
-STAGE_COMMANDS = ("run", "evolve", "train", "eval", "serve")
+STAGE_COMMANDS = ("run", "evolve", "train", "rl", "eval", "serve")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 

@@ -20,7 +20,7 @@ def test_the_ready_made_jobs_are_there():
 @pytest.mark.parametrize("path", JOBS, ids=[p.name for p in JOBS])
 def test_every_job_spec_validates(path):
     job = load_job(path)
-    assert job.name and any(getattr(job, s) is not None for s in ("evolve", "train", "eval", "serve"))
+    assert job.name and any(getattr(job, s) is not None for s in ("evolve", "train", "rl", "eval", "serve"))
     if job.train is not None:
         assert job.train.grad_accum_steps >= 1 and len(train_bundles(job)) == job.train.scaling.num_workers
 
