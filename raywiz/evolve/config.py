@@ -169,10 +169,11 @@ class VerifyConfig(_Section):
     enabled: bool = Field(True, description="verify every evolved instruction by execution (seeds are kept as given)")
     answers: int = Field(4, ge=1, le=32, description="candidate answers asked for per instruction")
     tests_per_task: int = Field(5, ge=1, le=20, description="assert statements asked for per instruction")
-    answer_params: GenerationParams = Field(
-        default_factory=lambda: GenerationParams(temperature=0.8),
-        description="sampling of the candidate answers (each also gets its own `seed`: 0, 1, ...)")
-    tests_params: GenerationParams = Field(default_factory=lambda: GenerationParams(temperature=0.0))
+    answer_params: GenerationParams | None = Field(
+        None, description="sampling of the candidate answers (each also gets its own `seed`: 0, 1, ...); default: "
+        "evolve.response_params at temperature 0.8 (the same max_tokens and stops as the answers evolve writes)")
+    tests_params: GenerationParams | None = Field(
+        None, description="sampling of the tests; default: evolve.response_params at temperature 0")
     timeout_s: float = Field(3.0, gt=0, le=60, description="sandbox time limit per (answer, tests) run (MBPP's 3 s)")
     workers: int | None = Field(
         None, ge=1, description="sandbox workers on the Ray cluster (default: one per CPU free of other actors)")
@@ -215,6 +216,16 @@ class EvolveConfig(_Section):
         description="request cache (answers keyed by model, prompt, parameters): a path every Ray worker and "
         "the driver share. Default: {run_dir}/evolve_cache (local storage) or ~/.cache/raywiz/evolve/{name}.",
     )
+
+    @model_validator(mode="after")
+    def _verify_params_follow_response_params(self):
+        # Verification asks the same LLM for answers and tests: by default within the limits the job set
+        # for its answers (a served model refuses a max_tokens beyond its own).
+        if self.verify.answer_params is None:
+            self.verify.answer_params = self.response_params.model_copy(update={"temperature": 0.8})
+        if self.verify.tests_params is None:
+            self.verify.tests_params = self.response_params.model_copy(update={"temperature": 0.0})
+        return self
 
     @model_validator(mode="after")
     def _known_methods(self):

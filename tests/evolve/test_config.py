@@ -57,3 +57,12 @@ def test_cli_names_a_missing_section(tmp_path, capsys):
     assert main(["evolve", str(job_file)]) == 2
     assert "no 'evolve:' section" in capsys.readouterr().err
     assert main(["evolve", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_verify_asks_within_the_response_limits_unless_told_otherwise():
+    ev = parse_job(_job(response_params={"max_tokens": 256, "stop": ["###"]})).evolve
+    assert (ev.verify.answer_params.max_tokens, ev.verify.answer_params.temperature) == (256, 0.8)
+    assert (ev.verify.tests_params.max_tokens, ev.verify.tests_params.stop) == (256, ["###"])
+    assert ev.verify.tests_params.temperature == 0.0
+    own = parse_job(_job(response_params={"max_tokens": 256}, verify={"answer_params": {"max_tokens": 64}})).evolve
+    assert own.verify.answer_params.max_tokens == 64
