@@ -18,6 +18,24 @@ import uuid
 from raywiz.inference.chat import ChatResult
 
 
+def read_parts(paths: list[str], parse) -> dict:
+    """key -> value from the JSON lines of append-only part files, `parse(record) -> (key, value)`.
+    A line without its newline is the tail of a killed write, and a line `parse` cannot read is
+    skipped: its entry is simply made again."""
+    out: dict = {}
+    for path in paths:
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    continue
+                try:
+                    key, value = parse(json.loads(line))
+                except (ValueError, KeyError, TypeError):
+                    continue
+                out[key] = value
+    return out
+
+
 class RequestCache:
     def __init__(self, directory: str):
         self.directory = directory
@@ -28,18 +46,7 @@ class RequestCache:
 
     def load(self) -> dict[str, ChatResult]:
         """key -> answer, from every part file."""
-        answers: dict[str, ChatResult] = {}
-        for path in self.part_files():
-            with open(path, "rb") as f:
-                for line in f:
-                    if not line.endswith(b"\n"):
-                        continue  # the tail of a killed write
-                    try:
-                        rec = json.loads(line)
-                        answers[rec["key"]] = ChatResult.from_cache_record(rec)
-                    except (ValueError, KeyError, TypeError):
-                        continue
-        return answers
+        return read_parts(self.part_files(), lambda rec: (rec["key"], ChatResult.from_cache_record(rec)))
 
     def writer(self, name: str | None = None) -> "CacheWriter":
         return CacheWriter(os.path.join(self.directory, f"part-{name or uuid.uuid4().hex}.jsonl"))

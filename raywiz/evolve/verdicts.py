@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from raywiz.benchmarks import Task
 from raywiz.benchmarks.score import ScoreSettings, Verdict
 from raywiz.config_base import ConfigError
+from raywiz.evolve.cache import read_parts
 from raywiz.log import get_logger
 
 log = get_logger(__name__)
@@ -64,20 +65,10 @@ class VerdictCache:
         self._file = None
 
     def load(self) -> dict[str, Verdict]:
-        verdicts: dict[str, Verdict] = {}
-        for name in sorted(os.listdir(self.directory)):
-            if not (name.startswith(f"part-{self.config_hash}-") and name.endswith(".jsonl")):
-                continue
-            with open(os.path.join(self.directory, name), "rb") as f:
-                for line in f:
-                    if not line.endswith(b"\n"):
-                        continue  # the tail of a killed write: that run is simply done again
-                    try:
-                        rec = json.loads(line)
-                        verdicts[rec["key"]] = Verdict(rec["key"], bool(rec["passed"]), str(rec["result"]))
-                    except (ValueError, KeyError, TypeError):
-                        continue
-        return verdicts
+        """key -> verdict, from this verify config's part files (a killed write's tail is run again)."""
+        parts = [os.path.join(self.directory, name) for name in sorted(os.listdir(self.directory))
+                 if name.startswith(f"part-{self.config_hash}-") and name.endswith(".jsonl")]
+        return read_parts(parts, lambda rec: (rec["key"], Verdict(rec["key"], bool(rec["passed"]), str(rec["result"]))))
 
     def put(self, verdict: Verdict) -> None:
         if self._file is None:
