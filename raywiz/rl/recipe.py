@@ -159,11 +159,8 @@ class RLRecipe:
                              all_gather=_all_gather)
         self.eval_reward = None  # the last evaluation's, carried into every later checkpoint's metrics
 
-        restored = ray.train.get_checkpoint()
-        if restored is not None:  # after a lost worker, or when the same job name runs again
-            with restored.as_directory() as d:
-                state = ckpt.load_training_state(self.eng, CheckpointDir(d), self.rank,
-                                                 adapter_only=cfg.peft.enabled)
+        state = ckpt.load_reported_state(self.eng, self.rank, adapter_only=cfg.peft.enabled)
+        if state is not None:  # after a lost worker, or when the same job name runs again
             self.loop.load_state_dict(state)
             self.eval_reward = state.get("eval_reward")
             self._event(f"resumed from step {self.loop.step_index}")

@@ -236,11 +236,9 @@ class FinetuneRecipe:
 
         # resume: after a lost worker, or when the same job name runs again
         self.state = TrainState()
-        restored = ray.train.get_checkpoint()
+        restored = ckpt.load_reported_state(self.eng, self.rank, adapter_only=self.tc.peft.enabled)
         if restored is not None:
-            with restored.as_directory() as d:
-                self.state = TrainState.from_json(ckpt.load_training_state(self.eng, CheckpointDir(d), self.rank,
-                                                                                  adapter_only=self.tc.peft.enabled))
+            self.state = TrainState.from_json(restored)
             if self.state.step_in_epoch >= self.plan.steps_per_epoch:  # saved at an epoch's last step
                 self.state.epoch, self.state.step_in_epoch = self.state.epoch + 1, 0
             resumed = (f"resumed from step {self.state.step} (epoch {self.state.epoch + 1}, step "

@@ -66,6 +66,18 @@ def load_training_state(eng: TrainEngine, ckpt: CheckpointDir, rank: int, adapte
     return read_json(ckpt.train_state)
 
 
+def load_reported_state(eng: TrainEngine, rank: int, adapter_only: bool = False) -> dict | None:
+    """Collective, on a Ray Train worker: the checkpoint Ray Train hands back (after a lost worker, or
+    when the same job name runs again) loaded into the engine, and its train_state; None on a fresh start."""
+    import ray.train
+
+    restored = ray.train.get_checkpoint()
+    if restored is None:
+        return None
+    with restored.as_directory() as d:
+        return load_training_state(eng, CheckpointDir(d), rank, adapter_only=adapter_only)
+
+
 def export_hf(model, state_dict: dict, tokenizer, out_dir: str, info: ModelInfo) -> None:
     """Rank 0: write a transformers-loadable model directory and seal it with a manifest."""
     os.makedirs(out_dir, exist_ok=True)
