@@ -163,7 +163,8 @@ def main() -> None:
 
         # One CPU for the LLM actor besides the cores, which the verify workload's sandbox workers take.
         ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": REPO}})
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(  # keep where ray itself is
+                     filter(None, [REPO, os.environ.get("PYTHONPATH")]))}})
         cfg = LLMConfig(base_url=base_url, model="bench", api_key_env=None, concurrency=args.concurrency,
                         num_workers=1, timeout_s=30)
         with tempfile.TemporaryDirectory() as cache_dir, LLMEngine(cfg, cache_dir, show_progress=False) as engine:

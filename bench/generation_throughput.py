@@ -14,7 +14,8 @@ Compared, greedy, same model (random init, StarCoderBase-1B shape by default) an
   transformers_generate_batch   model.generate_batch (continuous batching, paged cache) with defaults.
 Workloads (`workloads` in the JSON; --skip workloads leaves them out), on one engine after the runs above:
   greedy_max_tokens             HumanEval, n=1, greedy, every row to max_tokens: the raywiz warm run above
-                                (tokens_per_s, and prefill_s: time inside the decoder's prefill calls).
+                                (tokens_per_s, and prefill_s: the device's time in prefill calls, CUDA
+                                events; its prompts prefilled again, not copied from the cold run's lanes).
   varied_length                 HumanEval + MBPP prompts x VARIED_SAMPLES samples (temperature 0.8, top_p
                                 0.95; >= 2,000 rows on the full data), each row ending at its own max_tokens
                                 drawn from a lognormal of mean VARIED_MEAN (358 tokens: the issue's measured
@@ -144,14 +145,15 @@ def run_workload(engine, ids, params) -> dict:
     out = engine.generate_ids(ids, params)
     sync()
     wall = time.perf_counter() - t
-    delta = {k: engine.stats[k] - before[k] for k in ("prefill_s", "prefill_tokens", "prefill_shared",
-                                                       "graph_capture_s", "decoder_build_s", "rows")}
+    delta = {k: engine.stats[k] - before[k] for k in ("prefill_s", "prefill_tokens", "prefill_shared", "admissions",
+                                                       "prefill_forwards", "graph_capture_s", "decoder_build_s",
+                                                       "rows")}
     seconds = wall - delta["graph_capture_s"] - delta["decoder_build_s"]
     n = sum(len(c.token_ids) for row in out for c in row)
     return dict(tokens_per_s=round(n / seconds, 1), prefill_s=round(delta["prefill_s"], 4), seconds=round(seconds, 3),
                 seconds_wall=round(wall, 3), generated_tokens=n, rows=delta["rows"],
                 prefill_tokens=delta["prefill_tokens"], prefill_shared=delta["prefill_shared"],
-                graph_capture_s=round(delta["graph_capture_s"], 4))
+                admissions=delta["admissions"], prefill_forwards=delta["prefill_forwards"], graph_capture_s=round(delta["graph_capture_s"], 4))
 
 
 def run_workloads(engine, tok, ids, greedy_warm: dict, args) -> dict:
@@ -187,6 +189,7 @@ def run_raywiz(model, tok, ids, max_new, args):
     params = SamplingParams(max_tokens=max_new, temperature=0.0)
     result = {}
     for phase in ("cold", "warm"):
+        engine.weights_changed()  # the warm run prefills its prompts too (none copied from the cold run's lanes)
         prefill_before = engine.stats["prefill_s"]
         sync()
         t = time.perf_counter()

@@ -115,8 +115,41 @@ def main() -> None:
         ray.init(address=args.address, log_to_driver=False)
     else:
         ray.init(num_cpus=max(cpus, max(counts)), include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(  # keep where ray itself is
+                     filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}})
     results, identical = {}, True
+
+    def write_report() -> dict:
+        """The JSON so far (after every worker count: a run cut short keeps what it measured)."""
+        base = results[str(counts[0])]["executions_per_s"] / counts[0]
+        for n, r in results.items():
+            r["efficiency"] = round(r["executions_per_s"] / (int(n) * base), 3)
+        out = {
+            "machine": args.machine or f"{platform.node()} ({cpu_model()})",
+            "cpus": cpus,
+            "cpu_model": cpu_model(),
+            "benchmark": "humaneval+",
+            "tasks": len(tasks),
+            "executions": len(samples),
+            "samples": "canonical and wrong mixed (wrong outputs on some inputs, or an exception at import)",
+            "passed": sum(v.passed for v in single),
+            "ground_truth_and_warmup_s": round(warm_s, 1),
+            "single_process_executions_per_s": round(single_rate, 3),
+            "eval_score_cli_executions_per_s": round(len(samples) / cli_s, 3),
+            "single_worker_vs_single_process": (round(results["1"]["executions_per_s"] / single_rate, 3)
+                                                if "1" in results else None),
+            "efficiency_base_workers": counts[0],
+            "workers": results,
+            "worker_counts_planned": counts,
+            "verdicts_identical_across_runs": identical and [v.passed for v in warm] == [v.passed for v in
+                                                                                          single[:len(warm)]],
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        return out
+
     for n in counts:
         t0 = time.perf_counter()
         with ClusterScorer(settings, workers=n) as scorer:
@@ -128,32 +161,8 @@ def main() -> None:
         results[str(n)] = {"executions_per_s": round(len(samples) / seconds, 3), "seconds": round(seconds, 2),
                            "workers_start_s": round(start_s, 2)}
         print(f"{n} workers: {len(samples) / seconds:.2f} executions/s ({seconds:.1f} s)", flush=True)
+        out = write_report()
     ray.shutdown()
-    base = results[str(counts[0])]["executions_per_s"] / counts[0]
-    for n in counts:
-        results[str(n)]["efficiency"] = round(results[str(n)]["executions_per_s"] / (n * base), 3)
-    out = {
-        "machine": args.machine or f"{platform.node()} ({cpu_model()})",
-        "cpus": cpus,
-        "cpu_model": cpu_model(),
-        "benchmark": "humaneval+",
-        "tasks": len(tasks),
-        "executions": len(samples),
-        "samples": "canonical and wrong mixed (wrong outputs on some inputs, or an exception at import)",
-        "passed": sum(v.passed for v in single),
-        "ground_truth_and_warmup_s": round(warm_s, 1),
-        "single_process_executions_per_s": round(single_rate, 3),
-        "eval_score_cli_executions_per_s": round(len(samples) / cli_s, 3),
-        "single_worker_vs_single_process": (round(results["1"]["executions_per_s"] / single_rate, 3)
-                                            if "1" in results else None),
-        "efficiency_base_workers": counts[0],
-        "workers": results,
-        "verdicts_identical_across_runs": identical and [v.passed for v in warm] == [v.passed for v in single[:len(warm)]],
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 

@@ -1,9 +1,9 @@
 """Integer hashes behind raywiz's seeded sampling (raywiz.inference.slot_decoding.sample_tokens).
 
-A sampled token is picked by the Gumbel-max trick with noise that is a pure function of (the
-sequence's key, how many tokens it has sampled, the vocabulary id), so a seed fixes a sequence's tokens
-alone or in any batch. The hash is computed with tensor ops (no Python per row, no torch.Generator),
-so the decode step stays graph-capturable.
+A sampled token is picked by inverse CDF with a uniform that is a pure function of (the sequence's
+key, how many tokens it has sampled), so a seed fixes a sequence's tokens alone or in any batch. The
+hash is computed with tensor ops (no Python per row, no torch.Generator), so the decode step stays
+graph-capturable.
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ the loop around them:
   its keys/values are copied into a free lane just behind the ring position; it decodes from the next
   step on, beside the lanes already running (iteration-level batching). A lane that finishes is free
   at the next step. A sequence needs prompt + max_tokens <= lane_len, so the ring never reaches its own
-  positions before it ends.
+  positions before it ends. Joining never waits for the device (admit(): host lists go up through
+  pinned memory, the prefill mask is built on the device, the first tokens come back like a step's),
+  so the step in flight keeps running while the host prepares the next.
 - **Shared prompts.** A prompt is prefilled once however many lanes take it (pass@k's n samples): the
   others get its keys/values copied from a lane that holds it (one gather per layer) and sample their
   first token from its kept logits. A lane keeps its prompt intact for lane_len - n steps, even once
@@ -27,7 +29,7 @@ the loop around them:
   few windows (powers of two from 512, and the whole lane; window_sizes) that holds them, gathered
   from the ring. Serve's 8k-token lanes with prompts of a few hundred tokens read 1/16 of the cache.
 - **One step, one CUDA graph.** The step (forward, per-lane sampling, the buffers' advance) is captured
-  as a CUDA graph per (greedy or sampled, window) the first time it is needed, or all at once
+  as a CUDA graph per (greedy, sampled or sampled with top-p; window) the first time it is needed, or all at once
   (capture_all: serve, at load), and replayed; nothing is compiled. Capturing runs the step twice
   for real, so what that writes (buffers, and the keys/values at those positions) is saved and put
   back: lanes may be live meanwhile. On CPU, or where capture fails (logged), the step runs eagerly.
@@ -35,9 +37,9 @@ the loop around them:
   Callers launch step k+1 before reading step k, so routing tokens to rows, stop checks and
   detokenisation run while the device decodes.
 - **Sampling per lane**, inside the step: greedy lanes take the argmax; sampled lanes apply temperature
-  and top-p and pick by the Gumbel-max trick with noise hashed from (the lane's key, its token count,
-  the vocabulary id) (raywiz.inference.seeded_sampling's hash). A seed therefore fixes a sequence's
-  tokens whatever else shares the batch.
+  and top-p and pick by inverse CDF with a uniform hashed from (the lane's key, its token count)
+  (raywiz.inference.seeded_sampling's hash). A seed therefore fixes a sequence's tokens whatever else
+  shares the batch. The sort top-p needs runs only in steps where some lane asks for top-p < 1.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ log = logging.getLogger("raywiz.inference")
 PREFILL_TOKENS = {"cuda": 65536, "cpu": 8192}  # padded prompt tokens per prefill forward (its activations)
 PREFILL_WIDTH_ROUND = {"cuda": 32, "cpu": 1}  # GPU: fewer distinct prefill shapes
 WINDOW_MIN = 512  # the smallest attention window a step runs over (see window_sizes)
+STASH_BYTES = {"cuda": 2 << 30, "cpu": 256 << 20}  # keys/values of prompts run ahead (SlotDecoder.admit)
 
 
 @dataclass(frozen=True)
@@ -86,23 +89,44 @@ def lane_key(seed: int | None, index: int, prompt_ids: list[int]) -> int:
 
 
 def sample_tokens(logits: torch.Tensor, greedy: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-                  key: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """One token per row of `logits` [n, V]: tensor ops only (graph-capturable), no host sync."""
-    logits = logits.float()
+                  key: torch.Tensor, count: torch.Tensor, nucleus: bool = True) -> torch.Tensor:
+    """One token per row of `logits` [n, V]: tensor ops only (graph-capturable), no host sync.
+
+    Sampled rows draw by inverse CDF: one uniform per (row key, token count) is located in the
+    cumulative distribution of softmax(logits / temperature), so the token is a pure function of the
+    row (its batch does not matter). Rows with top_p 1 walk the vocabulary in id order; rows with
+    top_p < 1 walk it sorted by probability (stable: ties in id order), cut where a token's more likely
+    predecessors already hold top_p of the mass. `nucleus=False` skips that sort; the caller passes it
+    when no sampled row has top_p < 1, and a row's token is the same either way. A few passes over
+    [n, V] and one sort, with no noise hashed per vocabulary entry (as the Gumbel-max trick needs)."""
     best = logits.argmax(dim=-1)
-    scaled = logits / temperature.clamp(min=1e-5)[:, None]
-    probs = scaled.softmax(dim=-1)
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    # top-p: drop a token once the more likely ones before it already hold top_p of the mass
-    drop_sorted = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p[:, None]
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    scaled = scaled.masked_fill(drop, float("-inf"))
-    step_keys = mix32_tensor(mix32_tensor(key) ^ count)  # a fresh key per (lane, token)
-    vocab = torch.arange(logits.shape[-1], device=logits.device, dtype=torch.int64)
-    bits = mix32_tensor(step_keys[:, None] ^ vocab[None, :])
-    uniform = ((bits >> 8).float() + 0.5) / float(1 << 24)  # in (0, 1)
-    sampled = (scaled - torch.log(-torch.log(uniform))).argmax(dim=-1)
-    return torch.where(greedy, best, sampled)
+    probs = (logits.float() / temperature.clamp(min=1e-5)[:, None]).softmax(dim=-1)
+    uniform = uniform_of(key, count)[:, None]
+    sampled = _inverse_cdf(probs, uniform)
+    if nucleus:
+        order = logits.sort(dim=-1, descending=True, stable=True).indices  # the logits' own dtype: fewer bytes
+        in_top_p = order.gather(-1, _inverse_cdf(probs.gather(-1, order), uniform, top_p))
+        sampled = torch.where(top_p[:, None] < 1.0, in_top_p, sampled)
+    return torch.where(greedy, best, sampled[:, 0])
+
+
+def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, top_p: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row [n, 1]: the index where `uniform` [n, 1] falls in the cumulative `probs`, over the
+    prefix of entries whose predecessors hold less than top_p (all entries when top_p is None)."""
+    cdf = probs.cumsum(dim=-1)
+    if top_p is None:
+        kept = torch.full_like(uniform, probs.shape[-1], dtype=torch.long)
+    else:
+        kept = ((cdf - probs) < top_p[:, None]).sum(dim=-1, keepdim=True)
+    mass = cdf.gather(-1, kept - 1)  # the kept entries' total
+    index = torch.searchsorted(cdf, uniform.to(cdf.dtype) * mass, right=True)
+    return torch.minimum(index, kept - 1)  # rounding at the top end
+
+
+def uniform_of(key: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """A uniform in (0, 1) per (lane key, token count), float64 from 32 hashed bits."""
+    bits = mix32_tensor(mix32_tensor(key) ^ count)  # a fresh value per (lane, token)
+    return (bits.double() + 0.5) / float(1 << 32)
 
 
 class _RingLayer(CacheLayerMixin):
@@ -206,6 +230,42 @@ class StepTokens:
                 if lane in owners_now and owners_now[lane] == owner]
 
 
+@dataclass
+class _Stashed:
+    """A prompt run through the model and not yet in every lane that wants it: its row of a prefill
+    forward's cache (the prompt's keys/values from `start` on) and its last logits."""
+
+    cache: DynamicCache
+    row: int
+    start: int
+    logits: torch.Tensor
+    taken: bool = False  # a row has taken it (later ones share it)
+
+
+class _DeviceTimer:
+    """Device time between two points of the stream (CUDA events), read later without stalling now."""
+
+    def __init__(self, begin):
+        self.begin, self.end = begin, None
+
+    @classmethod
+    def start(cls, device) -> "_DeviceTimer | None":
+        if device.type != "cuda":
+            return None
+        begin = torch.cuda.Event(enable_timing=True)
+        begin.record()
+        return cls(begin)
+
+    def stop(self) -> "_DeviceTimer":
+        self.end = torch.cuda.Event(enable_timing=True)
+        self.end.record()
+        return self
+
+    def seconds(self) -> float:
+        self.end.synchronize()
+        return self.begin.elapsed_time(self.end) / 1000.0
+
+
 class SlotDecoder:
     """`slots` lanes of `lane_len` positions over one model; prefill() puts sequences in, launch() decodes
     one token in every lane, release() says a lane is free."""
@@ -223,7 +283,8 @@ class SlotDecoder:
         self._arange = torch.arange(lane_len, dtype=torch.long, device=dev)
         self._view = _Window()
         layers = []
-        for key_shape, value_shape, dtype in shapes or kv_shapes(model):
+        shapes = shapes or kv_shapes(model)
+        for key_shape, value_shape, dtype in shapes:
             keys = torch.zeros((slots, key_shape[1], lane_len, key_shape[3]), dtype=dtype, device=dev)
             values = torch.zeros((slots, value_shape[1], lane_len, value_shape[3]), dtype=dtype, device=dev)
             layers.append(_RingLayer(keys, values, self.write_at, self._view))
@@ -242,114 +303,203 @@ class SlotDecoder:
         pinned = dev.type == "cuda"
         self._host = [torch.zeros(slots, dtype=torch.long, pin_memory=pinned) for _ in range(2)]
         self._flip = 0
+        self._first_host = torch.zeros(slots, dtype=torch.long, pin_memory=pinned)  # admit()'s first tokens
+        self._prefill_timers: list = []  # admissions' device timers, summed into stats by settle_stats
         self.use_graphs = dev.type == "cuda" if graphs is None else graphs and dev.type == "cuda"
-        self._graphs: dict[tuple[bool, int], torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}  # (mode, window) -> its step
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None  # one pool: graphs never overlap
         # prompts held in lanes, so that more samples of one prompt copy its keys/values, not recompute them
         self._lane_prompt: dict[int, tuple[tuple, int, int]] = {}  # lane -> (prompt ids, first ring position, step)
         self._prompt_lanes: dict[tuple, set[int]] = {}  # prompt ids -> the busy lanes holding it
         self._prompt_logits: dict[tuple, torch.Tensor] = {}  # prompt ids -> its last position's logits
+        # prompts run through the model, kept until no waiting row needs them (admit's `upcoming`)
+        self._stash: dict[tuple, _Stashed] = {}
+        self.stash_tokens = min(PREFILL_TOKENS.get(dev.type, PREFILL_TOKENS["cpu"]),
+                                STASH_BYTES.get(dev.type, STASH_BYTES["cpu"]) // max(1, kv_bytes_per_token(shapes)))
         self.stats = {"graph_capture_s": 0.0, "graphs": self.use_graphs, "graphs_captured": 0, "graph_error": None,
-                      "prefill_s": 0.0, "prefills": 0, "prefill_tokens": 0, "prefill_shared": 0, "steps": 0,
+                      "prefill_s": 0.0, "prefill_host_s": 0.0, "prefills": 0, "admissions": 0, "prefill_forwards": 0,
+                      "prefill_tokens": 0,
+                      "prefill_shared": 0, "steps": 0,
                       "window_steps": {}, "prefill_groups": []}
 
     # ------------------------------------------------------------ prefill
 
     def prefill(self, entries: list[tuple[int, list[int], LaneSampling]]) -> list[int]:
-        """Put each (lane, prompt ids, sampling) into its lane; returns each one's first token.
+        """admit(), waited for: each entry's first token, in entry order."""
+        tokens = self.admit(entries).tokens()
+        return [tokens[lane] for lane, _, _ in entries]
 
-        A prompt is run through the model once: entries with the same prompt (the n samples of one
-        request), and entries whose prompt a lane still holds (copies admitted after the first ones),
-        get its keys/values copied lane to lane and their first token sampled from its kept last
-        logits, each with its own sampling (so a seed gives the same text alone or shared)."""
+    def admit(self, entries: list[tuple[int, list[int], LaneSampling]], owners: dict | None = None,
+              upcoming: list[tuple] = ()) -> "StepTokens":
+        """Put each (lane, prompt ids, sampling) into its lane and sample its first token, without waiting
+        for the device: the first tokens come like a step's (StepTokens, by lane; `owners` as launch's).
+        Read them before the next admit (one host buffer).
+
+        A prompt is run through the model once. Prompts run go to the stash (their keys/values, as the
+        forward left them, and their last logits); each entry's lane gets its prompt copied from the stash,
+        or from a lane that still holds it (copies admitted after the first ones), and its first token
+        sampled from the kept logits with its own sampling (so a seed gives the same text alone or
+        shared). `upcoming`: prompts (tuples of ids) of the rows waiting next, in order. When some entry's
+        prompt must be run, those not held anywhere are run too while the stash has room, in the same
+        forwards, so that the admissions after it only copy (a few large prefills instead of one small
+        one per admission: pass@k's waves admit a few prompts each). After the copies the stash keeps
+        only upcoming prompts."""
         started = time.perf_counter()
+        timer = _DeviceTimer.start(self.device)
         keys = [tuple(ids) for _, ids, _ in entries]
-        held, fresh, late = [], {}, []  # copies from lanes holding the prompt; prompts to run; copies of those
-        for i, key in enumerate(keys):
-            holder = self._holder(key)
-            if holder is not None:
-                held.append((entries[i][0], holder, key))
-            elif key in fresh:
-                late.append(i)
-            else:
-                fresh[key] = i
-        logits = {key: self._prompt_logits[key] for _, _, key in held}
-        self._copy_prompts(held)  # first: the lanes read may be among those given a new prompt now
-        groups: list[list[int]] = [[]]
-        budget = PREFILL_TOKENS.get(self.device.type, PREFILL_TOKENS["cpu"])
-        for i in sorted(fresh.values(), key=lambda i: len(keys[i])):  # shortest first: little padding
-            if groups[-1] and len(keys[i]) * (len(groups[-1]) + 1) > budget:
-                groups.append([])
-            groups[-1].append(i)
-        for group in groups if groups[0] else []:
-            t = time.perf_counter()
-            width, last = self._prefill_group([entries[i] for i in group])
-            logits.update((keys[i], row) for i, row in zip(group, last))
-            self.stats["prefill_tokens"] += sum(len(keys[i]) for i in group)
-            if len(self.stats["prefill_groups"]) < 8:  # the first few (rows, width, s): where a cold start goes
-                self.stats["prefill_groups"].append([len(group), width, round(time.perf_counter() - t, 4)])
-        self._copy_prompts([(entries[i][0], entries[fresh[keys[i]]][0], keys[i]) for i in late], just_written=True)
+        run: dict[tuple, None] = {}  # prompts to run now, in order (a dict: no repeats)
+        for key in keys:
+            if key not in self._stash and key not in run and self._holder(key) is None:
+                run[key] = None
+        room = self.stash_tokens - sum(len(key) for key in self._stash) - sum(len(key) for key in run)
+        for key in upcoming if run else ():  # only when a forward runs anyway: then fill the stash
+            if key in run or key in self._stash or self._holder(key) is not None:
+                continue
+            if len(key) > room:
+                break
+            run[key] = None
+            room -= len(key)
+        self._run_prompts(list(run))
+        from_lanes = [(lane, self._holder(key), key) for (lane, _, _), key in zip(entries, keys)
+                      if key not in self._stash]
+        logits = {key: self._prompt_logits[key] for _, _, key in from_lanes}
+        self._copy_prompts(from_lanes)  # first: the lanes read may be among those given a new prompt now
+        self._copy_from_stash([(lane, key) for (lane, _, _), key in zip(entries, keys) if key in self._stash])
+        shared = 0
         for (lane, _, _), key in zip(entries, keys):
+            if key in self._stash:
+                stashed = self._stash[key]
+                logits[key] = stashed.logits
+                shared += stashed.taken  # the first row to take a prompt run is not sharing it
+                stashed.taken = True
+            else:
+                shared += 1
             self._forget(lane)
             self._hold_prompt(lane, key, logits[key])
             self.filled[lane] = len(key)
-        firsts = self._start_lanes(entries, torch.stack([logits[key] for key in keys]))
-        self.stats["prefill_s"] += time.perf_counter() - started
+        self._start_lanes(entries, torch.stack([logits[key] for key in keys]))
+        keep = set(upcoming)
+        for key in [key for key in self._stash if key not in keep]:
+            del self._stash[key]  # a group's keys/values are freed with its last prompt
+        firsts = self._to_host(self._first_host, owners if owners is not None else {lane: lane for lane, _, _ in entries})
+        self._prefill_timers.append(timer.stop() if timer else None)
+        self.stats["prefill_host_s"] += time.perf_counter() - started
         self.stats["prefills"] += len(entries)
-        self.stats["prefill_shared"] += len(entries) - len(fresh)
+        self.stats["admissions"] += 1
+        self.stats["prefill_shared"] += shared
         return firsts
 
-    def _prefill_group(self, entries) -> tuple[int, list[torch.Tensor]]:
-        """One forward over these prompts (all distinct); each one's keys/values go into its own lane,
-        just behind the ring position. Returns the padded width and each prompt's last logits."""
+    def _run_prompts(self, keys: list[tuple]) -> None:
+        """Run these prompts through the model, in padded groups of at most PREFILL_TOKENS, into the stash."""
+        groups: list[list[tuple]] = [[]]
+        budget = PREFILL_TOKENS.get(self.device.type, PREFILL_TOKENS["cpu"])
+        for key in sorted(keys, key=len):  # shortest first: little padding
+            if groups[-1] and len(key) * (len(groups[-1]) + 1) > budget:
+                groups.append([])
+            groups[-1].append(key)
+        for group in groups if groups[0] else []:
+            t = time.perf_counter()
+            width, cache, last = self._prefill_group(group)
+            for row, key in enumerate(group):
+                self._stash[key] = _Stashed(cache, row, width - len(key), last[row])
+            self.stats["prefill_tokens"] += sum(len(key) for key in group)
+            self.stats["prefill_forwards"] += 1
+            if len(self.stats["prefill_groups"]) < 8:  # the first few (rows, width, host s): where a cold start goes
+                self.stats["prefill_groups"].append([len(group), width, round(time.perf_counter() - t, 4)])
+
+    def _copy_from_stash(self, copies: list[tuple[int, tuple]]) -> None:
+        """For each (lane, prompt): the prompt's keys/values, from the stash to just behind the ring
+        position in lane (one gather per layer and group run together)."""
+        by_cache: dict[int, list[tuple[int, tuple]]] = {}
+        for lane, key in copies:
+            by_cache.setdefault(id(self._stash[key].cache), []).append((lane, key))
+        with torch.inference_mode():
+            for group in by_cache.values():
+                stashed = [self._stash[key] for _, key in group]
+                lens = [len(key) for _, key in group]
+                rows_t, slots_t = self._spans([lane for lane, _ in group], None, lens)
+                src_r, src_c = self._spans([st.row for st in stashed], [st.start for st in stashed], lens, wrap=False)
+                for ring, layer in zip(self.cache.layers, stashed[0].cache.layers):
+                    ring.keys[rows_t, :, slots_t] = layer.keys[src_r, :, src_c]
+                    ring.values[rows_t, :, slots_t] = layer.values[src_r, :, src_c]
+
+    def settle_stats(self) -> dict:
+        """stats, with prefill_s brought up to date: on GPU the device time between each admission's first
+        and last operation (CUDA events: waits for admissions still running), on CPU the host time."""
+        timers, self._prefill_timers = self._prefill_timers, []
+        for timer in timers:
+            self.stats["prefill_s"] += timer.seconds() if timer is not None else 0.0
+        if self.device.type != "cuda":
+            self.stats["prefill_s"] = self.stats["prefill_host_s"]
+        return self.stats
+
+    def _on_device(self, values: list, dtype=torch.long) -> torch.Tensor:
+        """A host list as a device tensor without waiting for the device: a plain copy would wait for the
+        step in flight (torch synchronizes a blocking host-to-device copy), losing the overlap."""
+        host = torch.tensor(values, dtype=dtype)
+        if self.device.type != "cuda":
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)
+
+    def _to_host(self, host: torch.Tensor, owners: dict) -> "StepTokens":
+        """self.tokens (every lane's next input token) copied to `host` once the device gets there."""
+        host.copy_(self.tokens, non_blocking=host.is_pinned())
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        return StepTokens(host, event, owners)
+
+    def _prefill_group(self, keys: list[tuple]) -> tuple[int, DynamicCache, torch.Tensor]:
+        """One forward over these prompts (all distinct): the padded width, the keys/values (each prompt
+        right-aligned in its row) and each prompt's last logits.
+
+        Prompts are left-padded to one width, and the mask is built here as 4D (causal, padding keys
+        hidden, a padding query sees itself so no row of the softmax is empty): given a 2D mask,
+        transformers asks the device whether there is padding, a sync per admission."""
         dev = self.device
-        lens = [len(ids) for _, ids, _ in entries]
+        lens = [len(key) for key in keys]
         if max(lens) + 1 > self.lane_len:
             raise ValueError(f"a prompt of {max(lens)} tokens does not fit a {self.lane_len}-token lane")
         round_to = PREFILL_WIDTH_ROUND.get(dev.type, 1)
         width = min(-(-max(lens) // round_to) * round_to, self.lane_len - 1)
         pad = 0
-        input_ids = torch.tensor([[pad] * (width - n) + ids for (_, ids, _), n in zip(entries, lens)], device=dev)
-        attn = torch.tensor([[0] * (width - n) + [1] * n for n in lens], device=dev)
-        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+        input_ids = self._on_device([[pad] * (width - n) + list(key) for key, n in zip(keys, lens)])
+        pads = self._on_device([width - n for n in lens])[:, None]
+        columns = torch.arange(width, device=dev)
+        position_ids = (columns[None, :] - pads).clamp(min=0)
+        query, key_col = columns[:, None], columns[None, :]
+        mask = (key_col <= query) & ((key_col[None] >= pads[:, :, None]) | (key_col == query))  # [rows, q, k]
         cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
-            out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
+            out = self.model(input_ids=input_ids, attention_mask=mask[:, None], position_ids=position_ids,
                              use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
-            # Each prompt's real tokens go just behind the ring position, in its own lane.
-            rows_t, slots_t = self._spans([lane for lane, _, _ in entries], None, lens)
-            src_r, src_c = self._spans(range(len(entries)), [width - n for n in lens], lens, wrap=False)
-            for ring, layer in zip(self.cache.layers, cache.layers):
-                ring.keys[rows_t, :, slots_t] = layer.keys[src_r, :, src_c]
-                ring.values[rows_t, :, slots_t] = layer.values[src_r, :, src_c]
-        return width, [row.clone() for row in out.logits[:, -1]]  # kept apart: not the whole group's logits
+        return width, cache, out.logits[:, -1]
 
     def _spans(self, lanes, starts, lens, wrap: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Index tensors (row, position) of spans: lens[k] positions of row lanes[k] from starts[k] (None:
         the lens[k] just behind the ring position), round the ring if `wrap`. Built on the device: a
         wave of pass@k admissions is tens of thousands of positions."""
         dev, lens = self.device, list(lens)
-        lens_t = torch.tensor(lens, dtype=torch.long, device=dev)
-        starts_t = (self.ring_pos - lens_t) if starts is None else torch.tensor(list(starts), dtype=torch.long,
-                                                                                 device=dev)
+        lens_t = self._on_device(lens)
+        starts_t = (self.ring_pos - lens_t) if starts is None else self._on_device(list(starts))
         total = sum(lens)  # from the host: no device sync
-        rows = torch.repeat_interleave(torch.tensor(list(lanes), dtype=torch.long, device=dev), lens_t,
-                                       output_size=total)
+        rows = torch.repeat_interleave(self._on_device(list(lanes)), lens_t, output_size=total)
         offsets = torch.arange(total, device=dev) - torch.repeat_interleave(lens_t.cumsum(0) - lens_t, lens_t,
                                                                             output_size=total)
         positions = torch.repeat_interleave(starts_t, lens_t, output_size=total) + offsets
         return rows, positions.remainder(self.lane_len) if wrap else positions
 
-    def _copy_prompts(self, copies: list[tuple[int, int, tuple]], just_written: bool = False) -> None:
+    def _copy_prompts(self, copies: list[tuple[int, int, tuple]]) -> None:
         """For each (lane, source lane, prompt): the prompt's keys/values, from where the source lane holds
-        them (just behind the ring position if `just_written`), to just behind the ring position in lane."""
+        them, to just behind the ring position in lane."""
         if not copies:
             return
         lens = [len(key) for _, _, key in copies]
         with torch.inference_mode():
             rows_t, slots_t = self._spans([lane for lane, _, _ in copies], None, lens)
             src_r, src_s = self._spans([src for _, src, _ in copies],
-                                       None if just_written else [self._lane_prompt[src][1] for _, src, _ in copies],
+                                       [self._lane_prompt[src][1] for _, src, _ in copies],
                                        lens)
             for ring in self.cache.layers:  # the right side is gathered (a copy) before anything is written
                 ring.keys[rows_t, :, slots_t] = ring.keys[src_r, :, src_s]
@@ -375,6 +525,7 @@ class SlotDecoder:
         """Reuse no prompt kept so far (the model's weights changed: its keys/values are stale)."""
         for lane in list(self._lane_prompt):
             self._forget(lane)
+        self._stash.clear()
 
     def _forget(self, lane: int) -> None:
         """`lane` no longer holds its prompt; a prompt no lane holds drops its logits."""
@@ -385,27 +536,25 @@ class SlotDecoder:
             if not lanes:
                 del self._prompt_lanes[held[0]], self._prompt_logits[held[0]]
 
-    def _start_lanes(self, entries, logits: torch.Tensor) -> list[int]:
+    def _start_lanes(self, entries, logits: torch.Tensor) -> None:
         """Each entry's lane state (mask, position, sampling) and its first token, sampled from `logits`
-        (one row per entry: its prompt's last)."""
-        dev = self.device
+        (one row per entry: its prompt's last) into the lane's next input token."""
         with torch.inference_mode():
-            lanes = torch.tensor([lane for lane, _, _ in entries], device=dev)
+            lanes = self._on_device([lane for lane, _, _ in entries])
             self.mask[lanes] = False
             rows, slots = self._spans([lane for lane, _, _ in entries], None, [len(ids) for _, ids, _ in entries])
             self.mask[rows, 0, 0, slots] = True
-            self.positions[lanes] = torch.tensor([len(ids) for _, ids, _ in entries], device=dev)
+            self.positions[lanes] = self._on_device([len(ids) for _, ids, _ in entries])
             sampling = [s for _, _, s in entries]
-            self.greedy[lanes] = torch.tensor([s.greedy for s in sampling], device=dev)
-            self.temperature[lanes] = torch.tensor([s.temperature for s in sampling], device=dev)
-            self.top_p[lanes] = torch.tensor([s.top_p for s in sampling], device=dev)
-            self.key[lanes] = torch.tensor([s.key for s in sampling], device=dev)
+            self.greedy[lanes] = self._on_device([s.greedy for s in sampling], torch.bool)
+            self.temperature[lanes] = self._on_device([s.temperature for s in sampling], torch.float32)
+            self.top_p[lanes] = self._on_device([s.top_p for s in sampling], torch.float32)
+            self.key[lanes] = self._on_device([s.key for s in sampling])
             self.count[lanes] = 0
-            first = sample_tokens(logits, self.greedy[lanes], self.temperature[lanes], self.top_p[lanes],
-                                  self.key[lanes], self.count[lanes])
+            self.tokens[lanes] = sample_tokens(logits, self.greedy[lanes], self.temperature[lanes],
+                                               self.top_p[lanes], self.key[lanes], self.count[lanes],
+                                               nucleus=any(s.top_p < 1.0 and not s.greedy for s in sampling))
             self.count[lanes] = 1
-            self.tokens[lanes] = first
-        return first.tolist()
 
     def release(self, lane: int) -> None:
         """The lane's sequence is done: the windows no longer need to cover it (its prompt stays there to
@@ -414,7 +563,7 @@ class SlotDecoder:
 
     # ------------------------------------------------------------ decode
 
-    def _step_body(self, sampled: bool, window: int) -> None:
+    def _step_body(self, mode: str, window: int) -> None:
         self.mask.index_fill_(3, self.write_at, True)  # every lane writes its new token here
         mask = self.mask
         if window < self.lane_len:  # the last `window` ring positions, up to the one written now
@@ -427,10 +576,11 @@ class SlotDecoder:
         finally:
             self._view.index = None
         logits = out.logits[:, -1]
-        if sampled:
-            nxt = sample_tokens(logits, self.greedy, self.temperature, self.top_p, self.key, self.count)
-        else:
+        if mode == "greedy":
             nxt = logits.argmax(dim=-1)
+        else:
+            nxt = sample_tokens(logits, self.greedy, self.temperature, self.top_p, self.key, self.count,
+                                nucleus=mode == "nucleus")
         self.tokens.copy_(nxt)
         self.positions.add_(1).clamp_(max=self.max_position)  # idle lanes must not run off the embeddings
         self.count.add_(1)
@@ -441,45 +591,46 @@ class SlotDecoder:
         need = max(self.filled) + 1
         return next(w for w in self.windows if w >= need)
 
-    def launch(self, owners: dict | None = None, sampled: bool = False) -> StepTokens:
+    def launch(self, owners: dict | None = None, sampled: bool = False, nucleus: bool = True) -> StepTokens:
         """Queue one decode step for every lane (idle lanes too: their tokens are ignored) and return at
         once; the tokens come with .tokens(), or .tokens_of() for the lanes still held by `owners`
         (the caller's lane -> sequence map at launch). The caller may launch the next step before reading them
         (what it then does on the host overlaps the device's step), but reads each step before
-        launching the one after next."""
+        launching the one after next. `sampled`: some lane samples; `nucleus`: some sampled lane has
+        top_p < 1 (False skips top-p's sort)."""
         window = self.window_for()
+        mode = "greedy" if not sampled else "nucleus" if nucleus else "sample"
         with torch.inference_mode():
-            graph = self._graph(sampled, window) if self.use_graphs else None
+            graph = self._graph(mode, window) if self.use_graphs else None
             if graph is not None:
                 graph.replay()
             else:
-                self._step_body(sampled, window)
+                self._step_body(mode, window)
             host = self._host[self._flip]
             self._flip ^= 1
-            host.copy_(self.tokens, non_blocking=host.is_pinned())
-            event = None
-            if self.device.type == "cuda":
-                event = torch.cuda.Event()
-                event.record()
+            launched = self._to_host(host, owners or {})
         self.ring_pos = (self.ring_pos + 1) % self.lane_len
         self.filled = [min(f + 1, self.lane_len) if f else 0 for f in self.filled]
         self.stats["steps"] += 1
         self.stats["window_steps"][window] = self.stats["window_steps"].get(window, 0) + 1
-        return StepTokens(host, event, owners or {})
+        if len(self._prefill_timers) > 1024:  # serve never settles: long done by now
+            self.settle_stats()
+        return launched
 
-    def step(self, sampled: bool = False) -> list[int]:
+    def step(self, sampled: bool = False, nucleus: bool = True) -> list[int]:
         """One decode step, waited for: every lane's next token."""
-        return self.launch(sampled=sampled).tokens()
+        return self.launch(sampled=sampled, nucleus=nucleus).tokens()
 
     def capture_all(self, sampled_too: bool = True) -> None:
-        """Capture every window's graphs now (serve: at load, not on a request's path)."""
+        """Capture every window's graphs now (serve: at load, not on a request's path). Sampling without
+        top-p (mode "sample") is captured when first needed."""
         if self.use_graphs:
-            for sampled in (False, True) if sampled_too else (False,):
+            for mode in ("greedy", "nucleus") if sampled_too else ("greedy",):
                 for window in self.windows:
-                    self._graph(sampled, window)
+                    self._graph(mode, window)
 
-    def _graph(self, sampled: bool, window: int):
-        key = (sampled, window)
+    def _graph(self, mode: str, window: int):
+        key = (mode, window)
         if key in self._graphs or not self.use_graphs:
             return self._graphs.get(key)
         started = time.perf_counter()
@@ -495,12 +646,12 @@ class SlotDecoder:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):  # warm-up outside the graph (cuBLAS workspaces, lazy inits)
-                    self._step_body(sampled, window)
+                    self._step_body(mode, window)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             # thread_local: serve captures a new model's graphs while the old one decodes on its thread
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                self._step_body(sampled, window)
+                self._step_body(mode, window)
         except Exception as e:  # capture is an optimisation: decode eagerly rather than fail
             log.warning("CUDA graph capture failed (%s: %s); decoding without graphs", type(e).__name__, e)
             self.use_graphs, graph = False, None

@@ -35,6 +35,7 @@ log = logging.getLogger("raywiz.inference")
 LANE_ROUND = 64  # offline lane lengths are rounded up so that calls share a decoder (and its graphs)
 STREAM_LANE_MAX = 8192  # serve's lanes hold prompt + max_tokens up to this (or the model's context)
 STOP_CHECK_EVERY = 8  # offline: tokens between stop-sequence checks of a row
+ADMIT_FRACTION = 32  # offline: rows are admitted once 1/32 of the lanes are free (DecodeLoop.admit_batch)
 
 
 def eos_ids_of(model, tokenizer) -> list[int]:
@@ -119,7 +120,8 @@ class TransformersEngine(LocalChat):
         self._stream_lock = threading.Lock()
         self._score_lock = threading.Lock()
         self.stats = {"rows": 0, "decode_steps": 0, "decoders_built": 0, "decoder_build_s": 0.0, "graph_capture_s": 0.0,
-                      "prefill_s": 0.0, "prefill_tokens": 0, "prefill_shared": 0}
+                      "prefill_s": 0.0, "prefill_tokens": 0, "prefill_shared": 0, "admissions": 0,
+                      "prefill_forwards": 0}
 
     @classmethod
     def from_spec(cls, spec: EngineSpec) -> "TransformersEngine":
@@ -195,8 +197,8 @@ class TransformersEngine(LocalChat):
         by_key = {(i, k): row for i, k, row in rows}
         with self._offline_lock:
             decoder = self._offline_decoder(len(rows), lane_len)
-            before = dict(decoder.stats)
-            loop = DecodeLoop(decoder)
+            before = dict(decoder.settle_stats())
+            loop = DecodeLoop(decoder, admit_batch=max(1, decoder.slots // ADMIT_FRACTION), lookahead=True)
             for i, k, row in rows:
                 loop.submit(row, prompt_ids[i], LaneSampling.of(each[i], each[i].seed, k, prompt_ids[i]))
             try:
@@ -239,10 +241,12 @@ class TransformersEngine(LocalChat):
         return self._offline
 
     def _count(self, decoder, before: dict, rows: int) -> None:
+        decoder.settle_stats()
         self.stats["rows"] += rows
         self.stats["decode_steps"] += decoder.stats["steps"] - before["steps"]
         self.stats["prefill_s"] = round(self.stats["prefill_s"] + decoder.stats["prefill_s"] - before["prefill_s"], 4)
-        for key in ("prefill_tokens", "prefill_shared"):  # prompt tokens run through the model; lanes that copied
+        # prompt tokens run through the model; lanes that copied a prompt; prefill calls
+        for key in ("prefill_tokens", "prefill_shared", "admissions", "prefill_forwards"):
             self.stats[key] += decoder.stats[key] - before[key]
         self.stats["graph_capture_s"] = round(self.stats["graph_capture_s"] + decoder.stats["graph_capture_s"]
                                               - before["graph_capture_s"], 4)
@@ -347,14 +351,23 @@ class DecodeLoop:
     A row is anything with ``finished`` and ``feed(token) -> bool`` (True: the row is done and its lane
     is freed). One step is in flight while the host routes the step before it: a row may end in the
     step being read, so the step already launched decoded one token too many in its lane
-    (StepTokens.tokens_of drops it).
+    (StepTokens.tokens_of drops it). Rows admitted in a step get their first token after that step's
+    launch, so admitting never stalls the device.
+
+    Offline batches set `admit_batch`: wait for that many free lanes (or for the last waiting rows)
+    before admitting, so that rows ending one by one are prefilled in groups (a lane may idle a few
+    steps); and `lookahead`: each admission also runs the prompts of the rows waiting next (up to the
+    decoder's stash), so pass@k's waves, a few prompts each, share a few large prefills. Serve admits
+    at once and runs only what it admits: a request's first token should not wait.
     """
 
-    def __init__(self, decoder):
+    def __init__(self, decoder, admit_batch: int = 1, lookahead: bool = False):
         self.decoder = decoder
+        self.admit_batch = max(1, admit_batch)
+        self.lookahead = lookahead
         self.waiting: deque = deque()  # (row, prompt ids, LaneSampling), first come first admitted
         self.lanes: dict[int, object] = {}  # lane -> the row decoding there
-        self._greedy: dict[int, bool] = {}
+        self._sampling: dict[int, object] = {}  # lane -> its LaneSampling
         self.in_flight = None  # the launched step not read yet
         self.tokens_routed = 0
 
@@ -363,17 +376,22 @@ class DecodeLoop:
         return not self.waiting and not self.lanes and self.in_flight is None
 
     def submit(self, row, prompt_ids: list[int], sampling) -> None:
-        self.waiting.append((row, prompt_ids, sampling))
+        self.waiting.append((row, tuple(prompt_ids), sampling))  # a tuple: the decoder's key for the prompt
 
     def step(self) -> None:
-        self._admit()
+        firsts = self._admit()
         launched = None
         if self.lanes:
-            sampled = not all(self._greedy.values())
-            launched = self.decoder.launch(dict(self.lanes), sampled=sampled)
+            sampling = self._sampling.values()
+            sampled = not all(s.greedy for s in sampling)
+            nucleus = any(not s.greedy and s.top_p < 1.0 for s in sampling)
+            launched = self.decoder.launch(dict(self.lanes), sampled=sampled, nucleus=nucleus)
         if self.in_flight is not None:
             step, self.in_flight = self.in_flight, None
             for lane, token in step.tokens_of(self.lanes):
+                self._route(lane, token)
+        if firsts is not None:  # after the step before: a lane may have changed hands in it
+            for lane, token in firsts.tokens_of(self.lanes):
                 self._route(lane, token)
         self.in_flight = launched
 
@@ -385,24 +403,42 @@ class DecodeLoop:
             self._release(lane)
         return rows
 
-    def _admit(self) -> None:
+    def _admit(self):
+        """Waiting rows into free lanes, prefilled together; their first tokens (StepTokens) or None."""
         for lane, row in list(self.lanes.items()):
             if row.finished:  # cancelled from outside (a stream whose client left)
                 self._release(lane)
         if not self.waiting:
-            return
+            return None
         free = [lane for lane in range(self.decoder.slots) if lane not in self.lanes][::-1]
+        if len(free) < min(self.admit_batch, len(self.waiting)) and self.lanes:
+            return None
         entries = []
         while self.waiting and free:
             row, ids, sampling = self.waiting.popleft()
             if row.finished:
                 continue
             lane = free.pop()
-            self.lanes[lane], self._greedy[lane] = row, sampling.greedy
+            self.lanes[lane], self._sampling[lane] = row, sampling
             entries.append((lane, ids, sampling))
-        if entries:  # prefilled together; their first tokens go to the rows at once
-            for (lane, _, _), token in zip(entries, self.decoder.prefill(entries)):
-                self._route(lane, token)
+        if not entries:
+            return None
+        return self.decoder.admit(entries, {lane: self.lanes[lane] for lane, _, _ in entries}, self._upcoming())
+
+    def _upcoming(self) -> list[tuple]:
+        """The distinct prompts of the rows waiting next, in order, as many as the decoder's stash holds
+        (looking at most 16 lanes' worth of rows ahead)."""
+        if not self.lookahead:
+            return []
+        prompts: dict[tuple, None] = {}
+        tokens = 0
+        for _, ids, _ in itertools.islice(self.waiting, 16 * self.decoder.slots):
+            if ids not in prompts:
+                tokens += len(ids)
+                if tokens > self.decoder.stash_tokens:
+                    break
+                prompts[ids] = None
+        return list(prompts)
 
     def _route(self, lane: int, token: int) -> None:
         row = self.lanes[lane]
@@ -412,7 +448,7 @@ class DecodeLoop:
 
     def _release(self, lane: int) -> None:
         self.lanes.pop(lane, None)
-        self._greedy.pop(lane, None)
+        self._sampling.pop(lane, None)
         self.decoder.release(lane)
 
 

@@ -37,3 +37,18 @@ def test_the_same_key_and_count_give_the_same_token_whatever_the_batch():
     together = sample_tokens(logits, *args)
     alone = [sample_tokens(logits[i:i + 1], *(a[i:i + 1] for a in args)).item() for i in range(6)]
     assert together.tolist() == alone
+
+
+def test_a_top_p_1_row_samples_the_same_with_or_without_the_top_p_sort():
+    """Steps sort for top-p only when some lane asks for it; a lane without top-p must not notice
+    (else its tokens would depend on what shares its batch)."""
+    logits = torch.randn(6, 50)
+    top_p = torch.tensor([1.0, 0.9, 1.0, 0.5, 1.0, 1.0])
+    args = (torch.zeros(6, dtype=torch.bool), torch.full((6,), 0.7), top_p, torch.arange(6) * 31, torch.arange(6))
+    mixed = sample_tokens(logits, *args, nucleus=True)
+    plain = sample_tokens(logits, *args, nucleus=False)
+    keep = top_p == 1.0
+    assert mixed[keep].tolist() == plain[keep].tolist()
+    alone = [sample_tokens(logits[i:i + 1], *(a[i:i + 1] for a in args), nucleus=bool(top_p[i] < 1)).item()
+             for i in range(6)]
+    assert mixed.tolist() == alone

@@ -96,3 +96,40 @@ def test_the_benchs_varied_lengths_end_rows_at_realistic_varied_lengths():
     assert 300 < sum(lengths) / len(lengths) < 358  # the clip at 512 takes a little off the mean
     assert len(set(lengths)) > 200
     assert lengths == bench.varied_max_tokens(4000, 512, 358.0)
+
+
+def test_rows_admitted_in_groups_or_one_by_one_decode_the_same(engine, monkeypatch):
+    """Offline batches admit waiting rows once several lanes are free (fewer prefill calls; a lane may
+    idle a few steps): no token changes, whether rows end at varied lengths, mix top_p 1 and < 1, or
+    run alone."""
+    import raywiz.inference.transformers_backend as backend
+
+    ids = [engine.encode(p) for p in PROMPTS]
+    params = [SamplingParams(n=3, temperature=0.9, top_p=top_p, max_tokens=m, seed=5)
+              for top_p, m in ((1.0, 5), (0.9, 13), (1.0, 9))]
+
+    def run(admit_fraction, rows=ids, each=params):
+        monkeypatch.setattr(backend, "ADMIT_FRACTION", admit_fraction)
+        before = engine.stats["admissions"]
+        out = [[c.token_ids for c in row] for row in engine.generate_ids(rows, each)]
+        return out, engine.stats["admissions"] - before
+
+    one_by_one, admissions_one_by_one = run(10**6)  # admit as soon as a lane is free
+    grouped, admissions_grouped = run(1)  # wait until every lane is free
+    assert grouped == one_by_one
+    assert admissions_grouped < admissions_one_by_one
+    assert one_by_one == [run(10**6, [i], [p])[0][0] for i, p in zip(ids, params)]
+
+
+def test_an_offline_batch_runs_the_prompts_waiting_next_in_the_same_prefill(engine):
+    """pass@k's first wave fills the lanes with one prompt's samples; the prompts after it are run in
+    that wave's forward too (the stash), so later waves only copy: one prefill forward in all."""
+    params = SamplingParams(n=6, temperature=0.9, max_tokens=5, seed=2)
+    before = dict(engine.stats)
+    out = engine.generate(PROMPTS, params)  # 18 rows through 4 lanes: five admissions
+    assert engine.stats["admissions"] - before["admissions"] >= 4
+    assert engine.stats["prefill_forwards"] - before["prefill_forwards"] == 1
+    assert engine.stats["prefill_tokens"] - before["prefill_tokens"] == sum(len(engine.encode(p)) for p in PROMPTS)
+    assert engine.stats["prefill_shared"] - before["prefill_shared"] == 18 - 3
+    assert [[c.token_ids for c in row] for row in out] == \
+        [[c.token_ids for c in engine.generate([p], params)[0]] for p in PROMPTS]

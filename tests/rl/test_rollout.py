@@ -60,7 +60,7 @@ def test_seeded_sampling_is_reproducible_and_streams_every_sample(policy):
 
 
 def test_sampled_tokens_come_from_the_training_models_own_distribution(policy):
-    """Replaying the engine's sampler (its Gumbel noise for that sample) on the logits of a plain
+    """Replaying the engine's sampler (its uniform for that sample) on the logits of a plain
     full forward of the training module gives back every token the engine sampled: the response ids
     are exactly what the policy sampled, and at temperature 1 with top_p 1 from softmax(logits),
     the distribution whose log-probabilities the loop recomputes."""
