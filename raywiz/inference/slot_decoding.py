@@ -89,7 +89,8 @@ def lane_key(seed: int | None, index: int, prompt_ids: list[int]) -> int:
 
 
 def sample_tokens(logits: torch.Tensor, greedy: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-                  key: torch.Tensor, count: torch.Tensor, nucleus: bool = True) -> torch.Tensor:
+                  key: torch.Tensor, count: torch.Tensor, nucleus: bool = True,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row of `logits` [n, V]: tensor ops only (graph-capturable), no host sync.
 
     Sampled rows draw by inverse CDF: one uniform per (row key, token count) is located in the
@@ -98,13 +99,17 @@ def sample_tokens(logits: torch.Tensor, greedy: torch.Tensor, temperature: torch
     top_p < 1 walk it sorted by probability (stable: ties in id order), cut where a token's more likely
     predecessors already hold top_p of the mass. `nucleus=False` skips that sort; the caller passes it
     when no sampled row has top_p < 1, and a row's token is the same either way. A few passes over
-    [n, V] and one sort, with no noise hashed per vocabulary entry (as the Gumbel-max trick needs)."""
+    [n, V] and one sort, with no noise hashed per vocabulary entry (as the Gumbel-max trick needs).
+    `rows` [n]: row i's logits are logits[rows[i]] (admissions: the n samples of a prompt share one
+    row, and its argmax and sort)."""
     best = logits.argmax(dim=-1)
+    order = logits.sort(dim=-1, descending=True, stable=True).indices if nucleus else None  # own dtype: fewer bytes
+    if rows is not None:
+        logits, best, order = logits[rows], best[rows], order[rows] if nucleus else None
     probs = (logits.float() / temperature.clamp(min=1e-5)[:, None]).softmax(dim=-1)
     uniform = uniform_of(key, count)[:, None]
     sampled = _inverse_cdf(probs, uniform)
     if nucleus:
-        order = logits.sort(dim=-1, descending=True, stable=True).indices  # the logits' own dtype: fewer bytes
         in_top_p = order.gather(-1, _inverse_cdf(probs.gather(-1, order), uniform, top_p))
         sampled = torch.where(top_p[:, None] < 1.0, in_top_p, sampled)
     return torch.where(greedy, best, sampled[:, 0])
@@ -377,7 +382,10 @@ class SlotDecoder:
             self._forget(lane)
             self._hold_prompt(lane, key, logits[key])
             self.filled[lane] = len(key)
-        self._start_lanes(entries, torch.stack([logits[key] for key in keys]))
+        distinct = list(dict.fromkeys(keys))
+        position = {key: i for i, key in enumerate(distinct)}
+        self._start_lanes(entries, torch.stack([logits[key] for key in distinct]),
+                          self._on_device([position[key] for key in keys]))
         keep = set(upcoming)
         for key in [key for key in self._stash if key not in keep]:
             del self._stash[key]  # a group's keys/values are freed with its last prompt
@@ -536,9 +544,9 @@ class SlotDecoder:
             if not lanes:
                 del self._prompt_lanes[held[0]], self._prompt_logits[held[0]]
 
-    def _start_lanes(self, entries, logits: torch.Tensor) -> None:
-        """Each entry's lane state (mask, position, sampling) and its first token, sampled from `logits`
-        (one row per entry: its prompt's last) into the lane's next input token."""
+    def _start_lanes(self, entries, logits: torch.Tensor, logit_rows: torch.Tensor) -> None:
+        """Each entry's lane state (mask, position, sampling) and its first token, sampled from its
+        prompt's last logits (logits[logit_rows[i]] for entry i) into the lane's next input token."""
         with torch.inference_mode():
             lanes = self._on_device([lane for lane, _, _ in entries])
             self.mask[lanes] = False
@@ -553,7 +561,8 @@ class SlotDecoder:
             self.count[lanes] = 0
             self.tokens[lanes] = sample_tokens(logits, self.greedy[lanes], self.temperature[lanes],
                                                self.top_p[lanes], self.key[lanes], self.count[lanes],
-                                               nucleus=any(s.top_p < 1.0 and not s.greedy for s in sampling))
+                                               nucleus=any(s.top_p < 1.0 and not s.greedy for s in sampling),
+                                               rows=logit_rows)
             self.count[lanes] = 1
 
     def release(self, lane: int) -> None:

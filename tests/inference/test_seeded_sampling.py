@@ -52,3 +52,13 @@ def test_a_top_p_1_row_samples_the_same_with_or_without_the_top_p_sort():
     alone = [sample_tokens(logits[i:i + 1], *(a[i:i + 1] for a in args), nucleus=bool(top_p[i] < 1)).item()
              for i in range(6)]
     assert mixed.tolist() == alone
+
+
+def test_rows_sharing_one_prompts_logits_sample_as_if_each_had_its_own_copy():
+    logits = torch.randn(3, 50)
+    rows = torch.tensor([0, 0, 2, 1, 2, 0])
+    args = (torch.tensor([False, True, False, False, False, False]), torch.tensor([0.7, 1.0, 1.3, 0.7, 0.9, 1.0]),
+            torch.tensor([0.9, 1.0, 1.0, 0.5, 0.8, 1.0]), torch.arange(6) * 13, torch.arange(6))
+    for nucleus in (True, False):
+        shared = sample_tokens(logits, *args, nucleus=nucleus, rows=rows)
+        assert shared.tolist() == sample_tokens(logits[rows], *args, nucleus=nucleus).tolist()
