@@ -169,3 +169,19 @@ def test_a_rerun_the_checkpoint_refuses_stops_before_ray_starts(tmp_path, monkey
     check_resume(job, None)  # ZeRO-3 on CPU workers, ZeRO-2 or 3 on GPUs: known once Ray has started
     with pytest.raises(ConfigError, match="stage 2, but this run trains with DeepSpeed ZeRO stage 3"):
         check_resume(job, False)
+
+
+def test_cpu_training_does_not_build_deepspeeds_shm_inference_op(tmp_path, monkeypatch):
+    """The shared-memory all-reduce DeepSpeed JIT-compiles on CPU serves only its tensor-parallel inference:
+    a CPU engine marks it unavailable, so DeepSpeed's comm backend neither builds nor loads it."""
+    import deepspeed.ops
+    from deepspeed.comm.torch import build_shm_op
+
+    from raywiz.training.deepspeed_engine import _skip_the_shm_inference_op
+
+    compatible = deepspeed.ops.__compatible_ops__
+    monkeypatch.setitem(compatible, "deepspeed_shm_comm", compatible["deepspeed_shm_comm"])  # restored after
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # a build would land here
+    _skip_the_shm_inference_op()
+    assert build_shm_op() is None
+    assert not any(tmp_path.iterdir())
