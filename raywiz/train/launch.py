@@ -56,7 +56,8 @@ def resolve_data_files(job: JobConfig, dataset: str | None = None) -> list[str]:
 def check_resume(job: JobConfig, use_gpu: bool | None) -> None:
     """Before any training: a checkpoint this run would resume from must suit its engine (exit 2 if not).
     use_gpu None: Ray has not started, so a refused rerun does not pay for it; where the GPUs Ray finds would
-    pick the ZeRO stage, only another engine's checkpoint is refused then. The workers check again, with what only they know (the GPU memory that picks the ZeRO stage)."""
+    pick the ZeRO stage, only another engine's checkpoint is refused then. The workers check again, with
+    what only they know (the GPU memory that picks the ZeRO stage)."""
     from raywiz.artifacts import is_remote
     from raywiz.training.engine import CheckpointMismatch, check_resumable, planned_engine, written_by
 
