@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,25 +15,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), os.environ.get
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def _torch_extensions_dir() -> str:
-    """A C++-op cache of this venv's own. DeepSpeed JIT-builds its CPU shm-allreduce op (~1 min on 2 cores)
-    and rebuilds it whenever the build command changes; the command names the venv's path, so checkouts
-    sharing torch's one cache (worktrees, several CI jobs) rebuilt it in turn, job after job. Seeded from
-    torch's cache where that holds this venv's build (scripts/setup's quickstart made one): no rebuild."""
-    home = Path.home() / ".cache" / "torch_extensions"
-    ours = home / f"venv-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]}"
-    if not ours.exists():
-        for ninja in home.glob(f"py{sys.version_info.major}{sys.version_info.minor}_*/deepspeed_shm_comm/build.ninja"):
-            if f"-I{sys.prefix}/" in ninja.read_text(errors="replace"):
-                shutil.copytree(ninja.parent, ours / ninja.parent.name, dirs_exist_ok=True)  # mtimes kept
-                break
-    return str(ours)
-
-
-if "TORCH_EXTENSIONS_DIR" not in os.environ:  # every job, Ray node and worker the tests start inherits it
-    os.environ["TORCH_EXTENSIONS_DIR"] = _torch_extensions_dir()
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

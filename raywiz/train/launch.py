@@ -53,18 +53,21 @@ def resolve_data_files(job: JobConfig, dataset: str | None = None) -> list[str]:
         raise ConfigError(f"train.data.paths: {e}") from None
 
 
-def check_resume(job: JobConfig, use_gpu: bool) -> None:
+def check_resume(job: JobConfig, use_gpu: bool | None) -> None:
     """Before any training: a checkpoint this run would resume from must suit its engine (exit 2 if not).
-    The workers check again, with what only they know (the GPU memory that picks the ZeRO stage)."""
+    use_gpu None: Ray has not started, so a refused rerun does not pay for it; where the GPUs Ray finds would
+    pick the ZeRO stage, only another engine's checkpoint is refused then. The workers check again, with
+    what only they know (the GPU memory that picks the ZeRO stage)."""
     from raywiz.artifacts import is_remote
-    from raywiz.training.engine import CheckpointMismatch, check_resumable, planned_engine
+    from raywiz.training.engine import CheckpointMismatch, check_resumable, planned_engine, written_by
 
     latest = None if is_remote(job.layout.root) else job.layout.latest_checkpoint()
     if latest is None:
         return
-    kind, stage = planned_engine(job.train, use_gpu)
-    if kind == "deepspeed" and stage is None:
-        return
+    plans = {planned_engine(job.train, on_gpu) for on_gpu in ((use_gpu,) if use_gpu is not None else (False, True))}
+    kind, stage = plans.pop() if len(plans) == 1 else (next(iter(plans))[0], None)  # the GPUs pick the stage
+    if kind == "deepspeed" and stage is None and written_by(latest.path)[0] == "deepspeed":
+        return  # the same engine: whether the stage matches is known later
     try:
         check_resumable(latest.path, kind, stage)
     except CheckpointMismatch as e:
@@ -135,6 +138,7 @@ def run_train(job: JobConfig, dataset: str | None = None) -> str:
 
     tc = job.require("train")
     sources = resolve_sources(job, dataset)
+    check_resume(job, tc.scaling.use_gpu)  # a refused rerun stops before paying for a Ray start
     init_ray(job, extra_cpus_needed=tc.scaling.num_workers * tc.scaling.cpus_per_worker)
     use_gpu = tc.scaling.use_gpu if tc.scaling.use_gpu is not None else cluster_has_gpus()
     if job.model.dtype == "auto" and not use_gpu:

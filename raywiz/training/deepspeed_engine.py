@@ -107,6 +107,19 @@ def _import_before_zero_init() -> None:
     import transformers.masking_utils  # noqa: F401
 
 
+def _skip_the_shm_inference_op() -> None:
+    """On CPU, DeepSpeed's comm backend JIT-compiles a shared-memory all-reduce op (C++: about a minute on 2
+    cores) that only its tensor-parallel inference calls, never ZeRO training: mark it unavailable, so it is
+    neither built nor loaded (torch.distributed's gloo does the collectives either way). Its build is redone
+    whenever the build command changes (another venv path shares the cache), which made test runs rebuild it."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
 def _load_trainable_only(src: dict, dst) -> None:
     """DeepSpeed's custom_load_fn for adapter-only checkpoints: restore the trainable weights, leave the
     frozen base as it was built (bitsandbytes' packed 4-bit state must not be re-loaded half-way)."""
@@ -137,6 +150,8 @@ class DeepSpeedTrainEngine(TrainEngine):
         from raywiz.training.adapters import quantization_config
 
         ds_config = deepspeed_config(train_cfg, setup.on_gpu, setup.dtype, setup.param_bytes, setup.gpu_bytes)
+        if not setup.on_gpu:  # before zero.Init or initialize starts DeepSpeed's comm backend
+            _skip_the_shm_inference_op()
         _import_before_zero_init()
         # Must exist before the model is created (see module docstring); keep the reference.
         stage = ds_config["zero_optimization"]["stage"]

@@ -66,7 +66,7 @@ def _family(kind: str, stage: int | None):
 
 
 def describe(kind: str, stage: int | None) -> str:
-    return "FSDP2" if kind == "fsdp2" else f"DeepSpeed ZeRO stage {stage}"
+    return "FSDP2" if kind == "fsdp2" else f"DeepSpeed ZeRO stage {stage}" if stage is not None else "DeepSpeed"
 
 
 def check_resumable(ckpt_dir: str, kind: str, stage: int | None) -> None:

@@ -51,10 +51,6 @@ class LocalRayCluster:
         self.env = dict(os.environ)
         self.env.update({
             "RAY_USAGE_STATS_ENABLED": "0", "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
-            # DeepSpeed compiles its C++ ops on first use (a minute on a busy 2-core machine): the nodes
-            # share the session's cache (tests/conftest.py: one per venv), built once for every test.
-            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR")
-            or os.path.expanduser("~/.cache/torch_extensions_raywiz_test_cluster"),
         })
         if auth:
             token_path = Path(self.tmp) / "auth_token"

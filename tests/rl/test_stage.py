@@ -16,11 +16,13 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from raywiz.artifacts import check_manifest
+from tests.train.test_train_e2e import await_side_job, running_jobs
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -42,9 +44,26 @@ def _rows(metrics: Path) -> list[dict]:
     return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
 
 
-def test_quickstart_learns_and_exports_a_loadable_model(tmp_path):
-    log = tmp_path / "rl.log"
-    out = _finish(_start([str(REPO / "jobs" / "rl_quickstart.yaml")], tmp_path, log), log)
+@pytest.fixture(scope="module")
+def rl_runs(tmp_path_factory):
+    """The module's two jobs side by side (each its own local cluster; on 2 cores much of a job is start-up
+    waits, so together they take far less than one after the other): the shipped quickstart, and the LoRA
+    job whose worker is SIGKILLed. Each waits in its own thread; its failure is its own test's."""
+    dirs = {name: tmp_path_factory.mktemp(name) for name in ("quickstart", "killed")}
+    (dirs["killed"] / "killed.yaml").write_text(JOB.format(storage=dirs["killed"] / "runs", steps=STEPS))
+    jobs = {"quickstart": REPO / "jobs" / "rl_quickstart.yaml", "killed": dirs["killed"] / "killed.yaml"}
+    procs = {name: _start([str(job)], dirs[name], dirs[name] / "rl.log") for name, job in jobs.items()}
+    with ThreadPoolExecutor() as pool, running_jobs(procs):  # on a failure: the jobs die, then the threads end
+        runs = {"quickstart": pool.submit(_finish, procs["quickstart"], dirs["quickstart"] / "rl.log"),
+                "killed": pool.submit(_kill_a_worker_and_finish, procs["killed"], dirs["killed"])}
+        for future in runs.values():
+            await_side_job(future)
+    return {name: (dirs[name], future) for name, future in runs.items()}
+
+
+def test_quickstart_learns_and_exports_a_loadable_model(rl_runs):
+    tmp_path, run = rl_runs["quickstart"]
+    log, out = tmp_path / "rl.log", run.result()  # the job's own failure, if it failed, fails here
     rl_dir = tmp_path / "runs" / "rl_quickstart" / "rl"
     rows = _rows(rl_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 21))
@@ -107,13 +126,11 @@ def _registered(rl_dir: Path) -> int:
     return max((int(step) for step in found), default=0)
 
 
-def test_sigkilled_lora_worker_resumes_repeats_the_same_steps_and_exports(tmp_path):
-    job = tmp_path / "killed.yaml"
-    job.write_text(JOB.format(storage=tmp_path / "runs", steps=STEPS))
-    rl_dir = tmp_path / "runs" / "killed" / "rl"
-    log = tmp_path / "rl.log"
-    proc = _start([str(job)], tmp_path, log)
-    deadline = time.time() + 300
+def _kill_a_worker_and_finish(proc: subprocess.Popen, tmp_path: Path) -> dict:
+    """SIGKILL worker rank 0 once a checkpoint is registered and a step trained after it; then the job's
+    end. Returns the killed pid, the metrics rows from before the kill, and the job's output."""
+    rl_dir, log = tmp_path / "runs" / "killed" / "rl", tmp_path / "rl.log"
+    deadline = time.time() + 600
     while True:  # a registered checkpoint, and a step trained after it
         registered, rows = _registered(rl_dir), _rows(rl_dir / "metrics.jsonl")
         if registered and any(r["step"] > registered for r in rows):
@@ -122,8 +139,14 @@ def test_sigkilled_lora_worker_resumes_repeats_the_same_steps_and_exports(tmp_pa
         time.sleep(0.02)
     pid = json.loads((rl_dir / "workers" / "rank_0.json").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
-    before = {r["step"]: r for r in rows}
-    out = _finish(proc, log)
+    return {"pid": pid, "before": {r["step"]: r for r in rows}, "out": _finish(proc, log)}
+
+
+def test_sigkilled_lora_worker_resumes_repeats_the_same_steps_and_exports(rl_runs):
+    tmp_path, run = rl_runs["killed"]
+    killed = run.result()  # the job's own failure, if it failed, fails here
+    rl_dir, log = tmp_path / "runs" / "killed" / "rl", tmp_path / "rl.log"
+    pid, before, out = killed["pid"], killed["before"], killed["out"]
 
     resumed = re.search(r"resumed from step (\d+)", out + log.read_text())
     assert resumed, "the run did not restart from its checkpoint"

@@ -3,6 +3,8 @@ runs as ZeRO-2, the same memory layout without the per-module hooks)."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from raywiz.config import parse_job
@@ -129,3 +131,57 @@ def test_a_mismatch_only_the_workers_saw_reaches_the_user_as_its_message():
     assert checkpoint_mismatch(WorkerGroupError("failed", {0: RuntimeError("other"), 1: wrapped})) is cause
     assert checkpoint_mismatch(WorkerGroupError("failed", {0: RuntimeError("other")})) is None
     assert checkpoint_mismatch(RuntimeError("driver")) is None
+
+
+def test_a_rerun_the_checkpoint_refuses_stops_before_ray_starts(tmp_path, monkeypatch):
+    """`raywiz train` again on a checkpoint another engine wrote: exit 2 without paying for a Ray start,
+    where the engine does not hang on the GPUs Ray would find."""
+    import json
+
+    import pytest
+
+    from raywiz import runtime
+    from raywiz.artifacts import Kind, write_manifest
+    from raywiz.config import ConfigError
+    from raywiz.train.launch import check_resume, run_train
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"instruction": "i", "output": "o"}) + "\n")
+    job = parse_job({"name": "t", "storage": str(tmp_path / "runs"), "train": {
+        "engine": "deepspeed", "data": {"paths": [str(data)]}, "scaling": {"num_workers": 2},
+        "optim": {"global_batch_size": 2, "micro_batch_size": 1}}})
+    ckpt = job.layout.checkpoint(4)
+    os.makedirs(ckpt.path)
+    with open(ckpt.train_state, "w") as f:
+        json.dump({"step": 4, "engine": "fsdp2"}, f)
+    write_manifest(ckpt.path, Kind.TRAIN_CHECKPOINT)
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(runtime, "init_ray", no_ray)
+    with pytest.raises(ConfigError, match=f"{ckpt.path}: written by FSDP2, but this run trains with DeepSpeed,"):
+        run_train(job)
+    # On GPUs the card's memory picks the ZeRO stage: before Ray, only another engine's checkpoint is refused.
+    with open(ckpt.train_state, "w") as f:
+        json.dump({"step": 4, "engine": "deepspeed", "zero_stage": 2}, f)
+    write_manifest(ckpt.path, Kind.TRAIN_CHECKPOINT)
+    check_resume(job, None)  # ZeRO-3 on CPU workers, ZeRO-2 or 3 on GPUs: known once Ray has started
+    with pytest.raises(ConfigError, match="stage 2, but this run trains with DeepSpeed ZeRO stage 3"):
+        check_resume(job, False)
+
+
+def test_cpu_training_does_not_build_deepspeeds_shm_inference_op(tmp_path, monkeypatch):
+    """The shared-memory all-reduce DeepSpeed JIT-compiles on CPU serves only its tensor-parallel inference:
+    a CPU engine marks it unavailable, so DeepSpeed's comm backend neither builds nor loads it."""
+    import deepspeed.ops
+    from deepspeed.comm.torch import build_shm_op
+
+    from raywiz.training.deepspeed_engine import _skip_the_shm_inference_op
+
+    compatible = deepspeed.ops.__compatible_ops__
+    monkeypatch.setitem(compatible, "deepspeed_shm_comm", compatible["deepspeed_shm_comm"])  # restored after
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # a build would land here
+    _skip_the_shm_inference_op()
+    assert build_shm_op() is None
+    assert not any(tmp_path.iterdir())
