@@ -323,9 +323,7 @@ class SlotDecoder:
                                 STASH_BYTES.get(dev.type, STASH_BYTES["cpu"]) // max(1, kv_bytes_per_token(shapes)))
         self.stats = {"graph_capture_s": 0.0, "graphs": self.use_graphs, "graphs_captured": 0, "graph_error": None,
                       "prefill_s": 0.0, "prefill_host_s": 0.0, "prefills": 0, "admissions": 0, "prefill_forwards": 0,
-                      "prefill_tokens": 0,
-                      "prefill_shared": 0, "steps": 0,
-                      "window_steps": {}, "prefill_groups": []}
+                      "prefill_tokens": 0, "prefill_shared": 0, "steps": 0, "window_steps": {}, "prefill_groups": []}
 
     # ------------------------------------------------------------ prefill
 
