@@ -8,6 +8,9 @@ single-process scorer that `raywiz eval score` runs without a cluster (score_sam
 timed in this process; `eval_score_cli_executions_per_s` is the command itself (`--workers 1`),
 process start and loading included.
 Ground truth is computed once first (cached), so every timed run has warm caches.
+Before the cluster runs, `sandbox_starts_per_s`: bare sandbox starts (`x = 1`) per second with 1..16
+processes starting them at once, with every isolation layer, without the per-sample cgroup, and
+without namespaces: what a sample's isolation costs and whether the kernel serializes it.
 
 Writes bench/results/score_scaling.json: machine, cpus, load averages, single_process_executions_per_s,
 workers: {"1": {"executions_per_s", "seconds", "efficiency"}, ...} (efficiency = rate / (n x rate of
@@ -68,6 +71,52 @@ def time_eval_score_cli(samples: list[dict], partial: bool) -> float:
         return time.perf_counter() - started
 
 
+STARTUP_VARIANTS = {  # which isolation layers a bare sandbox start pays for (SandboxSettings' switches)
+    "full": {},
+    "no_cgroup": {"cgroup": False},
+    "no_namespaces": {"namespaces": False},
+}
+
+
+def _sandbox_starts(settings_fields: dict, sessions: int) -> float:
+    """In a fresh process: start and close `sessions` sandboxes (each runs `x = 1`); their rate per second."""
+    from raywiz.benchmarks.sandbox import SandboxSettings
+    from raywiz.benchmarks.sandbox.session import CandidateSession
+
+    settings = SandboxSettings(**settings_fields)
+    with CandidateSession(settings) as session:  # warm-up: imports, the working-directory root
+        session.exec("x = 1", timeout_s=10)
+    started = time.perf_counter()
+    for _ in range(sessions):
+        with CandidateSession(settings) as session:
+            session.exec("x = 1", timeout_s=10)
+    return sessions / (time.perf_counter() - started)
+
+
+def startup_scaling(base: dict, counts: list[int], sessions: int) -> dict:
+    """Bare sandbox starts per second with n processes starting them at once, per isolation variant:
+    what one sample's isolation costs, and whether the kernel serializes it (the rate stops growing
+    with n while the CPUs are not all busy)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    out = {}
+    for name, change in STARTUP_VARIANTS.items():
+        fields = {**base, **change}
+        rates = {}
+        for n in counts:
+            try:
+                with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
+                    per_process = list(pool.map(_sandbox_starts, [fields] * n, [sessions] * n))
+                rates[str(n)] = round(sum(per_process), 2)
+            except Exception as e:  # a layer this machine refuses to run without: say so, go on
+                rates[str(n)] = f"{type(e).__name__}: {e}"[:200]
+                break
+        out[name] = rates
+        print(f"sandbox starts/s, {name}: {rates}", flush=True)
+    return out
+
+
 def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -85,6 +134,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="sample sets per task (more work per run)")
     ap.add_argument("--address", default=None, help="a running Ray cluster (default: start a local one)")
     ap.add_argument("--machine", default=None, help="how to name this machine in the results")
+    ap.add_argument("--startup-sessions", type=int, default=24,
+                    help="sandbox starts per process in the startup phase (0: skip that phase)")
     ap.add_argument("--out", default=str(REPO / "bench/results/score_scaling.json"))
     args = ap.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
@@ -109,6 +160,10 @@ def main() -> None:
     cli_s = time_eval_score_cli(samples, args.tasks is not None)
     print(f"raywiz eval score --workers 1: {len(samples) / cli_s:.2f} executions/s ({cli_s:.1f} s, "
           "process start included)", flush=True)
+
+    sandbox_fields = {f: getattr(settings.sandbox, f) for f in ("memory_mb", "file_size_mb", "max_processes",
+                                                                "run_as_uid", "namespaces", "landlock")}
+    startup = startup_scaling(sandbox_fields, counts, args.startup_sessions) if args.startup_sessions else None
 
     cpus = os.cpu_count() or 1
     if args.address:
@@ -140,6 +195,7 @@ def main() -> None:
                                                 if "1" in results else None),
             "efficiency_base_workers": counts[0],
             "workers": results,
+            "sandbox_starts_per_s": startup,
             "worker_counts_planned": counts,
             "verdicts_identical_across_runs": identical and [v.passed for v in warm] == [v.passed for v in
                                                                                           single[:len(warm)]],
