@@ -240,7 +240,8 @@ class _Stashed:
     """A prompt run through the model and not yet in every lane that wants it: its row of a prefill
     forward's cache (the prompt's keys/values from `start` on) and its last logits."""
 
-    cache: DynamicCache
+    keys: torch.Tensor | list  # its forward's keys/values: all layers (as the lanes' layout), rows x width
+    values: torch.Tensor | list
     row: int
     start: int
     logits: torch.Tensor
@@ -287,13 +288,20 @@ class SlotDecoder:
         self.windows = sorted({w for w in (windows or window_sizes(lane_len)) if 0 < w < lane_len} | {lane_len})
         self._arange = torch.arange(lane_len, dtype=torch.long, device=dev)
         self._view = _Window()
-        layers = []
         shapes = shapes or kv_shapes(model)
-        for key_shape, value_shape, dtype in shapes:
-            keys = torch.zeros((slots, key_shape[1], lane_len, key_shape[3]), dtype=dtype, device=dev)
-            values = torch.zeros((slots, value_shape[1], lane_len, value_shape[3]), dtype=dtype, device=dev)
-            layers.append(_RingLayer(keys, values, self.write_at, self._view))
-        self.cache = RingCache(layers)
+
+        def lanes_of(shape, count):
+            return torch.zeros((count, slots, shape[1], lane_len, shape[3]), dtype=shapes[0][2], device=dev)
+
+        # Every layer's lanes in one tensor when the layers are alike, so that copying a prompt into
+        # lanes is one gather and one write for all layers (per-layer indexing: ~100 ops an admission).
+        if len(set(shapes)) == 1:
+            self._keys, self._values = lanes_of(shapes[0][0], len(shapes)), lanes_of(shapes[0][1], len(shapes))
+        else:  # per layer: a list of [slots, heads, lane_len, head_dim] (the same indexing, layer by layer)
+            self._keys = [torch.zeros((slots, k[1], lane_len, k[3]), dtype=dt, device=dev) for k, _, dt in shapes]
+            self._values = [torch.zeros((slots, v[1], lane_len, v[3]), dtype=dt, device=dev) for _, v, dt in shapes]
+        self.cache = RingCache([_RingLayer(keys, values, self.write_at, self._view)
+                                for keys, values in zip(self._keys, self._values)])
         self.mask = torch.zeros((slots, 1, 1, lane_len), dtype=torch.bool, device=dev)
         self.tokens = torch.zeros(slots, dtype=torch.long, device=dev)  # each lane's next input token
         self.positions = torch.zeros(slots, dtype=torch.long, device=dev)
@@ -406,8 +414,11 @@ class SlotDecoder:
         for group in groups if groups[0] else []:
             t = time.perf_counter()
             width, cache, last = self._prefill_group(group)
+            keys, values = self._like_lanes([layer.keys for layer in cache.layers]), \
+                self._like_lanes([layer.values for layer in cache.layers])
+            del cache
             for row, key in enumerate(group):
-                self._stash[key] = _Stashed(cache, row, width - len(key), last[row])
+                self._stash[key] = _Stashed(keys, values, row, width - len(key), last[row])
             self.stats["prefill_tokens"] += sum(len(key) for key in group)
             self.stats["prefill_forwards"] += 1
             if len(self.stats["prefill_groups"]) < 8:  # the first few (rows, width, host s): where a cold start goes
@@ -416,18 +427,32 @@ class SlotDecoder:
     def _copy_from_stash(self, copies: list[tuple[int, tuple]]) -> None:
         """For each (lane, prompt): the prompt's keys/values, from the stash to just behind the ring
         position in lane (one gather per layer and group run together)."""
-        by_cache: dict[int, list[tuple[int, tuple]]] = {}
+        by_forward: dict[int, list[tuple[int, tuple]]] = {}
         for lane, key in copies:
-            by_cache.setdefault(id(self._stash[key].cache), []).append((lane, key))
+            by_forward.setdefault(id(self._stash[key].values), []).append((lane, key))
         with torch.inference_mode():
-            for group in by_cache.values():
+            for group in by_forward.values():
                 stashed = [self._stash[key] for _, key in group]
                 lens = [len(key) for _, key in group]
                 rows_t, slots_t = self._spans([lane for lane, _ in group], None, lens)
                 src_r, src_c = self._spans([st.row for st in stashed], [st.start for st in stashed], lens, wrap=False)
-                for ring, layer in zip(self.cache.layers, stashed[0].cache.layers):
-                    ring.keys[rows_t, :, slots_t] = layer.keys[src_r, :, src_c]
-                    ring.values[rows_t, :, slots_t] = layer.values[src_r, :, src_c]
+                self._write_kv(rows_t, slots_t, stashed[0].keys, stashed[0].values, src_r, src_c)
+
+    def _like_lanes(self, per_layer: list[torch.Tensor]):
+        """A forward's per-layer keys (or values) in the lanes' layout: stacked when the lanes are."""
+        return torch.stack(per_layer) if isinstance(self._keys, torch.Tensor) else per_layer
+
+    def _write_kv(self, rows_t, slots_t, keys, values, src_r, src_c) -> None:
+        """Lane positions (rows_t, slots_t) of every layer <- positions (src_r, src_c) of `keys`/`values`
+        (the lanes themselves, or a forward's, in the lanes' layout). The right side is gathered (a
+        copy) before anything is written, so a source may be among the lanes written."""
+        if isinstance(self._keys, torch.Tensor):
+            self._keys[:, rows_t, :, slots_t] = keys[:, src_r, :, src_c]
+            self._values[:, rows_t, :, slots_t] = values[:, src_r, :, src_c]
+            return
+        for ring_k, ring_v, k, v in zip(self._keys, self._values, keys, values):
+            ring_k[rows_t, :, slots_t] = k[src_r, :, src_c]
+            ring_v[rows_t, :, slots_t] = v[src_r, :, src_c]
 
     def settle_stats(self) -> dict:
         """stats, with prefill_s brought up to date: on GPU the device time between each admission's first
@@ -507,9 +532,7 @@ class SlotDecoder:
             src_r, src_s = self._spans([src for _, src, _ in copies],
                                        [self._lane_prompt[src][1] for _, src, _ in copies],
                                        lens)
-            for ring in self.cache.layers:  # the right side is gathered (a copy) before anything is written
-                ring.keys[rows_t, :, slots_t] = ring.keys[src_r, :, src_s]
-                ring.values[rows_t, :, slots_t] = ring.values[src_r, :, src_s]
+            self._write_kv(rows_t, slots_t, self._keys, self._values, src_r, src_s)
 
     def _hold_prompt(self, lane: int, key: tuple, logits: torch.Tensor) -> None:
         """Record that `lane` holds prompt `key` just behind the ring position (for later copies)."""
