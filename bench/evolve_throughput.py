@@ -37,6 +37,8 @@ import time
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# This process's children and Ray workers import raywiz from here, and keep the rest (where ray may live).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, REPO)
 
 from raywiz.evolve.config import EvolveConfig, LLMConfig  # noqa: E402
@@ -51,7 +53,7 @@ PARAMS = {"temperature": 1.0, "max_tokens": 256}
 
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "tests.evolve.fake_llm_server", "--latency", str(latency)],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()
     if not line.startswith("READY "):
         proc.kill()
@@ -163,8 +165,7 @@ def main() -> None:
 
         # One CPU for the LLM actor besides the cores, which the verify workload's sandbox workers take.
         ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(  # keep where ray itself is
-                     filter(None, [REPO, os.environ.get("PYTHONPATH")]))}})
+                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
         cfg = LLMConfig(base_url=base_url, model="bench", api_key_env=None, concurrency=args.concurrency,
                         num_workers=1, timeout_s=30)
         with tempfile.TemporaryDirectory() as cache_dir, LLMEngine(cfg, cache_dir, show_progress=False) as engine:

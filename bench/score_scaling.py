@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# This process's children and Ray workers import raywiz from here, and keep the rest (where ray may live).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(REPO))
 
 from raywiz.benchmarks import load_tasks  # noqa: E402
@@ -170,8 +172,7 @@ def main() -> None:
         ray.init(address=args.address, log_to_driver=False)
     else:
         ray.init(num_cpus=max(cpus, max(counts)), include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(  # keep where ray itself is
-                     filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}})
+                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
     results, identical = {}, True
 
     def write_report() -> dict:
