@@ -19,11 +19,13 @@ the loop around them:
   positions before it ends. Joining never waits for the device (admit(): host lists go up through
   pinned memory, the prefill mask is built on the device, the first tokens come back like a step's),
   so the step in flight keeps running while the host prepares the next.
-- **Shared prompts.** A prompt is prefilled once however many lanes take it (pass@k's n samples): the
-  others get its keys/values copied from a lane that holds it (one gather per layer) and sample their
-  first token from its kept logits. A lane keeps its prompt intact for lane_len - n steps, even once
-  released, so copies admitted steps later (more samples than free lanes) still share it; a prompt no
-  lane holds any longer is forgotten (at most one kept prompt per lane).
+- **Shared prompts.** A prompt is prefilled once however many lanes take it (pass@k's n samples): its
+  keys/values are copied into each lane from the stash (the prefill forward's own, kept while waiting
+  rows want it) or from a lane that holds it (one gather for all layers when the layers are alike),
+  and each lane samples its first token from the prompt's kept logits. A lane keeps its prompt intact
+  for lane_len - n steps, even once released, so copies admitted steps later (more samples than free
+  lanes) still share it; a prompt no lane holds any longer is forgotten (at most one kept prompt per
+  lane).
 - **Windows.** A lane's tokens are the last ones written before the ring position, so a step only
   needs the ring's last W positions, W the longest busy lane + 1: it attends over the smallest of a
   few windows (powers of two from 512, and the whole lane; window_sizes) that holds them, gathered
@@ -359,20 +361,25 @@ class SlotDecoder:
         timer = _DeviceTimer.start(self.device)
         keys = [tuple(ids) for _, ids, _ in entries]
         run: dict[tuple, None] = {}  # prompts to run now, in order (a dict: no repeats)
+        holders: dict[tuple, int] = {}  # prompts not in the stash that a lane holds -> that lane
         for key in keys:
-            if key not in self._stash and key not in run and self._holder(key) is None:
+            if key in self._stash or key in run or key in holders:
+                continue
+            holder = self._holder(key)
+            if holder is None:
                 run[key] = None
+            else:
+                holders[key] = holder
         room = self.stash_tokens - sum(len(key) for key in self._stash) - sum(len(key) for key in run)
         for key in upcoming if run else ():  # only when a forward runs anyway: then fill the stash
-            if key in run or key in self._stash or self._holder(key) is not None:
+            if key in run or key in self._stash or key in holders or self._holder(key) is not None:
                 continue
             if len(key) > room:
                 break
             run[key] = None
             room -= len(key)
         self._run_prompts(list(run))
-        from_lanes = [(lane, self._holder(key), key) for (lane, _, _), key in zip(entries, keys)
-                      if key not in self._stash]
+        from_lanes = [(lane, holders[key], key) for (lane, _, _), key in zip(entries, keys) if key in holders]
         logits = {key: self._prompt_logits[key] for _, _, key in from_lanes}
         self._copy_prompts(from_lanes)  # first: the lanes read may be among those given a new prompt now
         self._copy_from_stash([(lane, key) for (lane, _, _), key in zip(entries, keys) if key in self._stash])
@@ -396,7 +403,8 @@ class SlotDecoder:
         for key in [key for key in self._stash if key not in keep]:
             del self._stash[key]  # a group's keys/values are freed with its last prompt
         firsts = self._to_host(self._first_host, owners if owners is not None else {lane: lane for lane, _, _ in entries})
-        self._prefill_timers.append(timer.stop() if timer else None)
+        if timer is not None:
+            self._prefill_timers.append(timer.stop())
         self.stats["prefill_host_s"] += time.perf_counter() - started
         self.stats["prefills"] += len(entries)
         self.stats["admissions"] += 1
@@ -426,7 +434,7 @@ class SlotDecoder:
 
     def _copy_from_stash(self, copies: list[tuple[int, tuple]]) -> None:
         """For each (lane, prompt): the prompt's keys/values, from the stash to just behind the ring
-        position in lane (one gather per layer and group run together)."""
+        position in lane (one gather per prefill forward they came from)."""
         by_forward: dict[int, list[tuple[int, tuple]]] = {}
         for lane, key in copies:
             by_forward.setdefault(id(self._stash[key].values), []).append((lane, key))
@@ -458,8 +466,7 @@ class SlotDecoder:
         """stats, with prefill_s brought up to date: on GPU the device time between each admission's first
         and last operation (CUDA events: waits for admissions still running), on CPU the host time."""
         timers, self._prefill_timers = self._prefill_timers, []
-        for timer in timers:
-            self.stats["prefill_s"] += timer.seconds() if timer is not None else 0.0
+        self.stats["prefill_s"] += sum(timer.seconds() for timer in timers)
         if self.device.type != "cuda":
             self.stats["prefill_s"] = self.stats["prefill_host_s"]
         return self.stats
