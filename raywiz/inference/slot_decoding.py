@@ -16,12 +16,14 @@ the loop around them:
   its keys/values are copied into a free lane just behind the ring position; it decodes from the next
   step on, beside the lanes already running (iteration-level batching). A lane that finishes is free
   at the next step. A sequence needs prompt + max_tokens <= lane_len, so the ring never reaches its own
-  positions before it ends. Joining never waits for the device (admit(): host lists go up through
-  pinned memory, the prefill mask is built on the device, the first tokens come back like a step's),
+  positions before it ends. Joining never waits for the device (admit(): its indices are built on the
+  host and go up in one pinned copy per dtype, the prefill mask is built on the device, the first
+  tokens come back like a step's),
   so the step in flight keeps running while the host prepares the next.
 - **Shared prompts.** A prompt is prefilled once however many lanes take it (pass@k's n samples): its
   keys/values are copied into each lane from the stash (the prefill forward's own, kept while waiting
-  rows want it) or from a lane that holds it (one gather for all layers when the layers are alike),
+  rows want it) or from a lane that holds it (one gather for all layers when the layers are alike,
+  head_dim moved as 8-byte words),
   and each lane samples its first token from the prompt's kept logits. A lane keeps its prompt intact
   for lane_len - n steps, even once released, so copies admitted steps later (more samples than free
   lanes) still share it; a prompt no lane holds any longer is forgotten (at most one kept prompt per
@@ -51,6 +53,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
 
@@ -250,6 +253,50 @@ class _Stashed:
     taken: bool = False  # a row has taken it (later ones share it)
 
 
+def _wide_pair(ring: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both tensors' head_dim seen as 8-byte words when both allow it: the index kernels that copy
+    prompts into lanes cost per element, and bf16 keys moved 2 bytes at a time ran at ~90 GB/s on an
+    H100 (pass@k copies a prompt into every one of its n lanes). The bits are copied unchanged."""
+    try:
+        return ring.view(torch.int64), source.view(torch.int64)
+    except RuntimeError:  # a head_dim of odd bytes, or a view whose offset is not word-aligned
+        return ring, source
+
+
+class _Uploads:
+    """Host arrays one admission needs on the device, sent in one copy per dtype. Each small copy costs
+    the host a few ops and a pinned block, and an admission's device time waits on its host (pass@k's
+    waves are one admission each); built on the host, a wave's tens of thousands of positions are a
+    few numpy calls and under a megabyte to send."""
+
+    def __init__(self):
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def add(self, name: str, values, dtype=np.int64) -> None:
+        self._arrays[name] = np.asarray(values, dtype=dtype)
+
+    def spans(self, name: str, rows: list[int], starts: list[int], lens: list[int], lane_len: int) -> None:
+        """`name`_rows and `name`_positions: lens[k] positions of row rows[k] from starts[k], round the ring."""
+        lens_a = np.asarray(lens, dtype=np.int64)
+        offsets = np.arange(int(lens_a.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens_a) - lens_a, lens_a)
+        self.add(f"{name}_rows", np.repeat(np.asarray(rows, dtype=np.int64), lens_a))
+        self.add(f"{name}_positions", (np.repeat(np.asarray(starts, dtype=np.int64), lens_a) + offsets) % lane_len)
+
+    def send(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """Every array as a device tensor (views of one per dtype), without waiting for the device."""
+        sent = {}
+        for dtype in dict.fromkeys(array.dtype for array in self._arrays.values()):
+            names = [name for name, array in self._arrays.items() if array.dtype == dtype]
+            flat = torch.from_numpy(np.concatenate([self._arrays[name] for name in names]))
+            if device.type == "cuda":  # pinned, so the copy does not wait for the step in flight
+                flat = flat.pin_memory().to(device, non_blocking=True)
+            at = 0
+            for name in names:
+                sent[name] = flat[at:at + len(self._arrays[name])]
+                at += len(self._arrays[name])
+        return sent
+
+
 class _DeviceTimer:
     """Device time between two points of the stream (CUDA events), read later without stalling now."""
 
@@ -381,8 +428,10 @@ class SlotDecoder:
         self._run_prompts(list(run))
         from_lanes = [(lane, holders[key], key) for (lane, _, _), key in zip(entries, keys) if key in holders]
         logits = {key: self._prompt_logits[key] for _, _, key in from_lanes}
-        self._copy_prompts(from_lanes)  # first: the lanes read may be among those given a new prompt now
-        self._copy_from_stash([(lane, key) for (lane, _, _), key in zip(entries, keys) if key in self._stash])
+        # Every index this admission needs is built on the host and goes up in one copy per dtype.
+        uploads = _Uploads()
+        copies = self._plan_copies(from_lanes, [(lane, key) for (lane, _, _), key in zip(entries, keys)
+                                                if key in self._stash], uploads)
         shared = 0
         for (lane, _, _), key in zip(entries, keys):
             if key in self._stash:
@@ -397,8 +446,14 @@ class SlotDecoder:
             self.filled[lane] = len(key)
         distinct = list(dict.fromkeys(keys))
         position = {key: i for i, key in enumerate(distinct)}
-        self._start_lanes(entries, torch.stack([logits[key] for key in distinct]),
-                          self._on_device([position[key] for key in keys]))
+        self._plan_start(entries, [position[key] for key in keys], uploads)
+        sent = uploads.send(self.device)
+        with torch.inference_mode():
+            for name, source_keys, source_values in copies:  # in order: copies between lanes first
+                self._write_kv(sent[f"{name}_to_rows"], sent[f"{name}_to_positions"], source_keys, source_values,
+                               sent[f"{name}_from_rows"], sent[f"{name}_from_positions"])
+            self._start_lanes(sent, torch.stack([logits[key] for key in distinct]),
+                              nucleus=any(s.top_p < 1.0 and not s.greedy for _, _, s in entries))
         keep = set(upcoming)
         for key in [key for key in self._stash if key not in keep]:
             del self._stash[key]  # a group's keys/values are freed with its last prompt
@@ -432,19 +487,35 @@ class SlotDecoder:
             if len(self.stats["prefill_groups"]) < 8:  # the first few (rows, width, host s): where a cold start goes
                 self.stats["prefill_groups"].append([len(group), width, round(time.perf_counter() - t, 4)])
 
-    def _copy_from_stash(self, copies: list[tuple[int, tuple]]) -> None:
-        """For each (lane, prompt): the prompt's keys/values, from the stash to just behind the ring
-        position in lane (one gather per prefill forward they came from)."""
-        by_forward: dict[int, list[tuple[int, tuple]]] = {}
-        for lane, key in copies:
+    def _plan_copies(self, from_lanes: list[tuple[int, int, tuple]], from_stash: list[tuple[int, tuple]],
+                     uploads: "_Uploads") -> list[tuple[str, object, object]]:
+        """The prompt copies of an admission: each (lane, source lane, prompt) of `from_lanes` copies the
+        prompt from where the source lane holds it, each (lane, prompt) of `from_stash` from its prefill
+        forward's row; both to just behind the ring position. Their spans go into `uploads` (read the
+        source lanes' positions now: a source may be given a new prompt in this admission); returns
+        (upload name, source keys, source values) per copy, copies between lanes first."""
+        copies = []
+        if from_lanes:
+            lens = [len(key) for _, _, key in from_lanes]
+            uploads.spans("lanes_to", [lane for lane, _, _ in from_lanes], self._behind_ring(lens), lens, self.lane_len)
+            uploads.spans("lanes_from", [src for _, src, _ in from_lanes],
+                          [self._lane_prompt[src][1] for _, src, _ in from_lanes], lens, self.lane_len)
+            copies.append(("lanes", self._keys, self._values))
+        by_forward: dict[int, list[tuple[int, tuple]]] = {}  # one gather per prefill forward they came from
+        for lane, key in from_stash:
             by_forward.setdefault(id(self._stash[key].values), []).append((lane, key))
-        with torch.inference_mode():
-            for group in by_forward.values():
-                stashed = [self._stash[key] for _, key in group]
-                lens = [len(key) for _, key in group]
-                rows_t, slots_t = self._spans([lane for lane, _ in group], None, lens)
-                src_r, src_c = self._spans([st.row for st in stashed], [st.start for st in stashed], lens, wrap=False)
-                self._write_kv(rows_t, slots_t, stashed[0].keys, stashed[0].values, src_r, src_c)
+        for i, group in enumerate(by_forward.values()):
+            stashed = [self._stash[key] for _, key in group]
+            lens = [len(key) for _, key in group]
+            uploads.spans(f"stash{i}_to", [lane for lane, _ in group], self._behind_ring(lens), lens, self.lane_len)
+            uploads.spans(f"stash{i}_from", [st.row for st in stashed], [st.start for st in stashed], lens,
+                          self.lane_len)
+            copies.append((f"stash{i}", stashed[0].keys, stashed[0].values))
+        return copies
+
+    def _behind_ring(self, lens: list[int]) -> list[int]:
+        """Where spans of these lengths start so that they end just behind the ring position."""
+        return [(self.ring_pos - n) % self.lane_len for n in lens]
 
     def _like_lanes(self, per_layer: list[torch.Tensor]):
         """A forward's per-layer keys (or values) in the lanes' layout: stacked when the lanes are."""
@@ -455,12 +526,15 @@ class SlotDecoder:
         (the lanes themselves, or a forward's, in the lanes' layout). The right side is gathered (a
         copy) before anything is written, so a source may be among the lanes written."""
         if isinstance(self._keys, torch.Tensor):
-            self._keys[:, rows_t, :, slots_t] = keys[:, src_r, :, src_c]
-            self._values[:, rows_t, :, slots_t] = values[:, src_r, :, src_c]
-            return
-        for ring_k, ring_v, k, v in zip(self._keys, self._values, keys, values):
-            ring_k[rows_t, :, slots_t] = k[src_r, :, src_c]
-            ring_v[rows_t, :, slots_t] = v[src_r, :, src_c]
+            pairs = [(self._keys, keys), (self._values, values)]
+        else:
+            pairs = list(zip(self._keys, keys)) + list(zip(self._values, values))
+        for ring, source in pairs:
+            ring, source = _wide_pair(ring, source)
+            if ring.dim() == 5:  # [layers, lanes, heads, positions, head_dim]
+                ring[:, rows_t, :, slots_t] = source[:, src_r, :, src_c]
+            else:
+                ring[rows_t, :, slots_t] = source[src_r, :, src_c]
 
     def settle_stats(self) -> dict:
         """stats, with prefill_s brought up to date: on GPU the device time between each admission's first
@@ -514,33 +588,6 @@ class SlotDecoder:
                              use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
         return width, cache, out.logits[:, -1]
 
-    def _spans(self, lanes, starts, lens, wrap: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Index tensors (row, position) of spans: lens[k] positions of row lanes[k] from starts[k] (None:
-        the lens[k] just behind the ring position), round the ring if `wrap`. Built on the device: a
-        wave of pass@k admissions is tens of thousands of positions."""
-        dev, lens = self.device, list(lens)
-        lens_t = self._on_device(lens)
-        starts_t = (self.ring_pos - lens_t) if starts is None else self._on_device(list(starts))
-        total = sum(lens)  # from the host: no device sync
-        rows = torch.repeat_interleave(self._on_device(list(lanes)), lens_t, output_size=total)
-        offsets = torch.arange(total, device=dev) - torch.repeat_interleave(lens_t.cumsum(0) - lens_t, lens_t,
-                                                                            output_size=total)
-        positions = torch.repeat_interleave(starts_t, lens_t, output_size=total) + offsets
-        return rows, positions.remainder(self.lane_len) if wrap else positions
-
-    def _copy_prompts(self, copies: list[tuple[int, int, tuple]]) -> None:
-        """For each (lane, source lane, prompt): the prompt's keys/values, from where the source lane holds
-        them, to just behind the ring position in lane."""
-        if not copies:
-            return
-        lens = [len(key) for _, _, key in copies]
-        with torch.inference_mode():
-            rows_t, slots_t = self._spans([lane for lane, _, _ in copies], None, lens)
-            src_r, src_s = self._spans([src for _, src, _ in copies],
-                                       [self._lane_prompt[src][1] for _, src, _ in copies],
-                                       lens)
-            self._write_kv(rows_t, slots_t, self._keys, self._values, src_r, src_s)
-
     def _hold_prompt(self, lane: int, key: tuple, logits: torch.Tensor) -> None:
         """Record that `lane` holds prompt `key` just behind the ring position (for later copies)."""
         self._lane_prompt[lane] = (key, (self.ring_pos - len(key)) % self.lane_len, self.stats["steps"])
@@ -572,26 +619,32 @@ class SlotDecoder:
             if not lanes:
                 del self._prompt_lanes[held[0]], self._prompt_logits[held[0]]
 
-    def _start_lanes(self, entries, logits: torch.Tensor, logit_rows: torch.Tensor) -> None:
-        """Each entry's lane state (mask, position, sampling) and its first token, sampled from its
-        prompt's last logits (logits[logit_rows[i]] for entry i) into the lane's next input token."""
-        with torch.inference_mode():
-            lanes = self._on_device([lane for lane, _, _ in entries])
-            self.mask[lanes] = False
-            rows, slots = self._spans([lane for lane, _, _ in entries], None, [len(ids) for _, ids, _ in entries])
-            self.mask[rows, 0, 0, slots] = True
-            self.positions[lanes] = self._on_device([len(ids) for _, ids, _ in entries])
-            sampling = [s for _, _, s in entries]
-            self.greedy[lanes] = self._on_device([s.greedy for s in sampling], torch.bool)
-            self.temperature[lanes] = self._on_device([s.temperature for s in sampling], torch.float32)
-            self.top_p[lanes] = self._on_device([s.top_p for s in sampling], torch.float32)
-            self.key[lanes] = self._on_device([s.key for s in sampling])
-            self.count[lanes] = 0
-            self.tokens[lanes] = sample_tokens(logits, self.greedy[lanes], self.temperature[lanes],
-                                               self.top_p[lanes], self.key[lanes], self.count[lanes],
-                                               nucleus=any(s.top_p < 1.0 and not s.greedy for s in sampling),
-                                               rows=logit_rows)
-            self.count[lanes] = 1
+    def _plan_start(self, entries, logit_rows: list[int], uploads: "_Uploads") -> None:
+        """What _start_lanes needs of each entry (lane, prompt ids, sampling), into `uploads`."""
+        lanes, lens = [lane for lane, _, _ in entries], [len(ids) for _, ids, _ in entries]
+        sampling = [s for _, _, s in entries]
+        uploads.add("lanes", lanes)
+        uploads.spans("prompt", lanes, self._behind_ring(lens), lens, self.lane_len)
+        uploads.add("positions", lens)
+        uploads.add("logit_rows", logit_rows)
+        uploads.add("greedy", [s.greedy for s in sampling], np.bool_)
+        uploads.add("temperature", [s.temperature for s in sampling], np.float32)
+        uploads.add("top_p", [s.top_p for s in sampling], np.float32)
+        uploads.add("key", [s.key for s in sampling])
+
+    def _start_lanes(self, sent: dict[str, torch.Tensor], logits: torch.Tensor, nucleus: bool) -> None:
+        """Each entry's lane state (mask, position, sampling; _plan_start's uploads, `sent`) and its first
+        token, sampled from its prompt's last logits (logits[logit_rows[i]] for entry i) into the lane's
+        next input token."""
+        lanes = sent["lanes"]
+        self.mask[lanes] = False
+        self.mask[sent["prompt_rows"], 0, 0, sent["prompt_positions"]] = True
+        self.positions[lanes] = sent["positions"]
+        for name in ("greedy", "temperature", "top_p", "key"):
+            getattr(self, name)[lanes] = sent[name]
+        self.tokens[lanes] = sample_tokens(logits, sent["greedy"], sent["temperature"], sent["top_p"], sent["key"],
+                                           torch.zeros_like(sent["key"]), nucleus=nucleus, rows=sent["logit_rows"])
+        self.count[lanes] = 1
 
     def release(self, lane: int) -> None:
         """The lane's sequence is done: the windows no longer need to cover it (its prompt stays there to

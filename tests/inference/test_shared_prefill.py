@@ -133,3 +133,20 @@ def test_an_offline_batch_runs_the_prompts_waiting_next_in_the_same_prefill(engi
     assert engine.stats["prefill_shared"] - before["prefill_shared"] == 18 - 3
     assert [[c.token_ids for c in row] for row in out] == \
         [[c.token_ids for c in engine.generate([p], params)[0]] for p in PROMPTS]
+
+
+def test_prompt_copies_move_whole_words_and_fall_back_to_elements_where_they_cannot():
+    import torch
+
+    from raywiz.inference.slot_decoding import _wide_pair
+
+    ring = torch.zeros(2, 3, 1, 8, 16, dtype=torch.bfloat16)
+    source = torch.randn(2, 4, 1, 5, 16, dtype=torch.bfloat16)
+    wide_ring, wide_source = _wide_pair(ring, source)
+    assert wide_ring.dtype == torch.int64 and wide_ring.shape[-1] == 4
+    wide_ring[:, [1, 2], :, [3, 4]] = wide_source[:, [0, 3], :, [1, 2]]  # writes through to `ring`, bit for bit
+    assert torch.equal(ring[:, 1, :, 3], source[:, 0, :, 1]) and torch.equal(ring[:, 2, :, 4], source[:, 3, :, 2])
+    odd = torch.zeros(2, 3, 1, 8, 3, dtype=torch.bfloat16)  # 6-byte head_dim: no word view, the elements as they are
+    assert _wide_pair(odd, odd)[0] is odd
+    offset = torch.zeros(40, dtype=torch.bfloat16)[1:33].view(2, 16)  # a view not aligned to 8 bytes
+    assert _wide_pair(offset, offset)[1] is offset
