@@ -12,10 +12,15 @@ Before the cluster runs, `sandbox_starts_per_s`: bare sandbox starts (`x = 1`) p
 processes starting them at once, with every isolation layer, without the per-sample cgroup, and
 without namespaces: what a sample's isolation costs and whether the kernel serializes it.
 
+Two sample sets per task by default (--repeat): with one, 16 workers finish in about 6 s and the
+last of HumanEval/15's ~4 s samples ends the run. Per worker count, `schedule_bound` says what the
+dispatch order alone allows (each sample's 1-worker time replayed through it, no contention), and
+`single_process_cpus_per_worker` what one worker keeps busy (evaluator and sandbox together).
+
 Writes bench/results/score_scaling.json: machine, cpus, load averages, single_process_executions_per_s,
-workers: {"1": {"executions_per_s", "seconds", "efficiency"}, ...} (efficiency = rate / (n x rate of
-1 worker)), single_worker_vs_single_process (1-worker rate / single-process rate), and whether every
-run gave the same verdicts. Needs the data (`raywiz data fetch`); no GPU.
+workers: {"1": {"executions_per_s", "seconds", "efficiency", "schedule_bound"}, ...} (efficiency =
+rate / (n x rate of 1 worker)), single_worker_vs_single_process (1-worker rate / single-process rate),
+and whether every run gave the same verdicts. Needs the data (`raywiz data fetch`); no GPU.
 
     python bench/score_scaling.py                                   # 1,2,4,8,16 workers, all 164 tasks
     python bench/score_scaling.py --workers 1,2 --tasks 20 --machine "2-core dev machine" \
@@ -39,7 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from raywiz.benchmarks import load_tasks  # noqa: E402
 from raywiz.benchmarks.cluster_scoring import ClusterScorer  # noqa: E402
-from raywiz.benchmarks.score import score_samples  # noqa: E402
+from raywiz.benchmarks.score import expected_seconds, score_samples  # noqa: E402
 from raywiz.eval.config import EvalConfig  # noqa: E402
 
 
@@ -119,6 +124,42 @@ def startup_scaling(base: dict, counts: list[int], sessions: int) -> dict:
     return out
 
 
+def schedule_bound(seconds: list[float], expected: list[float], workers: int, in_flight: int = 2) -> float:
+    """The efficiency `workers` could reach on these samples with no contention at all: the scorer's
+    dispatch (longest expected first, each worker holding up to `in_flight`, the least loaded served
+    first) replayed on each sample's own 1-worker time. A short run ends with its longest samples, so
+    this is below 1 when a few samples are a large part of the work."""
+    import heapq
+
+    order = sorted(range(len(seconds)), key=lambda i: -expected[i])
+    free_at = [(0.0, w) for w in range(workers)]  # when each worker's queue drains
+    queued = [0] * workers
+    ends: list[tuple[float, int]] = []  # (finish time, worker) of samples in flight
+    now, last = 0.0, 0.0
+    for i in order:
+        while min(queued) >= in_flight:  # every worker full: wait for the next sample to finish
+            now, w = heapq.heappop(ends)
+            queued[w] -= 1
+        w = min(range(workers), key=lambda k: queued[k])
+        start = max(now, free_at[w][0])
+        free_at[w] = (start + seconds[i], w)
+        queued[w] += 1
+        heapq.heappush(ends, (start + seconds[i], w))
+        last = max(last, start + seconds[i])
+    return round(sum(seconds) / (workers * last), 3) if last else 1.0
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds this machine has spent busy (/proc/stat): evaluator, sandboxes and whatever the
+    sandboxes' PID namespaces reap, which a parent's rusage misses."""
+    try:
+        fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -133,7 +174,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", default="1,2,4,8,16", help="worker counts, comma-separated")
     ap.add_argument("--tasks", type=int, default=None, help="only the first N HumanEval+ tasks")
-    ap.add_argument("--repeat", type=int, default=1, help="sample sets per task (more work per run)")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="sample sets per task (default 2: with one, 16 workers finish in ~6 s, bounded by "
+                         "HumanEval/15's ~4 s samples; schedule_bound in the JSON)")
     ap.add_argument("--address", default=None, help="a running Ray cluster (default: start a local one)")
     ap.add_argument("--machine", default=None, help="how to name this machine in the results")
     ap.add_argument("--startup-sessions", type=int, default=24,
@@ -146,6 +189,7 @@ def main() -> None:
 
     tasks = load_tasks("humaneval+")[: args.tasks]
     samples = mixed_samples(tasks, args.repeat)
+    by_id = {t.task_id: t for t in tasks}
     settings = EvalConfig().score_settings()
     settings.workers = 1
     load_before = os.getloadavg()
@@ -154,9 +198,10 @@ def main() -> None:
     started = time.perf_counter()
     warm = score_samples("humaneval+", tasks, samples[:2 * len(tasks)], EvalConfig().score_settings())
     warm_s = time.perf_counter() - started
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), busy_cpu_seconds()
     single = score_samples("humaneval+", tasks, samples, settings)
     single_s = time.perf_counter() - started
+    cpu_per_execution = (busy_cpu_seconds() - cpu_before) / len(samples)
     single_rate = len(samples) / single_s
     print(f"single process: {single_rate:.2f} executions/s ({single_s:.1f} s)", flush=True)
     cli_s = time_eval_score_cli(samples, args.tasks is not None)
@@ -191,6 +236,8 @@ def main() -> None:
             "passed": sum(v.passed for v in single),
             "ground_truth_and_warmup_s": round(warm_s, 1),
             "single_process_executions_per_s": round(single_rate, 3),
+            # evaluator and sandbox together (the machine's busy time): the CPUs one worker keeps busy
+            "single_process_cpus_per_worker": round(cpu_per_execution * single_rate, 3),
             "eval_score_cli_executions_per_s": round(len(samples) / cli_s, 3),
             "single_worker_vs_single_process": (round(results["1"]["executions_per_s"] / single_rate, 3)
                                                 if "1" in results else None),
@@ -216,7 +263,11 @@ def main() -> None:
             seconds = time.perf_counter() - t0
         identical &= [v.passed for v in verdicts] == [v.passed for v in single]
         results[str(n)] = {"executions_per_s": round(len(samples) / seconds, 3), "seconds": round(seconds, 2),
-                           "workers_start_s": round(start_s, 2)}
+                           "workers_start_s": round(start_s, 2),
+                           # no contention: what the dispatch order alone allows (1-worker sample times)
+                           "schedule_bound": schedule_bound([v.seconds for v in single],
+                                                            [expected_seconds(by_id[s["task_id"]]) for s in samples],
+                                                            n)}
         print(f"{n} workers: {len(samples) / seconds:.2f} executions/s ({seconds:.1f} s)", flush=True)
         out = write_report()
     ray.shutdown()
