@@ -15,7 +15,8 @@ without namespaces: what a sample's isolation costs and whether the kernel seria
 Two sample sets per task by default (--repeat): with one, 16 workers finish in about 6 s and the
 last of HumanEval/15's ~4 s samples ends the run. Per worker count, `schedule_bound` says what the
 dispatch order alone allows (each sample's 1-worker time replayed through it, no contention), and
-`single_process_cpus_per_worker` what one worker keeps busy (evaluator and sandbox together).
+`single_process_cpus_per_worker` what one worker keeps busy (evaluator and sandbox together), and
+`pure_python_efficiency` the machine's own ceiling: a plain Python loop in 1..16 processes at once.
 
 Writes bench/results/score_scaling.json: machine, cpus, load averages, single_process_executions_per_s,
 workers: {"1": {"executions_per_s", "seconds", "efficiency", "schedule_bound"}, ...} (efficiency =
@@ -160,6 +161,38 @@ def busy_cpu_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def _spin(seconds: float) -> float:
+    """Pure-Python work for about `seconds` (after a warm-up); loop iterations per second."""
+    def work(n: int) -> int:
+        total = 0
+        for i in range(n):
+            total += i * i % 7
+        return total
+
+    work(200_000)
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        work(100_000)
+        n += 100_000
+    return n / (time.perf_counter() - started)
+
+
+def cpu_scaling(counts: list[int], seconds: float = 2.0) -> dict:
+    """The machine's own ceiling: the same pure-Python loop in n processes at once, its efficiency
+    against one (no sandbox, no Ray). Shared cores (hyper-threads), one core's turbo and the
+    hypervisor show here; a scorer cannot scale better than this."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    rates = {}
+    for n in counts:
+        with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
+            rates[n] = sum(pool.map(_spin, [seconds] * n))
+    out = {str(n): round(rate / (n * rates[counts[0]] / counts[0]), 3) for n, rate in rates.items()}
+    print(f"pure-Python loop, efficiency by processes: {out}", flush=True)
+    return out
+
+
 def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -211,6 +244,7 @@ def main() -> None:
     sandbox_fields = {f: getattr(settings.sandbox, f) for f in ("memory_mb", "file_size_mb", "max_processes",
                                                                 "run_as_uid", "namespaces", "landlock")}
     startup = startup_scaling(sandbox_fields, counts, args.startup_sessions) if args.startup_sessions else None
+    machine_ceiling = cpu_scaling(counts)
 
     cpus = os.cpu_count() or 1
     if args.address:
@@ -244,6 +278,7 @@ def main() -> None:
             "efficiency_base_workers": counts[0],
             "workers": results,
             "sandbox_starts_per_s": startup,
+            "pure_python_efficiency": machine_ceiling,
             "worker_counts_planned": counts,
             "verdicts_identical_across_runs": identical and [v.passed for v in warm] == [v.passed for v in
                                                                                           single[:len(warm)]],
