@@ -210,3 +210,62 @@ def test_a_sandbox_that_cannot_run_code_fails_fast_with_the_reason():
     # with a cgroup, the kernel's kill at its limit.)
     with pytest.raises(RuntimeError, match="cannot run code on this machine: .*(MemoryError|failed to map|out of memory)"):
         require_working_sandbox(SandboxSettings(memory_mb=1))
+
+
+def _dead_pid() -> int:
+    """A pid no process has now (a child that has exited and been reaped)."""
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_evaluators_starting_together_each_clean_up_stale_directories_once(tmp_path):
+    """A node's sandbox workers start at once and each removes what dead evaluators left: every stale
+    directory goes (unreadable parts, and one claimed by a cleaner that died, included), no cleaner
+    fails, and a live evaluator's directory stays."""
+    import multiprocessing
+    import stat
+
+    from raywiz.benchmarks.sandbox.process import _CLAIMED, _start_time, remove_stale_sandbox_dirs
+
+    base = tmp_path / "raywiz-sandbox"
+    dead = _dead_pid()
+    stale = [base / f"{dead}-{n}" for n in range(6)] + [base / f"{_CLAIMED}{dead}-1-{dead}-99"]
+    for d in stale:
+        (d / "sbx-a" / "deep").mkdir(parents=True)
+        (d / "sbx-a" / "deep" / "f.txt").write_text("x")
+        (d / "sbx-a" / "deep").chmod(0)  # parts the sample made unreadable and read-only
+        (d / "sbx-a" / "ro").mkdir()
+        (d / "sbx-a").chmod(stat.S_IRUSR | stat.S_IXUSR)
+    live = base / f"{os.getpid()}-{_start_time(os.getpid())}"
+    (live / "sbx-b").mkdir(parents=True)
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        results = pool.map(remove_stale_sandbox_dirs, [str(base)] * 8)
+    removed = sorted(path for found in results for path in found)
+    assert removed == sorted(str(d) for d in stale)  # each exactly once, by one of the cleaners
+    assert sorted(os.listdir(base)) == [live.name] and (live / "sbx-b").is_dir()
+
+
+def test_removing_a_directory_whose_parts_cannot_be_listed_does_not_fail(tmp_path, monkeypatch):
+    """rmtree reports a directory it cannot open through its onerror hook with os.open (which needs
+    flags): the hook makes it readable and removes it, rather than raising TypeError."""
+    import shutil
+
+    from raywiz.benchmarks.sandbox.process import remove_workdir
+
+    root = tmp_path / "sbx-c"
+    (root / "locked" / "inner").mkdir(parents=True)
+    (root / "locked" / "inner" / "f").write_text("x")
+    real_open, refused = os.open, []
+
+    def refusing_open(path, flags, *args, **kwargs):  # as for a non-root evaluator and a mode-000 directory
+        if str(path).endswith("locked") and not refused:
+            refused.append(path)
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(shutil.os, "open", refusing_open)
+    remove_workdir(str(root))
+    assert refused and not root.exists()

@@ -198,18 +198,35 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+_CLAIMED = ".stale-"  # a stale directory being removed: .stale-{cleaner pid}-{its start}-{what it was}
+
+
 def remove_stale_sandbox_dirs(base: str | None = None) -> list[str]:
-    """Remove the sample directories of evaluators that no longer run; returns what was removed."""
+    """Remove the sample directories of evaluators that no longer run; returns what was removed.
+
+    Evaluators starting together (a node's sandbox workers) each clean up: a directory is first
+    claimed by renaming it to this process's name, so only one of them removes it, and one claimed
+    by a cleaner that died meanwhile is claimed again."""
     base = base or os.path.join(tempfile.gettempdir(), f"raywiz-sandbox-{os.getuid()}")
     removed = []
+    me = f"{os.getpid()}-{_start_time(os.getpid())}"
     for name in os.listdir(base) if os.path.isdir(base) else []:
-        pid, _, start = name.partition("-")
-        if pid.isdigit() and _start_time(int(pid)) != start:
-            try:
-                remove_workdir(os.path.join(base, name))
-                removed.append(os.path.join(base, name))
-            except OSError as e:  # e.g. left by a sample uid this evaluator may not touch
-                log.warning("could not remove stale sandbox directory %s: %s", name, e)
+        pid, _, rest = name.removeprefix(_CLAIMED).partition("-")
+        if not pid.isdigit() or _start_time(int(pid)) == rest.split("-", 1)[0]:
+            continue  # its evaluator (or its cleaner) still runs
+        claimed = os.path.join(base, f"{_CLAIMED}{me}-{name.removeprefix(_CLAIMED)}")
+        try:
+            os.rename(os.path.join(base, name), claimed)
+        except FileNotFoundError:
+            continue  # another evaluator claimed it first
+        except OSError as e:
+            log.warning("could not remove stale sandbox directory %s: %s", name, e)
+            continue
+        try:
+            remove_workdir(claimed)
+            removed.append(os.path.join(base, name))
+        except OSError as e:  # e.g. left by a sample uid this evaluator may not touch
+            log.warning("could not remove stale sandbox directory %s: %s", name, e)
     return removed
 
 
@@ -260,7 +277,12 @@ def remove_workdir(path: str) -> None:
         p = os.path.abspath(p)
         return p == root or p.startswith(root + os.sep)
 
+    retried: set[str] = set()
+
     def retry_writable(func, p, exc_info):
+        if isinstance(exc_info[1], FileNotFoundError) or p in retried:
+            return  # gone already, or tried once more already
+        retried.add(p)
         for target in (os.path.dirname(p), p):
             if inside(target) and not os.path.islink(target) and os.path.isdir(target):
                 try:
@@ -268,7 +290,11 @@ def remove_workdir(path: str) -> None:
                 except OSError:
                     pass
         try:
-            func(p)
+            if func in (os.rmdir, os.unlink, os.remove):
+                func(p)
+            elif inside(p) and not os.path.islink(p) and os.path.isdir(p):
+                # a directory rmtree could not open or list (the sample made it unreadable): again, now readable
+                shutil.rmtree(p, onerror=retry_writable)
         except OSError:
             pass
 
