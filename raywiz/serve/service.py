@@ -78,6 +78,7 @@ class ModelService:
         self.events: deque[dict] = deque(maxlen=100)  # loads, swaps and refusals, newest last
         self.started = time.time()
         self._load_lock = threading.Lock()  # one load at a time: memory for two models, not three
+        self._swap_lock = threading.Lock()  # status() sees a new current model together with its "loaded" event
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -172,10 +173,11 @@ class ModelService:
                 log.exception("loading %s failed", ref.path)
                 self._refuse(ref, f"{ref.path}: loading failed: {type(e).__name__}: {e}")
                 return None
-            previous = self.pool.add(loaded, make_current)
+            with self._swap_lock:
+                previous = self.pool.add(loaded, make_current)
+                self._record("loaded", loaded.name, step=loaded.step, seconds=round(loaded.load_seconds, 3),
+                             current=make_current)
             self.refused.pop(ref.path, None)
-            self._record("loaded", loaded.name, step=loaded.step, seconds=round(loaded.load_seconds, 3),
-                         current=make_current)
             if make_current:
                 log.info("now serving %s (step %s, loaded in %.1fs)%s", loaded.name, loaded.step,
                          loaded.load_seconds, f"; {previous.name} finishes its requests" if previous else "")
@@ -237,7 +239,8 @@ class ModelService:
         return cards
 
     def status(self) -> dict:
-        current = self.pool.current
+        with self._swap_lock:
+            current, events = self.pool.current, list(self.events)
         return {
             "pid": os.getpid(), "started": self.started, "device": self.device, "run_dir": self.run_dir,
             "watching": self._watcher is not None and self.pinned is None,
@@ -249,7 +252,7 @@ class ModelService:
                         "load_seconds": round(m.load_seconds, 3), **m.engine.status()}
                        for m in self.pool.snapshot()],
             "refused": [dict(v, path=k) for k, v in self.refused.items()],
-            "events": list(self.events),
+            "events": events,
         }
 
     def template_of(self, name: str | None) -> str | None:
