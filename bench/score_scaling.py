@@ -101,22 +101,26 @@ def _sandbox_starts(settings_fields: dict, sessions: int) -> float:
     return sessions / (time.perf_counter() - started)
 
 
+def at_once(n: int, fn, *args) -> list:
+    """fn(*args) in n fresh processes at the same time; their results."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
+        return list(pool.map(fn, *([arg] * n for arg in args)))
+
+
 def startup_scaling(base: dict, counts: list[int], sessions: int) -> dict:
     """Bare sandbox starts per second with n processes starting them at once, per isolation variant:
     what one sample's isolation costs, and whether the kernel serializes it (the rate stops growing
     with n while the CPUs are not all busy)."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
     out = {}
     for name, change in STARTUP_VARIANTS.items():
         fields = {**base, **change}
         rates = {}
         for n in counts:
             try:
-                with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
-                    per_process = list(pool.map(_sandbox_starts, [fields] * n, [sessions] * n))
-                rates[str(n)] = round(sum(per_process), 2)
+                rates[str(n)] = round(sum(at_once(n, _sandbox_starts, fields, sessions)), 2)
             except Exception as e:  # a layer this machine refuses to run without: say so, go on
                 rates[str(n)] = f"{type(e).__name__}: {e}"[:200]
                 break
@@ -133,7 +137,7 @@ def schedule_bound(seconds: list[float], expected: list[float], workers: int, in
     import heapq
 
     order = sorted(range(len(seconds)), key=lambda i: -expected[i])
-    free_at = [(0.0, w) for w in range(workers)]  # when each worker's queue drains
+    free_at = [0.0] * workers  # when each worker's queue drains
     queued = [0] * workers
     ends: list[tuple[float, int]] = []  # (finish time, worker) of samples in flight
     now, last = 0.0, 0.0
@@ -142,8 +146,8 @@ def schedule_bound(seconds: list[float], expected: list[float], workers: int, in
             now, w = heapq.heappop(ends)
             queued[w] -= 1
         w = min(range(workers), key=lambda k: queued[k])
-        start = max(now, free_at[w][0])
-        free_at[w] = (start + seconds[i], w)
+        start = max(now, free_at[w])
+        free_at[w] = start + seconds[i]
         queued[w] += 1
         heapq.heappush(ends, (start + seconds[i], w))
         last = max(last, start + seconds[i])
@@ -181,13 +185,7 @@ def cpu_scaling(counts: list[int], seconds: float = 2.0) -> dict:
     """The machine's own ceiling: the same pure-Python loop in n processes at once, its efficiency
     against one (no sandbox, no Ray). Shared cores (hyper-threads), one core's turbo and the
     hypervisor show here; a scorer cannot scale better than this."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    rates = {}
-    for n in counts:
-        with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
-            rates[n] = sum(pool.map(_spin, [seconds] * n))
+    rates = {n: sum(at_once(n, _spin, seconds)) for n in counts}
     out = {str(n): round(rate / (n * rates[counts[0]] / counts[0]), 3) for n, rate in rates.items()}
     print(f"pure-Python loop, efficiency by processes: {out}", flush=True)
     return out

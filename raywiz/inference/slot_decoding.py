@@ -590,7 +590,7 @@ class SlotDecoder:
 
     def _hold_prompt(self, lane: int, key: tuple, logits: torch.Tensor) -> None:
         """Record that `lane` holds prompt `key` just behind the ring position (for later copies)."""
-        self._lane_prompt[lane] = (key, (self.ring_pos - len(key)) % self.lane_len, self.stats["steps"])
+        self._lane_prompt[lane] = (key, self._behind_ring([len(key)])[0], self.stats["steps"])
         self._prompt_lanes.setdefault(key, set()).add(lane)
         self._prompt_logits[key] = logits
 
