@@ -232,12 +232,12 @@ class StepTokens:
             self.event.synchronize()
         return self.host.tolist()
 
-    def tokens_of(self, owners_now: dict) -> list[tuple[int, int]]:
-        """(lane, token) for the lanes whose owner is still the one at launch: a lane freed, or
-        given to another sequence, since then decoded a token nobody wants."""
+    def by_owner(self) -> list[tuple[int, object, int]]:
+        """(lane, its owner at launch, token) for every lane that had one. The caller decides whose tokens
+        still count: a sequence that ended before this step decoded one token nobody wants, while one
+        whose lane was handed on after the launch (it ends in this step) gets its last token here."""
         tokens = self.tokens()
-        return [(lane, tokens[lane]) for lane, owner in self.owners.items()
-                if lane in owners_now and owners_now[lane] == owner]
+        return [(lane, owner, tokens[lane]) for lane, owner in self.owners.items()]
 
 
 @dataclass
@@ -365,7 +365,10 @@ class SlotDecoder:
         pinned = dev.type == "cuda"
         self._host = [torch.zeros(slots, dtype=torch.long, pin_memory=pinned) for _ in range(2)]
         self._flip = 0
-        self._first_host = torch.zeros(slots, dtype=torch.long, pin_memory=pinned)  # admit()'s first tokens
+        # admit()'s first tokens, two buffers the same way: an admission made while a step runs is read
+        # after the next call's own admission
+        self._first_host = [torch.zeros(slots, dtype=torch.long, pin_memory=pinned) for _ in range(2)]
+        self._first_flip = 0
         self._prefill_timers: list = []  # admissions' device timers, summed into stats by settle_stats
         self.use_graphs = dev.type == "cuda" if graphs is None else graphs and dev.type == "cuda"
         self._graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}  # (mode, window) -> its step
@@ -393,7 +396,8 @@ class SlotDecoder:
               upcoming: list[tuple] = ()) -> "StepTokens":
         """Put each (lane, prompt ids, sampling) into its lane and sample its first token, without waiting
         for the device: the first tokens come like a step's (StepTokens, by lane; `owners` as launch's).
-        Read them before the next admit (one host buffer).
+        Read them before the admission after next (two host buffers, as steps have). Admitting into a lane
+        whose step is still running is safe: the admission runs after it, in stream order.
 
         A prompt is run through the model once. Prompts run go to the stash (their keys/values, as the
         forward left them, and their last logits); each entry's lane gets its prompt copied from the stash,
@@ -457,7 +461,9 @@ class SlotDecoder:
         keep = set(upcoming)
         for key in [key for key in self._stash if key not in keep]:
             del self._stash[key]  # a group's keys/values are freed with its last prompt
-        firsts = self._to_host(self._first_host, owners if owners is not None else {lane: lane for lane, _, _ in entries})
+        host = self._first_host[self._first_flip]
+        self._first_flip ^= 1
+        firsts = self._to_host(host, owners if owners is not None else {lane: lane for lane, _, _ in entries})
         if timer is not None:
             self._prefill_timers.append(timer.stop())
         self.stats["prefill_host_s"] += time.perf_counter() - started
@@ -683,8 +689,8 @@ class SlotDecoder:
 
     def launch(self, owners: dict | None = None, sampled: bool = False, nucleus: bool = True) -> StepTokens:
         """Queue one decode step for every lane (idle lanes too: their tokens are ignored) and return at
-        once; the tokens come with .tokens(), or .tokens_of() for the lanes still held by `owners`
-        (the caller's lane -> sequence map at launch). The caller may launch the next step before reading them
+        once; the tokens come with .tokens(), or .by_owner() with `owners` (the caller's lane -> sequence
+        map at launch). The caller may launch the next step before reading them
         (what it then does on the host overlaps the device's step), but reads each step before
         launching the one after next. `sampled`: some lane samples; `nucleus`: some sampled lane has
         top_p < 1 (False skips top-p's sort)."""

@@ -348,11 +348,20 @@ class DecodeLoop:
     together, launch a step for every busy lane, route the tokens of the step before it. Offline
     batches run it until it is idle; serve's decode thread runs it forever.
 
-    A row is anything with ``finished`` and ``feed(token) -> bool`` (True: the row is done and its lane
-    is freed). One step is in flight while the host routes the step before it: a row may end in the
-    step being read, so the step already launched decoded one token too many in its lane
-    (StepTokens.tokens_of drops it). Rows admitted in a step get their first token after that step's
-    launch, so admitting never stalls the device.
+    A row is anything with ``finished``, ``tokens_left`` (how many more tokens it may take: max_tokens
+    less those it has) and ``feed(token) -> bool`` (True: the row is done and its lane is freed). One
+    step is in flight while the host routes the step before it, so a row that ends by EOS or a stop
+    sequence in the step being read had one token too many decoded in its lane by the step already
+    launched (it is finished: the token is dropped).
+
+    Each call admits twice. At its start, rows that arrived since (serve's new requests) take free lanes,
+    and their first tokens are routed in the same call. At its end, after the step is launched and the
+    one before it routed, waiting rows take the free lanes and the lanes whose rows take their last token
+    (max_tokens) in the step just launched: such a row's end is known a step ahead, so its lane is handed
+    on at once, without the wasted step, and the admission is planned on the host while the device
+    runs that step (a pass@k wave, whose rows all end at the same step, would otherwise be planned on an
+    idle device). Tokens are routed to the row that owned the lane at launch (StepTokens.by_owner), and
+    the end admission's first tokens in the next call.
 
     Offline batches set `admit_batch`: wait for that many free lanes (or for the last waiting rows)
     before admitting, so that rows ending one by one are prefilled in groups (a lane may idle a few
@@ -369,56 +378,65 @@ class DecodeLoop:
         self.lanes: dict[int, object] = {}  # lane -> the row decoding there
         self._sampling: dict[int, object] = {}  # lane -> its LaneSampling
         self.in_flight = None  # the launched step not read yet
+        self.admitted_ahead = None  # the first tokens of the last call's end admission, not read yet
         self.tokens_routed = 0
 
     @property
     def idle(self) -> bool:
-        return not self.waiting and not self.lanes and self.in_flight is None
+        return not self.waiting and not self.lanes and self.in_flight is None and self.admitted_ahead is None
 
     def submit(self, row, prompt_ids: list[int], sampling) -> None:
         self.waiting.append((row, tuple(prompt_ids), sampling))  # a tuple: the decoder's key for the prompt
 
     def step(self) -> None:
-        firsts = self._admit()
+        for lane, row in list(self.lanes.items()):
+            if row.finished:  # cancelled from outside (a stream whose client left)
+                self._release(lane)
+        firsts = self._admit(ending=[])
         launched = None
         if self.lanes:
             sampling = self._sampling.values()
             sampled = not all(s.greedy for s in sampling)
             nucleus = any(not s.greedy and s.top_p < 1.0 for s in sampling)
             launched = self.decoder.launch(dict(self.lanes), sampled=sampled, nucleus=nucleus)
-        if self.in_flight is not None:
-            step, self.in_flight = self.in_flight, None
-            for lane, token in step.tokens_of(self.lanes):
-                self._route(lane, token)
-        if firsts is not None:  # after the step before: a lane may have changed hands in it
-            for lane, token in firsts.tokens_of(self.lanes):
-                self._route(lane, token)
-        self.in_flight = launched
+        # in the order the device made them; a row's first token comes before its later ones either way
+        for tokens in (self.in_flight, self.admitted_ahead, firsts):
+            if tokens is not None:
+                self._route(tokens)
+        self.in_flight, self.admitted_ahead = launched, None
+        if launched is not None:
+            self.admitted_ahead = self._admit(ending=[lane for lane, row in self.lanes.items()
+                                                      if row.tokens_left <= 1])
 
     def abandon(self) -> list:
-        """After a failed step: free every lane; returns the rows that were decoding."""
-        self.in_flight = None
-        rows = list(self.lanes.values())
+        """After a failed step: free every lane; returns the rows that were decoding (with those whose lane
+        was handed on while their last token was still in flight)."""
+        pending = [tokens.owners.values() for tokens in (self.in_flight, self.admitted_ahead) if tokens is not None]
+        self.in_flight = self.admitted_ahead = None
+        rows = list({id(row): row for row in itertools.chain(self.lanes.values(), *pending)
+                     if not row.finished}.values())
         for lane in list(self.lanes):
             self._release(lane)
         return rows
 
-    def _admit(self):
-        """Waiting rows into free lanes, prefilled together; their first tokens (StepTokens) or None."""
-        for lane, row in list(self.lanes.items()):
-            if row.finished:  # cancelled from outside (a stream whose client left)
-                self._release(lane)
+    def _admit(self, ending: list[int]):
+        """Waiting rows into free lanes, then into `ending` lanes (each row there takes its last token in
+        the step in flight), prefilled together; their first tokens (StepTokens) or None."""
         if not self.waiting:
             return None
-        free = [lane for lane in range(self.decoder.slots) if lane not in self.lanes][::-1]
-        if len(free) < min(self.admit_batch, len(self.waiting)) and self.lanes:
+        free = [lane for lane in range(self.decoder.slots) if lane not in self.lanes] + ending
+        still_busy = len(self.lanes) - len(ending)
+        if len(free) < min(self.admit_batch, len(self.waiting)) and still_busy:
             return None
+        free.reverse()
         entries = []
         while self.waiting and free:
             row, ids, sampling = self.waiting.popleft()
             if row.finished:
                 continue
             lane = free.pop()
+            if lane in self.lanes:  # its row ends in the step in flight: the step's token still reaches it
+                self._release(lane)
             self.lanes[lane], self._sampling[lane] = row, sampling
             entries.append((lane, ids, sampling))
         if not entries:
@@ -440,11 +458,14 @@ class DecodeLoop:
                 prompts[ids] = None
         return list(prompts)
 
-    def _route(self, lane: int, token: int) -> None:
-        row = self.lanes[lane]
-        self.tokens_routed += 1
-        if row.finished or row.feed(token):
-            self._release(lane)
+    def _route(self, tokens) -> None:
+        """A step's (or an admission's) tokens to the rows that owned the lanes at launch."""
+        for lane, row, token in tokens.by_owner():
+            if row.finished:  # ended before this step (or was cancelled): the token is nobody's
+                continue
+            self.tokens_routed += 1
+            if row.feed(token) and self.lanes.get(lane) is row:  # its lane may already be handed on
+                self._release(lane)
 
     def _release(self, lane: int) -> None:
         self.lanes.pop(lane, None)
@@ -463,6 +484,10 @@ class _BatchRow:
         self.on_end = on_end  # called once, when the row is done
         self.tokens: list[int] = []
         self.finished = False
+
+    @property
+    def tokens_left(self) -> int:
+        return self.max_tokens - len(self.tokens)
 
     def feed(self, token: int) -> bool:
         out = self.tokens
@@ -498,6 +523,10 @@ class _Row:
         self._prefix = self._read = 0  # incremental detokenisation window (as vLLM does)
         self.finished = False
         self.eos_token: int | None = None  # the EOS that ended this row, if one did
+
+    @property
+    def tokens_left(self) -> int:
+        return self.max_tokens - len(self.tokens)
 
     def feed(self, token: int) -> bool:
         """One new token; True when this row is done (the loop frees its lane)."""

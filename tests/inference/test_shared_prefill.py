@@ -104,9 +104,11 @@ def test_rows_admitted_in_groups_or_one_by_one_decode_the_same(engine, monkeypat
     run alone."""
     import raywiz.inference.transformers_backend as backend
 
-    ids = [engine.encode(p) for p in PROMPTS]
-    params = [SamplingParams(n=3, temperature=0.9, top_p=top_p, max_tokens=m, seed=5)
-              for top_p, m in ((1.0, 5), (0.9, 13), (1.0, 9))]
+    ids = [engine.encode(p) for p in PROMPTS] * 3
+    # rows that end at different steps (n=2 rows end together), so lanes free up one or two at a time
+    params = [SamplingParams(n=n, temperature=0.9, top_p=top_p, max_tokens=m, seed=5)
+              for n, top_p, m in ((2, 1.0, 5), (1, 0.9, 13), (1, 1.0, 9), (1, 0.9, 6), (2, 1.0, 11), (1, 1.0, 7),
+                                  (1, 0.9, 8), (1, 1.0, 12), (2, 0.9, 4))]
 
     def run(admit_fraction, rows=ids, each=params):
         monkeypatch.setattr(backend, "ADMIT_FRACTION", admit_fraction)
@@ -121,10 +123,52 @@ def test_rows_admitted_in_groups_or_one_by_one_decode_the_same(engine, monkeypat
     assert one_by_one == [run(10**6, [i], [p])[0][0] for i, p in zip(ids, params)]
 
 
+def test_a_wave_ending_at_max_tokens_hands_its_lanes_on_while_its_last_step_runs(engine, monkeypatch):
+    """pass@k's rows of a wave all end at max_tokens, known a step ahead: the next wave is admitted right
+    after that last step is launched and before its tokens are read (the host plans the admission while
+    the device runs the step), with no step wasted between waves, and no token changes."""
+    from raywiz.inference import slot_decoding
+
+    params = SamplingParams(n=4, temperature=0.9, top_p=0.95, max_tokens=6, seed=4)
+    alone = [[c.token_ids for c in engine.generate([p], params)[0]] for p in PROMPTS]
+    events = []
+    launch, admit, read = SlotDecoder.launch, SlotDecoder.admit, slot_decoding.StepTokens.tokens
+
+    def logged_launch(self, *a, **k):
+        step = launch(self, *a, **k)
+        step.name = f"step{sum(e[0] == 'launch' for e in events)}"
+        events.append(("launch", step.name))
+        return step
+
+    def logged_admit(self, entries, *a, **k):
+        events.append(("admit", len(entries)))
+        return admit(self, entries, *a, **k)
+
+    def logged_read(self):
+        if hasattr(self, "name"):
+            events.append(("read", self.name))
+        return read(self)
+
+    monkeypatch.setattr(SlotDecoder, "launch", logged_launch)
+    monkeypatch.setattr(SlotDecoder, "admit", logged_admit)
+    monkeypatch.setattr(slot_decoding.StepTokens, "tokens", logged_read)
+    steps = engine.stats["decode_steps"]
+    shared = [[c.token_ids for c in row] for row in engine.generate(PROMPTS, params)]  # 3 waves of 4 lanes
+    assert shared == alone
+    # 5 steps a wave (the first token comes from the admission), one wasted after the last wave only
+    assert engine.stats["decode_steps"] - steps == 3 * 5 + 1
+    admits = [i for i, e in enumerate(events) if e[0] == "admit"]
+    assert [events[i][1] for i in admits] == [4, 4, 4]
+    for i in admits[1:]:  # after the wave's last step was launched, before that step was read
+        last = next(e for e in reversed(events[:i]) if e[0] == "launch")
+        assert ("read", last[1]) in events[i + 1:]
+
+
 def test_an_offline_batch_runs_the_prompts_waiting_next_in_the_same_prefill(engine):
     """pass@k's first wave fills the lanes with one prompt's samples; the prompts after it are run in
     that wave's forward too (the stash), so later waves only copy: one prefill forward in all."""
     params = SamplingParams(n=6, temperature=0.9, max_tokens=5, seed=2)
+    engine.weights_changed()  # no prompt held from an earlier test: the first wave must run one
     before = dict(engine.stats)
     out = engine.generate(PROMPTS, params)  # 18 rows through 4 lanes: five admissions
     assert engine.stats["admissions"] - before["admissions"] >= 4

@@ -101,3 +101,41 @@ def test_a_seed_fixes_sampled_text_alone_and_in_a_shared_batch(engine):
     seven, eight, _, pair = [tokens for _, _, tokens in asyncio.run(together())]
     assert seven[0] == alone7 and eight[0] == alone8
     assert pair[0] == alone7 and pair[1] != pair[0]  # choice 0 repeats the seed's text; choice 1 differs
+
+
+def test_a_failed_admission_fails_every_stream_in_it_and_hangs_none(engine, monkeypatch):
+    """A row ending at max_tokens hands its lane to a waiting request while its last step is in flight;
+    if that admission fails, every request in the loop gets the error, the one whose row had handed its
+    lane on included (none waits forever for a token that will not come), and the decode thread serves
+    the next request."""
+    lanes = engine.start_streaming().decoder.slots
+    assert engine.generate(["def f("], SamplingParams(max_tokens=240))[0][0].finish_reason == "length"
+    decoder, admit = engine.scheduler.decoder, engine.scheduler.decoder.admit
+    failing_prompt, failed = tuple(engine.encode("x = ")), []
+
+    def failing_admit(entries, *a, **k):
+        if any(ids == failing_prompt for _, ids, _ in entries):
+            failed.append(len(entries))
+            raise RuntimeError("out of memory (test)")
+        return admit(entries, *a, **k)
+
+    monkeypatch.setattr(decoder, "admit", failing_admit)
+
+    async def scenario():
+        started = asyncio.Event()
+        short = SamplingParams(max_tokens=120)
+        long = SamplingParams(n=lanes - 1, max_tokens=240)  # greedy: no lane frees early (no EOS, below)
+
+        async def waiting():
+            await started.wait()  # every lane is busy: this request waits for the short row's lane
+            return await collect(engine, "x = ", SamplingParams(max_tokens=4))
+
+        return await asyncio.wait_for(asyncio.gather(
+            collect(engine, "import os\n", short, lambda deltas: started.set()), collect(engine, "def f(", long),
+            waiting(), return_exceptions=True), 30)
+
+    results = asyncio.run(scenario())
+    assert failed == [1]
+    assert all(isinstance(r, RuntimeError) and "generation failed" in str(r) for r in results), results
+    monkeypatch.setattr(decoder, "admit", admit)
+    assert asyncio.run(collect(engine, "x = ", SamplingParams(max_tokens=4)))[1] == {0: "length"}
