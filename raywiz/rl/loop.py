@@ -182,6 +182,9 @@ class GRPOLoop:
         per_rank = cfg.mini_batch_size // self.world
         # In mini-batches: a whole rollout batch's logits (samples x tokens x vocabulary) need not fit.
         chunks = [slice(start, start + per_rank) for start in range(0, len(ids), per_rank)]
+        # The policy as it sampled the rollouts: in eval mode (no dropout), as every rollout engine runs it.
+        # The model is left in train mode by the last update, and rollouts on Ray actors never switch it.
+        self.model.eval()
         with torch.no_grad():
             old_logprobs = torch.cat([token_logprobs(self.updater, ids[c], attention[c])[0] for c in chunks])
             ref_logprobs = (torch.cat([token_logprobs(self.reference, ids[c], attention[c])[0] for c in chunks])
